@@ -1,0 +1,92 @@
+// Communicator: collectives and point-to-point over a group of ranks. Moves bytes, no math
+// beyond the reduction. Implementations: MPI (host buffers), NCCL (GPU buffers), self (one rank).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "weft/backend.hpp"
+#include "weft/tensor.hpp"
+
+namespace weft {
+
+enum class ReduceOp { kSum, kMax, kMin };
+
+// Collectives are called by every rank of the group in the same order with matching shapes and
+// dtypes; arguments are checked before anything is sent, so a bad call throws weft::Error on the
+// rank that made it instead of hanging or corrupting the peers. Work is queued on `stream`
+// (NCCL) or completes before return (MPI, self).
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string name() const = 0;  // "mpi", "nccl", "self"
+  // The device kind whose memory this communicator's buffers must live in.
+  virtual DeviceKind buffer_device() const = 0;
+
+  // recv = reduction over ranks of send. In place when send.data == recv.data.
+  void all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream);
+  // recv (size * send.numel elements) = the ranks' send buffers concatenated in rank order.
+  void all_gather(TensorView send, TensorView recv, Stream& stream);
+  // send holds size blocks of recv.numel elements; rank r receives the reduction of block r.
+  void reduce_scatter(TensorView send, TensorView recv, ReduceOp op, Stream& stream);
+  // buffer on `root` is copied to buffer on every rank.
+  void broadcast(TensorView buffer, int root, Stream& stream);
+  // Point-to-point. Inside group_start()/group_end() sends and receives are posted together and
+  // complete at group_end(), so any exchange pattern is deadlock-free; outside a group each call
+  // completes before return (send may block until the matching recv is posted).
+  void send(TensorView buffer, int peer, Stream& stream);
+  void recv(TensorView buffer, int peer, Stream& stream);
+  virtual void group_start() = 0;
+  virtual void group_end() = 0;
+
+  // Collective: ranks passing the same color form a new communicator, ordered by key (then by
+  // rank in this one). Like MPI_Comm_split and ncclCommSplit.
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+  // Collective: returns when every rank has called it (host-side; completes queued work first).
+  virtual void barrier() = 0;
+
+ protected:
+  virtual void do_all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) = 0;
+  virtual void do_all_gather(TensorView send, TensorView recv, Stream& stream) = 0;
+  virtual void do_reduce_scatter(TensorView send, TensorView recv, ReduceOp op,
+                                 Stream& stream) = 0;
+  virtual void do_broadcast(TensorView buffer, int root, Stream& stream) = 0;
+  virtual void do_send(TensorView buffer, int peer, Stream& stream) = 0;
+  virtual void do_recv(TensorView buffer, int peer, Stream& stream) = 0;
+
+ private:
+  void check_buffer(const TensorView& view, const char* what) const;
+  void check_peer(int peer, const char* what) const;
+};
+
+const char* reduce_op_name(ReduceOp op);
+
+// Owns MPI for the life of the program: initializes it (unless the host program already did) and
+// finalizes it on destruction (only if it initialized it). Stamps the world rank into weft::Error.
+class MpiRuntime {
+ public:
+  MpiRuntime(int* argc, char*** argv);
+  ~MpiRuntime();
+  MpiRuntime(const MpiRuntime&) = delete;
+  MpiRuntime& operator=(const MpiRuntime&) = delete;
+
+  // Ends every rank of the job, for a program that cannot continue on one rank (a failed rank
+  // must never leave its peers waiting in a collective forever).
+  [[noreturn]] static void abort(int exit_code);
+
+ private:
+  bool owns_ = false;
+};
+
+// All ranks mpirun started (needs an MpiRuntime). Buffers in host memory.
+std::unique_ptr<Communicator> make_mpi_world_communicator();
+// A world of one rank: collectives are copies. Host buffers.
+std::unique_ptr<Communicator> make_self_communicator();
+// An NCCL communicator over the same ranks as `bootstrap` (the unique id is broadcast through it),
+// with GPU buffers on `device`. Throws weft::Error when weft was built without CUDA.
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device);
+
+}  // namespace weft

@@ -1,0 +1,102 @@
+// ColumnParallelLinear and RowParallelLinear: Megatron's two ways to shard Y = X W^T + b.
+//
+// Weights are stored [out_features, in_features] (as in Megatron and PyTorch). Activations are
+// 2D [tokens, features]; fold sequence and batch into tokens. Forward saves what backward needs
+// (the input is kept as a view: it must stay alive and unchanged until backward). backward()
+// accumulates into the parameters' grad tensors and returns the input gradient.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "weft/mappings.hpp"
+#include "weft/parameter.hpp"
+
+namespace weft {
+
+enum class Activation { kNone, kGelu };
+
+struct ColumnParallelLinearConfig {
+  int64_t in_features = 0;
+  int64_t out_features = 0;  // global; divisible by the TP size
+  bool bias = true;
+  // Return the full [tokens, out_features] on every rank instead of this rank's columns.
+  bool gather_output = false;
+  // Leave the bias out of the output so the caller can fuse it into what follows.
+  bool skip_bias_add = false;
+  // Applied to the local output inside the GEMM epilogue (not with gather_output/skip_bias_add).
+  Activation activation = Activation::kNone;
+  DType dtype = DType::kF32;
+  std::string name = "column_linear";
+  uint64_t seed = 1234;
+  float init_std = 0.02f;  // weights ~ N(0, init_std); bias starts at zero (Megatron)
+};
+
+// W split along out_features (dim 0): each rank computes its output columns from the full input.
+// Input is replicated on the TP ranks; the input gradient is all-reduced across them.
+class ColumnParallelLinear {
+ public:
+  ColumnParallelLinear(const ParallelContext& ctx, ColumnParallelLinearConfig config);
+
+  // input [tokens, in_features] -> [tokens, out_features / tp], or [tokens, out_features] when
+  // gather_output.
+  Tensor forward(TensorView input);
+  // grad_output has forward's output shape; returns [tokens, in_features], identical on all
+  // TP ranks.
+  Tensor backward(TensorView grad_output);
+
+  const ColumnParallelLinearConfig& config() const { return config_; }
+  int64_t local_out_features() const { return weight_.value.shape()[0]; }
+  Parameter& weight() { return weight_; }
+  Parameter* bias() { return config_.bias ? &bias_ : nullptr; }
+  std::vector<Parameter*> parameters();
+
+ private:
+  ParallelContext ctx_;
+  ColumnParallelLinearConfig config_;
+  Parameter weight_, bias_;
+  TensorView saved_input_;
+  Tensor saved_preactivation_;  // GeLU input, when activation is kGelu
+};
+
+struct RowParallelLinearConfig {
+  int64_t in_features = 0;  // global; divisible by the TP size
+  int64_t out_features = 0;
+  bool bias = true;
+  // The input is already split along its last dimension (the output of a ColumnParallelLinear
+  // without gather_output). When false the layer takes the full input and keeps its own slice.
+  bool input_is_parallel = true;
+  bool skip_bias_add = false;
+  DType dtype = DType::kF32;
+  std::string name = "row_linear";
+  uint64_t seed = 1234;
+  float init_std = 0.02f;
+};
+
+// W split along in_features (dim 1): each rank multiplies its slice of the input features, then
+// the partial outputs are all-reduced. The bias is replicated and added once, after the reduction.
+class RowParallelLinear {
+ public:
+  RowParallelLinear(const ParallelContext& ctx, RowParallelLinearConfig config);
+
+  // input [tokens, in_features / tp] (input_is_parallel) or [tokens, in_features]
+  // -> [tokens, out_features], identical on all TP ranks.
+  Tensor forward(TensorView input);
+  // grad_output [tokens, out_features] (identical on all TP ranks) -> grad of forward's input.
+  Tensor backward(TensorView grad_output);
+
+  const RowParallelLinearConfig& config() const { return config_; }
+  int64_t local_in_features() const { return weight_.value.shape()[1]; }
+  Parameter& weight() { return weight_; }
+  Parameter* bias() { return config_.bias ? &bias_ : nullptr; }
+  std::vector<Parameter*> parameters();
+
+ private:
+  ParallelContext ctx_;
+  RowParallelLinearConfig config_;
+  Parameter weight_, bias_;
+  TensorView saved_input_;
+  Tensor scattered_input_;  // own slice, when !input_is_parallel
+};
+
+}  // namespace weft
