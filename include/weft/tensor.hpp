@@ -59,6 +59,8 @@ class Tensor {
   Tensor& operator=(const Tensor&) = delete;
 
   bool defined() const { return storage_ != nullptr; }
+  // Gives the same data another shape of equal numel.
+  void reshape(const Shape& shape) { view_ = view_.reshaped(shape); }
   TensorView view() const { return view_; }
   operator TensorView() const { return view_; }  // NOLINT: a Tensor is usable wherever a view is
   void* data() const { return view_.data; }

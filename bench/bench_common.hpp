@@ -1,0 +1,115 @@
+// Helpers shared by weft's Google Benchmark binaries: reporters, flag handling, input filling.
+#pragma once
+
+#include <benchmark/benchmark.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "weft/backend.hpp"
+#include "weft/dtype.hpp"
+#include "weft/tensor.hpp"
+
+namespace weft::bench {
+
+// ConsoleReporter colours whatever it writes to, a log file too; colour only a terminal.
+inline benchmark::ConsoleReporter::OutputOptions console_options() {
+  return isatty(fileno(stdout)) ? benchmark::ConsoleReporter::OO_ColorTabular
+                                : benchmark::ConsoleReporter::OO_Tabular;
+}
+
+// The console reporter, keeping every run's counters so that main can print a summary table
+// (ratios, sweeps) once all benchmarks have run.
+class CollectingReporter : public benchmark::ConsoleReporter {
+ public:
+  CollectingReporter() : ConsoleReporter(console_options()) {}
+
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& run : runs) {
+      if (run.error_occurred || run.run_type != Run::RT_Iteration) continue;
+      for (const auto& [counter, value] : run.counters) {
+        values_[run.run_name.function_name][counter].push_back(value.value);
+      }
+    }
+  }
+
+  // The median over repetitions of `counter` for the benchmark registered as `name`; negative
+  // when it did not run (filtered out, or failed).
+  double median(const std::string& name, const std::string& counter) const {
+    auto by_name = values_.find(name);
+    if (by_name == values_.end()) return -1.0;
+    auto by_counter = by_name->second.find(counter);
+    if (by_counter == by_name->second.end() || by_counter->second.empty()) return -1.0;
+    std::vector<double> v = by_counter->second;
+    std::sort(v.begin(), v.end());
+    size_t mid = v.size() / 2;
+    return v.size() % 2 ? v[mid] : 0.5 * (v[mid - 1] + v[mid]);
+  }
+
+ private:
+  std::map<std::string, std::map<std::string, std::vector<double>>> values_;
+};
+
+// For the ranks that must stay silent: rank 0 alone prints and writes JSON.
+class NullReporter : public benchmark::BenchmarkReporter {
+ public:
+  bool ReportContext(const Context&) override { return true; }
+  void ReportRuns(const std::vector<Run>&) override {}
+};
+
+// Drops --benchmark_out and --benchmark_out_format from argv: given the flag, Google Benchmark
+// opens the file itself on every rank, and all ranks would write the same path.
+inline void drop_output_flags(int* argc, char** argv) {
+  int kept = 1;
+  for (int i = 1; i < *argc; ++i) {
+    if (std::strncmp(argv[i], "--benchmark_out=", 16) == 0 ||
+        std::strncmp(argv[i], "--benchmark_out_format=", 23) == 0) {
+      continue;
+    }
+    argv[kept++] = argv[i];
+  }
+  *argc = kept;
+  argv[kept] = nullptr;
+}
+
+// Fills a benchmark input with uniform values in [-1, 1): random, because GPUs clock higher on
+// zeros and the timings would flatter us. Host buffers use a cheap LCG (filling hundreds of MiB
+// with Philox would dominate setup); device buffers use the backend's fill_random.
+inline void fill_input(Backend& backend, TensorView view, uint64_t seed) {
+  if (!view.device.is_cpu()) {
+    RandomFill spec;
+    spec.distribution = Distribution::kUniform;
+    spec.seed = seed;
+    spec.a = -1.0;
+    spec.b = 1.0;
+    backend.fill_random(view.reshaped(Shape{1, view.numel()}), spec);
+    backend.synchronize();
+    return;
+  }
+  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+  const int64_t n = view.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    float value = static_cast<float>(static_cast<int64_t>(state >> 40) - (1 << 23)) / (1 << 23);
+    switch (view.dtype) {
+      case DType::kF32:
+        view.as<float>()[i] = value;
+        break;
+      case DType::kBF16:
+        view.as<bf16_t>()[i] = float_to_bf16(value);
+        break;
+      case DType::kF16:
+        view.as<f16_t>()[i] = float_to_f16(value);
+        break;
+    }
+  }
+}
+
+}  // namespace weft::bench

@@ -1,0 +1,213 @@
+// CpuBackend: host memory, synchronous streams, OpenMP loops for the elementwise ops.
+#include "backend/cpu/cpu_backend.hpp"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "backend/backend_checks.hpp"
+#include "backend/cpu/cpu_kernels.hpp"
+#include "backend/cpu/cpu_matmul.hpp"
+#include "weft/error.hpp"
+
+namespace weft {
+
+namespace {
+
+// Work on the CPU completes inside each call, so ordering between streams is already given.
+class CpuStream final : public Stream {
+ public:
+  void synchronize() override {}
+  void* native_handle() const override { return nullptr; }
+};
+
+class CpuEvent final : public Event {
+ public:
+  void record(Stream&) override {}
+  void wait(Stream&) override {}
+  void synchronize() override {}
+};
+
+constexpr size_t kAlignment = 64;  // one cache line; what oneDNN prefers
+
+}  // namespace
+
+CpuBackend::CpuBackend()
+    : default_stream_(std::make_unique<CpuStream>()),
+      current_(default_stream_.get()),
+      matmul_(std::make_unique<CpuMatmul>()) {}
+
+CpuBackend::~CpuBackend() = default;
+
+std::string CpuBackend::name() const { return "cpu (" + matmul_->version() + ")"; }
+
+void* CpuBackend::allocate(size_t bytes) {
+  const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  void* ptr = std::aligned_alloc(kAlignment, rounded);
+  if (ptr == nullptr) {
+    WEFT_THROW(ErrorCode::kInvalidArgument, "host allocation of ", bytes, " bytes failed");
+  }
+  return ptr;
+}
+
+void CpuBackend::deallocate(void* ptr) noexcept { std::free(ptr); }
+
+void CpuBackend::set_stream(Stream& stream) {
+  WEFT_CHECK(dynamic_cast<CpuStream*>(&stream) != nullptr,
+             "set_stream: the CPU backend only runs on streams it created");
+  current_ = &stream;
+}
+
+std::unique_ptr<Stream> CpuBackend::create_stream(StreamPriority) {
+  return std::make_unique<CpuStream>();
+}
+
+std::unique_ptr<Event> CpuBackend::create_event() { return std::make_unique<CpuEvent>(); }
+
+void CpuBackend::copy(TensorView dst, TensorView src) {
+  check_on_device(dst, device(), "copy", "dst");
+  check_on_device(src, device(), "copy", "src");
+  check_same_layout(dst, src, "copy", "dst", "src");
+  if (dst.data != src.data && dst.bytes() > 0) std::memcpy(dst.data, src.data, dst.bytes());
+}
+
+void CpuBackend::copy_columns(TensorView dst, int64_t dst_col, TensorView src, int64_t src_col,
+                              int64_t cols) {
+  check_on_device(dst, device(), "copy_columns", "dst");
+  check_on_device(src, device(), "copy_columns", "src");
+  WEFT_CHECK(dst.dtype == src.dtype, "copy_columns: dtypes differ (", dtype_name(dst.dtype),
+             " vs ", dtype_name(src.dtype), ")");
+  const int64_t rows = dst.shape.rows();
+  WEFT_CHECK(src.shape.rows() == rows, "copy_columns: row counts differ: dst ", dst.shape.str(),
+             ", src ", src.shape.str());
+  WEFT_CHECK(cols >= 0 && dst_col >= 0 && src_col >= 0 && dst_col + cols <= dst.shape.cols() &&
+                 src_col + cols <= src.shape.cols(),
+             "copy_columns: columns [", src_col, ", ", src_col + cols, ") of ", src.shape.str(),
+             " to [", dst_col, ", ", dst_col + cols, ") of ", dst.shape.str(), " out of range");
+  const size_t es = dtype_size(dst.dtype);
+  const size_t dst_pitch = dst.shape.cols() * es, src_pitch = src.shape.cols() * es;
+  char* d = static_cast<char*>(dst.data) + dst_col * es;
+  const char* s = static_cast<const char*>(src.data) + src_col * es;
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(d + r * dst_pitch, s + r * src_pitch, cols * es);
+}
+
+void CpuBackend::convert(TensorView dst, TensorView src) {
+  check_on_device(dst, device(), "convert", "dst");
+  check_on_device(src, device(), "convert", "src");
+  WEFT_CHECK(dst.shape == src.shape, "convert: shapes differ: dst ", dst.shape.str(), ", src ",
+             src.shape.str());
+  const int64_t n = dst.numel();
+  dispatch_dtype(src.dtype, [&](auto src_tag) {
+    using TS = decltype(src_tag);
+    dispatch_dtype(dst.dtype, [&](auto dst_tag) {
+      using TD = decltype(dst_tag);
+      const TS* s = src.as<TS>();
+      TD* d = dst.as<TD>();
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) d[i] = from_float<TD>(to_float(s[i]));
+    });
+  });
+}
+
+void CpuBackend::fill(TensorView dst, float value) {
+  check_on_device(dst, device(), "fill", "dst");
+  const int64_t n = dst.numel();
+  dispatch_dtype(dst.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T v = from_float<T>(value);
+    T* d = dst.as<T>();
+    for (int64_t i = 0; i < n; ++i) d[i] = v;
+  });
+}
+
+void CpuBackend::fill_random(TensorView dst, const RandomFill& spec) {
+  check_on_device(dst, device(), "fill_random", "dst");
+  const int64_t rows = dst.shape.rows(), cols = dst.shape.cols();
+  const int64_t global_cols = spec.global_cols < 0 ? cols : spec.global_cols;
+  WEFT_CHECK(spec.col0 >= 0 && spec.row0 >= 0 && spec.col0 + cols <= global_cols,
+             "fill_random: window at (", spec.row0, ", ", spec.col0, ") of ", cols,
+             " columns does not fit a global row of ", global_cols);
+  dispatch_dtype(dst.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T* d = dst.as<T>();
+#pragma omp parallel for schedule(static) if (rows * cols > 16384)
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        d[r * cols + c] =
+            from_float<T>(random_value(spec, global_cols, spec.row0 + r, spec.col0 + c));
+      }
+    }
+  });
+}
+
+void CpuBackend::gemm(const GemmArgs& args) { matmul_->run(args); }
+
+namespace {
+// Applies fn(i) -> float to every element of `out` (same dtype T for all operands).
+template <typename Fn>
+void elementwise(const TensorView& out, Fn&& fn) {
+  const int64_t n = out.numel();
+  dispatch_dtype(out.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T* o = out.as<T>();
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) o[i] = from_float<T>(fn(i, T{}));
+  });
+}
+template <typename T>
+float at(const TensorView& v, int64_t i) {
+  return to_float(v.as<T>()[i]);
+}
+}  // namespace
+
+void CpuBackend::add(TensorView out, TensorView a, TensorView b) {
+  check_on_device(out, device(), "add", "out");
+  check_on_device(a, device(), "add", "a");
+  check_on_device(b, device(), "add", "b");
+  check_same_layout(out, a, "add", "out", "a");
+  check_same_layout(out, b, "add", "out", "b");
+  elementwise(out, [&](int64_t i, auto tag) {
+    using T = decltype(tag);
+    return at<T>(a, i) + at<T>(b, i);
+  });
+}
+
+void CpuBackend::add_bias(TensorView out, TensorView in, TensorView bias) {
+  check_on_device(out, device(), "add_bias", "out");
+  check_on_device(in, device(), "add_bias", "in");
+  check_on_device(bias, device(), "add_bias", "bias");
+  check_same_layout(out, in, "add_bias", "out", "in");
+  const int64_t cols = out.shape.cols();
+  WEFT_CHECK(bias.numel() == cols && bias.dtype == out.dtype, "add_bias: bias ", bias.str(),
+             " must have ", cols, " elements of dtype ", dtype_name(out.dtype));
+  elementwise(out, [&](int64_t i, auto tag) {
+    using T = decltype(tag);
+    return at<T>(in, i) + at<T>(bias, i % cols);
+  });
+}
+
+void CpuBackend::gelu(TensorView out, TensorView in) {
+  check_on_device(out, device(), "gelu", "out");
+  check_on_device(in, device(), "gelu", "in");
+  check_same_layout(out, in, "gelu", "out", "in");
+  elementwise(out, [&](int64_t i, auto tag) {
+    using T = decltype(tag);
+    return gelu_tanh(at<T>(in, i));
+  });
+}
+
+void CpuBackend::gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
+  check_on_device(grad_in, device(), "gelu_backward", "grad_in");
+  check_on_device(grad_out, device(), "gelu_backward", "grad_out");
+  check_on_device(input, device(), "gelu_backward", "input");
+  check_same_layout(grad_in, grad_out, "gelu_backward", "grad_in", "grad_out");
+  check_same_layout(grad_in, input, "gelu_backward", "grad_in", "input");
+  elementwise(grad_in, [&](int64_t i, auto tag) {
+    using T = decltype(tag);
+    return at<T>(grad_out, i) * gelu_tanh_grad(at<T>(input, i));
+  });
+}
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace weft

@@ -1,0 +1,220 @@
+// CpuMatmul: oneDNN matmul with the GemmArgs epilogues. Bias, sum (beta) and GeLU run as fused
+// oneDNN post-ops; the GeLU input (for backward) and the bias gradient need one extra pass.
+#include "backend/cpu/cpu_matmul.hpp"
+
+#include <cstring>
+#include <map>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/backend_checks.hpp"
+#include "backend/cpu/cpu_kernels.hpp"
+#include "weft/error.hpp"
+
+namespace weft {
+
+namespace {
+
+dnnl::memory::data_type to_dnnl(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return dnnl::memory::data_type::f32;
+    case DType::kBF16: return dnnl::memory::data_type::bf16;
+    case DType::kF16: return dnnl::memory::data_type::f16;
+  }
+  WEFT_THROW(ErrorCode::kInternal, "unknown dtype");
+}
+
+// Everything that changes the primitive; alpha and beta are baked into its attributes.
+using MatmulKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, int, int, bool, bool, float,
+                             float>;  // m n k ta tb in_dt out_dt bias gelu alpha beta
+
+template <typename T>
+std::vector<float> widen(const TensorView& v) {
+  std::vector<float> out(static_cast<size_t>(v.numel()));
+  const T* p = v.as<T>();
+  for (size_t i = 0; i < out.size(); ++i) out[i] = to_float(p[i]);
+  return out;
+}
+
+TensorView f32_view(std::vector<float>& data, const Shape& shape) {
+  return TensorView{data.data(), shape, DType::kF32, Device::cpu()};
+}
+
+template <typename T>
+void narrow(const std::vector<float>& src, const TensorView& dst) {
+  T* p = dst.as<T>();
+  for (size_t i = 0; i < src.size(); ++i) p[i] = from_float<T>(src[i]);
+}
+
+}  // namespace
+
+struct CpuMatmul::Impl {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  std::map<MatmulKey, dnnl::matmul> cache;
+
+  dnnl::matmul& primitive(const GemmArgs& args, const GemmDims& d, bool fuse_bias, bool fuse_gelu) {
+    MatmulKey key{d.m,    d.n, d.k, args.transpose_a, args.transpose_b, static_cast<int>(args.a.dtype),
+                  static_cast<int>(args.c.dtype), fuse_bias, fuse_gelu, args.alpha, args.beta};
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+
+    using dims = dnnl::memory::dims;
+    const auto in_dt = to_dnnl(args.a.dtype);
+    const auto out_dt = to_dnnl(args.c.dtype);
+    // A transposed operand is the same memory with swapped strides: no copy.
+    dnnl::memory::desc a_md(dims{d.m, d.k}, in_dt,
+                            args.transpose_a ? dims{1, d.m} : dims{d.k, 1});
+    dnnl::memory::desc b_md(dims{d.k, d.n}, in_dt,
+                            args.transpose_b ? dims{1, d.k} : dims{d.n, 1});
+    dnnl::memory::desc c_md(dims{d.m, d.n}, out_dt, dims{d.n, 1});
+    dnnl::primitive_attr attr;
+    if (args.alpha != 1.0f) attr.set_output_scales(0, {args.alpha});
+    dnnl::post_ops ops;
+    if (args.beta != 0.0f) ops.append_sum(args.beta);
+    if (fuse_gelu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
+    attr.set_post_ops(ops);
+    std::unique_ptr<dnnl::matmul::desc> desc;
+    if (fuse_bias) {
+      dnnl::memory::desc bias_md(dims{1, d.n}, out_dt, dims{d.n, 1});
+      desc = std::make_unique<dnnl::matmul::desc>(a_md, b_md, bias_md, c_md);
+    } else {
+      desc = std::make_unique<dnnl::matmul::desc>(a_md, b_md, c_md);
+    }
+    dnnl::matmul::primitive_desc pd(*desc, attr, engine);
+    return cache.emplace(key, dnnl::matmul(pd)).first->second;
+  }
+
+  void run_native(const GemmArgs& args, const GemmDims& d) {
+    const bool gelu = args.epilogue == Epilogue::kGelu || args.epilogue == Epilogue::kBiasGelu;
+    const bool bias = args.epilogue == Epilogue::kBias || args.epilogue == Epilogue::kBiasGelu;
+    // oneDNN adds the bias after the output scale; fuse it only where that equals our order.
+    const bool fuse_bias = bias && args.alpha == 1.0f;
+    const bool save_gelu_input = gelu && args.gelu_input.data != nullptr;
+    const bool fuse_gelu = gelu && !save_gelu_input;
+
+    dnnl::matmul& prim = primitive(args, d, fuse_bias, fuse_gelu);
+    auto md = [](const TensorView& v, dnnl::memory::dims shape, dnnl::memory::dims strides) {
+      return dnnl::memory::desc(shape, to_dnnl(v.dtype), strides);
+    };
+    using dims = dnnl::memory::dims;
+    dnnl::memory a_mem(md(args.a, {d.m, d.k}, args.transpose_a ? dims{1, d.m} : dims{d.k, 1}),
+                       engine, args.a.data);
+    dnnl::memory b_mem(md(args.b, {d.k, d.n}, args.transpose_b ? dims{1, d.k} : dims{d.n, 1}),
+                       engine, args.b.data);
+    dnnl::memory c_mem(md(args.c, {d.m, d.n}, {d.n, 1}), engine, args.c.data);
+    std::unordered_map<int, dnnl::memory> exec_args{
+        {DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}};
+    if (fuse_bias) {
+      exec_args.emplace(DNNL_ARG_BIAS,
+                        dnnl::memory(md(args.bias, {1, d.n}, {d.n, 1}), engine, args.bias.data));
+    }
+    prim.execute(stream, exec_args);
+    stream.wait();
+
+    dispatch_dtype(args.c.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      T* c = args.c.as<T>();
+      const T* b = bias && !fuse_bias ? args.bias.as<T>() : nullptr;
+      T* aux = save_gelu_input ? args.gelu_input.as<T>() : nullptr;
+      if (b == nullptr && !save_gelu_input) return;
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < d.m; ++i) {
+        for (int64_t j = 0; j < d.n; ++j) {
+          float v = to_float(c[i * d.n + j]);
+          if (b != nullptr) v += to_float(b[j]);
+          if (save_gelu_input) {
+            // Round the saved input to C's dtype first, as a GPU epilogue stores it.
+            T stored = from_float<T>(v);
+            aux[i * d.n + j] = stored;
+            v = gelu_tanh(to_float(stored));
+          }
+          c[i * d.n + j] = from_float<T>(v);
+        }
+      }
+    });
+  }
+
+  void bias_grad(const GemmArgs& args, const GemmDims& d) {
+    // bias_grad[i] = sum over k of op(A)[i, k], accumulated in f32.
+    dispatch_dtype(args.a.dtype, [&](auto in_tag) {
+      using TIn = decltype(in_tag);
+      const TIn* a = args.a.as<TIn>();
+      std::vector<float> sums(static_cast<size_t>(d.m), 0.0f);
+      if (args.transpose_a) {  // A stored k x m: sum the rows
+        for (int64_t kk = 0; kk < d.k; ++kk) {
+          for (int64_t i = 0; i < d.m; ++i) sums[i] += to_float(a[kk * d.m + i]);
+        }
+      } else {
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < d.m; ++i) {
+          float s = 0.0f;
+          for (int64_t kk = 0; kk < d.k; ++kk) s += to_float(a[i * d.k + kk]);
+          sums[i] = s;
+        }
+      }
+      dispatch_dtype(args.bias_grad.dtype, [&](auto out_tag) {
+        using TOut = decltype(out_tag);
+        TOut* out = args.bias_grad.as<TOut>();
+        for (int64_t i = 0; i < d.m; ++i) out[i] = from_float<TOut>(sums[i]);
+      });
+    });
+  }
+
+  // oneDNN 2.6 has no f16 matmul on CPUs without AVX512-FP16: compute in f32 and round back.
+  void run_f16_via_f32(const GemmArgs& args, const GemmDims& d) {
+    std::vector<float> a = widen<f16_t>(args.a), b = widen<f16_t>(args.b);
+    const bool c_is_f16 = args.c.dtype == DType::kF16;
+    std::vector<float> c, bias, aux;
+    if (c_is_f16) {
+      c = args.beta != 0.0f ? widen<f16_t>(args.c) : std::vector<float>(args.c.numel());
+      if (args.bias.data != nullptr) bias = widen<f16_t>(args.bias);
+      if (args.gelu_input.data != nullptr) aux.resize(static_cast<size_t>(args.gelu_input.numel()));
+    }
+    GemmArgs wide = args;
+    wide.a = f32_view(a, args.a.shape);
+    wide.b = f32_view(b, args.b.shape);
+    if (c_is_f16) {
+      wide.c = f32_view(c, args.c.shape);
+      if (args.bias.data != nullptr) wide.bias = f32_view(bias, args.bias.shape);
+      if (args.gelu_input.data != nullptr) wide.gelu_input = f32_view(aux, args.gelu_input.shape);
+      wide.bias_grad = TensorView{};  // computed from the f16 A below
+    }
+    run_native(wide, d);
+    if (c_is_f16) {
+      narrow<f16_t>(c, args.c);
+      if (args.gelu_input.data != nullptr) narrow<f16_t>(aux, args.gelu_input);
+    }
+  }
+};
+
+CpuMatmul::CpuMatmul() : impl_(std::make_unique<Impl>()) {}
+CpuMatmul::~CpuMatmul() = default;
+
+std::string CpuMatmul::version() const {
+  const dnnl_version_t* v = dnnl::version();
+  return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
+         std::to_string(v->patch);
+}
+
+void CpuMatmul::run(const GemmArgs& args) {
+  const GemmDims d = check_gemm_args(args, Device::cpu());
+  if (d.m == 0 || d.n == 0) return;
+  WEFT_CHECK(d.k > 0, "gemm: inner dimension k is 0 (A ", args.a.shape.str(), ", B ",
+             args.b.shape.str(), ")");
+  try {
+    if (args.a.dtype == DType::kF16) {
+      impl_->run_f16_via_f32(args, d);
+    } else {
+      impl_->run_native(args, d);
+    }
+  } catch (const dnnl::error& e) {
+    WEFT_THROW(ErrorCode::kDnnl, "oneDNN matmul failed for m=", d.m, " n=", d.n, " k=", d.k,
+               " (", dtype_name(args.a.dtype), " -> ", dtype_name(args.c.dtype), "): ", e.what());
+  }
+  if (args.epilogue == Epilogue::kBiasGrad) impl_->bias_grad(args, d);
+}
+
+}  // namespace weft

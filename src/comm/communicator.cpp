@@ -1,0 +1,77 @@
+// Communicator's public entry points: argument checks shared by every implementation.
+#include "weft/comm.hpp"
+
+#include "weft/error.hpp"
+
+namespace weft {
+
+const char* reduce_op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum: return "sum";
+    case ReduceOp::kMax: return "max";
+    case ReduceOp::kMin: return "min";
+  }
+  return "unknown";
+}
+
+void Communicator::check_buffer(const TensorView& view, const char* what) const {
+  WEFT_CHECK(view.device.kind == buffer_device(), name(), " communicator: ", what, " ", view.str(),
+             " is in ", view.device.str(), " memory, but this communicator moves ",
+             buffer_device() == DeviceKind::kCpu ? "host" : "GPU", " buffers");
+  WEFT_CHECK(view.data != nullptr || view.numel() == 0, name(), " communicator: ", what,
+             " has no data");
+}
+
+void Communicator::check_peer(int peer, const char* what) const {
+  WEFT_CHECK(peer >= 0 && peer < size(), name(), " communicator: ", what, " rank ", peer,
+             " is outside the group of size ", size());
+}
+
+void Communicator::all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) {
+  check_buffer(send, "all_reduce send buffer");
+  check_buffer(recv, "all_reduce recv buffer");
+  WEFT_CHECK(send.numel() == recv.numel() && send.dtype == recv.dtype,
+             "all_reduce: send ", send.str(), " and recv ", recv.str(),
+             " must have equal element counts and dtypes");
+  do_all_reduce(send, recv, op, stream);
+}
+
+void Communicator::all_gather(TensorView send, TensorView recv, Stream& stream) {
+  check_buffer(send, "all_gather send buffer");
+  check_buffer(recv, "all_gather recv buffer");
+  WEFT_CHECK(send.dtype == recv.dtype, "all_gather: dtypes differ (send ", send.str(), ", recv ",
+             recv.str(), ")");
+  WEFT_CHECK(recv.numel() == send.numel() * size(), "all_gather: recv ", recv.str(),
+             " must hold group size (", size(), ") x send elements (", send.numel(), ")");
+  do_all_gather(send, recv, stream);
+}
+
+void Communicator::reduce_scatter(TensorView send, TensorView recv, ReduceOp op, Stream& stream) {
+  check_buffer(send, "reduce_scatter send buffer");
+  check_buffer(recv, "reduce_scatter recv buffer");
+  WEFT_CHECK(send.dtype == recv.dtype, "reduce_scatter: dtypes differ (send ", send.str(),
+             ", recv ", recv.str(), ")");
+  WEFT_CHECK(send.numel() == recv.numel() * size(), "reduce_scatter: send ", send.str(),
+             " must hold group size (", size(), ") x recv elements (", recv.numel(), ")");
+  do_reduce_scatter(send, recv, op, stream);
+}
+
+void Communicator::broadcast(TensorView buffer, int root, Stream& stream) {
+  check_buffer(buffer, "broadcast buffer");
+  check_peer(root, "broadcast root");
+  do_broadcast(buffer, root, stream);
+}
+
+void Communicator::send(TensorView buffer, int peer, Stream& stream) {
+  check_buffer(buffer, "send buffer");
+  check_peer(peer, "send destination");
+  do_send(buffer, peer, stream);
+}
+
+void Communicator::recv(TensorView buffer, int peer, Stream& stream) {
+  check_buffer(buffer, "recv buffer");
+  check_peer(peer, "recv source");
+  do_recv(buffer, peer, stream);
+}
+
+}  // namespace weft

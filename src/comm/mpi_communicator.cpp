@@ -1,0 +1,198 @@
+// MpiCommunicator and MpiRuntime: MPI collectives on host buffers; 16-bit floats reduce through
+// user-defined MPI ops that accumulate in float.
+#include "comm/mpi_communicator.hpp"
+
+#include <climits>
+#include <cstdlib>
+
+#include "comm/mpi_check.hpp"
+#include "weft/log.hpp"
+
+namespace weft {
+
+namespace {
+
+template <typename T, typename Combine>
+void reduce_16bit(void* in, void* inout, int* len, Combine combine) {
+  const T* a = static_cast<const T*>(in);
+  T* b = static_cast<T*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = from_float<T>(combine(to_float(a[i]), to_float(b[i])));
+}
+
+float sum_op(float a, float b) { return a + b; }
+float max_op(float a, float b) { return a > b ? a : b; }
+float min_op(float a, float b) { return a < b ? a : b; }
+
+template <typename T, float (*Combine)(float, float)>
+void mpi_user_op(void* in, void* inout, int* len, MPI_Datatype*) {
+  reduce_16bit<T>(in, inout, len, Combine);
+}
+
+// MPI has no bf16 or f16: they travel as uint16 and reduce through these ops, created once.
+MPI_Op user_op(DType dtype, ReduceOp op) {
+  static MPI_Op ops[2][3];
+  static bool created = [] {
+    MPI_Op_create(&mpi_user_op<bf16_t, sum_op>, 1, &ops[0][0]);
+    MPI_Op_create(&mpi_user_op<bf16_t, max_op>, 1, &ops[0][1]);
+    MPI_Op_create(&mpi_user_op<bf16_t, min_op>, 1, &ops[0][2]);
+    MPI_Op_create(&mpi_user_op<f16_t, sum_op>, 1, &ops[1][0]);
+    MPI_Op_create(&mpi_user_op<f16_t, max_op>, 1, &ops[1][1]);
+    MPI_Op_create(&mpi_user_op<f16_t, min_op>, 1, &ops[1][2]);
+    return true;
+  }();
+  (void)created;
+  return ops[dtype == DType::kBF16 ? 0 : 1][static_cast<int>(op)];
+}
+
+MPI_Datatype mpi_type(DType dtype) {
+  return dtype == DType::kF32 ? MPI_FLOAT : MPI_UINT16_T;
+}
+
+MPI_Op mpi_op(DType dtype, ReduceOp op) {
+  if (dtype != DType::kF32) return user_op(dtype, op);
+  switch (op) {
+    case ReduceOp::kSum: return MPI_SUM;
+    case ReduceOp::kMax: return MPI_MAX;
+    case ReduceOp::kMin: return MPI_MIN;
+  }
+  WEFT_THROW(ErrorCode::kInternal, "unknown reduce op");
+}
+
+int mpi_count(int64_t numel) {
+  WEFT_CHECK(numel <= INT_MAX, "MPI message of ", numel, " elements exceeds INT_MAX");
+  return static_cast<int>(numel);
+}
+
+bool mpi_finalized() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  return finalized != 0;
+}
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+  WEFT_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  WEFT_CHECK_MPI(MPI_Comm_rank(comm_, &rank_));
+  WEFT_CHECK_MPI(MPI_Comm_size(comm_, &size_));
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  if (!pending_.empty()) {
+    WEFT_LOG(kError, "MPI communicator destroyed with ", pending_.size(),
+             " point-to-point operations still posted (missing group_end)");
+  }
+  if (comm_ != MPI_COMM_NULL && !mpi_finalized()) MPI_Comm_free(&comm_);
+}
+
+void MpiCommunicator::do_all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream&) {
+  const void* src = send.data == recv.data ? MPI_IN_PLACE : send.data;
+  WEFT_CHECK_MPI(MPI_Allreduce(src, recv.data, mpi_count(recv.numel()), mpi_type(recv.dtype),
+                               mpi_op(recv.dtype, op), comm_),
+                 "all_reduce of ", recv.str());
+}
+
+void MpiCommunicator::do_all_gather(TensorView send, TensorView recv, Stream&) {
+  const size_t block = send.bytes();
+  const char* own_block = static_cast<const char*>(recv.data) + block * rank_;
+  const void* src = send.data == own_block ? MPI_IN_PLACE : send.data;
+  const int count = mpi_count(send.numel());
+  WEFT_CHECK_MPI(MPI_Allgather(src, count, mpi_type(send.dtype), recv.data, count,
+                               mpi_type(send.dtype), comm_),
+                 "all_gather of ", send.str());
+}
+
+void MpiCommunicator::do_reduce_scatter(TensorView send, TensorView recv, ReduceOp op, Stream&) {
+  WEFT_CHECK(send.data != recv.data, "reduce_scatter: send and recv must be distinct buffers");
+  WEFT_CHECK_MPI(MPI_Reduce_scatter_block(send.data, recv.data, mpi_count(recv.numel()),
+                                          mpi_type(recv.dtype), mpi_op(recv.dtype, op), comm_),
+                 "reduce_scatter to ", recv.str());
+}
+
+void MpiCommunicator::do_broadcast(TensorView buffer, int root, Stream&) {
+  WEFT_CHECK_MPI(MPI_Bcast(buffer.data, mpi_count(buffer.numel()), mpi_type(buffer.dtype), root,
+                           comm_),
+                 "broadcast of ", buffer.str(), " from ", root);
+}
+
+void MpiCommunicator::do_send(TensorView buffer, int peer, Stream&) {
+  const int count = mpi_count(buffer.numel());
+  if (group_depth_ > 0) {
+    pending_.emplace_back();
+    WEFT_CHECK_MPI(
+        MPI_Isend(buffer.data, count, mpi_type(buffer.dtype), peer, 0, comm_, &pending_.back()));
+  } else {
+    WEFT_CHECK_MPI(MPI_Send(buffer.data, count, mpi_type(buffer.dtype), peer, 0, comm_));
+  }
+}
+
+void MpiCommunicator::do_recv(TensorView buffer, int peer, Stream&) {
+  const int count = mpi_count(buffer.numel());
+  if (group_depth_ > 0) {
+    pending_.emplace_back();
+    WEFT_CHECK_MPI(
+        MPI_Irecv(buffer.data, count, mpi_type(buffer.dtype), peer, 0, comm_, &pending_.back()));
+  } else {
+    WEFT_CHECK_MPI(
+        MPI_Recv(buffer.data, count, mpi_type(buffer.dtype), peer, 0, comm_, MPI_STATUS_IGNORE));
+  }
+}
+
+void MpiCommunicator::group_start() { ++group_depth_; }
+
+void MpiCommunicator::group_end() {
+  WEFT_CHECK(group_depth_ > 0, "group_end without a matching group_start");
+  if (--group_depth_ > 0) return;
+  std::vector<MPI_Request> requests;
+  requests.swap(pending_);
+  WEFT_CHECK_MPI(MPI_Waitall(static_cast<int>(requests.size()), requests.data(),
+                             MPI_STATUSES_IGNORE),
+                 "completing a group of ", requests.size(), " sends/receives");
+}
+
+std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
+  WEFT_CHECK(color >= 0, "split: color must be non-negative, got ", color);
+  MPI_Comm sub = MPI_COMM_NULL;
+  WEFT_CHECK_MPI(MPI_Comm_split(comm_, color, key, &sub));
+  return std::make_unique<MpiCommunicator>(sub);
+}
+
+void MpiCommunicator::barrier() { WEFT_CHECK_MPI(MPI_Barrier(comm_)); }
+
+MpiRuntime::MpiRuntime(int* argc, char*** argv) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    int provided = 0;
+    WEFT_CHECK_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+    owns_ = true;
+  }
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  set_error_rank(rank);
+}
+
+MpiRuntime::~MpiRuntime() {
+  if (owns_ && !mpi_finalized()) MPI_Finalize();
+}
+
+void MpiRuntime::abort(int exit_code) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized && !mpi_finalized()) MPI_Abort(MPI_COMM_WORLD, exit_code);
+  std::_Exit(exit_code);
+}
+
+std::unique_ptr<Communicator> make_mpi_world_communicator() {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  WEFT_CHECK(initialized, "make_mpi_world_communicator: MPI is not initialized (create a "
+                          "weft::MpiRuntime first)");
+  // A private copy of the world, so that weft's messages never match the program's own.
+  MPI_Comm world = MPI_COMM_NULL;
+  WEFT_CHECK_MPI(MPI_Comm_dup(MPI_COMM_WORLD, &world));
+  return std::make_unique<MpiCommunicator>(world);
+}
+
+}  // namespace weft

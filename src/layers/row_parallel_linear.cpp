@@ -1,0 +1,80 @@
+// RowParallelLinear: input features split across TP ranks, partial outputs all-reduced.
+#include "weft/linear.hpp"
+
+#include "layers/linear_common.hpp"
+#include "weft/partition.hpp"
+
+namespace weft {
+
+RowParallelLinear::RowParallelLinear(const ParallelContext& ctx, RowParallelLinearConfig config)
+    : ctx_(ctx), config_(std::move(config)) {
+  const auto& c = config_;
+  WEFT_CHECK(c.in_features > 0 && c.out_features > 0, c.name, ": in_features (", c.in_features,
+             ") and out_features (", c.out_features, ") must be positive");
+  const int tp = ctx.tp.size(), rank = ctx.tp.rank();
+  weight_ = make_parameter(ctx.backend, c.name + ".weight", Shape({c.out_features, c.in_features}),
+                           c.dtype, /*partition_dim=*/1, tp, rank);
+  init_parameter(ctx.backend, weight_, RandomFill{Distribution::kNormal, c.seed, 0, 0.0, c.init_std});
+  if (c.bias) {
+    // Replicated: added once after the reduction, so every rank holds the whole bias.
+    bias_ = make_parameter(ctx.backend, c.name + ".bias", Shape({c.out_features}), c.dtype,
+                           /*partition_dim=*/-1, 1, 0);
+    ctx.backend.fill(bias_.value, 0.0f);
+  }
+}
+
+std::vector<Parameter*> RowParallelLinear::parameters() {
+  std::vector<Parameter*> params{&weight_};
+  if (config_.bias) params.push_back(&bias_);
+  return params;
+}
+
+Tensor RowParallelLinear::forward(TensorView input) {
+  const int64_t k_local = local_in_features();
+  check_activation(ctx_.backend, input, config_.input_is_parallel ? k_local : config_.in_features,
+                   config_.dtype, config_.name, "input");
+  const int64_t rows = input.shape.rows();
+  TensorView x = input.reshaped(Shape({rows, input.shape.cols()}));
+  if (!config_.input_is_parallel) {
+    scattered_input_ = split_last_dim(ctx_, x);
+    x = scattered_input_;
+  }
+  saved_input_ = x;
+
+  Tensor out(ctx_.backend, input.shape.with_dim(-1, config_.out_features), config_.dtype);
+  const TensorView out2d = out.view().reshaped(Shape({rows, config_.out_features}));
+  GemmArgs g;
+  g.a = x;
+  g.b = weight_.value;
+  g.transpose_b = true;
+  g.c = out2d;
+  ctx_.backend.gemm(g);
+  reduce_from_tp_region_forward(ctx_, out2d);
+  if (config_.bias && !config_.skip_bias_add) ctx_.backend.add_bias(out2d, out2d, bias_.value);
+  return out;
+}
+
+Tensor RowParallelLinear::backward(TensorView grad_output) {
+  WEFT_CHECK(saved_input_.data != nullptr, config_.name, ": backward called before forward");
+  const int64_t rows = saved_input_.shape.rows(), k_local = local_in_features();
+  check_activation(ctx_.backend, grad_output, config_.out_features, config_.dtype, config_.name,
+                   "grad_output");
+  WEFT_CHECK(grad_output.shape.rows() == rows, config_.name, ": grad_output ",
+             grad_output.shape.str(), " has ", grad_output.shape.rows(), " rows, forward had ",
+             rows);
+  const TensorView grad = grad_output.reshaped(Shape({rows, config_.out_features}));
+
+  Tensor grad_input(ctx_.backend, Shape({rows, k_local}), config_.dtype);
+  GemmArgs g;  // grad_input = grad W_local: this rank's input features, complete (no reduction)
+  g.a = grad;
+  g.b = weight_.value;
+  g.c = grad_input;
+  ctx_.backend.gemm(g);
+  accumulate_weight_grads(ctx_.backend, grad, saved_input_, weight_, bias());
+
+  Tensor result = config_.input_is_parallel ? std::move(grad_input) : gather_last_dim(ctx_, grad_input);
+  result.reshape(grad_output.shape.with_dim(-1, result.shape().cols()));
+  return result;
+}
+
+}  // namespace weft

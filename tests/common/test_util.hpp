@@ -1,0 +1,107 @@
+// Test helpers: random tensors, host copies in double, norm-wise relative error, naive references.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "weft/weft.hpp"
+
+namespace weft::testing {
+
+// A tensor of N(0, std) (or uniform [lo, hi)) values from its own seed; never zeros or ones.
+inline Tensor random_tensor(Backend& backend, const Shape& shape, DType dtype, uint64_t seed,
+                            double std = 1.0) {
+  Tensor t(backend, shape, dtype);
+  backend.fill_random(t, RandomFill{Distribution::kNormal, seed, 0, 0.0, std});
+  return t;
+}
+
+// The values of any view (host or device) as doubles.
+inline std::vector<double> to_host(Backend& backend, TensorView v) {
+  Tensor host_copy;
+  TensorView src = v;
+  std::unique_ptr<Backend> cpu;
+  if (!v.device.is_cpu()) {
+    cpu = make_cpu_backend();
+    host_copy = Tensor(*cpu, v.shape, v.dtype);
+    backend.copy(host_copy, v);
+    src = host_copy;
+  }
+  std::vector<double> out(static_cast<size_t>(src.numel()));
+  for (size_t i = 0; i < out.size(); ++i) {
+    switch (src.dtype) {
+      case DType::kF32: out[i] = src.as<float>()[i]; break;
+      case DType::kBF16: out[i] = bf16_to_float(src.as<bf16_t>()[i]); break;
+      case DType::kF16: out[i] = f16_to_float(src.as<f16_t>()[i]); break;
+    }
+  }
+  return out;
+}
+
+// max |actual - expected| / max |expected|: norm-wise, so that entries near zero do not blow up,
+// yet a wrong shard, a missing reduction or a transposed weight gives O(1). Any NaN, any
+// size mismatch or an all-zero reference gives infinity: they never pass.
+inline double max_rel_error(const std::vector<double>& actual, const std::vector<double>& expected) {
+  const double inf = std::numeric_limits<double>::infinity();
+  if (actual.size() != expected.size()) return inf;
+  double max_diff = 0.0, max_ref = 0.0;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    if (std::isnan(actual[i]) || std::isnan(expected[i])) return inf;
+    max_diff = std::max(max_diff, std::abs(actual[i] - expected[i]));
+    max_ref = std::max(max_ref, std::abs(expected[i]));
+  }
+  if (max_ref == 0.0) return actual.empty() ? 0.0 : inf;
+  return max_diff / max_ref;
+}
+
+// The tolerance DESIGN.md sets for a dtype: f32 at rounding level, 16-bit formats at 1e-2.
+inline double tolerance(DType dtype) { return dtype == DType::kF32 ? 1e-5 : 1e-2; }
+
+// Rounds every value to what `dtype` can hold (the reference sees the inputs the kernel sees).
+inline std::vector<double> rounded(std::vector<double> v, DType dtype) {
+  for (double& x : v) {
+    if (dtype == DType::kBF16) x = bf16_to_float(float_to_bf16(static_cast<float>(x)));
+    if (dtype == DType::kF16) x = f16_to_float(float_to_f16(static_cast<float>(x)));
+    if (dtype == DType::kF32) x = static_cast<float>(x);
+  }
+  return v;
+}
+
+// C[m x n] = op(A) op(B) in double, row-major, A stored (ta ? k x m : m x k), B (tb ? n x k : k x n).
+inline std::vector<double> reference_matmul(const std::vector<double>& a, const std::vector<double>& b,
+                                            int64_t m, int64_t n, int64_t k, bool ta, bool tb) {
+  std::vector<double> c(static_cast<size_t>(m * n), 0.0);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0.0;
+      for (int64_t p = 0; p < k; ++p) {
+        s += (ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
+      }
+      c[i * n + j] = s;
+    }
+  }
+  return c;
+}
+
+inline double reference_gelu(double x) {
+  return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+}
+inline double reference_gelu_grad(double x) {
+  const double t = std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x));
+  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3 * 0.044715 * x * x);
+}
+
+// Columns [col0, col0 + cols) of a row-major [rows, total_cols] matrix.
+inline std::vector<double> column_block(const std::vector<double>& m, int64_t rows, int64_t total_cols,
+                                        int64_t col0, int64_t cols) {
+  std::vector<double> out(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = m[r * total_cols + col0 + c];
+  }
+  return out;
+}
+
+}  // namespace weft::testing
