@@ -15,6 +15,7 @@ ColumnParallelLinear::ColumnParallelLinear(const ParallelContext& ctx,
   WEFT_CHECK(c.activation == Activation::kNone || (!c.gather_output && !c.skip_bias_add), c.name,
              ": a fused activation needs gather_output=false and skip_bias_add=false");
   const int tp = ctx.tp.size(), rank = ctx.tp.rank();
+  divide_exact(c.out_features, tp, (c.name + ": out_features").c_str(), "the tensor-parallel size");
   weight_ = make_parameter(ctx.backend, c.name + ".weight", Shape({c.out_features, c.in_features}),
                            c.dtype, /*partition_dim=*/0, tp, rank);
   init_parameter(ctx.backend, weight_, RandomFill{Distribution::kNormal, c.seed, 0, 0.0, c.init_std});

@@ -12,6 +12,7 @@ RowParallelLinear::RowParallelLinear(const ParallelContext& ctx, RowParallelLine
   WEFT_CHECK(c.in_features > 0 && c.out_features > 0, c.name, ": in_features (", c.in_features,
              ") and out_features (", c.out_features, ") must be positive");
   const int tp = ctx.tp.size(), rank = ctx.tp.rank();
+  divide_exact(c.in_features, tp, (c.name + ": in_features").c_str(), "the tensor-parallel size");
   weight_ = make_parameter(ctx.backend, c.name + ".weight", Shape({c.out_features, c.in_features}),
                            c.dtype, /*partition_dim=*/1, tp, rank);
   init_parameter(ctx.backend, weight_, RandomFill{Distribution::kNormal, c.seed, 0, 0.0, c.init_std});

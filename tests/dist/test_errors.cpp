@@ -1,0 +1,98 @@
+// Bad input is rejected on every rank with a weft::Error that names the values, and no rank is
+// left waiting in a collective afterwards.
+#include <gtest/gtest.h>
+
+#include "common/test_util.hpp"
+#include "dist/dist_env.hpp"
+
+namespace weft::testing {
+namespace {
+
+// Runs fn, expects a weft::Error whose text contains every needle, then meets every rank at a
+// barrier: a rank that had hung in a collective would never get there.
+template <typename Fn>
+void expect_error_on_every_rank(Fn&& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected weft::Error";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    for (const std::string& needle : needles) {
+      EXPECT_NE(what.find(needle), std::string::npos) << "'" << needle << "' missing in: " << what;
+    }
+    EXPECT_EQ(e.rank(), world().rank()) << "the error must say which rank raised it";
+  }
+  world().barrier();
+}
+
+TEST(Errors, WorldNotDivisibleByTpTimesPp) {
+  const int n = world().size();
+  expect_error_on_every_rank([&] { ParallelGrid grid(world(), n + 1); },
+                             {"(" + std::to_string(n) + ")", "(" + std::to_string(n + 1) + ")"});
+  expect_error_on_every_rank([&] { ParallelGrid grid(world(), 2, 3); },
+                             {"world size (" + std::to_string(n) + ")", "(2)", "(3)", "= 6"});
+  expect_error_on_every_rank([&] { ParallelGrid grid(world(), 0); }, {"positive", "0"});
+}
+
+TEST(Errors, OutputFeaturesNotDivisibleByTp) {
+  auto cpu = make_cpu_backend();
+  const int tp = world().size();
+  if (tp == 1) GTEST_SKIP() << "every size divides by 1";
+  ParallelGrid grid(world(), tp);
+  ParallelContext ctx{*cpu, grid.tp()};
+  ColumnParallelLinearConfig column;
+  column.in_features = 8;
+  column.out_features = 4 * tp + 1;
+  expect_error_on_every_rank([&] { ColumnParallelLinear layer(ctx, column); },
+                             {"out_features (" + std::to_string(4 * tp + 1) + ")",
+                              "tensor-parallel size (" + std::to_string(tp) + ")"});
+  RowParallelLinearConfig row;
+  row.in_features = 4 * tp + 1;
+  row.out_features = 8;
+  expect_error_on_every_rank([&] { RowParallelLinear layer(ctx, row); },
+                             {"in_features (" + std::to_string(4 * tp + 1) + ")"});
+  ParallelMLPConfig mlp;
+  mlp.hidden = 8;
+  mlp.ffn_hidden = 4 * tp + 1;
+  expect_error_on_every_rank([&] { ParallelMLP layer(ctx, mlp); },
+                             {"(" + std::to_string(4 * tp + 1) + ")"});
+}
+
+TEST(Errors, WrongInputShapeAndDtype) {
+  auto cpu = make_cpu_backend();
+  ParallelGrid grid(world(), world().size());
+  ParallelContext ctx{*cpu, grid.tp()};
+  ColumnParallelLinearConfig config;
+  config.in_features = 8;
+  config.out_features = 8 * world().size();
+  ColumnParallelLinear layer(ctx, config);
+
+  Tensor wrong_width = random_tensor(*cpu, Shape({5, 7}), DType::kF32, 1);
+  expect_error_on_every_rank([&] { layer.forward(wrong_width); }, {"[5, 7]", "8"});
+  Tensor wrong_dtype = random_tensor(*cpu, Shape({5, 8}), DType::kBF16, 2);
+  expect_error_on_every_rank([&] { layer.forward(wrong_dtype); }, {"bf16", "f32"});
+  ColumnParallelLinear fresh(ctx, config);
+  Tensor grad = random_tensor(*cpu, Shape({5, 8}), DType::kF32, 3);
+  expect_error_on_every_rank([&] { fresh.backward(grad); }, {"backward called before forward"});
+
+  Tensor x = random_tensor(*cpu, Shape({5, 8}), DType::kF32, 4);
+  Tensor y = layer.forward(x);
+  Tensor wrong_rows = random_tensor(*cpu, Shape({6, y.shape().cols()}), DType::kF32, 5);
+  expect_error_on_every_rank([&] { layer.backward(wrong_rows); }, {"6 rows", "5"});
+}
+
+TEST(Errors, FusedActivationWithGatherOutputIsRejected) {
+  auto cpu = make_cpu_backend();
+  auto self = make_self_communicator();
+  ColumnParallelLinearConfig config;
+  config.in_features = 4;
+  config.out_features = 4;
+  config.gather_output = true;
+  config.activation = Activation::kGelu;
+  expect_error_on_every_rank(
+      [&] { ColumnParallelLinear layer(ParallelContext{*cpu, *self}, config); },
+      {"gather_output=false"});
+}
+
+}  // namespace
+}  // namespace weft::testing
