@@ -6,7 +6,7 @@
 
 #include "backend/backend_checks.hpp"
 #include "backend/cpu/cpu_kernels.hpp"
-#include "backend/cpu/cpu_matmul.hpp"
+#include "backend/cpu/onednn.hpp"
 #include "weft/error.hpp"
 
 namespace weft {
@@ -34,11 +34,11 @@ constexpr size_t kAlignment = 64;  // one cache line; what oneDNN prefers
 CpuBackend::CpuBackend()
     : default_stream_(std::make_unique<CpuStream>()),
       current_(default_stream_.get()),
-      matmul_(std::make_unique<CpuMatmul>()) {}
+      onednn_(std::make_unique<OneDnn>()) {}
 
 CpuBackend::~CpuBackend() = default;
 
-std::string CpuBackend::name() const { return "cpu (" + matmul_->version() + ")"; }
+std::string CpuBackend::name() const { return "cpu (" + onednn_->version() + ")"; }
 
 void* CpuBackend::allocate(size_t bytes) {
   const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
@@ -140,7 +140,7 @@ void CpuBackend::fill_random(TensorView dst, const RandomFill& spec) {
   });
 }
 
-void CpuBackend::gemm(const GemmArgs& args) { matmul_->run(args); }
+void CpuBackend::gemm(const GemmArgs& args) { onednn_->matmul(args); }
 
 namespace {
 // Applies fn(i) -> float to every element of `out` (same dtype T for all operands).
@@ -190,6 +190,7 @@ void CpuBackend::gelu(TensorView out, TensorView in) {
   check_on_device(out, device(), "gelu", "out");
   check_on_device(in, device(), "gelu", "in");
   check_same_layout(out, in, "gelu", "out", "in");
+  if (onednn_->gelu(out, in)) return;
   elementwise(out, [&](int64_t i, auto tag) {
     using T = decltype(tag);
     return gelu_tanh(at<T>(in, i));
@@ -202,6 +203,7 @@ void CpuBackend::gelu_backward(TensorView grad_in, TensorView grad_out, TensorVi
   check_on_device(input, device(), "gelu_backward", "input");
   check_same_layout(grad_in, grad_out, "gelu_backward", "grad_in", "grad_out");
   check_same_layout(grad_in, input, "gelu_backward", "grad_in", "input");
+  if (onednn_->gelu_backward(grad_in, grad_out, input)) return;
   elementwise(grad_in, [&](int64_t i, auto tag) {
     using T = decltype(tag);
     return at<T>(grad_out, i) * gelu_tanh_grad(at<T>(input, i));

@@ -7,7 +7,7 @@
 
 namespace weft {
 
-class CpuMatmul;
+class OneDnn;
 
 class CpuBackend final : public Backend {
  public:
@@ -42,7 +42,7 @@ class CpuBackend final : public Backend {
  private:
   std::unique_ptr<Stream> default_stream_;
   Stream* current_;
-  std::unique_ptr<CpuMatmul> matmul_;
+  std::unique_ptr<OneDnn> onednn_;
 };
 
 }  // namespace weft

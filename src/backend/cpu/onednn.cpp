@@ -1,6 +1,7 @@
-// CpuMatmul: oneDNN matmul with the GemmArgs epilogues. Bias, sum (beta) and GeLU run as fused
-// oneDNN post-ops; the GeLU input (for backward) and the bias gradient need one extra pass.
-#include "backend/cpu/cpu_matmul.hpp"
+// OneDnn: oneDNN matmul with the GemmArgs epilogues, and GeLU. Bias, sum (beta) and GeLU run as
+// fused post-ops; when the GeLU input must be kept for backward, the matmul writes it and an
+// eltwise primitive reads it back; the bias gradient is one extra pass over A.
+#include "backend/cpu/onednn.hpp"
 
 #include <cstring>
 #include <map>
@@ -50,10 +51,53 @@ void narrow(const std::vector<float>& src, const TensorView& dst) {
 
 }  // namespace
 
-struct CpuMatmul::Impl {
+struct OneDnn::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
   std::map<MatmulKey, dnnl::matmul> cache;
+  // (numel, dtype) -> forward primitive descriptor and primitives.
+  std::map<std::pair<int64_t, int>, dnnl::eltwise_forward::primitive_desc> gelu_pds;
+  std::map<std::pair<int64_t, int>, dnnl::eltwise_forward> gelu_fwd;
+  std::map<std::pair<int64_t, int>, dnnl::eltwise_backward> gelu_bwd;
+
+  dnnl::memory::desc flat(int64_t n, DType dtype) {
+    return dnnl::memory::desc({n}, to_dnnl(dtype), dnnl::memory::format_tag::a);
+  }
+  const dnnl::eltwise_forward::primitive_desc& gelu_pd(int64_t n, DType dtype) {
+    auto key = std::make_pair(n, static_cast<int>(dtype));
+    auto it = gelu_pds.find(key);
+    if (it != gelu_pds.end()) return it->second;
+    dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_training,
+                                     dnnl::algorithm::eltwise_gelu_tanh, flat(n, dtype), 0.f, 0.f);
+    return gelu_pds.emplace(key, dnnl::eltwise_forward::primitive_desc(desc, engine)).first->second;
+  }
+  void gelu(const TensorView& out, const TensorView& in) {
+    auto key = std::make_pair(in.numel(), static_cast<int>(in.dtype));
+    auto it = gelu_fwd.find(key);
+    if (it == gelu_fwd.end()) {
+      it = gelu_fwd.emplace(key, dnnl::eltwise_forward(gelu_pd(in.numel(), in.dtype))).first;
+    }
+    const auto md = flat(in.numel(), in.dtype);
+    it->second.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(md, engine, in.data)},
+                                {DNNL_ARG_DST, dnnl::memory(md, engine, out.data)}});
+    stream.wait();
+  }
+  void gelu_backward(const TensorView& grad_in, const TensorView& grad_out, const TensorView& input) {
+    const int64_t n = input.numel();
+    auto key = std::make_pair(n, static_cast<int>(input.dtype));
+    auto it = gelu_bwd.find(key);
+    if (it == gelu_bwd.end()) {
+      const auto md = flat(n, input.dtype);
+      dnnl::eltwise_backward::desc desc(dnnl::algorithm::eltwise_gelu_tanh, md, md, 0.f, 0.f);
+      dnnl::eltwise_backward::primitive_desc pd(desc, engine, gelu_pd(n, input.dtype));
+      it = gelu_bwd.emplace(key, dnnl::eltwise_backward(pd)).first;
+    }
+    const auto md = flat(n, input.dtype);
+    it->second.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(md, engine, input.data)},
+                                {DNNL_ARG_DIFF_DST, dnnl::memory(md, engine, grad_out.data)},
+                                {DNNL_ARG_DIFF_SRC, dnnl::memory(md, engine, grad_in.data)}});
+    stream.wait();
+  }
 
   dnnl::matmul& primitive(const GemmArgs& args, const GemmDims& d, bool fuse_bias, bool fuse_gelu) {
     MatmulKey key{d.m,    d.n, d.k, args.transpose_a, args.transpose_b, static_cast<int>(args.a.dtype),
@@ -88,23 +132,29 @@ struct CpuMatmul::Impl {
   }
 
   void run_native(const GemmArgs& args, const GemmDims& d) {
-    const bool gelu = args.epilogue == Epilogue::kGelu || args.epilogue == Epilogue::kBiasGelu;
+    const bool has_gelu = args.epilogue == Epilogue::kGelu || args.epilogue == Epilogue::kBiasGelu;
     const bool bias = args.epilogue == Epilogue::kBias || args.epilogue == Epilogue::kBiasGelu;
     // oneDNN adds the bias after the output scale; fuse it only where that equals our order.
     const bool fuse_bias = bias && args.alpha == 1.0f;
-    const bool save_gelu_input = gelu && args.gelu_input.data != nullptr;
-    const bool fuse_gelu = gelu && !save_gelu_input;
+    const bool save_gelu_input = has_gelu && args.gelu_input.data != nullptr;
+    // The GeLU post-op must come after the bias, so it is fused only when the bias is.
+    const bool fuse_gelu = has_gelu && !save_gelu_input && (fuse_bias || !bias);
 
+    // When the GeLU input is kept, the matmul writes it there and GeLU reads it back.
+    const TensorView dst = save_gelu_input ? args.gelu_input : args.c;
+    if (save_gelu_input && args.beta != 0.0f) {
+      std::memcpy(dst.data, args.c.data, args.c.bytes());
+    }
     dnnl::matmul& prim = primitive(args, d, fuse_bias, fuse_gelu);
-    auto md = [](const TensorView& v, dnnl::memory::dims shape, dnnl::memory::dims strides) {
+    using dims = dnnl::memory::dims;
+    auto md = [](const TensorView& v, dims shape, dims strides) {
       return dnnl::memory::desc(shape, to_dnnl(v.dtype), strides);
     };
-    using dims = dnnl::memory::dims;
     dnnl::memory a_mem(md(args.a, {d.m, d.k}, args.transpose_a ? dims{1, d.m} : dims{d.k, 1}),
                        engine, args.a.data);
     dnnl::memory b_mem(md(args.b, {d.k, d.n}, args.transpose_b ? dims{1, d.k} : dims{d.n, 1}),
                        engine, args.b.data);
-    dnnl::memory c_mem(md(args.c, {d.m, d.n}, {d.n, 1}), engine, args.c.data);
+    dnnl::memory c_mem(md(dst, {d.m, d.n}, {d.n, 1}), engine, dst.data);
     std::unordered_map<int, dnnl::memory> exec_args{
         {DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}};
     if (fuse_bias) {
@@ -114,27 +164,20 @@ struct CpuMatmul::Impl {
     prim.execute(stream, exec_args);
     stream.wait();
 
-    dispatch_dtype(args.c.dtype, [&](auto tag) {
-      using T = decltype(tag);
-      T* c = args.c.as<T>();
-      const T* b = bias && !fuse_bias ? args.bias.as<T>() : nullptr;
-      T* aux = save_gelu_input ? args.gelu_input.as<T>() : nullptr;
-      if (b == nullptr && !save_gelu_input) return;
+    if (bias && !fuse_bias) {  // alpha != 1: bias after the scaled product, as documented
+      dispatch_dtype(dst.dtype, [&](auto tag) {
+        using T = decltype(tag);
+        T* c = dst.as<T>();
+        const T* b = args.bias.as<T>();
 #pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < d.m; ++i) {
-        for (int64_t j = 0; j < d.n; ++j) {
-          float v = to_float(c[i * d.n + j]);
-          if (b != nullptr) v += to_float(b[j]);
-          if (save_gelu_input) {
-            // Round the saved input to C's dtype first, as a GPU epilogue stores it.
-            T stored = from_float<T>(v);
-            aux[i * d.n + j] = stored;
-            v = gelu_tanh(to_float(stored));
+        for (int64_t i = 0; i < d.m; ++i) {
+          for (int64_t j = 0; j < d.n; ++j) {
+            c[i * d.n + j] = from_float<T>(to_float(c[i * d.n + j]) + to_float(b[j]));
           }
-          c[i * d.n + j] = from_float<T>(v);
         }
-      }
-    });
+      });
+    }
+    if (has_gelu && !fuse_gelu) gelu(args.c, dst);
   }
 
   void bias_grad(const GemmArgs& args, const GemmDims& d) {
@@ -190,16 +233,28 @@ struct CpuMatmul::Impl {
   }
 };
 
-CpuMatmul::CpuMatmul() : impl_(std::make_unique<Impl>()) {}
-CpuMatmul::~CpuMatmul() = default;
+OneDnn::OneDnn() : impl_(std::make_unique<Impl>()) {}
+OneDnn::~OneDnn() = default;
 
-std::string CpuMatmul::version() const {
+std::string OneDnn::version() const {
   const dnnl_version_t* v = dnnl::version();
   return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
          std::to_string(v->patch);
 }
 
-void CpuMatmul::run(const GemmArgs& args) {
+bool OneDnn::gelu(TensorView out, TensorView in) {
+  if (in.dtype == DType::kF16 || in.numel() == 0) return false;
+  impl_->gelu(out, in);
+  return true;
+}
+
+bool OneDnn::gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
+  if (input.dtype == DType::kF16 || input.numel() == 0) return false;
+  impl_->gelu_backward(grad_in, grad_out, input);
+  return true;
+}
+
+void OneDnn::matmul(const GemmArgs& args) {
   const GemmDims d = check_gemm_args(args, Device::cpu());
   if (d.m == 0 || d.n == 0) return;
   WEFT_CHECK(d.k > 0, "gemm: inner dimension k is 0 (A ", args.a.shape.str(), ", B ",

@@ -1,0 +1,103 @@
+// A small command-line parser for the examples: --name value / --name=value, typed, with help,
+// and a clear error for unknown flags or bad values.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "weft/error.hpp"
+
+namespace weft::examples {
+
+class Flags {
+ public:
+  explicit Flags(std::string program, std::string summary)
+      : program_(std::move(program)), summary_(std::move(summary)) {}
+
+  void add(const std::string& name, int64_t* target, const std::string& help) {
+    add_flag(name, help, std::to_string(*target), [target, name](const std::string& v) {
+      size_t used = 0;
+      long long parsed = 0;
+      try {
+        parsed = std::stoll(v, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      WEFT_CHECK(used == v.size() && !v.empty(), "--", name, " expects an integer, got '", v, "'");
+      *target = parsed;
+    });
+  }
+  void add(const std::string& name, double* target, const std::string& help) {
+    add_flag(name, help, std::to_string(*target), [target, name](const std::string& v) {
+      size_t used = 0;
+      double parsed = 0;
+      try {
+        parsed = std::stod(v, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      WEFT_CHECK(used == v.size() && !v.empty(), "--", name, " expects a number, got '", v, "'");
+      *target = parsed;
+    });
+  }
+  void add(const std::string& name, std::string* target, const std::string& help) {
+    add_flag(name, help, *target, [target](const std::string& v) { *target = v; });
+  }
+
+  // Returns false when --help was given (usage() says what to print). Throws weft::Error on an
+  // unknown flag, a missing value or a value of the wrong type.
+  bool parse(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+      std::string arg = argv[i];
+      if (arg == "--help" || arg == "-h") return false;
+      WEFT_CHECK(arg.rfind("--", 0) == 0, program_, ": unexpected argument '", arg,
+                 "' (flags look like --name value; see --help)");
+      std::string name = arg.substr(2), value;
+      const size_t eq = name.find('=');
+      bool has_value = eq != std::string::npos;
+      if (has_value) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      }
+      auto it = flags_.find(name);
+      WEFT_CHECK(it != flags_.end(), program_, ": unknown flag --", name, " (see --help)");
+      if (!has_value) {
+        WEFT_CHECK(i + 1 < argc, program_, ": flag --", name, " needs a value");
+        value = argv[++i];
+      }
+      it->second.set(value);
+    }
+    return true;
+  }
+
+  std::string usage() const {
+    std::ostringstream os;
+    os << summary_ << "\n\nusage: " << program_ << " [flags]\n";
+    for (const std::string& name : order_) {
+      const Flag& f = flags_.at(name);
+      os << "  --" << name << " (default " << f.default_value << ")\n      " << f.help << "\n";
+    }
+    return os.str();
+  }
+
+ private:
+  struct Flag {
+    std::string help, default_value;
+    std::function<void(const std::string&)> set;
+  };
+  void add_flag(const std::string& name, const std::string& help, const std::string& default_value,
+                std::function<void(const std::string&)> set) {
+    flags_[name] = Flag{help, default_value, std::move(set)};
+    order_.push_back(name);
+  }
+
+  std::string program_, summary_;
+  std::map<std::string, Flag> flags_;
+  std::vector<std::string> order_;
+};
+
+}  // namespace weft::examples
