@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "weft/dtype.hpp"
+#include "weft/error.hpp"
 #include "weft/rng.hpp"
 
 // cudaStream_t is `CUstream_st*`; declaring the struct keeps CUDA headers out of C++ callers.
@@ -17,6 +18,28 @@ struct CUstream_st;
 namespace weft {
 
 using CudaStreamHandle = CUstream_st*;
+
+// Calls f(TypeTag<T>{}) with T the storage type of `dtype`, to pick a launcher instantiation:
+//   dispatch_storage(view.dtype, [&](auto tag) { using T = typename decltype(tag)::type; ... });
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+template <typename F>
+void dispatch_storage(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kF32:
+      f(TypeTag<float>{});
+      return;
+    case DType::kBF16:
+      f(TypeTag<bf16_t>{});
+      return;
+    case DType::kF16:
+      f(TypeTag<f16_t>{});
+      return;
+  }
+  WEFT_ASSERT(false, "unknown dtype ", static_cast<int>(dtype));
+}
 
 // dst[i] = Dst(src[i]), rounding to nearest even.
 template <typename Dst, typename Src>
@@ -30,11 +53,6 @@ void launch_fill(T* dst, float value, int64_t n, CudaStreamHandle stream);
 template <typename T>
 void launch_fill_random(T* dst, int64_t rows, int64_t cols, const RandomFill& spec,
                         CudaStreamHandle stream);
-
-// out[i] = a[i] * scale; with scale == 0 writes zeros without reading `a` (so NaN garbage in an
-// unread GEMM output cannot leak through 0 * NaN).
-template <typename T>
-void launch_scale(T* out, const T* a, float scale, int64_t n, CudaStreamHandle stream);
 
 // out[i] = a[i] + b[i]. `out` may alias an input.
 template <typename T>

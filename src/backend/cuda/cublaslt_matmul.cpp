@@ -9,7 +9,8 @@
 // Epilogues (cuBLASLt computes D = epi(alpha op(A) op(B) + beta C + bias), bias per row of D):
 //   kBias     -> BIAS: cuBLASLt's rows are our columns, so its per-row bias of length M = n is our
 //                bias broadcast over rows.
-//   kGelu     -> GELU, or GELU_AUX when gelu_input is given: the aux matrix is our m x n gelu_input,
+//   kGelu     -> GELU, or GELU_AUX when gelu_input is given: the aux matrix is our m x n
+//   gelu_input,
 //                column-major n x m with leading dimension n.
 //   kBiasGelu -> GELU_BIAS, or GELU_AUX_BIAS with gelu_input.
 //   kBiasGrad -> BGRADB: cuBLASLt's B is our A, and its reduction of op(B) over K (length N = m)
@@ -22,8 +23,7 @@
 //   - kBiasGrad with alpha != 1 (whether BGRADB scales the bias gradient by alpha is not
 //     documented; our contract is the unscaled sum),
 //   - cuBLASLt's heuristic returns no algorithm for the fused epilogue (BGRADB is not offered for
-//     every transpose/dtype combination), or cublasLtMatmul answers NOT_SUPPORTED for it,
-//   - k == 0 or n == 0 (no GEMM to fuse into).
+//     every transpose/dtype combination), or cublasLtMatmul answers NOT_SUPPORTED for it.
 #include "backend/cuda/cublaslt_matmul.hpp"
 
 #include <cstring>
@@ -90,8 +90,8 @@ bool has_gelu(Epilogue e) { return e == Epilogue::kGelu || e == Epilogue::kBiasG
 
 // The fused cuBLASLt epilogue for `key`, or false when we already know it must run unfused.
 bool fused_epilogue(const CublasLtMatmul::Key& key, cublasLtEpilogue_t* out) {
-  const bool aux_ok = !key.gelu_aux || (key.n % kAuxLdMultiple == 0 &&
-                                        key.align_aux >= kEpilogueAlignment);
+  const bool aux_ok =
+      !key.gelu_aux || (key.n % kAuxLdMultiple == 0 && key.align_aux >= kEpilogueAlignment);
   const bool bias_ok = key.align_bias >= kEpilogueAlignment;
   switch (key.epilogue) {
     case Epilogue::kNone:
@@ -323,7 +323,8 @@ CublasLtMatmul::Plan& CublasLtMatmul::plan_for(const Key& key, const GemmArgs& a
 
 void CublasLtMatmul::run(const GemmArgs& args, const GemmDims& dims, cudaStream_t stream,
                          void* workspace, size_t workspace_bytes) {
-  if (dims.m == 0) return;  // C and bias_grad are empty
+  WEFT_ASSERT(dims.m > 0 && dims.n > 0 && dims.k > 0, "gemm: empty problem m=", dims.m,
+              " n=", dims.n, " k=", dims.k, " reached cuBLASLt");
 
   Key key{};
   key.m = dims.m;
@@ -340,16 +341,12 @@ void CublasLtMatmul::run(const GemmArgs& args, const GemmDims& dims, cudaStream_
   key.align_a = alignment_of(args.a.data);
   key.align_b = alignment_of(args.b.data);
   key.align_c = alignment_of(args.c.data);
-  key.align_bias = has_bias(args.epilogue) ? alignment_of(args.bias.data)
+  key.align_bias = has_bias(args.epilogue)                ? alignment_of(args.bias.data)
                    : args.epilogue == Epilogue::kBiasGrad ? alignment_of(args.bias_grad.data)
-                                                           : 0;
+                                                          : 0;
   key.align_aux = key.gelu_aux ? alignment_of(args.gelu_input.data) : 0;
   key.workspace_bytes = workspace_bytes;
 
-  if (dims.n == 0 || dims.k == 0) {
-    run_unfused(key, args, dims, stream, workspace, workspace_bytes);
-    return;
-  }
   Plan& plan = plan_for(key, args);
   if (!plan.fused) {
     run_unfused(key, args, dims, stream, workspace, workspace_bytes);
@@ -389,46 +386,36 @@ cublasStatus_t CublasLtMatmul::run_fused(Plan& plan, const GemmArgs& args, cudaS
 void CublasLtMatmul::run_unfused(const Key& key, const GemmArgs& args, const GemmDims& dims,
                                  cudaStream_t stream, void* workspace, size_t workspace_bytes) {
   const TensorView& c = args.c;
-  if (dims.n > 0) {
-    if (dims.k > 0) {
-      Key plain = key;
-      plain.epilogue = Epilogue::kNone;
-      plain.gelu_aux = false;
-      plain.unit_alpha = true;
-      plain.align_bias = 0;
-      plain.align_aux = 0;
-      Plan& plan = plan_for(plain, args);
-      WEFT_CHECK_CUBLAS(run_fused(plan, args, stream, workspace, workspace_bytes),
-                        "cublasLtMatmul for ", describe(plain));
-    } else {
-      // op(A) op(B) is zero: C = beta * C.
-      dispatch_dtype(c.dtype, [&](auto tag) {
-        using T = typename decltype(tag)::type;
-        launch_scale<T>(c.as<T>(), c.as<T>(), args.beta, c.numel(), stream);
-      });
+  Key plain = key;
+  plain.epilogue = Epilogue::kNone;
+  plain.gelu_aux = false;
+  plain.unit_alpha = true;
+  plain.align_bias = 0;
+  plain.align_aux = 0;
+  Plan& plan = plan_for(plain, args);
+  WEFT_CHECK_CUBLAS(run_fused(plan, args, stream, workspace, workspace_bytes),
+                    "cublasLtMatmul for ", describe(plain));
+  dispatch_storage(c.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* out = c.as<T>();
+    if (has_bias(args.epilogue)) {
+      launch_add_bias<T>(out, out, args.bias.as<T>(), dims.m, dims.n, stream);
     }
-    dispatch_dtype(c.dtype, [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      T* out = c.as<T>();
-      if (has_bias(args.epilogue)) {
-        launch_add_bias<T>(out, out, args.bias.as<T>(), dims.m, dims.n, stream);
+    if (has_gelu(args.epilogue)) {
+      if (args.gelu_input.data != nullptr) {
+        WEFT_CHECK_CUDA(cudaMemcpyAsync(args.gelu_input.data, c.data, c.bytes(),
+                                        cudaMemcpyDeviceToDevice, stream),
+                        "gemm: saving the GeLU input");
       }
-      if (has_gelu(args.epilogue)) {
-        if (args.gelu_input.data != nullptr) {
-          WEFT_CHECK_CUDA(cudaMemcpyAsync(args.gelu_input.data, c.data, c.bytes(),
-                                          cudaMemcpyDeviceToDevice, stream),
-                          "gemm: saving the GeLU input");
-        }
-        launch_gelu<T>(out, out, c.numel(), stream);
-      }
-    });
-  }
+      launch_gelu<T>(out, out, c.numel(), stream);
+    }
+  });
   if (args.epilogue == Epilogue::kBiasGrad) {
     // bias_grad[i] = sum over k of op(A)[i, k]: row sums of A (m x k), or column sums of the
     // stored k x m matrix when A is transposed.
-    dispatch_dtype(c.dtype, [&](auto out_tag) {
+    dispatch_storage(c.dtype, [&](auto out_tag) {
       using Out = typename decltype(out_tag)::type;
-      dispatch_dtype(args.a.dtype, [&](auto in_tag) {
+      dispatch_storage(args.a.dtype, [&](auto in_tag) {
         using In = typename decltype(in_tag)::type;
         if (args.transpose_a) {
           launch_sum_columns<Out, In>(args.bias_grad.as<Out>(), args.a.as<In>(), dims.k, dims.m,

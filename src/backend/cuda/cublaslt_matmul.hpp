@@ -52,9 +52,9 @@ class CublasLtMatmul {
   Plan& plan_for(const Key& key, const GemmArgs& args);
   // Returns cuBLASLt's status so that the caller can fall back on NOT_SUPPORTED.
   cublasStatus_t run_fused(Plan& plan, const GemmArgs& args, cudaStream_t stream, void* workspace,
-                 size_t workspace_bytes);
-  void run_unfused(const Key& key, const GemmArgs& args, const GemmDims& dims,
-                   cudaStream_t stream, void* workspace, size_t workspace_bytes);
+                           size_t workspace_bytes);
+  void run_unfused(const Key& key, const GemmArgs& args, const GemmDims& dims, cudaStream_t stream,
+                   void* workspace, size_t workspace_bytes);
 
   int device_;
   cublasLtHandle_t handle_ = nullptr;

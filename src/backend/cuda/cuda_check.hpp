@@ -10,8 +10,8 @@
 
 #define WEFT_CHECK_CUDA(expr, ...) \
   WEFT_CHECK_GEN(::weft::ErrorCode::kCuda, expr, cudaSuccess, cudaGetErrorString, ##__VA_ARGS__)
-// cuBLASLt's own status string (same text as cublasGetStatusString), so weft needs libcublasLt only.
-#define WEFT_CHECK_CUBLAS(expr, ...)                                                 \
+// cuBLASLt's own status string (as cublasGetStatusString): weft links libcublasLt alone.
+#define WEFT_CHECK_CUBLAS(expr, ...)                                                               \
   WEFT_CHECK_GEN(::weft::ErrorCode::kCublas, expr, CUBLAS_STATUS_SUCCESS, cublasLtGetStatusString, \
                  ##__VA_ARGS__)
 #define WEFT_CHECK_NCCL(expr, ...) \

@@ -1,0 +1,371 @@
+// CudaBackend: memory, streams, events and the ops of Backend on one GPU; also the entry points
+// make_cuda_backend and cuda_device_count.
+#include "backend/cuda/cuda_backend.hpp"
+
+#include <cstring>
+#include <utility>
+
+#include "backend/backend_checks.hpp"
+#include "backend/cuda/cuda_check.hpp"
+#include "kernels.hpp"
+#include "weft/error.hpp"
+#include "weft/log.hpp"
+
+namespace weft {
+
+namespace {
+
+// Logs a failed CUDA call from a destructor or other noexcept path, where throwing is not allowed.
+void log_cuda_error(cudaError_t status, const char* what) noexcept {
+  if (status == cudaSuccess) return;
+  try {
+    WEFT_LOG(kError, what, ": ", cudaGetErrorString(status));
+  } catch (...) {
+    // Logging itself failed (out of memory); nothing better to do in a destructor.
+  }
+}
+
+}  // namespace
+
+// ---- DeviceGuard ----
+
+DeviceGuard::DeviceGuard(int device) : device_(device) {
+  WEFT_CHECK_CUDA(cudaGetDevice(&previous_), "querying the current device");
+  if (previous_ != device_) WEFT_CHECK_CUDA(cudaSetDevice(device_), "selecting cuda:", device_);
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (previous_ >= 0 && previous_ != device_) {
+    log_cuda_error(cudaSetDevice(previous_), "restoring the current device");
+  }
+}
+
+// ---- CudaStream ----
+
+CudaStream::CudaStream(int device, StreamPriority priority) : device_(device) {
+  DeviceGuard guard(device_);
+  int least = 0;
+  int greatest = 0;
+  WEFT_CHECK_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  // Numerically lower is higher priority; `least` is also the default priority.
+  const int value = priority == StreamPriority::kHigh ? greatest : least;
+  // Non-blocking: no implicit synchronization with the legacy default stream of other code.
+  WEFT_CHECK_CUDA(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, value),
+                  "creating a stream on cuda:", device_);
+}
+
+CudaStream::~CudaStream() {
+  try {
+    DeviceGuard guard(device_);
+    // A GEMM still queued here may be using the workspace.
+    log_cuda_error(cudaStreamSynchronize(stream_), "synchronizing a stream before destroying it");
+    if (workspace_ != nullptr) log_cuda_error(cudaFree(workspace_), "freeing a cuBLASLt workspace");
+    log_cuda_error(cudaStreamDestroy(stream_), "destroying a stream");
+  } catch (const std::exception& e) {
+    // The device could not be selected: leak rather than free on the wrong device.
+    try {
+      WEFT_LOG(kError, "CudaStream on cuda:", device_, " not released: ", e.what());
+    } catch (...) {
+    }
+  }
+}
+
+void CudaStream::synchronize() {
+  WEFT_CHECK_CUDA(cudaStreamSynchronize(stream_), "synchronizing a stream on cuda:", device_);
+}
+
+void* CudaStream::workspace(size_t bytes) {
+  if (workspace_bytes_ < bytes) {
+    if (workspace_ != nullptr) {
+      // Work queued earlier may still use the old buffer.
+      WEFT_CHECK_CUDA(cudaStreamSynchronize(stream_));
+      WEFT_CHECK_CUDA(cudaFree(workspace_));
+      workspace_ = nullptr;
+      workspace_bytes_ = 0;
+    }
+    WEFT_CHECK_CUDA(cudaMalloc(&workspace_, bytes), "allocating a ", bytes,
+                    "-byte cuBLASLt workspace on cuda:", device_);
+    workspace_bytes_ = bytes;
+  }
+  return workspace_;
+}
+
+CudaStream& as_cuda_stream(Stream& stream, const char* op) {
+  auto* cuda = dynamic_cast<CudaStream*>(&stream);
+  WEFT_CHECK(cuda != nullptr, op, ": the stream is not a CUDA stream (make it with the CUDA ",
+             "backend's create_stream or stream())");
+  return *cuda;
+}
+
+// ---- CudaEvent ----
+
+CudaEvent::CudaEvent(int device) : device_(device) {
+  DeviceGuard guard(device_);
+  // No timing: cheaper to record, and we only order work with events.
+  WEFT_CHECK_CUDA(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming),
+                  "creating an event on cuda:", device_);
+}
+
+CudaEvent::~CudaEvent() {
+  try {
+    DeviceGuard guard(device_);
+    log_cuda_error(cudaEventDestroy(event_), "destroying an event");
+  } catch (const std::exception& e) {
+    try {
+      WEFT_LOG(kError, "CudaEvent on cuda:", device_, " not released: ", e.what());
+    } catch (...) {
+    }
+  }
+}
+
+void CudaEvent::record(Stream& stream) {
+  CudaStream& cuda = as_cuda_stream(stream, "Event::record");
+  WEFT_CHECK(cuda.device() == device_, "Event::record: the event is on cuda:", device_,
+             " but the stream on cuda:", cuda.device());
+  DeviceGuard guard(device_);
+  WEFT_CHECK_CUDA(cudaEventRecord(event_, cuda.get()));
+}
+
+void CudaEvent::wait(Stream& stream) {
+  CudaStream& cuda = as_cuda_stream(stream, "Event::wait");
+  // A stream may wait for an event of another device; the stream's device must be current.
+  DeviceGuard guard(cuda.device());
+  WEFT_CHECK_CUDA(cudaStreamWaitEvent(cuda.get(), event_, 0));
+}
+
+void CudaEvent::synchronize() { WEFT_CHECK_CUDA(cudaEventSynchronize(event_)); }
+
+// ---- CudaBackend ----
+
+CudaBackend::CudaBackend(int device) : device_(device) {
+  DeviceGuard guard(device_);
+  cudaDeviceProp prop{};
+  WEFT_CHECK_CUDA(cudaGetDeviceProperties(&prop, device_), "querying cuda:", device_);
+  name_ = detail::concat("cuda:", device_, " (", prop.name, ", sm_", prop.major, prop.minor, ")");
+  matmul_ = std::make_unique<CublasLtMatmul>(device_);
+  default_stream_ = std::make_unique<CudaStream>(device_, StreamPriority::kNormal);
+  current_ = default_stream_.get();
+}
+
+CudaBackend::~CudaBackend() {
+  // Work still queued may read the workspace and descriptors released below. Only the default
+  // stream is ours: a stream set with set_stream may already be gone.
+  try {
+    DeviceGuard guard(device_);
+    log_cuda_error(cudaStreamSynchronize(default_stream_->get()),
+                   "synchronizing the default stream");
+  } catch (const std::exception& e) {
+    try {
+      WEFT_LOG(kError, "~CudaBackend on cuda:", device_, ": ", e.what());
+    } catch (...) {
+    }
+  }
+}
+
+void* CudaBackend::allocate(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  DeviceGuard guard(device_);
+  void* ptr = nullptr;
+  // Plain device memory, never managed: page migration would hide copies from the profiler.
+  WEFT_CHECK_CUDA(cudaMalloc(&ptr, bytes), "allocating ", bytes, " bytes on cuda:", device_);
+  return ptr;
+}
+
+void CudaBackend::deallocate(void* ptr) noexcept {
+  if (ptr == nullptr) return;
+  try {
+    DeviceGuard guard(device_);
+    log_cuda_error(cudaFree(ptr), "cudaFree");
+  } catch (const std::exception& e) {
+    try {
+      WEFT_LOG(kError, "deallocate on cuda:", device_, ": ", e.what());
+    } catch (...) {
+    }
+  }
+}
+
+void CudaBackend::set_stream(Stream& stream) {
+  CudaStream& cuda = as_cuda_stream(stream, "set_stream");
+  WEFT_CHECK(cuda.device() == device_, "set_stream: the stream is on cuda:", cuda.device(),
+             ", this backend on cuda:", device_);
+  current_ = &cuda;
+}
+
+std::unique_ptr<Stream> CudaBackend::create_stream(StreamPriority priority) {
+  return std::make_unique<CudaStream>(device_, priority);
+}
+
+std::unique_ptr<Event> CudaBackend::create_event() { return std::make_unique<CudaEvent>(device_); }
+
+void CudaBackend::check_copy_side(const TensorView& view, const char* op, const char* what) const {
+  WEFT_CHECK(view.data != nullptr || view.numel() == 0, op, ": ", what, " has no data");
+  WEFT_CHECK(view.device.is_cpu() || view.device == device(), op, ": ", what, " ", view.str(),
+             " is neither in host memory nor on ", device().str());
+}
+
+void CudaBackend::copy(TensorView dst, TensorView src) {
+  check_same_layout(dst, src, "copy", "dst", "src");
+  check_copy_side(dst, "copy", "dst");
+  check_copy_side(src, "copy", "src");
+  if (dst.bytes() == 0 || dst.data == src.data) return;
+  if (dst.device.is_cpu() && src.device.is_cpu()) {
+    std::memcpy(dst.data, src.data, dst.bytes());
+    return;
+  }
+  DeviceGuard guard(device_);
+  WEFT_CHECK_CUDA(
+      cudaMemcpyAsync(dst.data, src.data, dst.bytes(), cudaMemcpyDefault, current_->get()), "copy ",
+      src.str(), " -> ", dst.str());
+  // The host side may be pageable memory the caller reuses right after we return.
+  if (dst.device.is_cpu() || src.device.is_cpu()) current_->synchronize();
+}
+
+void CudaBackend::copy_columns(TensorView dst, int64_t dst_col, TensorView src, int64_t src_col,
+                               int64_t cols) {
+  check_copy_side(dst, "copy_columns", "dst");
+  check_copy_side(src, "copy_columns", "src");
+  // The messages are the CPU backend's, so both reject a bad call alike.
+  WEFT_CHECK(dst.dtype == src.dtype, "copy_columns: dtypes differ (", dtype_name(dst.dtype), " vs ",
+             dtype_name(src.dtype), ")");
+  const int64_t rows = dst.shape.rows();
+  WEFT_CHECK(src.shape.rows() == rows, "copy_columns: row counts differ: dst ", dst.shape.str(),
+             ", src ", src.shape.str());
+  WEFT_CHECK(cols >= 0 && dst_col >= 0 && src_col >= 0 && dst_col + cols <= dst.shape.cols() &&
+                 src_col + cols <= src.shape.cols(),
+             "copy_columns: columns [", src_col, ", ", src_col + cols, ") of ", src.shape.str(),
+             " to [", dst_col, ", ", dst_col + cols, ") of ", dst.shape.str(), " out of range");
+  if (rows == 0 || cols == 0) return;
+  const size_t element = dtype_size(dst.dtype);
+  auto* dst_ptr = static_cast<char*>(dst.data) + static_cast<size_t>(dst_col) * element;
+  const auto* src_ptr = static_cast<const char*>(src.data) + static_cast<size_t>(src_col) * element;
+  DeviceGuard guard(device_);
+  WEFT_CHECK_CUDA(cudaMemcpy2DAsync(dst_ptr, static_cast<size_t>(dst.shape.cols()) * element,
+                                    src_ptr, static_cast<size_t>(src.shape.cols()) * element,
+                                    static_cast<size_t>(cols) * element, static_cast<size_t>(rows),
+                                    cudaMemcpyDefault, current_->get()),
+                  "copy_columns ", src.str(), " -> ", dst.str());
+  if (dst.device.is_cpu() || src.device.is_cpu()) current_->synchronize();
+}
+
+void CudaBackend::convert(TensorView dst, TensorView src) {
+  check_on_device(dst, device(), "convert", "dst");
+  check_on_device(src, device(), "convert", "src");
+  WEFT_CHECK(dst.shape == src.shape, "convert: shapes differ: dst ", dst.shape.str(), ", src ",
+             src.shape.str());
+  DeviceGuard guard(device_);
+  dispatch_storage(dst.dtype, [&](auto dst_tag) {
+    using Dst = typename decltype(dst_tag)::type;
+    dispatch_storage(src.dtype, [&](auto src_tag) {
+      using Src = typename decltype(src_tag)::type;
+      launch_convert<Dst, Src>(dst.as<Dst>(), src.as<Src>(), dst.numel(), current_->get());
+    });
+  });
+}
+
+void CudaBackend::fill(TensorView dst, float value) {
+  check_on_device(dst, device(), "fill", "dst");
+  DeviceGuard guard(device_);
+  dispatch_storage(dst.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_fill<T>(dst.as<T>(), value, dst.numel(), current_->get());
+  });
+}
+
+void CudaBackend::fill_random(TensorView dst, const RandomFill& spec) {
+  check_on_device(dst, device(), "fill_random", "dst");
+  const int64_t cols = dst.shape.cols();
+  const int64_t global_cols = spec.global_cols < 0 ? cols : spec.global_cols;
+  WEFT_CHECK(spec.col0 >= 0 && spec.row0 >= 0 && spec.col0 + cols <= global_cols,
+             "fill_random: window at (", spec.row0, ", ", spec.col0, ") of ", cols,
+             " columns does not fit a global row of ", global_cols);
+  DeviceGuard guard(device_);
+  dispatch_storage(dst.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_fill_random<T>(dst.as<T>(), dst.shape.rows(), dst.shape.cols(), spec, current_->get());
+  });
+}
+
+void CudaBackend::gemm(const GemmArgs& args) {
+  const GemmDims dims = check_gemm_args(args, device());
+  // As on the CPU backend: an empty C is a no-op, an empty inner dimension is refused.
+  if (dims.m == 0 || dims.n == 0) return;
+  WEFT_CHECK(dims.k > 0, "gemm: inner dimension k is 0 (A ", args.a.shape.str(), ", B ",
+             args.b.shape.str(), ")");
+  DeviceGuard guard(device_);
+  void* workspace = current_->workspace(kWorkspaceBytes);
+  matmul_->run(args, dims, current_->get(), workspace, kWorkspaceBytes);
+}
+
+void CudaBackend::add(TensorView out, TensorView a, TensorView b) {
+  check_on_device(out, device(), "add", "out");
+  check_on_device(a, device(), "add", "a");
+  check_on_device(b, device(), "add", "b");
+  check_same_layout(out, a, "add", "out", "a");
+  check_same_layout(out, b, "add", "out", "b");
+  DeviceGuard guard(device_);
+  dispatch_storage(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_add<T>(out.as<T>(), a.as<T>(), b.as<T>(), out.numel(), current_->get());
+  });
+}
+
+void CudaBackend::add_bias(TensorView out, TensorView in, TensorView bias) {
+  check_on_device(out, device(), "add_bias", "out");
+  check_on_device(in, device(), "add_bias", "in");
+  check_on_device(bias, device(), "add_bias", "bias");
+  check_same_layout(out, in, "add_bias", "out", "in");
+  const int64_t cols = out.shape.cols();
+  WEFT_CHECK(bias.numel() == cols && bias.dtype == out.dtype, "add_bias: bias ", bias.str(),
+             " must have ", cols, " elements of dtype ", dtype_name(out.dtype));
+  DeviceGuard guard(device_);
+  dispatch_storage(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_add_bias<T>(out.as<T>(), in.as<T>(), bias.as<T>(), in.shape.rows(), in.shape.cols(),
+                       current_->get());
+  });
+}
+
+void CudaBackend::gelu(TensorView out, TensorView in) {
+  check_on_device(out, device(), "gelu", "out");
+  check_on_device(in, device(), "gelu", "in");
+  check_same_layout(out, in, "gelu", "out", "in");
+  DeviceGuard guard(device_);
+  dispatch_storage(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_gelu<T>(out.as<T>(), in.as<T>(), out.numel(), current_->get());
+  });
+}
+
+void CudaBackend::gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
+  check_on_device(grad_in, device(), "gelu_backward", "grad_in");
+  check_on_device(grad_out, device(), "gelu_backward", "grad_out");
+  check_on_device(input, device(), "gelu_backward", "input");
+  check_same_layout(grad_in, grad_out, "gelu_backward", "grad_in", "grad_out");
+  check_same_layout(grad_in, input, "gelu_backward", "grad_in", "input");
+  DeviceGuard guard(device_);
+  dispatch_storage(grad_in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_gelu_backward<T>(grad_in.as<T>(), grad_out.as<T>(), input.as<T>(), grad_in.numel(),
+                            current_->get());
+  });
+}
+
+// ---- entry points (declared in weft/backend.hpp) ----
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();  // no driver or no device: clear the error, report none
+    return 0;
+  }
+  return count;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  const int count = cuda_device_count();
+  WEFT_CHECK(device >= 0 && device < count, "cuda:", device, " requested, but ", count,
+             " CUDA device(s) are visible");
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace weft

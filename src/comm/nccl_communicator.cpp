@@ -1,0 +1,212 @@
+// NcclCommunicator: collectives, point-to-point, groups and split over NCCL on the caller's CUDA
+// stream; make_nccl_communicator bootstraps it through another communicator (the unique id).
+#include "comm/nccl_communicator.hpp"
+
+#include <cstring>
+#include <utility>
+
+#include "backend/cuda/cuda_check.hpp"
+#include "weft/error.hpp"
+#include "weft/log.hpp"
+
+namespace weft {
+
+namespace {
+
+ncclDataType_t nccl_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return ncclFloat32;
+    case DType::kBF16:
+      return ncclBfloat16;
+    case DType::kF16:
+      return ncclFloat16;
+  }
+  WEFT_ASSERT(false, "unknown dtype ", static_cast<int>(dtype));
+}
+
+ncclRedOp_t nccl_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return ncclSum;
+    case ReduceOp::kMax:
+      return ncclMax;
+    case ReduceOp::kMin:
+      return ncclMin;
+  }
+  WEFT_ASSERT(false, "unknown reduce op ", static_cast<int>(op));
+}
+
+size_t count_of(const TensorView& view) { return static_cast<size_t>(view.numel()); }
+
+// NCCL's last error message for `comm`, never null (a null char* must not reach a stream).
+const char* last_error(ncclComm_t comm) {
+  const char* message = ncclGetLastError(comm);
+  return message != nullptr ? message : "";
+}
+
+}  // namespace
+
+void NcclCommunicator::DeviceFree::operator()(void* ptr) const noexcept {
+  if (ptr == nullptr) return;
+  try {
+    DeviceGuard guard(device);
+    const cudaError_t status = cudaFree(ptr);
+    if (status != cudaSuccess) WEFT_LOG(kError, "cudaFree: ", cudaGetErrorString(status));
+  } catch (...) {
+    // Destructor path: a failure to select the device or to log is dropped.
+  }
+}
+
+NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device)
+    : comm_(comm), device_(device), barrier_buffer_(nullptr, DeviceFree{device}) {
+  ncclResult_t status = ncclCommUserRank(comm_, &rank_);
+  if (status == ncclSuccess) status = ncclCommCount(comm_, &size_);
+  if (status != ncclSuccess) {
+    ncclCommDestroy(comm_);  // the destructor will not run for a throwing constructor
+    WEFT_CHECK_NCCL(status, "querying the rank and size of a new NCCL communicator");
+  }
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  try {
+    DeviceGuard guard(device_);
+    const ncclResult_t status = ncclCommDestroy(comm_);
+    if (status != ncclSuccess) {
+      WEFT_LOG(kError, "ncclCommDestroy: ", ncclGetErrorString(status), " (", last_error(comm_),
+               ")");
+    }
+  } catch (const std::exception& e) {
+    try {
+      WEFT_LOG(kError, "NCCL communicator on cuda:", device_, " not destroyed: ", e.what());
+    } catch (...) {
+    }
+  }
+}
+
+cudaStream_t NcclCommunicator::prepare(const char* op, Stream& stream, const TensorView& a,
+                                       const TensorView* b) const {
+  WEFT_CHECK(a.device == Device::cuda(device_), "nccl ", op, ": buffer ", a.str(),
+             " is not on cuda:", device_, ", this communicator's device");
+  if (b != nullptr) {
+    WEFT_CHECK(b->device == Device::cuda(device_), "nccl ", op, ": buffer ", b->str(),
+               " is not on cuda:", device_, ", this communicator's device");
+  }
+  auto handle = static_cast<cudaStream_t>(stream.native_handle());
+  // A null handle is the host stream: NCCL would silently use the legacy default stream.
+  WEFT_CHECK(handle != nullptr, "nccl ", op,
+             ": the stream has no CUDA handle (pass a stream of the CUDA backend)");
+  return handle;
+}
+
+void NcclCommunicator::do_all_reduce(TensorView send, TensorView recv, ReduceOp op,
+                                     Stream& stream) {
+  cudaStream_t s = prepare("all_reduce", stream, send, &recv);
+  DeviceGuard guard(device_);
+  WEFT_CHECK_NCCL(ncclAllReduce(send.data, recv.data, count_of(recv), nccl_dtype(recv.dtype),
+                                nccl_op(op), comm_, s),
+                  "all_reduce of ", recv.str(), ": ", last_error(comm_));
+}
+
+void NcclCommunicator::do_all_gather(TensorView send, TensorView recv, Stream& stream) {
+  cudaStream_t s = prepare("all_gather", stream, send, &recv);
+  DeviceGuard guard(device_);
+  WEFT_CHECK_NCCL(
+      ncclAllGather(send.data, recv.data, count_of(send), nccl_dtype(send.dtype), comm_, s),
+      "all_gather of ", send.str(), ": ", last_error(comm_));
+}
+
+void NcclCommunicator::do_reduce_scatter(TensorView send, TensorView recv, ReduceOp op,
+                                         Stream& stream) {
+  cudaStream_t s = prepare("reduce_scatter", stream, send, &recv);
+  DeviceGuard guard(device_);
+  WEFT_CHECK_NCCL(ncclReduceScatter(send.data, recv.data, count_of(recv), nccl_dtype(recv.dtype),
+                                    nccl_op(op), comm_, s),
+                  "reduce_scatter into ", recv.str(), ": ", last_error(comm_));
+}
+
+void NcclCommunicator::do_broadcast(TensorView buffer, int root, Stream& stream) {
+  cudaStream_t s = prepare("broadcast", stream, buffer);
+  DeviceGuard guard(device_);
+  WEFT_CHECK_NCCL(ncclBroadcast(buffer.data, buffer.data, count_of(buffer),
+                                nccl_dtype(buffer.dtype), root, comm_, s),
+                  "broadcast of ", buffer.str(), " from ", root, ": ", last_error(comm_));
+}
+
+void NcclCommunicator::do_send(TensorView buffer, int peer, Stream& stream) {
+  cudaStream_t s = prepare("send", stream, buffer);
+  DeviceGuard guard(device_);
+  WEFT_CHECK_NCCL(ncclSend(buffer.data, count_of(buffer), nccl_dtype(buffer.dtype), peer, comm_, s),
+                  "send of ", buffer.str(), " to ", peer, ": ", last_error(comm_));
+}
+
+void NcclCommunicator::do_recv(TensorView buffer, int peer, Stream& stream) {
+  cudaStream_t s = prepare("recv", stream, buffer);
+  DeviceGuard guard(device_);
+  WEFT_CHECK_NCCL(ncclRecv(buffer.data, count_of(buffer), nccl_dtype(buffer.dtype), peer, comm_, s),
+                  "recv of ", buffer.str(), " from ", peer, ": ", last_error(comm_));
+}
+
+void NcclCommunicator::group_start() { WEFT_CHECK_NCCL(ncclGroupStart()); }
+
+void NcclCommunicator::group_end() {
+  DeviceGuard guard(device_);
+  WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm_));
+}
+
+std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
+  // A negative color would be NCCL_SPLIT_NOCOLOR, a rank in no group; our API has no such rank.
+  WEFT_CHECK(color >= 0, "nccl split: color must be >= 0, got ", color);
+  DeviceGuard guard(device_);
+  ncclComm_t child = nullptr;
+  WEFT_CHECK_NCCL(ncclCommSplit(comm_, color, key, &child, nullptr), "split(color ", color,
+                  ", key ", key, "): ", last_error(comm_));
+  WEFT_ASSERT(child != nullptr, "ncclCommSplit returned no communicator for color ", color);
+  return std::make_unique<NcclCommunicator>(child, device_);
+}
+
+void NcclCommunicator::barrier() {
+  DeviceGuard guard(device_);
+  if (barrier_stream_ == nullptr) {
+    barrier_stream_ = std::make_unique<CudaStream>(device_, StreamPriority::kNormal);
+    void* buffer = nullptr;
+    WEFT_CHECK_CUDA(cudaMalloc(&buffer, sizeof(float)), "barrier buffer on cuda:", device_);
+    barrier_buffer_.reset(buffer);
+    WEFT_CHECK_CUDA(cudaMemsetAsync(buffer, 0, sizeof(float), barrier_stream_->get()));
+  }
+  // Work queued on this device before the barrier completes first, as the contract says.
+  WEFT_CHECK_CUDA(cudaDeviceSynchronize(), "barrier: completing queued work");
+  WEFT_CHECK_NCCL(ncclAllReduce(barrier_buffer_.get(), barrier_buffer_.get(), 1, ncclFloat32,
+                                ncclSum, comm_, barrier_stream_->get()),
+                  "barrier: ", last_error(comm_));
+  barrier_stream_->synchronize();
+}
+
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device) {
+  const int count = cuda_device_count();
+  WEFT_CHECK(device >= 0 && device < count, "NCCL communicator on cuda:", device,
+             " requested, but ", count, " CUDA device(s) are visible");
+  WEFT_CHECK(bootstrap.buffer_device() == DeviceKind::kCpu, "make_nccl_communicator: bootstrap ",
+             bootstrap.name(), " must take host buffers to carry the NCCL unique id");
+
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof id);
+  if (bootstrap.rank() == 0) WEFT_CHECK_NCCL(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  // The id is opaque bytes; a broadcast of 32 floats moves its 128 bytes bit for bit.
+  static_assert(sizeof(ncclUniqueId) == 32 * sizeof(float), "ncclUniqueId is 128 bytes");
+  TensorView id_view;
+  id_view.data = &id;
+  id_view.shape = Shape{32};
+  id_view.dtype = DType::kF32;
+  id_view.device = Device::cpu();
+  bootstrap.broadcast(id_view, 0, host_stream());
+
+  DeviceGuard guard(device);
+  ncclComm_t comm = nullptr;
+  WEFT_CHECK_NCCL(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()),
+                  "ncclCommInitRank (rank ", bootstrap.rank(), " of ", bootstrap.size(),
+                  ", cuda:", device, ")");
+  return std::make_unique<NcclCommunicator>(comm, device);
+}
+
+}  // namespace weft

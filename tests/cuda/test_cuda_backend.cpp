@@ -1,0 +1,255 @@
+// CudaBackend against the CPU backend: copies, conversions, fills, random fills, elementwise ops,
+// streams and events, and the errors bad calls raise.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "cuda_test_util.hpp"
+#include "weft/error.hpp"
+
+namespace weft::test {
+namespace {
+
+const DType kDtypes[] = {DType::kF32, DType::kBF16, DType::kF16};
+
+class CudaBackendTest : public CudaTest {};
+
+TEST_F(CudaBackendTest, NameAndDevice) {
+  EXPECT_EQ(cuda().device(), Device::cuda(0));
+  EXPECT_EQ(cuda().name().rfind("cuda:0", 0), 0u) << cuda().name();
+}
+
+TEST_F(CudaBackendTest, AllocationIsAligned) {
+  for (size_t bytes : {size_t{1}, size_t{3}, size_t{4096}, size_t{1} << 20}) {
+    void* ptr = cuda().allocate(bytes);
+    ASSERT_NE(ptr, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(ptr) % 256, 0u);
+    cuda().deallocate(ptr);
+  }
+  cuda().deallocate(nullptr);  // a no-op
+}
+
+TEST_F(CudaBackendTest, CopyRoundTrip) {
+  for (DType dtype : kDtypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Tensor host = random_host({37, 53}, dtype, 11);
+    Tensor dev = poisoned_device({37, 53}, dtype);
+    cuda().copy(dev, host);  // host -> device
+    Tensor dev2 = poisoned_device({37, 53}, dtype);
+    cuda().copy(dev2, dev);  // device -> device
+    Tensor back(cpu(), {37, 53}, dtype);
+    cuda().copy(back, dev2);  // device -> host, complete on return
+    EXPECT_TRUE(bitwise_equal(bytes_of(back), bytes_of(host)));
+  }
+}
+
+TEST_F(CudaBackendTest, CopyColumnsMatchesCpu) {
+  for (DType dtype : kDtypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Tensor src_host = random_host({19, 13}, dtype, 12);
+    Tensor dst_host = random_host({19, 9}, dtype, 13);
+    Tensor src = to_device(src_host);
+    Tensor dst = to_device(dst_host);
+    cpu().copy_columns(dst_host, 2, src_host, 5, 6);
+    cuda().copy_columns(dst, 2, src, 5, 6);
+    EXPECT_TRUE(bitwise_equal(bytes_of(dst), bytes_of(dst_host)));
+  }
+}
+
+TEST_F(CudaBackendTest, CopyColumnsBetweenHostAndDevice) {
+  Tensor src_host = random_host({7, 10}, DType::kF32, 14);
+  Tensor dst = poisoned_device({7, 4}, DType::kF32);
+  cuda().copy_columns(dst, 0, src_host, 3, 4);  // host -> device
+  Tensor expected(cpu(), {7, 4}, DType::kF32);
+  cpu().copy_columns(expected, 0, src_host, 3, 4);
+  EXPECT_TRUE(bitwise_equal(bytes_of(dst), bytes_of(expected)));
+}
+
+TEST_F(CudaBackendTest, ConvertMatchesCpuBitwise) {
+  for (DType from : kDtypes) {
+    for (DType to : kDtypes) {
+      SCOPED_TRACE(std::string(dtype_name(from)) + " -> " + dtype_name(to));
+      Tensor src_host = random_host({41, 23}, from, 21);
+      Tensor src = to_device(src_host);
+      Tensor dst = poisoned_device({41, 23}, to);
+      cuda().convert(dst, src);
+      Tensor expected(cpu(), {41, 23}, to);
+      cpu().convert(expected, src_host);
+      EXPECT_TRUE(bitwise_equal(bytes_of(dst), bytes_of(expected)));
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, FillMatchesCpuBitwise) {
+  for (DType dtype : kDtypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Tensor dst = poisoned_device({5, 77}, dtype);
+    cuda().fill(dst, -1.2345678f);
+    Tensor expected(cpu(), {5, 77}, dtype);
+    cpu().fill(expected, -1.2345678f);
+    EXPECT_TRUE(bitwise_equal(bytes_of(dst), bytes_of(expected)));
+  }
+}
+
+// A window of a larger global matrix, as a tensor-parallel shard would draw it.
+RandomFill window_spec(Distribution distribution) {
+  RandomFill spec;
+  spec.distribution = distribution;
+  spec.seed = 0x5eedull;
+  spec.offset = 1000;
+  spec.a = distribution == Distribution::kUniform ? -0.5 : 0.25;
+  spec.b = distribution == Distribution::kUniform ? 1.5 : 2.0;
+  spec.global_cols = 300;
+  spec.row0 = 7;
+  spec.col0 = 150;
+  return spec;
+}
+
+TEST_F(CudaBackendTest, FillRandomUniformMatchesCpuBitwise) {
+  for (DType dtype : kDtypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const RandomFill spec = window_spec(Distribution::kUniform);
+    Tensor dst = poisoned_device({64, 150}, dtype);
+    cuda().fill_random(dst, spec);
+    Tensor expected(cpu(), {64, 150}, dtype);
+    cpu().fill_random(expected, spec);
+    EXPECT_TRUE(bitwise_equal(bytes_of(dst), bytes_of(expected)));
+  }
+}
+
+TEST_F(CudaBackendTest, FillRandomNormalMatchesCpuWithinOneUlp) {
+  // Box-Muller's log/cos differ in the last bit between CUDA's and glibc's math libraries.
+  for (DType dtype : kDtypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const RandomFill spec = window_spec(Distribution::kNormal);
+    Tensor dst = poisoned_device({64, 150}, dtype);
+    cuda().fill_random(dst, spec);
+    Tensor expected(cpu(), {64, 150}, dtype);
+    cpu().fill_random(expected, spec);
+    EXPECT_TRUE(within_ulps(bytes_of(dst), bytes_of(expected), dtype, 1));
+  }
+}
+
+TEST_F(CudaBackendTest, FillRandomDefaultGlobalColumns) {
+  RandomFill spec;
+  spec.seed = 99;
+  Tensor dst = poisoned_device({3, 5, 7}, DType::kF32);
+  cuda().fill_random(dst, spec);
+  Tensor expected(cpu(), {3, 5, 7}, DType::kF32);
+  cpu().fill_random(expected, spec);
+  EXPECT_TRUE(within_ulps(bytes_of(dst), bytes_of(expected), DType::kF32, 1));
+}
+
+TEST_F(CudaBackendTest, AddMatchesCpu) {
+  for (DType dtype : kDtypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Tensor a_host = random_host({33, 65}, dtype, 31);
+    Tensor b_host = random_host({33, 65}, dtype, 32);
+    Tensor a = to_device(a_host);
+    Tensor b = to_device(b_host);
+    Tensor out = poisoned_device({33, 65}, dtype);
+    cuda().add(out, a, b);
+    Tensor expected(cpu(), {33, 65}, dtype);
+    cpu().add(expected, a_host, b_host);
+    EXPECT_TRUE(all_close(floats_of(out), floats_of(expected), dtype_rtol(dtype, 1e-6)));
+    cuda().add(a, a, b);  // in place
+    EXPECT_TRUE(all_close(floats_of(a), floats_of(expected), dtype_rtol(dtype, 1e-6)));
+  }
+}
+
+TEST_F(CudaBackendTest, AddBiasMatchesCpu) {
+  for (DType dtype : kDtypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Tensor in_host = random_host({2, 17, 39}, dtype, 41);
+    Tensor bias_host = random_host({39}, dtype, 42);
+    Tensor in = to_device(in_host);
+    Tensor bias = to_device(bias_host);
+    Tensor out = poisoned_device({2, 17, 39}, dtype);
+    cuda().add_bias(out, in, bias);
+    Tensor expected(cpu(), {2, 17, 39}, dtype);
+    cpu().add_bias(expected, in_host, bias_host);
+    EXPECT_TRUE(all_close(floats_of(out), floats_of(expected), dtype_rtol(dtype, 1e-6)));
+    cuda().add_bias(in, in, bias);  // in place
+    EXPECT_TRUE(all_close(floats_of(in), floats_of(expected), dtype_rtol(dtype, 1e-6)));
+  }
+}
+
+TEST_F(CudaBackendTest, GeluMatchesCpu) {
+  for (DType dtype : kDtypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Tensor in_host = random_host({29, 71}, dtype, 51, Distribution::kUniform);
+    Tensor in = to_device(in_host);
+    Tensor out = poisoned_device({29, 71}, dtype);
+    cuda().gelu(out, in);
+    Tensor expected(cpu(), {29, 71}, dtype);
+    cpu().gelu(expected, in_host);
+    EXPECT_TRUE(all_close(floats_of(out), floats_of(expected), dtype_rtol(dtype, 1e-5)));
+    cuda().gelu(in, in);  // in place
+    EXPECT_TRUE(all_close(floats_of(in), floats_of(expected), dtype_rtol(dtype, 1e-5)));
+  }
+}
+
+TEST_F(CudaBackendTest, GeluBackwardMatchesCpu) {
+  for (DType dtype : kDtypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Tensor grad_out_host = random_host({29, 71}, dtype, 61);
+    Tensor input_host = random_host({29, 71}, dtype, 62, Distribution::kUniform);
+    Tensor grad_out = to_device(grad_out_host);
+    Tensor input = to_device(input_host);
+    Tensor grad_in = poisoned_device({29, 71}, dtype);
+    cuda().gelu_backward(grad_in, grad_out, input);
+    Tensor expected(cpu(), {29, 71}, dtype);
+    cpu().gelu_backward(expected, grad_out_host, input_host);
+    EXPECT_TRUE(all_close(floats_of(grad_in), floats_of(expected), dtype_rtol(dtype, 1e-5)));
+  }
+}
+
+TEST_F(CudaBackendTest, StreamsAndEvents) {
+  Tensor a_host = random_host({256, 256}, DType::kF32, 71);
+  Tensor a = to_device(a_host);
+  Tensor out = poisoned_device({256, 256}, DType::kF32);
+  auto high = cuda().create_stream(StreamPriority::kHigh);
+  auto normal = cuda().create_stream(StreamPriority::kNormal);
+  auto event = cuda().create_event();
+  Stream& original = cuda().stream();
+
+  cuda().set_stream(*high);
+  cuda().add(out, a, a);  // out = 2a on the high-priority stream
+  event->record(*high);
+  event->wait(*normal);
+  cuda().set_stream(*normal);
+  cuda().add(out, out, a);  // out = 3a, ordered after the first add by the event
+  event->record(*normal);
+  event->synchronize();
+  cuda().set_stream(original);
+
+  Tensor expected(cpu(), {256, 256}, DType::kF32);
+  cpu().add(expected, a_host, a_host);
+  cpu().add(expected, expected, a_host);
+  EXPECT_TRUE(all_close(floats_of(out), floats_of(expected), 1e-6));
+}
+
+TEST_F(CudaBackendTest, BadCallsThrow) {
+  Tensor a = poisoned_device({4, 8}, DType::kF32);
+  Tensor b = poisoned_device({4, 9}, DType::kF32);
+  Tensor h = random_host({4, 8}, DType::kF32, 1);
+  Tensor bf = poisoned_device({4, 8}, DType::kBF16);
+  EXPECT_THROW(cuda().add(a, a, b), Error);   // shape mismatch
+  EXPECT_THROW(cuda().add(a, a, bf), Error);  // dtype mismatch
+  EXPECT_THROW(cuda().add(a, a, h), Error);   // host operand
+  EXPECT_THROW(cuda().gelu(a, b), Error);     // shape mismatch
+  EXPECT_THROW(cuda().gelu_backward(a, a, b), Error);
+  EXPECT_THROW(cuda().copy(a, b), Error);     // shape mismatch
+  EXPECT_THROW(cuda().copy(a, bf), Error);    // dtype mismatch
+  EXPECT_THROW(cuda().convert(a, b), Error);  // shape mismatch
+  Tensor bias = poisoned_device({7}, DType::kF32);
+  EXPECT_THROW(cuda().add_bias(a, a, bias), Error);         // bias length != row length
+  EXPECT_THROW(cuda().copy_columns(a, 0, b, 5, 5), Error);  // past the end of src
+  EXPECT_THROW(cuda().set_stream(host_stream()), Error);    // not a CUDA stream
+  EXPECT_THROW(make_cuda_backend(cuda_device_count()), Error);
+  EXPECT_THROW(make_cuda_backend(-1), Error);
+}
+
+}  // namespace
+}  // namespace weft::test

@@ -1,0 +1,305 @@
+// CudaBackend::gemm (cuBLASLt) against the CPU backend: every transpose combination, dtype pair,
+// epilogue, beta = 0 and 1, odd and aligned sizes, unaligned views, TF32, and bad arguments.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.hpp"
+#include "weft/error.hpp"
+
+namespace weft::test {
+namespace {
+
+struct GemmCase {
+  DType ab;
+  DType c;
+  bool transpose_a;
+  bool transpose_b;
+  int64_t m, n, k;
+  Epilogue epilogue;
+  bool gelu_aux;
+  float alpha;
+  float beta;
+};
+
+const char* epilogue_label(Epilogue e) {
+  switch (e) {
+    case Epilogue::kNone:
+      return "none";
+    case Epilogue::kBias:
+      return "bias";
+    case Epilogue::kGelu:
+      return "gelu";
+    case Epilogue::kBiasGelu:
+      return "biasgelu";
+    case Epilogue::kBiasGrad:
+      return "biasgrad";
+  }
+  return "unknown";
+}
+
+std::string case_name(const GemmCase& p) {
+  std::string name = std::string(dtype_name(p.ab)) + "_" + dtype_name(p.c) + "_" +
+                     (p.transpose_a ? "T" : "N") + (p.transpose_b ? "T" : "N") + "_" +
+                     std::to_string(p.m) + "x" + std::to_string(p.n) + "x" + std::to_string(p.k) +
+                     "_" + epilogue_label(p.epilogue) + (p.gelu_aux ? "_aux" : "") + "_beta" +
+                     std::to_string(static_cast<int>(p.beta));
+  if (p.alpha != 1.0f) name += "_alpha" + std::to_string(static_cast<int>(p.alpha * 100));
+  return name;
+}
+
+// gtest prints a failing parameter with this instead of its raw bytes.
+void PrintTo(const GemmCase& p, std::ostream* os) { *os << case_name(p); }
+
+std::vector<GemmCase> all_cases() {
+  struct DtypePair {
+    DType ab, c;
+  };
+  const DtypePair pairs[] = {{DType::kF32, DType::kF32},
+                             {DType::kBF16, DType::kBF16},
+                             {DType::kBF16, DType::kF32},
+                             {DType::kF16, DType::kF16},
+                             {DType::kF16, DType::kF32}};
+  // Odd sizes (no vectorized kernel fits, GELU aux falls back: n % 8 != 0), aligned ones (the
+  // fused cuBLASLt epilogues), and a larger one where cuBLASLt may split K.
+  const int64_t sizes[][3] = {{37, 53, 29}, {64, 128, 96}, {192, 256, 520}};
+  struct EpilogueCase {
+    Epilogue epilogue;
+    bool aux;
+  };
+  const EpilogueCase epilogues[] = {{Epilogue::kNone, false},     {Epilogue::kBias, false},
+                                    {Epilogue::kGelu, false},     {Epilogue::kGelu, true},
+                                    {Epilogue::kBiasGelu, false}, {Epilogue::kBiasGelu, true},
+                                    {Epilogue::kBiasGrad, false}};
+  std::vector<GemmCase> cases;
+  for (const DtypePair& pair : pairs) {
+    for (int transposes = 0; transposes < 4; ++transposes) {
+      for (const auto& size : sizes) {
+        for (const EpilogueCase& e : epilogues) {
+          for (float beta : {0.0f, 1.0f}) {
+            cases.push_back(GemmCase{pair.ab, pair.c, (transposes & 1) != 0, (transposes & 2) != 0,
+                                     size[0], size[1], size[2], e.epilogue, e.aux, 1.0f, beta});
+          }
+        }
+      }
+    }
+  }
+  // alpha != 1: the scaling of the product (and that the bias gradient is not scaled).
+  for (DType ab : {DType::kF32, DType::kBF16}) {
+    for (const EpilogueCase& e : epilogues) {
+      for (bool transpose_a : {false, true}) {
+        cases.push_back(
+            GemmCase{ab, ab, transpose_a, false, 64, 128, 96, e.epilogue, e.aux, 0.75f, 1.0f});
+      }
+    }
+  }
+  return cases;
+}
+
+class CudaGemmTest : public CudaFixture<::testing::TestWithParam<GemmCase>> {
+ protected:
+  // The relative tolerance for this case's outputs.
+  static double rtol(const GemmCase& p) {
+    if (p.ab != DType::kF32 || p.c != DType::kF32) return 1e-2;
+    // cuBLASLt's fused GeLU may evaluate tanh with the hardware approximation (relative error
+    // about 2^-11), which is far from any mapping bug but above fp32 rounding.
+    if (p.epilogue == Epilogue::kGelu || p.epilogue == Epilogue::kBiasGelu) return 2e-3;
+    return 1e-4;
+  }
+};
+
+TEST_P(CudaGemmTest, MatchesCpu) {
+  const GemmCase& p = GetParam();
+  const Shape a_shape = p.transpose_a ? Shape{p.k, p.m} : Shape{p.m, p.k};
+  const Shape b_shape = p.transpose_b ? Shape{p.n, p.k} : Shape{p.k, p.n};
+  const bool wants_bias = p.epilogue == Epilogue::kBias || p.epilogue == Epilogue::kBiasGelu;
+
+  Tensor a_host = random_host(a_shape, p.ab, 101);
+  Tensor b_host = random_host(b_shape, p.ab, 102);
+  Tensor c_host = random_host({p.m, p.n}, p.c, 103);  // beta * C reads it
+  Tensor bias_host = random_host({p.n}, p.c, 104);
+  Tensor gelu_input_host(cpu(), {p.m, p.n}, p.c);
+  Tensor bias_grad_host(cpu(), {p.m}, p.c);
+
+  Tensor a = to_device(a_host);
+  Tensor b = to_device(b_host);
+  Tensor bias = to_device(bias_host);
+  Tensor c = poisoned_device({p.m, p.n}, p.c);
+  if (p.beta != 0.0f) cuda().copy(c, c_host);
+  Tensor gelu_input = poisoned_device({p.m, p.n}, p.c);
+  Tensor bias_grad = poisoned_device({p.m}, p.c);
+
+  auto make_args = [&](const Tensor& a_, const Tensor& b_, const Tensor& c_, const Tensor& bias_,
+                       const Tensor& gelu_input_, const Tensor& bias_grad_) {
+    GemmArgs args;
+    args.a = a_;
+    args.b = b_;
+    args.c = c_;
+    args.transpose_a = p.transpose_a;
+    args.transpose_b = p.transpose_b;
+    args.alpha = p.alpha;
+    args.beta = p.beta;
+    args.epilogue = p.epilogue;
+    if (wants_bias) args.bias = bias_;
+    if (p.gelu_aux) args.gelu_input = gelu_input_;
+    if (p.epilogue == Epilogue::kBiasGrad) args.bias_grad = bias_grad_;
+    return args;
+  };
+  cpu().gemm(make_args(a_host, b_host, c_host, bias_host, gelu_input_host, bias_grad_host));
+  cuda().gemm(make_args(a, b, c, bias, gelu_input, bias_grad));
+
+  const double tol = rtol(p);
+  EXPECT_TRUE(all_close(floats_of(c), floats_of(c_host), tol)) << "C";
+  if (p.gelu_aux) {
+    EXPECT_TRUE(all_close(floats_of(gelu_input), floats_of(gelu_input_host), tol)) << "gelu_input";
+  }
+  if (p.epilogue == Epilogue::kBiasGrad) {
+    EXPECT_TRUE(all_close(floats_of(bias_grad), floats_of(bias_grad_host), tol)) << "bias_grad";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaGemmTest, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<GemmCase>& info) {
+                           return case_name(info.param);
+                         });
+
+class CudaGemmMiscTest : public CudaTest {};
+
+// Views that start one row into a buffer are only 4- or 2-byte aligned at odd sizes: cuBLASLt
+// must be told (its heuristic assumes 256 bytes by default).
+TEST_F(CudaGemmMiscTest, UnalignedViews) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (Epilogue epilogue : {Epilogue::kNone, Epilogue::kBias, Epilogue::kBiasGrad}) {
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " " + epilogue_label(epilogue));
+      const int64_t m = 37, n = 53, k = 29;
+      Tensor a_host = random_host({m + 1, k}, dtype, 201);
+      Tensor b_host = random_host({k + 1, n}, dtype, 202);
+      // 2D so that rows() can offset them too (a one-element offset: 4 or 2 bytes).
+      Tensor bias_host = random_host({n + 1, 1}, dtype, 203);
+      Tensor a = to_device(a_host);
+      Tensor b = to_device(b_host);
+      Tensor bias = to_device(bias_host);
+      Tensor c = poisoned_device({m + 1, n}, dtype);
+      Tensor bias_grad = poisoned_device({m + 1, 1}, dtype);
+      Tensor c_host(cpu(), {m, n}, dtype);
+      Tensor bias_grad_host(cpu(), {m, 1}, dtype);
+
+      GemmArgs gpu;
+      gpu.a = TensorView(a).rows(1, m);
+      gpu.b = TensorView(b).rows(1, k);
+      gpu.c = TensorView(c).rows(1, m);
+      gpu.epilogue = epilogue;
+      if (epilogue == Epilogue::kBias) gpu.bias = TensorView(bias).rows(1, n);
+      if (epilogue == Epilogue::kBiasGrad) gpu.bias_grad = TensorView(bias_grad).rows(1, m);
+      GemmArgs host;
+      host.a = TensorView(a_host).rows(1, m);
+      host.b = TensorView(b_host).rows(1, k);
+      host.c = c_host;
+      host.epilogue = epilogue;
+      if (epilogue == Epilogue::kBias) host.bias = TensorView(bias_host).rows(1, n);
+      if (epilogue == Epilogue::kBiasGrad) host.bias_grad = bias_grad_host;
+      cuda().gemm(gpu);
+      cpu().gemm(host);
+      const double tol = dtype_rtol(dtype, 1e-4);
+      EXPECT_TRUE(all_close(floats_of(gpu.c), floats_of(c_host), tol));
+      if (epilogue == Epilogue::kBiasGrad) {
+        EXPECT_TRUE(all_close(floats_of(gpu.bias_grad), floats_of(bias_grad_host), tol));
+      }
+    }
+  }
+}
+
+TEST_F(CudaGemmMiscTest, Tf32IsClose) {
+  Tensor a_host = random_host({128, 96}, DType::kF32, 301);
+  Tensor b_host = random_host({96, 256}, DType::kF32, 302);
+  Tensor a = to_device(a_host);
+  Tensor b = to_device(b_host);
+  Tensor c = poisoned_device({128, 256}, DType::kF32);
+  Tensor c_host(cpu(), {128, 256}, DType::kF32);
+  GemmArgs gpu;
+  gpu.a = a;
+  gpu.b = b;
+  gpu.c = c;
+  gpu.allow_tf32 = true;
+  GemmArgs host = gpu;
+  host.a = a_host;
+  host.b = b_host;
+  host.c = c_host;
+  cuda().gemm(gpu);
+  cpu().gemm(host);
+  // TF32 keeps 10 mantissa bits of each input.
+  EXPECT_TRUE(all_close(floats_of(c), floats_of(c_host), 5e-3));
+}
+
+TEST_F(CudaGemmMiscTest, RepeatedCallsAreBitIdentical) {
+  Tensor a = to_device(random_host({64, 96}, DType::kBF16, 401));
+  Tensor b = to_device(random_host({96, 128}, DType::kBF16, 402));
+  Tensor bias = to_device(random_host({128}, DType::kBF16, 403));
+  Tensor c1 = poisoned_device({64, 128}, DType::kBF16);
+  Tensor c2 = poisoned_device({64, 128}, DType::kBF16);
+  GemmArgs args;
+  args.a = a;
+  args.b = b;
+  args.bias = bias;
+  args.epilogue = Epilogue::kBiasGelu;
+  args.c = c1;
+  cuda().gemm(args);  // plans and caches
+  args.c = c2;
+  cuda().gemm(args);  // reuses the cached plan
+  EXPECT_TRUE(bitwise_equal(bytes_of(c1), bytes_of(c2)));
+}
+
+// As on the CPU backend: an empty C is a no-op, an empty inner dimension is refused.
+TEST_F(CudaGemmMiscTest, EmptyProblems) {
+  Tensor a = poisoned_device({0, 8}, DType::kF32);
+  Tensor b = poisoned_device({8, 4}, DType::kF32);
+  Tensor c = poisoned_device({0, 4}, DType::kF32);
+  GemmArgs args;
+  args.a = a;
+  args.b = b;
+  args.c = c;
+  EXPECT_NO_THROW(cuda().gemm(args));
+
+  Tensor a_k0 = poisoned_device({6, 0}, DType::kF32);
+  Tensor b_k0 = poisoned_device({0, 4}, DType::kF32);
+  Tensor c_k0 = poisoned_device({6, 4}, DType::kF32);
+  args.a = a_k0;
+  args.b = b_k0;
+  args.c = c_k0;
+  EXPECT_THROW(cuda().gemm(args), Error);
+}
+
+TEST_F(CudaGemmMiscTest, BadArgumentsThrow) {
+  Tensor a = poisoned_device({8, 16}, DType::kF32);
+  Tensor b = poisoned_device({12, 4}, DType::kF32);  // inner dimension 12 != 16
+  Tensor c = poisoned_device({8, 4}, DType::kF32);
+  GemmArgs args;
+  args.a = a;
+  args.b = b;
+  args.c = c;
+  EXPECT_THROW(cuda().gemm(args), Error);
+
+  Tensor b_ok = poisoned_device({16, 4}, DType::kF32);
+  args.b = b_ok;
+  Tensor bias = poisoned_device({5}, DType::kF32);  // n is 4
+  args.epilogue = Epilogue::kBias;
+  args.bias = bias;
+  EXPECT_THROW(cuda().gemm(args), Error);
+
+  args.epilogue = Epilogue::kNone;
+  args.bias = TensorView();
+  Tensor host_c(cpu(), {8, 4}, DType::kF32);
+  args.c = host_c;  // host memory
+  EXPECT_THROW(cuda().gemm(args), Error);
+
+  Tensor bf16_b = poisoned_device({16, 4}, DType::kBF16);
+  args.c = c;
+  args.b = bf16_b;  // A and B dtypes differ
+  EXPECT_THROW(cuda().gemm(args), Error);
+}
+
+}  // namespace
+}  // namespace weft::test

@@ -1,0 +1,105 @@
+// NcclCommunicator at world size 1 (bootstrapped through the self communicator, so no mpirun):
+// every collective returns its input, point-to-point to oneself works inside a group, split works.
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <vector>
+
+#include "cuda_test_util.hpp"
+#include "weft/comm.hpp"
+#include "weft/error.hpp"
+
+namespace weft::test {
+namespace {
+
+class NcclTest : public CudaTest {
+ protected:
+  void SetUp() override {
+    CudaTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    bootstrap_ = make_self_communicator();
+    nccl_ = make_nccl_communicator(*bootstrap_, 0);
+  }
+  void TearDown() override {
+    nccl_.reset();  // before the backends of the fixture
+    bootstrap_.reset();
+  }
+  Communicator& nccl() { return *nccl_; }
+
+  std::unique_ptr<Communicator> bootstrap_;
+  std::unique_ptr<Communicator> nccl_;
+};
+
+const DType kDtypes[] = {DType::kF32, DType::kBF16, DType::kF16};
+
+TEST_F(NcclTest, Identity) {
+  EXPECT_EQ(nccl().rank(), 0);
+  EXPECT_EQ(nccl().size(), 1);
+  EXPECT_EQ(nccl().name(), "nccl");
+  EXPECT_EQ(nccl().buffer_device(), DeviceKind::kCuda);
+}
+
+TEST_F(NcclTest, CollectivesAtWorldSizeOneReturnTheInput) {
+  for (DType dtype : kDtypes) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Tensor host = random_host({17, 33}, dtype, 601);
+    const std::vector<unsigned char> expected = bytes_of(host);
+    Tensor send = to_device(host);
+    Stream& stream = cuda().stream();
+
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kMin}) {
+      SCOPED_TRACE(reduce_op_name(op));
+      Tensor recv = poisoned_device({17, 33}, dtype);
+      nccl().all_reduce(send, recv, op, stream);
+      EXPECT_TRUE(bitwise_equal(bytes_of(recv), expected)) << "all_reduce";
+
+      Tensor scattered = poisoned_device({17, 33}, dtype);
+      nccl().reduce_scatter(send, scattered, op, stream);
+      EXPECT_TRUE(bitwise_equal(bytes_of(scattered), expected)) << "reduce_scatter";
+    }
+
+    Tensor in_place = to_device(host);
+    nccl().all_reduce(in_place, in_place, ReduceOp::kSum, stream);
+    EXPECT_TRUE(bitwise_equal(bytes_of(in_place), expected)) << "in-place all_reduce";
+
+    Tensor gathered = poisoned_device({17, 33}, dtype);
+    nccl().all_gather(send, gathered, stream);
+    EXPECT_TRUE(bitwise_equal(bytes_of(gathered), expected)) << "all_gather";
+
+    Tensor broadcast = to_device(host);
+    nccl().broadcast(broadcast, 0, stream);
+    EXPECT_TRUE(bitwise_equal(bytes_of(broadcast), expected)) << "broadcast";
+
+    Tensor received = poisoned_device({17, 33}, dtype);
+    nccl().group_start();
+    nccl().send(send, 0, stream);
+    nccl().recv(received, 0, stream);
+    nccl().group_end();
+    EXPECT_TRUE(bitwise_equal(bytes_of(received), expected)) << "send/recv to self";
+  }
+}
+
+TEST_F(NcclTest, SplitAndBarrier) {
+  std::unique_ptr<Communicator> child = nccl().split(0, 0);
+  ASSERT_NE(child, nullptr);
+  EXPECT_EQ(child->rank(), 0);
+  EXPECT_EQ(child->size(), 1);
+  EXPECT_EQ(child->name(), "nccl");
+
+  Tensor host = random_host({8, 16}, DType::kF32, 602);
+  Tensor send = to_device(host);
+  Tensor recv = poisoned_device({8, 16}, DType::kF32);
+  child->all_reduce(send, recv, ReduceOp::kSum, cuda().stream());
+  EXPECT_TRUE(bitwise_equal(bytes_of(recv), bytes_of(host)));
+
+  child->barrier();
+  nccl().barrier();
+}
+
+TEST_F(NcclTest, HostBuffersAreRejected) {
+  Tensor host = random_host({4, 4}, DType::kF32, 603);
+  EXPECT_THROW(nccl().all_reduce(host, host, ReduceOp::kSum, cuda().stream()), Error);
+}
+
+}  // namespace
+}  // namespace weft::test
