@@ -24,15 +24,17 @@ class SelfCommunicator final : public Communicator {
   void group_end() override {
     WEFT_CHECK(group_depth_ > 0, "group_end without a matching group_start");
     if (--group_depth_ > 0) return;
-    WEFT_CHECK(sends_.size() == recvs_.size(), "self communicator: group ended with ",
-               sends_.size(), " sends but ", recvs_.size(), " receives");
-    for (size_t i = 0; i < sends_.size(); ++i) {
-      WEFT_CHECK(sends_[i].bytes() == recvs_[i].bytes(), "self communicator: send ",
-                 sends_[i].str(), " does not match recv ", recvs_[i].str());
-      copy_bytes(recvs_[i], sends_[i]);
+    // Taken out first, so that a failed group leaves nothing behind for the next one.
+    std::deque<TensorView> sends, recvs;
+    sends.swap(sends_);
+    recvs.swap(recvs_);
+    WEFT_CHECK(sends.size() == recvs.size(), "self communicator: group ended with ", sends.size(),
+               " sends but ", recvs.size(), " receives");
+    for (size_t i = 0; i < sends.size(); ++i) {
+      WEFT_CHECK(sends[i].bytes() == recvs[i].bytes(), "self communicator: send ", sends[i].str(),
+                 " does not match recv ", recvs[i].str());
     }
-    sends_.clear();
-    recvs_.clear();
+    for (size_t i = 0; i < sends.size(); ++i) copy_bytes(recvs[i], sends[i]);
   }
   std::unique_ptr<Communicator> split(int color, int) override {
     WEFT_CHECK(color >= 0, "split: color must be non-negative, got ", color);
