@@ -18,7 +18,8 @@
 
 namespace weft::bench {
 
-// ConsoleReporter colours whatever it writes to, a log file too; colour only a terminal.
+// ConsoleReporter colours whatever it writes to, a log file too; colour only a terminal. (Not
+// for MPI programs: mpirun hands every rank a pseudo-terminal even when its output is a file.)
 inline benchmark::ConsoleReporter::OutputOptions console_options() {
   return isatty(fileno(stdout)) ? benchmark::ConsoleReporter::OO_ColorTabular
                                 : benchmark::ConsoleReporter::OO_Tabular;
@@ -28,7 +29,8 @@ inline benchmark::ConsoleReporter::OutputOptions console_options() {
 // (ratios, sweeps) once all benchmarks have run.
 class CollectingReporter : public benchmark::ConsoleReporter {
  public:
-  CollectingReporter() : ConsoleReporter(console_options()) {}
+  explicit CollectingReporter(OutputOptions options = console_options())
+      : ConsoleReporter(options) {}
 
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
@@ -40,17 +42,25 @@ class CollectingReporter : public benchmark::ConsoleReporter {
     }
   }
 
-  // The median over repetitions of `counter` for the benchmark registered as `name`; negative
-  // when it did not run (filtered out, or failed).
+  // The median, or the largest value, over repetitions of `counter` for the benchmark
+  // registered as `name`; negative when it did not run (filtered out, or failed).
   double median(const std::string& name, const std::string& counter) const {
-    auto by_name = values_.find(name);
-    if (by_name == values_.end()) return -1.0;
-    auto by_counter = by_name->second.find(counter);
-    if (by_counter == by_name->second.end() || by_counter->second.empty()) return -1.0;
-    std::vector<double> v = by_counter->second;
+    std::vector<double> v = values(name, counter);
+    if (v.empty()) return -1.0;
     std::sort(v.begin(), v.end());
     size_t mid = v.size() / 2;
     return v.size() % 2 ? v[mid] : 0.5 * (v[mid - 1] + v[mid]);
+  }
+  double max(const std::string& name, const std::string& counter) const {
+    std::vector<double> v = values(name, counter);
+    return v.empty() ? -1.0 : *std::max_element(v.begin(), v.end());
+  }
+  std::vector<double> values(const std::string& name, const std::string& counter) const {
+    auto by_name = values_.find(name);
+    if (by_name == values_.end()) return {};
+    auto by_counter = by_name->second.find(counter);
+    if (by_counter == by_name->second.end()) return {};
+    return by_counter->second;
   }
 
  private:
