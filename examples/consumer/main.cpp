@@ -2,7 +2,6 @@
 // gathered output against the same layer unsharded.  mpirun -np 2 ./consumer
 #include <cmath>
 #include <cstdio>
-
 #include <weft/weft.hpp>
 
 int main(int argc, char** argv) {

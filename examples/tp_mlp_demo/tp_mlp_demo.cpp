@@ -115,8 +115,8 @@ int run(int argc, char** argv, weft::Communicator& mpi_world) {
   for (auto* model : {&sharded, &reference}) {
     for (weft::Parameter* p : model->parameters()) {
       if (p->global_shape.rank() == 1) {
-        weft::init_parameter(*backend, *p, weft::RandomFill{weft::Distribution::kNormal,
-                                                            config.seed, 0, 0.0, 0.1});
+        weft::init_parameter(
+            *backend, *p, weft::RandomFill{weft::Distribution::kNormal, config.seed, 0, 0.0, 0.1});
       }
     }
   }
@@ -154,8 +154,9 @@ int run(int argc, char** argv, weft::Communicator& mpi_world) {
     std::string what;
     double error;
   };
-  std::vector<Row> rows{{"output", max_rel_error(to_host(*backend, y), to_host(*backend, y_ref))},
-                        {"input grad", max_rel_error(to_host(*backend, dx), to_host(*backend, dx_ref))}};
+  std::vector<Row> rows{
+      {"output", max_rel_error(to_host(*backend, y), to_host(*backend, y_ref))},
+      {"input grad", max_rel_error(to_host(*backend, dx), to_host(*backend, dx_ref))}};
   const auto params = sharded.parameters(), ref_params = reference.parameters();
   for (size_t i = 0; i < params.size(); ++i) {
     rows.push_back({params[i]->name + " grad",

@@ -58,9 +58,9 @@ struct GemmArgs {
   float alpha = 1.0f;
   float beta = 0.0f;
   Epilogue epilogue = Epilogue::kNone;
-  TensorView bias;        // kBias, kBiasGelu: n elements
-  TensorView gelu_input;  // kGelu, kBiasGelu: optional m x n, receives the GeLU's input
-  TensorView bias_grad;   // kBiasGrad: m elements
+  TensorView bias;          // kBias, kBiasGelu: n elements
+  TensorView gelu_input;    // kGelu, kBiasGelu: optional m x n, receives the GeLU's input
+  TensorView bias_grad;     // kBiasGrad: m elements
   bool allow_tf32 = false;  // f32 GEMMs on CUDA may use TF32 tensor cores (ignored on the CPU)
 };
 
@@ -85,8 +85,8 @@ class Backend {
   // Copies src to dst (equal shape and dtype). Either side may be host memory (Device::cpu()) or
   // this backend's device; host-side transfers complete before return.
   virtual void copy(TensorView dst, TensorView src) = 0;
-  // For every row r of the 2D views: dst[r, dst_col : dst_col+cols] = src[r, src_col : src_col+cols].
-  // The building block of split and gather along the last dimension.
+  // For every row r of the 2D views: dst[r, dst_col : dst_col+cols] = src[r, src_col :
+  // src_col+cols]. The building block of split and gather along the last dimension.
   virtual void copy_columns(TensorView dst, int64_t dst_col, TensorView src, int64_t src_col,
                             int64_t cols) = 0;
   // dst = src converted to dst's dtype (equal shape).
@@ -99,7 +99,8 @@ class Backend {
 
   // Elementwise; `out` may alias an input. All operands share one dtype.
   virtual void add(TensorView out, TensorView a, TensorView b) = 0;  // out = a + b
-  virtual void add_bias(TensorView out, TensorView in, TensorView bias) = 0;  // out[r,:] = in[r,:] + bias
+  virtual void add_bias(TensorView out, TensorView in,
+                        TensorView bias) = 0;  // out[r,:] = in[r,:] + bias
   virtual void gelu(TensorView out, TensorView in) = 0;
   // grad_in = grad_out * gelu'(input)
   virtual void gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) = 0;

@@ -51,8 +51,7 @@ class Communicator {
  protected:
   virtual void do_all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) = 0;
   virtual void do_all_gather(TensorView send, TensorView recv, Stream& stream) = 0;
-  virtual void do_reduce_scatter(TensorView send, TensorView recv, ReduceOp op,
-                                 Stream& stream) = 0;
+  virtual void do_reduce_scatter(TensorView send, TensorView recv, ReduceOp op, Stream& stream) = 0;
   virtual void do_broadcast(TensorView buffer, int root, Stream& stream) = 0;
   virtual void do_send(TensorView buffer, int peer, Stream& stream) = 0;
   virtual void do_recv(TensorView buffer, int peer, Stream& stream) = 0;

@@ -13,7 +13,7 @@ namespace weft {
 enum class DType { kF32, kBF16, kF16 };
 
 size_t dtype_size(DType dtype);
-const char* dtype_name(DType dtype);     // "f32", "bf16", "f16"
+const char* dtype_name(DType dtype);         // "f32", "bf16", "f16"
 DType parse_dtype(const std::string& name);  // throws weft::Error naming the accepted spellings
 
 // Storage types: the 16-bit formats are carried as raw bits, so that host code needs no CUDA
@@ -44,7 +44,9 @@ WEFT_HOST_DEVICE bf16_t float_to_bf16(float f) {
   u += 0x7fffu + ((u >> 16) & 1u);
   return bf16_t{static_cast<uint16_t>(u >> 16)};
 }
-WEFT_HOST_DEVICE float bf16_to_float(bf16_t h) { return bits_float(static_cast<uint32_t>(h.bits) << 16); }
+WEFT_HOST_DEVICE float bf16_to_float(bf16_t h) {
+  return bits_float(static_cast<uint32_t>(h.bits) << 16);
+}
 
 WEFT_HOST_DEVICE f16_t float_to_f16(float f) {
   uint32_t u = float_bits(f);
@@ -88,10 +90,16 @@ WEFT_HOST_DEVICE float to_float(f16_t v) { return f16_to_float(v); }
 template <typename T>
 WEFT_HOST_DEVICE T from_float(float v);
 template <>
-WEFT_HOST_DEVICE float from_float<float>(float v) { return v; }
+WEFT_HOST_DEVICE float from_float<float>(float v) {
+  return v;
+}
 template <>
-WEFT_HOST_DEVICE bf16_t from_float<bf16_t>(float v) { return float_to_bf16(v); }
+WEFT_HOST_DEVICE bf16_t from_float<bf16_t>(float v) {
+  return float_to_bf16(v);
+}
 template <>
-WEFT_HOST_DEVICE f16_t from_float<f16_t>(float v) { return float_to_f16(v); }
+WEFT_HOST_DEVICE f16_t from_float<f16_t>(float v) {
+  return float_to_f16(v);
+}
 
 }  // namespace weft

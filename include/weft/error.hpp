@@ -21,7 +21,8 @@ enum class ErrorCode {
 const char* error_code_name(ErrorCode code);
 
 // The rank stamped into every Error raised by this process; set once the communicator knows it
-// (-1 until then). Messages from several ranks interleave on one terminal, so each says whose it is.
+// (-1 until then). Messages from several ranks interleave on one terminal, so each says whose it
+// is.
 void set_error_rank(int rank);
 int error_rank();
 
@@ -69,33 +70,33 @@ std::string concat(const Args&... args) {
 
 // The one generic check underneath all others: `status` is evaluated once, compared with `ok`,
 // and on mismatch `describe(status)` is prepended to the caller's message.
-#define WEFT_CHECK_GEN(code, status_expr, ok, describe, ...)                                     \
-  do {                                                                                            \
-    auto weft_status_ = (status_expr);                                                            \
-    if (weft_status_ != (ok)) {                                                                   \
-      ::weft::detail::throw_error(                                                                \
-          (code), ::weft::detail::concat(describe(weft_status_), ". ", ##__VA_ARGS__), #status_expr, \
-          __FILE__, __LINE__);                                                                    \
-    }                                                                                             \
+#define WEFT_CHECK_GEN(code, status_expr, ok, describe, ...)                           \
+  do {                                                                                 \
+    auto weft_status_ = (status_expr);                                                 \
+    if (weft_status_ != (ok)) {                                                        \
+      ::weft::detail::throw_error(                                                     \
+          (code), ::weft::detail::concat(describe(weft_status_), ". ", ##__VA_ARGS__), \
+          #status_expr, __FILE__, __LINE__);                                           \
+    }                                                                                  \
   } while (0)
 
 // Checks a condition on the caller's input; the variadic tail is streamed into the message, so
 // it can name the offending values: WEFT_CHECK(n % tp == 0, "out_features ", n, " ...").
-#define WEFT_CHECK(cond, ...)                                                                \
-  do {                                                                                        \
-    if (!(cond)) {                                                                            \
-      ::weft::detail::throw_error(::weft::ErrorCode::kInvalidArgument,                        \
+#define WEFT_CHECK(cond, ...)                                                                      \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      ::weft::detail::throw_error(::weft::ErrorCode::kInvalidArgument,                             \
                                   ::weft::detail::concat(__VA_ARGS__), #cond, __FILE__, __LINE__); \
-    }                                                                                         \
+    }                                                                                              \
   } while (0)
 
 // Like WEFT_CHECK, for broken invariants inside the library rather than bad input.
-#define WEFT_ASSERT(cond, ...)                                                               \
-  do {                                                                                        \
-    if (!(cond)) {                                                                            \
-      ::weft::detail::throw_error(::weft::ErrorCode::kInternal,                               \
+#define WEFT_ASSERT(cond, ...)                                                                     \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      ::weft::detail::throw_error(::weft::ErrorCode::kInternal,                                    \
                                   ::weft::detail::concat(__VA_ARGS__), #cond, __FILE__, __LINE__); \
-    }                                                                                         \
+    }                                                                                              \
   } while (0)
 
 #define WEFT_THROW(code, ...) \

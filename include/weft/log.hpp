@@ -15,9 +15,9 @@ void log_message(LogLevel level, const std::string& message);
 
 }  // namespace weft
 
-#define WEFT_LOG(level, ...)                                                       \
-  do {                                                                             \
-    if (::weft::LogLevel::level >= ::weft::log_level()) {                          \
+#define WEFT_LOG(level, ...)                                                             \
+  do {                                                                                   \
+    if (::weft::LogLevel::level >= ::weft::log_level()) {                                \
       ::weft::log_message(::weft::LogLevel::level, ::weft::detail::concat(__VA_ARGS__)); \
-    }                                                                              \
+    }                                                                                    \
   } while (0)

@@ -1,15 +1,17 @@
 // Communicator's public entry points: argument checks shared by every implementation.
 #include "weft/comm.hpp"
-
 #include "weft/error.hpp"
 
 namespace weft {
 
 const char* reduce_op_name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return "sum";
-    case ReduceOp::kMax: return "max";
-    case ReduceOp::kMin: return "min";
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kMax:
+      return "max";
+    case ReduceOp::kMin:
+      return "min";
   }
   return "unknown";
 }
@@ -30,9 +32,8 @@ void Communicator::check_peer(int peer, const char* what) const {
 void Communicator::all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) {
   check_buffer(send, "all_reduce send buffer");
   check_buffer(recv, "all_reduce recv buffer");
-  WEFT_CHECK(send.numel() == recv.numel() && send.dtype == recv.dtype,
-             "all_reduce: send ", send.str(), " and recv ", recv.str(),
-             " must have equal element counts and dtypes");
+  WEFT_CHECK(send.numel() == recv.numel() && send.dtype == recv.dtype, "all_reduce: send ",
+             send.str(), " and recv ", recv.str(), " must have equal element counts and dtypes");
   do_all_reduce(send, recv, op, stream);
 }
 

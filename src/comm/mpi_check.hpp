@@ -11,10 +11,12 @@ namespace weft {
 inline std::string mpi_error_string(int code) {
   char text[MPI_MAX_ERROR_STRING];
   int length = 0;
-  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) return "MPI error " + std::to_string(code);
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS)
+    return "MPI error " + std::to_string(code);
   return std::string(text, static_cast<size_t>(length));
 }
 }  // namespace weft
 
-#define WEFT_CHECK_MPI(expr, ...) \
-  WEFT_CHECK_GEN(::weft::ErrorCode::kMpi, (expr), MPI_SUCCESS, ::weft::mpi_error_string, ##__VA_ARGS__)
+#define WEFT_CHECK_MPI(expr, ...)                                                        \
+  WEFT_CHECK_GEN(::weft::ErrorCode::kMpi, (expr), MPI_SUCCESS, ::weft::mpi_error_string, \
+                 ##__VA_ARGS__)

@@ -44,16 +44,17 @@ MPI_Op user_op(DType dtype, ReduceOp op) {
   return ops[dtype == DType::kBF16 ? 0 : 1][static_cast<int>(op)];
 }
 
-MPI_Datatype mpi_type(DType dtype) {
-  return dtype == DType::kF32 ? MPI_FLOAT : MPI_UINT16_T;
-}
+MPI_Datatype mpi_type(DType dtype) { return dtype == DType::kF32 ? MPI_FLOAT : MPI_UINT16_T; }
 
 MPI_Op mpi_op(DType dtype, ReduceOp op) {
   if (dtype != DType::kF32) return user_op(dtype, op);
   switch (op) {
-    case ReduceOp::kSum: return MPI_SUM;
-    case ReduceOp::kMax: return MPI_MAX;
-    case ReduceOp::kMin: return MPI_MIN;
+    case ReduceOp::kSum:
+      return MPI_SUM;
+    case ReduceOp::kMax:
+      return MPI_MAX;
+    case ReduceOp::kMin:
+      return MPI_MIN;
   }
   WEFT_THROW(ErrorCode::kInternal, "unknown reduce op");
 }
@@ -110,9 +111,9 @@ void MpiCommunicator::do_reduce_scatter(TensorView send, TensorView recv, Reduce
 }
 
 void MpiCommunicator::do_broadcast(TensorView buffer, int root, Stream&) {
-  WEFT_CHECK_MPI(MPI_Bcast(buffer.data, mpi_count(buffer.numel()), mpi_type(buffer.dtype), root,
-                           comm_),
-                 "broadcast of ", buffer.str(), " from ", root);
+  WEFT_CHECK_MPI(
+      MPI_Bcast(buffer.data, mpi_count(buffer.numel()), mpi_type(buffer.dtype), root, comm_),
+      "broadcast of ", buffer.str(), " from ", root);
 }
 
 void MpiCommunicator::do_send(TensorView buffer, int peer, Stream&) {
@@ -145,9 +146,9 @@ void MpiCommunicator::group_end() {
   if (--group_depth_ > 0) return;
   std::vector<MPI_Request> requests;
   requests.swap(pending_);
-  WEFT_CHECK_MPI(MPI_Waitall(static_cast<int>(requests.size()), requests.data(),
-                             MPI_STATUSES_IGNORE),
-                 "completing a group of ", requests.size(), " sends/receives");
+  WEFT_CHECK_MPI(
+      MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE),
+      "completing a group of ", requests.size(), " sends/receives");
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
@@ -187,8 +188,9 @@ void MpiRuntime::abort(int exit_code) {
 std::unique_ptr<Communicator> make_mpi_world_communicator() {
   int initialized = 0;
   MPI_Initialized(&initialized);
-  WEFT_CHECK(initialized, "make_mpi_world_communicator: MPI is not initialized (create a "
-                          "weft::MpiRuntime first)");
+  WEFT_CHECK(initialized,
+             "make_mpi_world_communicator: MPI is not initialized (create a "
+             "weft::MpiRuntime first)");
   // A private copy of the world, so that weft's messages never match the program's own.
   MPI_Comm world = MPI_COMM_NULL;
   WEFT_CHECK_MPI(MPI_Comm_dup(MPI_COMM_WORLD, &world));

@@ -52,13 +52,15 @@ class SelfCommunicator final : public Communicator {
   }
   void do_broadcast(TensorView, int, Stream&) override {}
   void do_send(TensorView buffer, int, Stream&) override {
-    WEFT_CHECK(group_depth_ > 0, "self communicator: a send to oneself outside a group would never "
-                                 "complete; wrap it in group_start()/group_end()");
+    WEFT_CHECK(group_depth_ > 0,
+               "self communicator: a send to oneself outside a group would never "
+               "complete; wrap it in group_start()/group_end()");
     sends_.push_back(buffer);
   }
   void do_recv(TensorView buffer, int, Stream&) override {
-    WEFT_CHECK(group_depth_ > 0, "self communicator: a recv from oneself outside a group would "
-                                 "never complete; wrap it in group_start()/group_end()");
+    WEFT_CHECK(group_depth_ > 0,
+               "self communicator: a recv from oneself outside a group would "
+               "never complete; wrap it in group_start()/group_end()");
     recvs_.push_back(buffer);
   }
 

@@ -22,14 +22,22 @@ std::string format_what(ErrorCode code, const std::string& message, const char* 
 
 const char* error_code_name(ErrorCode code) {
   switch (code) {
-    case ErrorCode::kInvalidArgument: return "invalid-argument";
-    case ErrorCode::kCuda: return "CUDA";
-    case ErrorCode::kCublas: return "cuBLAS";
-    case ErrorCode::kNccl: return "NCCL";
-    case ErrorCode::kMpi: return "MPI";
-    case ErrorCode::kDnnl: return "oneDNN";
-    case ErrorCode::kIo: return "I/O";
-    case ErrorCode::kInternal: return "internal";
+    case ErrorCode::kInvalidArgument:
+      return "invalid-argument";
+    case ErrorCode::kCuda:
+      return "CUDA";
+    case ErrorCode::kCublas:
+      return "cuBLAS";
+    case ErrorCode::kNccl:
+      return "NCCL";
+    case ErrorCode::kMpi:
+      return "MPI";
+    case ErrorCode::kDnnl:
+      return "oneDNN";
+    case ErrorCode::kIo:
+      return "I/O";
+    case ErrorCode::kInternal:
+      return "internal";
   }
   return "unknown";
 }

@@ -1,7 +1,6 @@
 // ColumnParallelLinear: output features split across TP ranks.
-#include "weft/linear.hpp"
-
 #include "layers/linear_common.hpp"
+#include "weft/linear.hpp"
 #include "weft/partition.hpp"
 
 namespace weft {
@@ -18,7 +17,8 @@ ColumnParallelLinear::ColumnParallelLinear(const ParallelContext& ctx,
   divide_exact(c.out_features, tp, (c.name + ": out_features").c_str(), "the tensor-parallel size");
   weight_ = make_parameter(ctx.backend, c.name + ".weight", Shape({c.out_features, c.in_features}),
                            c.dtype, /*partition_dim=*/0, tp, rank);
-  init_parameter(ctx.backend, weight_, RandomFill{Distribution::kNormal, c.seed, 0, 0.0, c.init_std});
+  init_parameter(ctx.backend, weight_,
+                 RandomFill{Distribution::kNormal, c.seed, 0, 0.0, c.init_std});
   if (c.bias) {
     bias_ = make_parameter(ctx.backend, c.name + ".bias", Shape({c.out_features}), c.dtype,
                            /*partition_dim=*/0, tp, rank);

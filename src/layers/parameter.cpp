@@ -15,14 +15,14 @@ Parameter make_parameter(Backend& backend, std::string name, const Shape& global
   if (partition_dim >= 0) {
     WEFT_CHECK(partition_dim < global_shape.rank(), "parameter ", p.name, ": partition dim ",
                partition_dim, " out of range for ", global_shape.str());
-    WEFT_CHECK(partition_dim == 0 || partition_dim == global_shape.rank() - 1, "parameter ",
-               p.name, ": only the first or last dimension can be partitioned");
+    WEFT_CHECK(partition_dim == 0 || partition_dim == global_shape.rank() - 1, "parameter ", p.name,
+               ": only the first or last dimension can be partitioned");
     WEFT_CHECK(index >= 0 && index < count, "parameter ", p.name, ": shard index ", index,
                " outside [0, ", count, ")");
     const std::string what = "parameter " + p.name + " dim " + std::to_string(partition_dim);
     local = global_shape.with_dim(
-        partition_dim, divide_exact(global_shape[partition_dim], count, what.c_str(),
-                                    "the tensor-parallel size"));
+        partition_dim,
+        divide_exact(global_shape[partition_dim], count, what.c_str(), "the tensor-parallel size"));
     p.partition_dim = partition_dim;
     p.partition_count = count;
     p.partition_index = index;

@@ -1,7 +1,6 @@
 // RowParallelLinear: input features split across TP ranks, partial outputs all-reduced.
-#include "weft/linear.hpp"
-
 #include "layers/linear_common.hpp"
+#include "weft/linear.hpp"
 #include "weft/partition.hpp"
 
 namespace weft {
@@ -15,7 +14,8 @@ RowParallelLinear::RowParallelLinear(const ParallelContext& ctx, RowParallelLine
   divide_exact(c.in_features, tp, (c.name + ": in_features").c_str(), "the tensor-parallel size");
   weight_ = make_parameter(ctx.backend, c.name + ".weight", Shape({c.out_features, c.in_features}),
                            c.dtype, /*partition_dim=*/1, tp, rank);
-  init_parameter(ctx.backend, weight_, RandomFill{Distribution::kNormal, c.seed, 0, 0.0, c.init_std});
+  init_parameter(ctx.backend, weight_,
+                 RandomFill{Distribution::kNormal, c.seed, 0, 0.0, c.init_std});
   if (c.bias) {
     // Replicated: added once after the reduction, so every rank holds the whole bias.
     bias_ = make_parameter(ctx.backend, c.name + ".bias", Shape({c.out_features}), c.dtype,
@@ -73,7 +73,8 @@ Tensor RowParallelLinear::backward(TensorView grad_output) {
   ctx_.backend.gemm(g);
   accumulate_weight_grads(ctx_.backend, grad, saved_input_, weight_, bias());
 
-  Tensor result = config_.input_is_parallel ? std::move(grad_input) : gather_last_dim(ctx_, grad_input);
+  Tensor result =
+      config_.input_is_parallel ? std::move(grad_input) : gather_last_dim(ctx_, grad_input);
   result.reshape(grad_output.shape.with_dim(-1, result.shape().cols()));
   return result;
 }

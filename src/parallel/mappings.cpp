@@ -38,9 +38,8 @@ Tensor gather_last_dim(const ParallelContext& ctx, TensorView local) {
   ctx.tp.all_gather(local, stacked, ctx.backend.stream());
   const TensorView full2d = full.view().reshaped(Shape({local.shape.rows(), cols * tp}));
   for (int r = 0; r < tp; ++r) {
-    ctx.backend.copy_columns(full2d, r * cols, stacked.view().rows(r * local.shape.rows(),
-                                                                     local.shape.rows()),
-                             0, cols);
+    ctx.backend.copy_columns(
+        full2d, r * cols, stacked.view().rows(r * local.shape.rows(), local.shape.rows()), 0, cols);
   }
   return full;
 }

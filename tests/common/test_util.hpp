@@ -34,9 +34,15 @@ inline std::vector<double> to_host(Backend& backend, TensorView v) {
   std::vector<double> out(static_cast<size_t>(src.numel()));
   for (size_t i = 0; i < out.size(); ++i) {
     switch (src.dtype) {
-      case DType::kF32: out[i] = src.as<float>()[i]; break;
-      case DType::kBF16: out[i] = bf16_to_float(src.as<bf16_t>()[i]); break;
-      case DType::kF16: out[i] = f16_to_float(src.as<f16_t>()[i]); break;
+      case DType::kF32:
+        out[i] = src.as<float>()[i];
+        break;
+      case DType::kBF16:
+        out[i] = bf16_to_float(src.as<bf16_t>()[i]);
+        break;
+      case DType::kF16:
+        out[i] = f16_to_float(src.as<f16_t>()[i]);
+        break;
     }
   }
   return out;
@@ -45,7 +51,8 @@ inline std::vector<double> to_host(Backend& backend, TensorView v) {
 // max |actual - expected| / max |expected|: norm-wise, so that entries near zero do not blow up,
 // yet a wrong shard, a missing reduction or a transposed weight gives O(1). Any NaN, any
 // size mismatch or an all-zero reference gives infinity: they never pass.
-inline double max_rel_error(const std::vector<double>& actual, const std::vector<double>& expected) {
+inline double max_rel_error(const std::vector<double>& actual,
+                            const std::vector<double>& expected) {
   const double inf = std::numeric_limits<double>::infinity();
   if (actual.size() != expected.size()) return inf;
   double max_diff = 0.0, max_ref = 0.0;
@@ -71,9 +78,11 @@ inline std::vector<double> rounded(std::vector<double> v, DType dtype) {
   return v;
 }
 
-// C[m x n] = op(A) op(B) in double, row-major, A stored (ta ? k x m : m x k), B (tb ? n x k : k x n).
-inline std::vector<double> reference_matmul(const std::vector<double>& a, const std::vector<double>& b,
-                                            int64_t m, int64_t n, int64_t k, bool ta, bool tb) {
+// C[m x n] = op(A) op(B) in double, row-major, A stored (ta ? k x m : m x k), B (tb ? n x k : k x
+// n).
+inline std::vector<double> reference_matmul(const std::vector<double>& a,
+                                            const std::vector<double>& b, int64_t m, int64_t n,
+                                            int64_t k, bool ta, bool tb) {
   std::vector<double> c(static_cast<size_t>(m * n), 0.0);
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < n; ++j) {
@@ -92,12 +101,13 @@ inline double reference_gelu(double x) {
 }
 inline double reference_gelu_grad(double x) {
   const double t = std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x));
-  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3 * 0.044715 * x * x);
+  return 0.5 * (1.0 + t) +
+         0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3 * 0.044715 * x * x);
 }
 
 // Columns [col0, col0 + cols) of a row-major [rows, total_cols] matrix.
-inline std::vector<double> column_block(const std::vector<double>& m, int64_t rows, int64_t total_cols,
-                                        int64_t col0, int64_t cols) {
+inline std::vector<double> column_block(const std::vector<double>& m, int64_t rows,
+                                        int64_t total_cols, int64_t col0, int64_t cols) {
   std::vector<double> out(static_cast<size_t>(rows * cols));
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = m[r * total_cols + col0 + c];

@@ -135,7 +135,8 @@ TEST_P(CommTest, MismatchedBuffersAreRejectedBeforeSending) {
   comm.barrier();  // every rank is still alive and in step
 }
 
-INSTANTIATE_TEST_SUITE_P(DTypes, CommTest, ::testing::Values(DType::kF32, DType::kBF16, DType::kF16),
+INSTANTIATE_TEST_SUITE_P(DTypes, CommTest,
+                         ::testing::Values(DType::kF32, DType::kBF16, DType::kF16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
 }  // namespace

@@ -90,7 +90,9 @@ TEST(Errors, FusedActivationWithGatherOutputIsRejected) {
   config.gather_output = true;
   config.activation = Activation::kGelu;
   expect_error_on_every_rank(
-      [&] { ColumnParallelLinear layer(ParallelContext{*cpu, *self}, config); },
+      [&] {
+        ColumnParallelLinear layer(ParallelContext{*cpu, *self}, config);
+      },
       {"gather_output=false"});
 }
 

@@ -72,8 +72,10 @@ class LinearTest : public ::testing::TestWithParam<std::tuple<int, DType>> {
   }
   // Column block of a 2D (or a 1D vector seen as one row) parameter.
   void load_columns(Parameter& p, const Global& g, int64_t begin) {
-    const TensorView dst = p.value.view().reshaped(Shape({p.value.shape().rows(), p.value.shape().cols()}));
-    const TensorView src = g.tensor.view().reshaped(Shape({g.tensor.shape().rows(), g.tensor.shape().cols()}));
+    const TensorView dst =
+        p.value.view().reshaped(Shape({p.value.shape().rows(), p.value.shape().cols()}));
+    const TensorView src =
+        g.tensor.view().reshaped(Shape({g.tensor.shape().rows(), g.tensor.shape().cols()}));
     cpu_->copy_columns(dst, 0, src, begin, dst.shape.cols());
   }
   Tensor column_block_tensor(const Global& g, int64_t begin, int64_t count) {
@@ -95,9 +97,10 @@ TEST_P(LinearTest, ColumnParallelForwardBackward) {
     bool gather_output, bias;
     Activation activation;
   };
-  for (Options o : {Options{false, true, Activation::kNone}, Options{true, true, Activation::kNone},
-                    Options{false, false, Activation::kNone}, Options{false, true, Activation::kGelu},
-                    Options{true, false, Activation::kNone}}) {
+  for (Options o :
+       {Options{false, true, Activation::kNone}, Options{true, true, Activation::kNone},
+        Options{false, false, Activation::kNone}, Options{false, true, Activation::kGelu},
+        Options{true, false, Activation::kNone}}) {
     SCOPED_TRACE(::testing::Message() << "gather_output=" << o.gather_output << " bias=" << o.bias
                                       << " gelu=" << (o.activation == Activation::kGelu));
     ColumnParallelLinearConfig config;
@@ -116,7 +119,8 @@ TEST_P(LinearTest, ColumnParallelForwardBackward) {
     load_rows(layer.weight(), w, col0, n_local);
     if (o.bias) load_columns(*layer.bias(), b, col0);
     const std::vector<double> w_grad0 = randomize_grad(layer.weight(), 15);
-    const std::vector<double> b_grad0 = o.bias ? randomize_grad(*layer.bias(), 16) : std::vector<double>{};
+    const std::vector<double> b_grad0 =
+        o.bias ? randomize_grad(*layer.bias(), 16) : std::vector<double>{};
 
     // Reference: pre = X W^T + b, y = act(pre).
     std::vector<double> pre = reference_matmul(x.values, w.values, kTokens, kOut, kIn, false, true);
@@ -146,12 +150,14 @@ TEST_P(LinearTest, ColumnParallelForwardBackward) {
     ASSERT_EQ(dx.shape(), Shape({kTokens, kIn}));
     expect_close(dx, reference_matmul(d_pre, w.values, kTokens, kIn, kOut, false, false),
                  "input grad");
-    const std::vector<double> dw = reference_matmul(d_pre, x.values, kOut, kIn, kTokens, true, false);
+    const std::vector<double> dw =
+        reference_matmul(d_pre, x.values, kOut, kIn, kTokens, true, false);
     expect_close(layer.weight().grad, add(w_grad0, slice(dw, col0 * kIn, n_local * kIn)),
                  "weight grad");
     if (o.bias) {
       expect_close(layer.bias()->grad,
-                   add(b_grad0, slice(column_sums(d_pre, kTokens, kOut), col0, n_local)), "bias grad");
+                   add(b_grad0, slice(column_sums(d_pre, kTokens, kOut), col0, n_local)),
+                   "bias grad");
     }
   }
 }
@@ -160,10 +166,10 @@ TEST_P(LinearTest, RowParallelForwardBackward) {
   struct Options {
     bool input_is_parallel, bias, skip_bias_add;
   };
-  for (Options o : {Options{true, true, false}, Options{false, true, false}, Options{true, false, false},
-                    Options{true, true, true}}) {
-    SCOPED_TRACE(::testing::Message() << "input_is_parallel=" << o.input_is_parallel
-                                      << " bias=" << o.bias << " skip_bias_add=" << o.skip_bias_add);
+  for (Options o : {Options{true, true, false}, Options{false, true, false},
+                    Options{true, false, false}, Options{true, true, true}}) {
+    SCOPED_TRACE(::testing::Message() << "input_is_parallel=" << o.input_is_parallel << " bias="
+                                      << o.bias << " skip_bias_add=" << o.skip_bias_add);
     RowParallelLinearConfig config;
     config.in_features = kOut;  // the row layer follows a column layer: wide in, narrow out
     config.out_features = kIn;
@@ -180,7 +186,8 @@ TEST_P(LinearTest, RowParallelForwardBackward) {
     load_columns(layer.weight(), w, k0);
     if (o.bias) load_columns(*layer.bias(), b, 0);  // replicated: the whole bias
     const std::vector<double> w_grad0 = randomize_grad(layer.weight(), 25);
-    const std::vector<double> b_grad0 = o.bias ? randomize_grad(*layer.bias(), 26) : std::vector<double>{};
+    const std::vector<double> b_grad0 =
+        o.bias ? randomize_grad(*layer.bias(), 26) : std::vector<double>{};
 
     std::vector<double> y = reference_matmul(x.values, w.values, kTokens, kIn, kOut, false, true);
     if (o.bias && !o.skip_bias_add) y = add_row_vector(y, b.values);
@@ -192,7 +199,8 @@ TEST_P(LinearTest, RowParallelForwardBackward) {
     expect_close(out, y, "output (after the all-reduce, on every rank)");
 
     Tensor dx = layer.backward(dy.tensor);
-    const std::vector<double> dx_full = reference_matmul(dy.values, w.values, kTokens, kOut, kIn, false, false);
+    const std::vector<double> dx_full =
+        reference_matmul(dy.values, w.values, kTokens, kOut, kIn, false, false);
     if (o.input_is_parallel) {
       ASSERT_EQ(dx.shape(), Shape({kTokens, k_local}));
       expect_close(dx, column_block(dx_full, kTokens, kOut, k0, k_local), "local input grad");
@@ -200,11 +208,14 @@ TEST_P(LinearTest, RowParallelForwardBackward) {
       ASSERT_EQ(dx.shape(), Shape({kTokens, kOut}));
       expect_close(dx, dx_full, "gathered input grad");
     }
-    const std::vector<double> dw = reference_matmul(dy.values, x.values, kIn, kOut, kTokens, true, false);
+    const std::vector<double> dw =
+        reference_matmul(dy.values, x.values, kIn, kOut, kTokens, true, false);
     expect_close(layer.weight().grad, add(w_grad0, column_block(dw, kIn, kOut, k0, k_local)),
                  "weight grad");
     // skip_bias_add leaves the addition to the caller, whose output gradient is still dY.
-    if (o.bias) expect_close(layer.bias()->grad, add(b_grad0, column_sums(dy.values, kTokens, kIn)), "bias grad");
+    if (o.bias)
+      expect_close(layer.bias()->grad, add(b_grad0, column_sums(dy.values, kTokens, kIn)),
+                   "bias grad");
   }
 }
 
@@ -220,7 +231,8 @@ TEST_P(LinearTest, MlpForwardBackward) {
   Global w1 = global(Shape({ffn, hidden}), 31, 0.4), b1 = global(Shape({ffn}), 32, 0.5);
   Global w2 = global(Shape({hidden, ffn}), 33, 0.4), b2 = global(Shape({hidden}), 34, 0.5);
   // 3D activations [seq, batch, hidden]: layers fold the leading dims into tokens.
-  Global x = global(Shape({3, kTokens / 3, hidden}), 35), dy = global(Shape({3, kTokens / 3, hidden}), 36);
+  Global x = global(Shape({3, kTokens / 3, hidden}), 35),
+         dy = global(Shape({3, kTokens / 3, hidden}), 36);
   load_rows(mlp.fc1().weight(), w1, f0, f_local);
   load_columns(*mlp.fc1().bias(), b1, f0);
   load_columns(mlp.fc2().weight(), w2, f0);
@@ -242,20 +254,26 @@ TEST_P(LinearTest, MlpForwardBackward) {
 
   Tensor dx = mlp.backward(dy.tensor);
   ASSERT_EQ(dx.shape(), x.tensor.shape());
-  const std::vector<double> dh = reference_matmul(dy.values, w2.values, kTokens, ffn, hidden, false, false);
+  const std::vector<double> dh =
+      reference_matmul(dy.values, w2.values, kTokens, ffn, hidden, false, false);
   std::vector<double> d_pre = dh;
   for (size_t i = 0; i < d_pre.size(); ++i) d_pre[i] *= reference_gelu_grad(pre[i]);
-  expect_close(dx, reference_matmul(d_pre, w1.values, kTokens, hidden, ffn, false, false), "mlp input grad");
+  expect_close(dx, reference_matmul(d_pre, w1.values, kTokens, hidden, ffn, false, false),
+               "mlp input grad");
 
-  const std::vector<double> dw1 = reference_matmul(d_pre, x.values, ffn, hidden, kTokens, true, false);
+  const std::vector<double> dw1 =
+      reference_matmul(d_pre, x.values, ffn, hidden, kTokens, true, false);
   const std::vector<double> dw2 = reference_matmul(dy.values, h, hidden, ffn, kTokens, true, false);
   const std::vector<Parameter*> params = mlp.parameters();  // fc1.w, fc1.b, fc2.w, fc2.b
   ASSERT_EQ(params.size(), 4u);
-  expect_close(params[0]->grad, add(grad0[0], slice(dw1, f0 * hidden, f_local * hidden)), "fc1 weight grad");
+  expect_close(params[0]->grad, add(grad0[0], slice(dw1, f0 * hidden, f_local * hidden)),
+               "fc1 weight grad");
   expect_close(params[1]->grad, add(grad0[1], slice(column_sums(d_pre, kTokens, ffn), f0, f_local)),
                "fc1 bias grad");
-  expect_close(params[2]->grad, add(grad0[2], column_block(dw2, hidden, ffn, f0, f_local)), "fc2 weight grad");
-  expect_close(params[3]->grad, add(grad0[3], column_sums(dy.values, kTokens, hidden)), "fc2 bias grad");
+  expect_close(params[2]->grad, add(grad0[2], column_block(dw2, hidden, ffn, f0, f_local)),
+               "fc2 weight grad");
+  expect_close(params[3]->grad, add(grad0[3], column_sums(dy.values, kTokens, hidden)),
+               "fc2 bias grad");
 }
 
 TEST_P(LinearTest, InitializationIsTheSameGlobalTensorAtEveryTpSize) {
@@ -284,7 +302,8 @@ TEST_P(LinearTest, InitializationIsTheSameGlobalTensorAtEveryTpSize) {
   EXPECT_EQ(to_host(*cpu_, col_layer.weight().value),
             slice(col_full, n_local * tp_rank() * kIn, n_local * kIn));
   EXPECT_EQ(to_host(*cpu_, row_layer.weight().value),
-            column_block(to_host(*cpu_, row_ref.weight().value), kIn, kOut, n_local * tp_rank(), n_local));
+            column_block(to_host(*cpu_, row_ref.weight().value), kIn, kOut, n_local * tp_rank(),
+                         n_local));
   // Distinct layers draw distinct numbers (the name is part of the seed).
   EXPECT_NE(to_host(*cpu_, col_ref.weight().value)[0], to_host(*cpu_, row_ref.weight().value)[0]);
   // Metadata says where the shard sits.
@@ -295,12 +314,13 @@ TEST_P(LinearTest, InitializationIsTheSameGlobalTensorAtEveryTpSize) {
   EXPECT_TRUE(row_layer.bias()->is_replicated());
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    TpAndDType, LinearTest,
-    ::testing::Combine(::testing::Values(1, 2, 4), ::testing::Values(DType::kF32, DType::kBF16)),
-    [](const auto& info) {
-      return "tp" + std::to_string(std::get<0>(info.param)) + "_" + dtype_name(std::get<1>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(TpAndDType, LinearTest,
+                         ::testing::Combine(::testing::Values(1, 2, 4),
+                                            ::testing::Values(DType::kF32, DType::kBF16)),
+                         [](const auto& info) {
+                           return "tp" + std::to_string(std::get<0>(info.param)) + "_" +
+                                  dtype_name(std::get<1>(info.param));
+                         });
 
 }  // namespace
 }  // namespace weft::testing

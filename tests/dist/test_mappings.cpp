@@ -31,9 +31,11 @@ class MappingTest : public ::testing::TestWithParam<int> {
 
 TEST_P(MappingTest, AllReduceHalvesSumOverTheGroup) {
   // copy_to backward and reduce_from forward are the same in-place sum.
-  Tensor g = from_values(Shape({3, 5}), [&](int64_t r, int64_t c) { return tp_rank() + 1 + r * c; });
+  Tensor g =
+      from_values(Shape({3, 5}), [&](int64_t r, int64_t c) { return tp_rank() + 1 + r * c; });
   copy_to_tp_region_backward(ctx(), g);
-  Tensor x = from_values(Shape({3, 5}), [&](int64_t r, int64_t c) { return tp_rank() * 2 + r + c; });
+  Tensor x =
+      from_values(Shape({3, 5}), [&](int64_t r, int64_t c) { return tp_rank() * 2 + r + c; });
   reduce_from_tp_region_forward(ctx(), x);
   const int t = tp();
   for (int64_t r = 0; r < 3; ++r) {
@@ -61,8 +63,8 @@ TEST_P(MappingTest, SplitKeepsOwnColumnsAndGatherRestoresThem) {
 
 TEST_P(MappingTest, GatherPlacesRankBlocksSideBySide) {
   // 3D input: leading dimensions are kept and folded into rows.
-  Tensor local =
-      from_values(Shape({2, 3, 2}), [&](int64_t r, int64_t c) { return 1000 * tp_rank() + 10 * r + c; });
+  Tensor local = from_values(Shape({2, 3, 2}),
+                             [&](int64_t r, int64_t c) { return 1000 * tp_rank() + 10 * r + c; });
   Tensor full = gather_last_dim(ctx(), local);
   ASSERT_EQ(full.shape(), Shape({2, 3, 2 * tp()}));
   for (int64_t r = 0; r < 6; ++r) {

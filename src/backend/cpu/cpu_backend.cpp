@@ -29,16 +29,6 @@ class CpuEvent final : public Event {
 
 constexpr size_t kAlignment = 64;  // one cache line; what oneDNN prefers
 
-// WEFT_POISON_ALLOCATIONS=1 fills new memory with 0xFF bytes (NaN in every dtype), so that an op
-// that leaves part of its output unwritten fails any comparison. The tests set it.
-bool poison_allocations() {
-  static const bool poison = [] {
-    const char* env = std::getenv("WEFT_POISON_ALLOCATIONS");
-    return env != nullptr && env[0] == '1';
-  }();
-  return poison;
-}
-
 }  // namespace
 
 CpuBackend::CpuBackend()
@@ -85,15 +75,8 @@ void CpuBackend::copy_columns(TensorView dst, int64_t dst_col, TensorView src, i
                               int64_t cols) {
   check_on_device(dst, device(), "copy_columns", "dst");
   check_on_device(src, device(), "copy_columns", "src");
-  WEFT_CHECK(dst.dtype == src.dtype, "copy_columns: dtypes differ (", dtype_name(dst.dtype),
-             " vs ", dtype_name(src.dtype), ")");
+  check_copy_columns_args(dst, dst_col, src, src_col, cols);
   const int64_t rows = dst.shape.rows();
-  WEFT_CHECK(src.shape.rows() == rows, "copy_columns: row counts differ: dst ", dst.shape.str(),
-             ", src ", src.shape.str());
-  WEFT_CHECK(cols >= 0 && dst_col >= 0 && src_col >= 0 && dst_col + cols <= dst.shape.cols() &&
-                 src_col + cols <= src.shape.cols(),
-             "copy_columns: columns [", src_col, ", ", src_col + cols, ") of ", src.shape.str(),
-             " to [", dst_col, ", ", dst_col + cols, ") of ", dst.shape.str(), " out of range");
   const size_t es = dtype_size(dst.dtype);
   const size_t dst_pitch = dst.shape.cols() * es, src_pitch = src.shape.cols() * es;
   char* d = static_cast<char*>(dst.data) + dst_col * es;
@@ -103,10 +86,7 @@ void CpuBackend::copy_columns(TensorView dst, int64_t dst_col, TensorView src, i
 }
 
 void CpuBackend::convert(TensorView dst, TensorView src) {
-  check_on_device(dst, device(), "convert", "dst");
-  check_on_device(src, device(), "convert", "src");
-  WEFT_CHECK(dst.shape == src.shape, "convert: shapes differ: dst ", dst.shape.str(), ", src ",
-             src.shape.str());
+  check_convert_args(dst, src, device());
   const int64_t n = dst.numel();
   dispatch_dtype(src.dtype, [&](auto src_tag) {
     using TS = decltype(src_tag);
@@ -134,10 +114,7 @@ void CpuBackend::fill(TensorView dst, float value) {
 void CpuBackend::fill_random(TensorView dst, const RandomFill& spec) {
   check_on_device(dst, device(), "fill_random", "dst");
   const int64_t rows = dst.shape.rows(), cols = dst.shape.cols();
-  const int64_t global_cols = spec.global_cols < 0 ? cols : spec.global_cols;
-  WEFT_CHECK(spec.col0 >= 0 && spec.row0 >= 0 && spec.col0 + cols <= global_cols,
-             "fill_random: window at (", spec.row0, ", ", spec.col0, ") of ", cols,
-             " columns does not fit a global row of ", global_cols);
+  const int64_t global_cols = check_fill_random_args(dst, spec);
   dispatch_dtype(dst.dtype, [&](auto tag) {
     using T = decltype(tag);
     T* d = dst.as<T>();
@@ -172,11 +149,7 @@ float at(const TensorView& v, int64_t i) {
 }  // namespace
 
 void CpuBackend::add(TensorView out, TensorView a, TensorView b) {
-  check_on_device(out, device(), "add", "out");
-  check_on_device(a, device(), "add", "a");
-  check_on_device(b, device(), "add", "b");
-  check_same_layout(out, a, "add", "out", "a");
-  check_same_layout(out, b, "add", "out", "b");
+  check_add_args(out, a, b, device());
   elementwise(out, [&](int64_t i, auto tag) {
     using T = decltype(tag);
     return at<T>(a, i) + at<T>(b, i);
@@ -184,13 +157,8 @@ void CpuBackend::add(TensorView out, TensorView a, TensorView b) {
 }
 
 void CpuBackend::add_bias(TensorView out, TensorView in, TensorView bias) {
-  check_on_device(out, device(), "add_bias", "out");
-  check_on_device(in, device(), "add_bias", "in");
-  check_on_device(bias, device(), "add_bias", "bias");
-  check_same_layout(out, in, "add_bias", "out", "in");
+  check_add_bias_args(out, in, bias, device());
   const int64_t cols = out.shape.cols();
-  WEFT_CHECK(bias.numel() == cols && bias.dtype == out.dtype, "add_bias: bias ", bias.str(),
-             " must have ", cols, " elements of dtype ", dtype_name(out.dtype));
   elementwise(out, [&](int64_t i, auto tag) {
     using T = decltype(tag);
     return at<T>(in, i) + at<T>(bias, i % cols);
@@ -198,9 +166,7 @@ void CpuBackend::add_bias(TensorView out, TensorView in, TensorView bias) {
 }
 
 void CpuBackend::gelu(TensorView out, TensorView in) {
-  check_on_device(out, device(), "gelu", "out");
-  check_on_device(in, device(), "gelu", "in");
-  check_same_layout(out, in, "gelu", "out", "in");
+  check_gelu_args(out, in, device());
   if (onednn_->gelu(out, in)) return;
   elementwise(out, [&](int64_t i, auto tag) {
     using T = decltype(tag);
@@ -209,11 +175,7 @@ void CpuBackend::gelu(TensorView out, TensorView in) {
 }
 
 void CpuBackend::gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
-  check_on_device(grad_in, device(), "gelu_backward", "grad_in");
-  check_on_device(grad_out, device(), "gelu_backward", "grad_out");
-  check_on_device(input, device(), "gelu_backward", "input");
-  check_same_layout(grad_in, grad_out, "gelu_backward", "grad_in", "grad_out");
-  check_same_layout(grad_in, input, "gelu_backward", "grad_in", "input");
+  check_gelu_backward_args(grad_in, grad_out, input, device());
   if (onednn_->gelu_backward(grad_in, grad_out, input)) return;
   elementwise(grad_in, [&](int64_t i, auto tag) {
     using T = decltype(tag);

@@ -25,9 +25,15 @@ inline float gelu_tanh_grad(float x) {
 template <typename Fn>
 void dispatch_dtype(DType dtype, Fn&& fn) {
   switch (dtype) {
-    case DType::kF32: fn(float{}); return;
-    case DType::kBF16: fn(bf16_t{}); return;
-    case DType::kF16: fn(f16_t{}); return;
+    case DType::kF32:
+      fn(float{});
+      return;
+    case DType::kBF16:
+      fn(bf16_t{});
+      return;
+    case DType::kF16:
+      fn(f16_t{});
+      return;
   }
   WEFT_THROW(ErrorCode::kInternal, "unknown dtype ", static_cast<int>(dtype));
 }

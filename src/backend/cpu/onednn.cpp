@@ -20,9 +20,12 @@ namespace {
 
 dnnl::memory::data_type to_dnnl(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return dnnl::memory::data_type::f32;
-    case DType::kBF16: return dnnl::memory::data_type::bf16;
-    case DType::kF16: return dnnl::memory::data_type::f16;
+    case DType::kF32:
+      return dnnl::memory::data_type::f32;
+    case DType::kBF16:
+      return dnnl::memory::data_type::bf16;
+    case DType::kF16:
+      return dnnl::memory::data_type::f16;
   }
   WEFT_THROW(ErrorCode::kInternal, "unknown dtype");
 }
@@ -82,7 +85,8 @@ struct OneDnn::Impl {
                                 {DNNL_ARG_DST, dnnl::memory(md, engine, out.data)}});
     stream.wait();
   }
-  void gelu_backward(const TensorView& grad_in, const TensorView& grad_out, const TensorView& input) {
+  void gelu_backward(const TensorView& grad_in, const TensorView& grad_out,
+                     const TensorView& input) {
     const int64_t n = input.numel();
     auto key = std::make_pair(n, static_cast<int>(input.dtype));
     auto it = gelu_bwd.find(key);
@@ -100,8 +104,17 @@ struct OneDnn::Impl {
   }
 
   dnnl::matmul& primitive(const GemmArgs& args, const GemmDims& d, bool fuse_bias, bool fuse_gelu) {
-    MatmulKey key{d.m,    d.n, d.k, args.transpose_a, args.transpose_b, static_cast<int>(args.a.dtype),
-                  static_cast<int>(args.c.dtype), fuse_bias, fuse_gelu, args.alpha, args.beta};
+    MatmulKey key{d.m,
+                  d.n,
+                  d.k,
+                  args.transpose_a,
+                  args.transpose_b,
+                  static_cast<int>(args.a.dtype),
+                  static_cast<int>(args.c.dtype),
+                  fuse_bias,
+                  fuse_gelu,
+                  args.alpha,
+                  args.beta};
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
 
@@ -109,10 +122,8 @@ struct OneDnn::Impl {
     const auto in_dt = to_dnnl(args.a.dtype);
     const auto out_dt = to_dnnl(args.c.dtype);
     // A transposed operand is the same memory with swapped strides: no copy.
-    dnnl::memory::desc a_md(dims{d.m, d.k}, in_dt,
-                            args.transpose_a ? dims{1, d.m} : dims{d.k, 1});
-    dnnl::memory::desc b_md(dims{d.k, d.n}, in_dt,
-                            args.transpose_b ? dims{1, d.k} : dims{d.n, 1});
+    dnnl::memory::desc a_md(dims{d.m, d.k}, in_dt, args.transpose_a ? dims{1, d.m} : dims{d.k, 1});
+    dnnl::memory::desc b_md(dims{d.k, d.n}, in_dt, args.transpose_b ? dims{1, d.k} : dims{d.n, 1});
     dnnl::memory::desc c_md(dims{d.m, d.n}, out_dt, dims{d.n, 1});
     dnnl::primitive_attr attr;
     if (args.alpha != 1.0f) attr.set_output_scales(0, {args.alpha});
@@ -266,8 +277,8 @@ void OneDnn::matmul(const GemmArgs& args) {
       impl_->run_native(args, d);
     }
   } catch (const dnnl::error& e) {
-    WEFT_THROW(ErrorCode::kDnnl, "oneDNN matmul failed for m=", d.m, " n=", d.n, " k=", d.k,
-               " (", dtype_name(args.a.dtype), " -> ", dtype_name(args.c.dtype), "): ", e.what());
+    WEFT_THROW(ErrorCode::kDnnl, "oneDNN matmul failed for m=", d.m, " n=", d.n, " k=", d.k, " (",
+               dtype_name(args.a.dtype), " -> ", dtype_name(args.c.dtype), "): ", e.what());
   }
   if (args.epilogue == Epilogue::kBiasGrad) impl_->bias_grad(args, d);
 }

@@ -168,6 +168,8 @@ void* CudaBackend::allocate(size_t bytes) {
   void* ptr = nullptr;
   // Plain device memory, never managed: page migration would hide copies from the profiler.
   WEFT_CHECK_CUDA(cudaMalloc(&ptr, bytes), "allocating ", bytes, " bytes on cuda:", device_);
+  if (poison_allocations())
+    WEFT_CHECK_CUDA(cudaMemset(ptr, 0xff, bytes), "poisoning ", bytes, " bytes");
   return ptr;
 }
 
@@ -224,16 +226,8 @@ void CudaBackend::copy_columns(TensorView dst, int64_t dst_col, TensorView src, 
                                int64_t cols) {
   check_copy_side(dst, "copy_columns", "dst");
   check_copy_side(src, "copy_columns", "src");
-  // The messages are the CPU backend's, so both reject a bad call alike.
-  WEFT_CHECK(dst.dtype == src.dtype, "copy_columns: dtypes differ (", dtype_name(dst.dtype), " vs ",
-             dtype_name(src.dtype), ")");
+  check_copy_columns_args(dst, dst_col, src, src_col, cols);
   const int64_t rows = dst.shape.rows();
-  WEFT_CHECK(src.shape.rows() == rows, "copy_columns: row counts differ: dst ", dst.shape.str(),
-             ", src ", src.shape.str());
-  WEFT_CHECK(cols >= 0 && dst_col >= 0 && src_col >= 0 && dst_col + cols <= dst.shape.cols() &&
-                 src_col + cols <= src.shape.cols(),
-             "copy_columns: columns [", src_col, ", ", src_col + cols, ") of ", src.shape.str(),
-             " to [", dst_col, ", ", dst_col + cols, ") of ", dst.shape.str(), " out of range");
   if (rows == 0 || cols == 0) return;
   const size_t element = dtype_size(dst.dtype);
   auto* dst_ptr = static_cast<char*>(dst.data) + static_cast<size_t>(dst_col) * element;
@@ -248,10 +242,7 @@ void CudaBackend::copy_columns(TensorView dst, int64_t dst_col, TensorView src, 
 }
 
 void CudaBackend::convert(TensorView dst, TensorView src) {
-  check_on_device(dst, device(), "convert", "dst");
-  check_on_device(src, device(), "convert", "src");
-  WEFT_CHECK(dst.shape == src.shape, "convert: shapes differ: dst ", dst.shape.str(), ", src ",
-             src.shape.str());
+  check_convert_args(dst, src, device());
   DeviceGuard guard(device_);
   dispatch_storage(dst.dtype, [&](auto dst_tag) {
     using Dst = typename decltype(dst_tag)::type;
@@ -273,11 +264,7 @@ void CudaBackend::fill(TensorView dst, float value) {
 
 void CudaBackend::fill_random(TensorView dst, const RandomFill& spec) {
   check_on_device(dst, device(), "fill_random", "dst");
-  const int64_t cols = dst.shape.cols();
-  const int64_t global_cols = spec.global_cols < 0 ? cols : spec.global_cols;
-  WEFT_CHECK(spec.col0 >= 0 && spec.row0 >= 0 && spec.col0 + cols <= global_cols,
-             "fill_random: window at (", spec.row0, ", ", spec.col0, ") of ", cols,
-             " columns does not fit a global row of ", global_cols);
+  check_fill_random_args(dst, spec);
   DeviceGuard guard(device_);
   dispatch_storage(dst.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -297,11 +284,7 @@ void CudaBackend::gemm(const GemmArgs& args) {
 }
 
 void CudaBackend::add(TensorView out, TensorView a, TensorView b) {
-  check_on_device(out, device(), "add", "out");
-  check_on_device(a, device(), "add", "a");
-  check_on_device(b, device(), "add", "b");
-  check_same_layout(out, a, "add", "out", "a");
-  check_same_layout(out, b, "add", "out", "b");
+  check_add_args(out, a, b, device());
   DeviceGuard guard(device_);
   dispatch_storage(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -310,13 +293,7 @@ void CudaBackend::add(TensorView out, TensorView a, TensorView b) {
 }
 
 void CudaBackend::add_bias(TensorView out, TensorView in, TensorView bias) {
-  check_on_device(out, device(), "add_bias", "out");
-  check_on_device(in, device(), "add_bias", "in");
-  check_on_device(bias, device(), "add_bias", "bias");
-  check_same_layout(out, in, "add_bias", "out", "in");
-  const int64_t cols = out.shape.cols();
-  WEFT_CHECK(bias.numel() == cols && bias.dtype == out.dtype, "add_bias: bias ", bias.str(),
-             " must have ", cols, " elements of dtype ", dtype_name(out.dtype));
+  check_add_bias_args(out, in, bias, device());
   DeviceGuard guard(device_);
   dispatch_storage(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -326,9 +303,7 @@ void CudaBackend::add_bias(TensorView out, TensorView in, TensorView bias) {
 }
 
 void CudaBackend::gelu(TensorView out, TensorView in) {
-  check_on_device(out, device(), "gelu", "out");
-  check_on_device(in, device(), "gelu", "in");
-  check_same_layout(out, in, "gelu", "out", "in");
+  check_gelu_args(out, in, device());
   DeviceGuard guard(device_);
   dispatch_storage(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -337,11 +312,7 @@ void CudaBackend::gelu(TensorView out, TensorView in) {
 }
 
 void CudaBackend::gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
-  check_on_device(grad_in, device(), "gelu_backward", "grad_in");
-  check_on_device(grad_out, device(), "gelu_backward", "grad_out");
-  check_on_device(input, device(), "gelu_backward", "input");
-  check_same_layout(grad_in, grad_out, "gelu_backward", "grad_in", "grad_out");
-  check_same_layout(grad_in, input, "gelu_backward", "grad_in", "input");
+  check_gelu_backward_args(grad_in, grad_out, input, device());
   DeviceGuard guard(device_);
   dispatch_storage(grad_in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
