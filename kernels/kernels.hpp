@@ -37,8 +37,10 @@ void dispatch_storage(DType dtype, F&& f) {
     case DType::kF16:
       f(TypeTag<f16_t>{});
       return;
+    case DType::kI32:
+      break;
   }
-  WEFT_ASSERT(false, "unknown dtype ", static_cast<int>(dtype));
+  WEFT_CHECK(false, "this op needs a floating-point dtype, got ", dtype_name(dtype));
 }
 
 // dst[i] = Dst(src[i]), rounding to nearest even.

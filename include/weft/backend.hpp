@@ -64,6 +64,33 @@ struct GemmArgs {
   bool allow_tf32 = false;  // f32 GEMMs on CUDA may use TF32 tensor cores (ignored on the CPU)
 };
 
+// Shape of a causal self-attention over activations whose rows are ordered (position, batch):
+// row = s * batch + b, as in Megatron's [seq, batch, hidden] layout. The fused QKV activation has
+// kv_heads groups of columns, each holding its heads / kv_heads query heads, then its key head,
+// then its value head, head_dim columns each (Megatron's grouped layout, so an even split of the
+// columns gives each tensor-parallel rank whole groups). All counts are local to the rank.
+struct AttentionShape {
+  int64_t seq = 0;
+  int64_t batch = 0;
+  int64_t heads = 0;     // query heads
+  int64_t kv_heads = 0;  // key/value heads (grouped-query attention when fewer than heads)
+  int64_t head_dim = 0;
+  float scale = 0.0f;    // applied to q.k; 0 means 1/sqrt(head_dim)
+
+  int64_t qkv_cols() const { return kv_heads * (heads / kv_heads + 2) * head_dim; }
+};
+
+// One AdamW update (decoupled weight decay, bias-corrected moments), Loshchilov & Hutter.
+struct AdamWStep {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+  int64_t step = 1;         // 1-based, for the bias correction
+  float grad_scale = 1.0f;  // multiplies the gradient first (gradient clipping, averaging)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -104,6 +131,77 @@ class Backend {
   virtual void gelu(TensorView out, TensorView in) = 0;
   // grad_in = grad_out * gelu'(input)
   virtual void gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) = 0;
+  virtual void scale(TensorView out, TensorView in, float alpha) = 0;  // out = alpha * in
+  // out (f32, one element) = sum of in[i]^2, accumulated in f32: gradient norms.
+  virtual void sum_squares(TensorView out, TensorView in) = 0;
+
+  // ---- transformer blocks. Rows are tokens, normalization runs over the last dimension. ----
+  // Saved statistics (mean, rstd) are f32 with one value per row; gamma/beta have in's dtype.
+  // The parameter gradients of the backward ops are written, not accumulated.
+  virtual void layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in,
+                          TensorView gamma, TensorView beta, float eps) = 0;
+  virtual void layer_norm_backward(TensorView grad_in, TensorView grad_gamma,
+                                   TensorView grad_beta, TensorView grad_out, TensorView in,
+                                   TensorView gamma, TensorView mean, TensorView rstd) = 0;
+  virtual void rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma,
+                        float eps) = 0;
+  virtual void rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out,
+                                 TensorView in, TensorView gamma, TensorView rstd) = 0;
+
+  // Causal softmax attention. qkv [seq*batch, shape.qkv_cols()], out [seq*batch, heads*head_dim],
+  // probs [batch, heads, seq, seq] f32: the softmax, saved for backward (entries above the
+  // diagonal are 0). grad_qkv has qkv's layout and is written.
+  virtual void attention(TensorView out, TensorView probs, TensorView qkv,
+                         const AttentionShape& shape) = 0;
+  virtual void attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
+                                  TensorView probs, const AttentionShape& shape) = 0;
+  // Inference with a KV cache: stores the keys and values of qkv (the `shape.seq` positions
+  // starting at absolute position `past`) into k_cache/v_cache [batch, kv_heads, capacity,
+  // head_dim], then attends each query to every cached position up to its own.
+  virtual void attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache,
+                                    TensorView qkv, const AttentionShape& shape,
+                                    int64_t past) = 0;
+  // Rotary embedding of the query and key heads of qkv, in place: the pair (i, i + head_dim/2)
+  // of a head at absolute position p = position_offset + s is rotated by p * theta^(-2i/head_dim)
+  // (GPT-NeoX / LLaMA layout). inverse rotates back, which is also the backward.
+  virtual void rope(TensorView qkv, const AttentionShape& shape, float theta,
+                    int64_t position_offset, bool inverse) = 0;
+
+  // out[t, :] = table[ids[t] - vocab_start, :] when the id falls in this table's rows, else 0.
+  // ids are i32 [tokens].
+  virtual void embedding(TensorView out, TensorView ids, TensorView table, int64_t vocab_start) = 0;
+  // grad_table[ids[t] - vocab_start, :] += grad_out[t, :] for the ids in range (accumulates).
+  virtual void embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out,
+                                  int64_t vocab_start) = 0;
+
+  // Vocab-parallel cross-entropy pieces over local logits [tokens, v_local] whose column j is
+  // vocabulary entry vocab_start + j; entries >= vocab_size are padding and take no part.
+  // Per-row outputs are f32 [tokens]; targets are i32 [tokens] (global ids).
+  virtual void vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start,
+                         int64_t vocab_size) = 0;
+  // sum_exp[t] = sum_j exp(logits[t, j] - row_max[t]); target_logit[t] = logits[t, target - vocab_start]
+  // when the target is one of this rank's entries, else 0.
+  virtual void vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit,
+                                        TensorView logits, TensorView row_max, TensorView targets,
+                                        int64_t vocab_start, int64_t vocab_size) = 0;
+  // grad_logits[t, j] = (exp(logits - row_max) / sum_exp - [j is the target]) * grad_loss[t];
+  // padding columns get 0. grad_loss f32 [tokens].
+  virtual void vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits,
+                                            TensorView row_max, TensorView sum_exp,
+                                            TensorView targets, TensorView grad_loss,
+                                            int64_t vocab_start, int64_t vocab_size) = 0;
+
+  // out = silu(gate) * up, and its backward (grad_gate, grad_up written).
+  virtual void swiglu(TensorView out, TensorView gate, TensorView up) = 0;
+  virtual void swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out,
+                               TensorView gate, TensorView up) = 0;
+  // out = in * keep / (1 - probability), keep[i] = (uniform(seed, offset + i) >= probability)
+  // from the Philox stream: the same call applied to the gradient is the backward.
+  virtual void dropout(TensorView out, TensorView in, float probability, uint64_t seed,
+                       uint64_t offset) = 0;
+  // AdamW on f32 master weights with f32 moments m, v; grad has any floating dtype.
+  virtual void adamw(TensorView master, TensorView m, TensorView v, TensorView grad,
+                     const AdamWStep& step) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

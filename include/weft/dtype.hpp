@@ -1,4 +1,5 @@
-// DType (f32, bf16, f16) and exact host/device conversions between the 16-bit formats and float.
+// DType (f32, bf16, f16; i32 for token ids) and exact host/device conversions between the
+// 16-bit formats and float.
 #pragma once
 
 #include <cstddef>
@@ -10,7 +11,11 @@
 
 namespace weft {
 
-enum class DType { kF32, kBF16, kF16 };
+// The floating-point types carry activations and weights; kI32 only carries token ids and
+// positions (copy, communication, embedding lookups), never arithmetic.
+enum class DType { kF32, kBF16, kF16, kI32 };
+
+inline bool is_floating(DType dtype) { return dtype != DType::kI32; }
 
 size_t dtype_size(DType dtype);
 const char* dtype_name(DType dtype);         // "f32", "bf16", "f16"

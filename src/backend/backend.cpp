@@ -43,6 +43,8 @@ GemmDims check_gemm_args(const GemmArgs& args, Device device) {
              c.shape.str());
   WEFT_CHECK(a.dtype == b.dtype, "gemm: A dtype ", dtype_name(a.dtype), " differs from B dtype ",
              dtype_name(b.dtype));
+  WEFT_CHECK(is_floating(a.dtype) && is_floating(c.dtype), "gemm: A, B and C must be floating-point, got ",
+             dtype_name(a.dtype), " and ", dtype_name(c.dtype));
   WEFT_CHECK(c.dtype == a.dtype || c.dtype == DType::kF32, "gemm: C dtype ", dtype_name(c.dtype),
              " must be f32 or the inputs' dtype ", dtype_name(a.dtype));
   GemmDims d;

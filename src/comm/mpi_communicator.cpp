@@ -44,10 +44,16 @@ MPI_Op user_op(DType dtype, ReduceOp op) {
   return ops[dtype == DType::kBF16 ? 0 : 1][static_cast<int>(op)];
 }
 
-MPI_Datatype mpi_type(DType dtype) { return dtype == DType::kF32 ? MPI_FLOAT : MPI_UINT16_T; }
+MPI_Datatype mpi_type(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return MPI_FLOAT;
+    case DType::kI32: return MPI_INT32_T;
+    default: return MPI_UINT16_T;  // bf16 and f16 travel as raw 16-bit words
+  }
+}
 
 MPI_Op mpi_op(DType dtype, ReduceOp op) {
-  if (dtype != DType::kF32) return user_op(dtype, op);
+  if (dtype == DType::kBF16 || dtype == DType::kF16) return user_op(dtype, op);
   switch (op) {
     case ReduceOp::kSum:
       return MPI_SUM;

@@ -21,6 +21,8 @@ ncclDataType_t nccl_dtype(DType dtype) {
       return ncclBfloat16;
     case DType::kF16:
       return ncclFloat16;
+    case DType::kI32:
+      return ncclInt32;
   }
   WEFT_ASSERT(false, "unknown dtype ", static_cast<int>(dtype));
 }

@@ -13,6 +13,8 @@ size_t dtype_size(DType dtype) {
       return 2;
     case DType::kF16:
       return 2;
+    case DType::kI32:
+      return 4;
   }
   WEFT_THROW(ErrorCode::kInternal, "unknown dtype ", static_cast<int>(dtype));
 }
@@ -25,6 +27,8 @@ const char* dtype_name(DType dtype) {
       return "bf16";
     case DType::kF16:
       return "f16";
+    case DType::kI32:
+      return "i32";
   }
   return "unknown";
 }
@@ -33,7 +37,9 @@ DType parse_dtype(const std::string& name) {
   if (name == "f32" || name == "float32" || name == "fp32") return DType::kF32;
   if (name == "bf16" || name == "bfloat16") return DType::kBF16;
   if (name == "f16" || name == "float16" || name == "fp16") return DType::kF16;
-  WEFT_THROW(ErrorCode::kInvalidArgument, "unknown dtype '", name, "': expected f32, bf16 or f16");
+  if (name == "i32" || name == "int32") return DType::kI32;
+  WEFT_THROW(ErrorCode::kInvalidArgument, "unknown dtype '", name,
+             "': expected f32, bf16, f16 or i32");
 }
 
 }  // namespace weft

@@ -43,6 +43,9 @@ inline std::vector<double> to_host(Backend& backend, TensorView v) {
       case DType::kF16:
         out[i] = f16_to_float(src.as<f16_t>()[i]);
         break;
+      case DType::kI32:
+        out[i] = src.as<int32_t>()[i];
+        break;
     }
   }
   return out;

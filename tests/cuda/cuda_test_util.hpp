@@ -108,6 +108,12 @@ class CudaFixture : public Base {
           out[i] = to_float(v);
           break;
         }
+        case DType::kI32: {
+          int32_t v;
+          std::memcpy(&v, raw.data() + 4 * i, 4);
+          out[i] = static_cast<float>(v);
+          break;
+        }
       }
     }
     return out;

@@ -36,6 +36,9 @@ inline Tensor from_host(Backend& backend, const Shape& shape, DType dtype,
       case DType::kF16:
         t.as<f16_t>()[i] = float_to_f16(v);
         break;
+      case DType::kI32:
+        t.as<int32_t>()[i] = static_cast<int32_t>(v);
+        break;
     }
   }
   return t;

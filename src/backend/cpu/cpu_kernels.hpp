@@ -21,7 +21,7 @@ inline float gelu_tanh_grad(float x) {
   return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * dinner;
 }
 
-// Calls fn(T{}) with T the storage type of `dtype`.
+// Calls fn(T{}) with T the storage type of the floating-point `dtype` (throws for i32).
 template <typename Fn>
 void dispatch_dtype(DType dtype, Fn&& fn) {
   switch (dtype) {
@@ -34,8 +34,11 @@ void dispatch_dtype(DType dtype, Fn&& fn) {
     case DType::kF16:
       fn(f16_t{});
       return;
+    case DType::kI32:
+      break;
   }
-  WEFT_THROW(ErrorCode::kInternal, "unknown dtype ", static_cast<int>(dtype));
+  WEFT_THROW(ErrorCode::kInvalidArgument, "this op needs a floating-point dtype, got ",
+             dtype_name(dtype));
 }
 
 }  // namespace weft

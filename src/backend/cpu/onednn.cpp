@@ -26,6 +26,8 @@ dnnl::memory::data_type to_dnnl(DType dtype) {
       return dnnl::memory::data_type::bf16;
     case DType::kF16:
       return dnnl::memory::data_type::f16;
+    case DType::kI32:
+      return dnnl::memory::data_type::s32;
   }
   WEFT_THROW(ErrorCode::kInternal, "unknown dtype");
 }

@@ -57,6 +57,8 @@ cudaDataType_t cuda_dtype(DType dtype) {
       return CUDA_R_16BF;
     case DType::kF16:
       return CUDA_R_16F;
+    case DType::kI32:
+      break;
   }
   WEFT_ASSERT(false, "unknown dtype ", static_cast<int>(dtype));
 }
