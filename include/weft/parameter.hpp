@@ -19,6 +19,10 @@ struct Parameter {
   int partition_dim = -1;  // dimension split across TP ranks; -1 when replicated
   int partition_count = 1;
   int partition_index = 0;
+  // How many ranks of the TP group hold this exact tensor: 1 for a plain shard, the TP size for a
+  // replicated parameter, tp / kv_heads for key/value heads shared by several ranks. The global
+  // gradient norm divides each rank's sum of squares by it, so every value counts once.
+  int replica_count = 1;
 
   bool is_replicated() const { return partition_dim < 0; }
 };

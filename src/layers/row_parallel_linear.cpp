@@ -20,6 +20,7 @@ RowParallelLinear::RowParallelLinear(const ParallelContext& ctx, RowParallelLine
     // Replicated: added once after the reduction, so every rank holds the whole bias.
     bias_ = make_parameter(ctx.backend, c.name + ".bias", Shape({c.out_features}), c.dtype,
                            /*partition_dim=*/-1, 1, 0);
+    bias_.replica_count = tp;
     ctx.backend.fill(bias_.value, 0.0f);
   }
 }

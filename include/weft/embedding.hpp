@@ -1,0 +1,87 @@
+// VocabParallelEmbedding: the token table split by vocabulary rows across TP ranks, and the LM
+// head tied to it.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "weft/mappings.hpp"
+#include "weft/parameter.hpp"
+
+namespace weft {
+
+struct VocabParallelEmbeddingConfig {
+  int64_t vocab_size = 0;  // real vocabulary; the table is padded (see padded_vocab_size)
+  int64_t hidden = 0;
+  // The padded vocabulary is a multiple of pad_multiple * tp (Megatron's
+  // make-vocab-size-divisible-by), so every rank holds an equal, aligned share.
+  int64_t pad_multiple = 128;
+  DType dtype = DType::kF32;
+  std::string name = "embedding";
+  uint64_t seed = 1234;
+  float init_std = 0.02f;
+};
+
+// Padded size for a vocabulary at a TP size: the smallest multiple of pad_multiple * tp that holds
+// vocab_size.
+int64_t padded_vocab_size(int64_t vocab_size, int64_t pad_multiple, int tp);
+
+class VocabParallelEmbedding {
+ public:
+  // Logs (info) how much padding was added. Throws when sizes are not positive.
+  VocabParallelEmbedding(const ParallelContext& ctx, VocabParallelEmbeddingConfig config);
+
+  // ids i32 [tokens] (global ids, identical on all TP ranks; each must be < vocab_size) ->
+  // [tokens, hidden], identical on all TP ranks: each rank looks up the ids in its rows, zeros
+  // the rest, and the partial results are all-reduced.
+  Tensor forward(TensorView ids);
+  // Accumulates the table gradient of the rows this rank holds; grad_output [tokens, hidden].
+  void backward(TensorView grad_output);
+
+  // Tied LM head: logits for this rank's vocabulary columns,
+  // [tokens, hidden] -> [tokens, local_vocab_size()]; column j is vocabulary entry
+  // vocab_start() + j. The full logits are never gathered.
+  Tensor lm_head_forward(TensorView hidden);
+  // grad_logits [tokens, local_vocab_size()] -> grad of the hidden input (all-reduced across TP);
+  // accumulates into the same table gradient as backward().
+  Tensor lm_head_backward(TensorView grad_logits);
+
+  const VocabParallelEmbeddingConfig& config() const { return config_; }
+  int64_t padded_vocab() const { return weight_.global_shape[0]; }
+  int64_t local_vocab_size() const { return weight_.value.shape()[0]; }
+  int64_t vocab_start() const { return local_vocab_size() * weight_.partition_index; }
+  Parameter& weight() { return weight_; }
+  std::vector<Parameter*> parameters() { return {&weight_}; }
+
+ private:
+  ParallelContext ctx_;
+  VocabParallelEmbeddingConfig config_;
+  Parameter weight_;  // [padded_vocab, hidden], split along dim 0
+  TensorView saved_ids_;
+  TensorView saved_hidden_;
+};
+
+// Cross-entropy over vocab-parallel logits without gathering them (Megatron's
+// vocab_parallel_cross_entropy): a max all-reduce, a sum-of-exponentials all-reduce and a
+// target-logit all-reduce over the TP group.
+class VocabParallelCrossEntropy {
+ public:
+  explicit VocabParallelCrossEntropy(const ParallelContext& ctx) : ctx_(ctx) {}
+
+  // logits [tokens, v_local] (this rank's columns, starting at global entry vocab_start),
+  // targets i32 [tokens] (global ids < vocab_size). Entries at or beyond vocab_size are padding
+  // and never take part. Returns the per-token loss, identical on all TP ranks.
+  std::vector<float> forward(TensorView logits, TensorView targets, int64_t vocab_start,
+                             int64_t vocab_size);
+  // grad_loss: d(objective)/d(loss[t]) per token (e.g. 1/tokens for a mean). Returns the
+  // gradient of this rank's logits.
+  Tensor backward(const std::vector<float>& grad_loss);
+
+ private:
+  ParallelContext ctx_;
+  TensorView logits_, targets_;
+  int64_t vocab_start_ = 0, vocab_size_ = 0;
+  Tensor row_max_, sum_exp_;
+};
+
+}  // namespace weft
