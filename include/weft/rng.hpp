@@ -45,6 +45,15 @@ WEFT_HOST_DEVICE double bits_to_open_unit(uint32_t bits) {
   return (static_cast<double>(bits) + 0.5) * (1.0 / 4294967296.0);
 }
 
+// Dropout's mask: element `index` of a tensor is kept when its uniform draw from the stream
+// (seed, offset + index) is >= probability. One rule on host and device, so a CPU and a GPU
+// dropout with the same seed and offset drop the same elements.
+WEFT_HOST_DEVICE bool dropout_keep(uint64_t seed, uint64_t offset, uint64_t index,
+                                   float probability) {
+  return bits_to_open_unit(philox_draw(seed, offset + index).v[0]) >=
+         static_cast<double>(probability);
+}
+
 enum class Distribution { kUniform, kNormal };
 
 // Describes how to fill a 2D view that is a window of a (possibly larger) global matrix.
