@@ -1,25 +1,34 @@
-// ParallelMLP: Megatron's sharded feed-forward block, h -> ffn (column, GeLU) -> h (row).
+// ParallelMLP: Megatron's sharded feed-forward block, h -> ffn (column, GeLU or SwiGLU) -> h (row).
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "weft/linear.hpp"
 
 namespace weft {
 
+enum class MlpActivation {
+  kGelu,    // GPT-2: gelu(x W1^T + b1) W2^T + b2
+  kSwiGLU,  // LLaMA: (silu(x Wg^T) * (x Wu^T)) W2^T
+};
+
 struct ParallelMLPConfig {
   int64_t hidden = 0;
+  MlpActivation activation = MlpActivation::kGelu;
   int64_t ffn_hidden = 0;  // 4 * hidden in GPT-2; divisible by the TP size
   bool bias = true;
   DType dtype = DType::kF32;
   std::string name = "mlp";
   uint64_t seed = 1234;
   float init_std = 0.02f;
+  float output_init_std = 0.02f;  // fc2; GPT-2 scales it by 1/sqrt(2 * layers)
 };
 
-// One all-reduce forward (after fc2) and one backward (fc1's input gradient); the GeLU runs in
-// fc1's GEMM epilogue on each rank's own columns, so the [tokens, ffn] activation is never
-// gathered.
+// One all-reduce forward (after fc2) and one backward per column layer; the activation runs on
+// each rank's own columns (GeLU inside fc1's GEMM epilogue), so the [tokens, ffn] activation is
+// never gathered. SwiGLU uses two column layers, gate (fc1) and up, so that each rank's shard
+// holds matching gate and up columns.
 class ParallelMLP {
  public:
   ParallelMLP(const ParallelContext& ctx, const ParallelMLPConfig& config);
@@ -28,13 +37,18 @@ class ParallelMLP {
   Tensor backward(TensorView grad_output);  // [tokens, hidden] -> [tokens, hidden]
 
   ColumnParallelLinear& fc1() { return fc1_; }
+  ColumnParallelLinear* up() { return up_.get(); }  // SwiGLU only
   RowParallelLinear& fc2() { return fc2_; }
   std::vector<Parameter*> parameters();
 
  private:
+  Backend& backend_;
+  MlpActivation activation_;
   ColumnParallelLinear fc1_;
+  std::unique_ptr<ColumnParallelLinear> up_;
   RowParallelLinear fc2_;
-  Tensor hidden_;  // fc1's output, fc2's saved input
+  Tensor gate_, up_out_;  // SwiGLU inputs, saved for backward
+  Tensor hidden_;         // fc2's saved input
 };
 
 }  // namespace weft
