@@ -63,6 +63,10 @@ class Communicator {
 
 const char* reduce_op_name(ReduceOp op);
 
+// Reduces one host float over `comm`, staging it through `backend`'s memory when the
+// communicator moves device buffers (NCCL): losses, norms, timings.
+float all_reduce_scalar(Communicator& comm, Backend& backend, float value, ReduceOp op);
+
 // Owns MPI for the life of the program: initializes it (unless the host program already did) and
 // finalizes it on destruction (only if it initialized it). Stamps the world rank into weft::Error.
 class MpiRuntime {

@@ -16,6 +16,19 @@ const char* reduce_op_name(ReduceOp op) {
   return "unknown";
 }
 
+float all_reduce_scalar(Communicator& comm, Backend& backend, float value, ReduceOp op) {
+  TensorView host{&value, Shape({1}), DType::kF32, Device::cpu()};
+  if (comm.buffer_device() == DeviceKind::kCpu) {
+    comm.all_reduce(host, host, op, host_stream());
+    return value;
+  }
+  Tensor staged(backend, Shape({1}), DType::kF32);
+  backend.copy(staged, host);
+  comm.all_reduce(staged, staged, op, backend.stream());
+  backend.copy(host, staged);
+  return value;
+}
+
 void Communicator::check_buffer(const TensorView& view, const char* what) const {
   WEFT_CHECK(view.device.kind == buffer_device(), name(), " communicator: ", what, " ", view.str(),
              " is in ", view.device.str(), " memory, but this communicator moves ",

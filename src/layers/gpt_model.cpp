@@ -1,0 +1,220 @@
+// GPTConfig presets and checks, and GPTModel: embedding, layers, final norm, tied LM head, loss.
+#include <algorithm>
+#include <cmath>
+
+#include "weft/error.hpp"
+#include "weft/gpt.hpp"
+#include "weft/log.hpp"
+#include "weft/partition.hpp"
+
+namespace weft {
+
+GPTConfig GPTConfig::preset(const std::string& name) {
+  GPTConfig c;
+  if (name == "gpt2") return c;
+  if (name == "llama") {
+    c.norm = NormKind::kRMSNorm;
+    c.activation = MlpActivation::kSwiGLU;
+    c.rotary = true;
+    c.bias = false;
+    c.kv_heads = -1;  // heads / 2: grouped-query attention
+    return c;
+  }
+  WEFT_THROW(ErrorCode::kInvalidArgument, "unknown preset '", name, "': expected gpt2 or llama");
+}
+
+void GPTConfig::finalize(int tp) {
+  WEFT_CHECK(vocab_size > 0 && max_seq > 0 && layers > 0 && hidden > 0 && heads > 0,
+             "vocab (", vocab_size, "), max sequence (", max_seq, "), layers (", layers,
+             "), hidden (", hidden, ") and heads (", heads, ") must all be positive");
+  WEFT_CHECK(dropout >= 0.0f && dropout < 1.0f, "dropout (", dropout, ") must be in [0, 1)");
+  divide_exact(hidden, heads, "hidden size", "the number of heads");
+  divide_exact(heads, tp, "number of heads", "the tensor-parallel size");
+  if (kv_heads == 0) kv_heads = heads;
+  if (kv_heads == -1) kv_heads = heads % 2 == 0 ? heads / 2 : heads;
+  WEFT_CHECK(kv_heads > 0 && heads % kv_heads == 0, "kv heads (", kv_heads,
+             ") must be positive and divide the number of heads (", heads, ")");
+  WEFT_CHECK(kv_heads % tp == 0 || tp % kv_heads == 0, "kv heads (", kv_heads,
+             ") must be divisible by the tensor-parallel size (", tp, ") or divide it");
+  if (ffn_hidden == 0) {
+    // LLaMA keeps the parameter count of a 4h GeLU MLP: 2/3 of 4h per matrix, rounded to 64.
+    ffn_hidden = activation == MlpActivation::kGelu ? 4 * hidden : (8 * hidden / 3 + 63) / 64 * 64;
+  }
+  divide_exact(ffn_hidden, tp, "MLP hidden size", "the tensor-parallel size");
+  WEFT_CHECK(!rotary || head_dim() % 2 == 0, "rotary embedding needs an even head size, got ",
+             head_dim());
+}
+
+int64_t GPTConfig::parameter_count() const {
+  const int64_t d = head_dim(), kv = kv_heads > 0 ? kv_heads : heads;
+  const int64_t norm_params = norm == NormKind::kLayerNorm ? 2 * hidden : hidden;
+  int64_t attention = hidden * (heads + 2 * kv) * d + heads * d * hidden;
+  if (bias) attention += (heads + 2 * kv) * d + hidden;
+  int64_t mlp = activation == MlpActivation::kGelu ? 2 * hidden * ffn_hidden : 3 * hidden * ffn_hidden;
+  if (bias) mlp += (activation == MlpActivation::kGelu ? 1 : 2) * ffn_hidden + hidden;
+  int64_t total = layers * (attention + mlp + 2 * norm_params) + norm_params + vocab_size * hidden;
+  if (!rotary) total += max_seq * hidden;
+  return total;
+}
+
+double GPTConfig::flops_per_token(int64_t seq) const {
+  const int64_t d = head_dim(), kv = kv_heads > 0 ? kv_heads : heads;
+  const double matmul_params =
+      static_cast<double>(layers) *
+          (hidden * (heads + 2 * kv) * d + heads * d * hidden +
+           (activation == MlpActivation::kGelu ? 2 : 3) * hidden * ffn_hidden) +
+      static_cast<double>(vocab_size) * hidden;  // LM head
+  // 6 FLOPs per parameter per token (forward + backward), plus causal attention scores and
+  // weighted sums: 2 matmuls x 2 FLOPs x seq/2 keys x heads x d, times 3 for backward.
+  return 6.0 * matmul_params + 6.0 * layers * heads * d * seq;
+}
+
+GPTModel::GPTModel(const ParallelContext& ctx, const GPTConfig& config)
+    : ctx_(ctx),
+      config_(config),
+      embedding_(ctx,
+                 VocabParallelEmbeddingConfig{config.vocab_size, config.hidden,
+                                              config.vocab_pad_multiple, config.dtype,
+                                              "embedding", config.seed, config.init_std}),
+      final_norm_(ctx.backend, NormConfig{config.hidden, config.norm, config.norm_eps, config.dtype,
+                                          "final_norm", ctx.tp.size()}),
+      cross_entropy_(ctx) {
+  WEFT_CHECK(config_.kv_heads > 0 && config_.ffn_hidden > 0,
+             "GPTModel: call GPTConfig::finalize(tp) first");
+  if (!config_.rotary) {
+    positions_ = std::make_unique<Parameter>(make_parameter(
+        ctx.backend, "positions", Shape({config_.max_seq, config_.hidden}), config_.dtype, -1, 1, 0));
+    positions_->replica_count = ctx.tp.size();
+    init_parameter(ctx.backend, *positions_,
+                   RandomFill{Distribution::kNormal, config_.seed, 0, 0.0, config_.init_std});
+  }
+  for (int i = 0; i < config_.layers; ++i) {
+    layers_.push_back(std::make_unique<TransformerLayer>(ctx, config_, i));
+  }
+}
+
+std::vector<Parameter*> GPTModel::parameters() {
+  std::vector<Parameter*> params = embedding_.parameters();
+  if (positions_) params.push_back(positions_.get());
+  for (auto& layer : layers_) {
+    for (Parameter* p : layer->parameters()) params.push_back(p);
+  }
+  for (Parameter* p : final_norm_.parameters()) params.push_back(p);
+  return params;
+}
+
+void GPTModel::check_tokens(TensorView ids, const char* what, int64_t seq, int64_t batch) const {
+  WEFT_CHECK(seq > 0 && batch > 0, "GPTModel: seq (", seq, ") and batch (", batch,
+             ") must be positive");
+  WEFT_CHECK(ids.dtype == DType::kI32 && ids.numel() == seq * batch, "GPTModel: ", what, " ",
+             ids.str(), " must be i32 with seq x batch = ", seq * batch, " elements");
+}
+
+Tensor GPTModel::embed(TensorView ids, int64_t seq, int64_t batch) {
+  Tensor x = embedding_.forward(ids);
+  if (positions_) {
+    // Row s * batch + b sits at position past + s; the caller set position_ids_.
+    Tensor pos(ctx_.backend, x.shape(), x.dtype());
+    ctx_.backend.embedding(pos, position_ids_, positions_->value, 0);
+    ctx_.backend.add(x, x, pos);
+  }
+  (void)seq;
+  (void)batch;
+  return x;
+}
+
+namespace {
+// i32 positions [seq * batch]: row s * batch + b holds first + s.
+Tensor position_tensor(Backend& backend, int64_t seq, int64_t batch, int64_t first) {
+  std::vector<int32_t> host(static_cast<size_t>(seq * batch));
+  for (int64_t s = 0; s < seq; ++s) {
+    for (int64_t b = 0; b < batch; ++b) host[s * batch + b] = static_cast<int32_t>(first + s);
+  }
+  Tensor ids(backend, Shape({seq * batch}), DType::kI32);
+  backend.copy(ids, TensorView{host.data(), ids.shape(), DType::kI32, Device::cpu()});
+  return ids;
+}
+}  // namespace
+
+float GPTModel::forward(TensorView ids, TensorView targets, int64_t seq, int64_t batch,
+                        DropoutRng& rng) {
+  check_tokens(ids, "ids", seq, batch);
+  check_tokens(targets, "targets", seq, batch);
+  WEFT_CHECK(seq <= config_.max_seq, "GPTModel: sequence length (", seq,
+             ") exceeds the model's maximum (", config_.max_seq, ")");
+  seq_ = seq;
+  batch_ = batch;
+  if (positions_) position_ids_ = position_tensor(ctx_.backend, seq, batch, 0);
+  activations_.clear();
+  activations_.push_back(embed(ids, seq, batch));
+  if (training_ && config_.dropout > 0.0f) {
+    embedding_drop_ = rng.replicated(activations_.back().numel());
+    ctx_.backend.dropout(activations_.back(), activations_.back(), config_.dropout,
+                         embedding_drop_.seed, embedding_drop_.offset);
+  }
+  for (auto& layer : layers_) {
+    activations_.push_back(layer->forward(activations_.back(), seq, batch, rng));
+  }
+  final_hidden_ = final_norm_.forward(activations_.back());
+  logits_ = embedding_.lm_head_forward(final_hidden_);
+  losses_ = cross_entropy_.forward(logits_, targets, embedding_.vocab_start(), config_.vocab_size);
+  double sum = 0.0;
+  for (float l : losses_) sum += l;
+  return static_cast<float>(sum / static_cast<double>(losses_.size()));
+}
+
+void GPTModel::backward(float loss_scale) {
+  WEFT_CHECK(!losses_.empty(), "GPTModel: backward called before forward");
+  const std::vector<float> grad_loss(losses_.size(),
+                                     loss_scale / static_cast<float>(losses_.size()));
+  Tensor grad = embedding_.lm_head_backward(cross_entropy_.backward(grad_loss));
+  grad = final_norm_.backward(grad);
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) grad = (*it)->backward(grad);
+  if (training_ && config_.dropout > 0.0f) {
+    ctx_.backend.dropout(grad, grad, config_.dropout, embedding_drop_.seed, embedding_drop_.offset);
+  }
+  embedding_.backward(grad);
+  if (positions_) ctx_.backend.embedding_backward(positions_->grad, position_ids_, grad, 0);
+  losses_.clear();
+}
+
+void GPTModel::set_training(bool training) {
+  training_ = training;
+  for (auto& layer : layers_) layer->set_training(training);
+}
+
+void GPTModel::allocate_cache(int64_t batch, int64_t capacity) {
+  WEFT_CHECK(capacity <= config_.max_seq, "GPTModel: cache capacity (", capacity,
+             ") exceeds the model's maximum sequence length (", config_.max_seq, ")");
+  for (auto& layer : layers_) layer->attention().allocate_cache(batch, capacity);
+}
+
+std::vector<float> GPTModel::next_token_logits(TensorView ids, int64_t seq, int64_t batch,
+                                               int64_t past) {
+  check_tokens(ids, "ids", seq, batch);
+  WEFT_CHECK(past + seq <= config_.max_seq, "GPTModel: positions up to ", past + seq,
+             " exceed the model's maximum sequence length (", config_.max_seq, ")");
+  if (positions_) position_ids_ = position_tensor(ctx_.backend, seq, batch, past);
+  Tensor x = embed(ids, seq, batch);
+  for (auto& layer : layers_) x = layer->forward_cached(x, seq, batch, past);
+  Tensor hidden = final_norm_.forward(x);
+  // Only the last position's rows go through the LM head.
+  Tensor last(ctx_.backend, Shape({batch, config_.hidden}), config_.dtype);
+  ctx_.backend.copy(last, hidden.view().rows((seq - 1) * batch, batch));
+  Tensor local = embedding_.lm_head_forward(last);
+  Tensor full = gather_last_dim(ctx_, local);  // [batch, padded vocab]: inference only
+  Tensor full_f32(ctx_.backend, full.shape(), DType::kF32);
+  ctx_.backend.convert(full_f32, full);
+  const int64_t padded = full.shape().cols();
+  std::vector<float> host(static_cast<size_t>(batch * padded));
+  ctx_.backend.copy(TensorView{host.data(), full_f32.shape(), DType::kF32, Device::cpu()},
+                    full_f32);
+  std::vector<float> logits(static_cast<size_t>(batch * config_.vocab_size));
+  for (int64_t b = 0; b < batch; ++b) {
+    std::copy_n(host.begin() + b * padded, config_.vocab_size,
+                logits.begin() + b * config_.vocab_size);
+  }
+  return logits;
+}
+
+}  // namespace weft

@@ -1,0 +1,134 @@
+// TransformerLayer: pre-LN attention and MLP blocks with residuals and replicated dropout.
+#include <cmath>
+
+#include "weft/error.hpp"
+#include "weft/gpt.hpp"
+
+namespace weft {
+
+namespace {
+std::string layer_name(int index) { return "layers." + std::to_string(index); }
+
+NormConfig norm_config(const GPTConfig& c, int tp, const std::string& name) {
+  NormConfig n;
+  n.hidden = c.hidden;
+  n.kind = c.norm;
+  n.eps = c.norm_eps;
+  n.dtype = c.dtype;
+  n.name = name;
+  n.replicas = tp;
+  return n;
+}
+
+ParallelAttentionConfig attention_config(const GPTConfig& c, int index) {
+  ParallelAttentionConfig a;
+  a.hidden = c.hidden;
+  a.heads = c.heads;
+  a.kv_heads = c.kv_heads;
+  a.bias = c.bias;
+  a.rotary = c.rotary;
+  a.rope_theta = c.rope_theta;
+  a.dtype = c.dtype;
+  a.name = layer_name(index) + ".attention";
+  a.seed = c.seed;
+  a.init_std = c.init_std;
+  // GPT-2: residual projections scaled by 1/sqrt(2 * layers) so the residual stream's variance
+  // does not grow with depth.
+  a.output_init_std = c.init_std / std::sqrt(2.0f * static_cast<float>(c.layers));
+  return a;
+}
+
+ParallelMLPConfig mlp_config(const GPTConfig& c, int index) {
+  ParallelMLPConfig m;
+  m.hidden = c.hidden;
+  m.ffn_hidden = c.ffn_hidden;
+  m.activation = c.activation;
+  m.bias = c.bias;
+  m.dtype = c.dtype;
+  m.name = layer_name(index) + ".mlp";
+  m.seed = c.seed;
+  m.init_std = c.init_std;
+  m.output_init_std = c.init_std / std::sqrt(2.0f * static_cast<float>(c.layers));
+  return m;
+}
+}  // namespace
+
+TransformerLayer::TransformerLayer(const ParallelContext& ctx, const GPTConfig& config, int index)
+    : backend_(ctx.backend),
+      config_(config),
+      norm1_(ctx.backend, norm_config(config, ctx.tp.size(), layer_name(index) + ".norm1")),
+      norm2_(ctx.backend, norm_config(config, ctx.tp.size(), layer_name(index) + ".norm2")),
+      attention_(ctx, attention_config(config, index)),
+      mlp_(ctx, mlp_config(config, index)) {}
+
+std::vector<Parameter*> TransformerLayer::parameters() {
+  std::vector<Parameter*> params;
+  for (auto* group : {&norm1_, &norm2_}) {
+    for (Parameter* p : group->parameters()) params.push_back(p);
+  }
+  for (Parameter* p : attention_.parameters()) params.push_back(p);
+  for (Parameter* p : mlp_.parameters()) params.push_back(p);
+  return params;
+}
+
+// Dropout on a replicated activation: the same mask on every TP rank. The draw is kept so that
+// backward applies the same mask to the gradient.
+Tensor TransformerLayer::dropped(TensorView x, DropoutRng::Draw* draw, DropoutRng& rng) {
+  Tensor out(backend_, x.shape, x.dtype);
+  *draw = rng.replicated(x.numel());
+  backend_.dropout(out, x, config_.dropout, draw->seed, draw->offset);
+  return out;
+}
+
+Tensor TransformerLayer::forward(TensorView x, int64_t seq, int64_t batch, DropoutRng& rng) {
+  normed1_ = norm1_.forward(x);
+  Tensor attended = attention_.forward(normed1_, seq, batch);
+  if (dropout_active()) attended = dropped(attended, &attention_drop_, rng);
+  residual1_ = Tensor(backend_, x.shape, x.dtype);
+  backend_.add(residual1_, x, attended);
+  normed2_ = norm2_.forward(residual1_);
+  Tensor mlp_out = mlp_.forward(normed2_);
+  if (dropout_active()) mlp_out = dropped(mlp_out, &mlp_drop_, rng);
+  Tensor out(backend_, x.shape, x.dtype);
+  backend_.add(out, residual1_, mlp_out);
+  return out;
+}
+
+Tensor TransformerLayer::backward(TensorView grad_output) {
+  TensorView grad_mlp = grad_output;
+  Tensor grad_mlp_dropped;
+  if (dropout_active()) {
+    grad_mlp_dropped = Tensor(backend_, grad_output.shape, grad_output.dtype);
+    backend_.dropout(grad_mlp_dropped, grad_output, config_.dropout, mlp_drop_.seed,
+                     mlp_drop_.offset);
+    grad_mlp = grad_mlp_dropped;
+  }
+  Tensor grad_residual1 = norm2_.backward(mlp_.backward(grad_mlp));
+  backend_.add(grad_residual1, grad_residual1, grad_output);
+
+  TensorView grad_attention = grad_residual1;
+  Tensor grad_attention_dropped;
+  if (dropout_active()) {
+    grad_attention_dropped = Tensor(backend_, grad_residual1.shape(), grad_residual1.dtype());
+    backend_.dropout(grad_attention_dropped, grad_residual1, config_.dropout,
+                     attention_drop_.seed, attention_drop_.offset);
+    grad_attention = grad_attention_dropped;
+  }
+  Tensor grad_input = norm1_.backward(attention_.backward(grad_attention));
+  backend_.add(grad_input, grad_input, grad_residual1);
+  return grad_input;
+}
+
+Tensor TransformerLayer::forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past) {
+  Tensor normed1 = norm1_.forward(x);
+  Tensor attended = attention_.forward_cached(normed1, seq, batch, past);
+  Tensor residual(backend_, x.shape, x.dtype);
+  backend_.add(residual, x, attended);
+  Tensor normed2 = norm2_.forward(residual);
+  Tensor mlp_out = mlp_.forward(normed2);
+  Tensor out(backend_, x.shape, x.dtype);
+  backend_.add(out, residual, mlp_out);
+  return out;
+}
+
+}  // namespace weft
