@@ -13,6 +13,13 @@
 
 namespace weft::examples {
 
+// A bad command line: every rank parses the same one, so every rank throws this alike and the
+// program can exit cleanly without any rank waiting for another.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 class Flags {
  public:
   explicit Flags(std::string program, std::string summary)
@@ -48,30 +55,14 @@ class Flags {
     add_flag(name, help, *target, [target](const std::string& v) { *target = v; });
   }
 
-  // Returns false when --help was given (usage() says what to print). Throws weft::Error on an
+  // Returns false when --help was given (usage() says what to print). Throws UsageError on an
   // unknown flag, a missing value or a value of the wrong type.
   bool parse(int argc, char** argv) {
-    for (int i = 1; i < argc; ++i) {
-      std::string arg = argv[i];
-      if (arg == "--help" || arg == "-h") return false;
-      WEFT_CHECK(arg.rfind("--", 0) == 0, program_, ": unexpected argument '", arg,
-                 "' (flags look like --name value; see --help)");
-      std::string name = arg.substr(2), value;
-      const size_t eq = name.find('=');
-      bool has_value = eq != std::string::npos;
-      if (has_value) {
-        value = name.substr(eq + 1);
-        name = name.substr(0, eq);
-      }
-      auto it = flags_.find(name);
-      WEFT_CHECK(it != flags_.end(), program_, ": unknown flag --", name, " (see --help)");
-      if (!has_value) {
-        WEFT_CHECK(i + 1 < argc, program_, ": flag --", name, " needs a value");
-        value = argv[++i];
-      }
-      it->second.set(value);
+    try {
+      return parse_or_throw(argc, argv);
+    } catch (const weft::Error& e) {
+      throw UsageError(program_ + ": " + e.message() + " (see --help)");
     }
-    return true;
   }
 
   std::string usage() const {
@@ -85,6 +76,30 @@ class Flags {
   }
 
  private:
+  bool parse_or_throw(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+      std::string arg = argv[i];
+      if (arg == "--help" || arg == "-h") return false;
+      WEFT_CHECK(arg.rfind("--", 0) == 0, "unexpected argument '", arg,
+                 "' (flags look like --name value)");
+      std::string name = arg.substr(2), value;
+      const size_t eq = name.find('=');
+      bool has_value = eq != std::string::npos;
+      if (has_value) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      }
+      auto it = flags_.find(name);
+      WEFT_CHECK(it != flags_.end(), "unknown flag --", name);
+      if (!has_value) {
+        WEFT_CHECK(i + 1 < argc, "flag --", name, " needs a value");
+        value = argv[++i];
+      }
+      it->second.set(value);
+    }
+    return true;
+  }
+
   struct Flag {
     std::string help, default_value;
     std::function<void(const std::string&)> set;

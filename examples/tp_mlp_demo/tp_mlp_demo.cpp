@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/flags.hpp"
+#include "common/launch.hpp"
 #include "weft/weft.hpp"
 
 namespace {
@@ -58,13 +59,6 @@ double max_over_ranks(weft::Communicator& world, double value) {
   return global;
 }
 
-int local_rank() {
-  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
-    if (const char* v = std::getenv(name)) return std::atoi(v);
-  }
-  return 0;
-}
-
 int run(int argc, char** argv, weft::Communicator& mpi_world) {
   int64_t tokens = 512, hidden = 1024, ffn = 0, tp = 0, iters = 5, seed = 1234;
   std::string dtype_name = "f32", backend_name = "cpu";
@@ -88,19 +82,9 @@ int run(int argc, char** argv, weft::Communicator& mpi_world) {
   WEFT_CHECK(iters > 0 && tokens > 0, "--iters (", iters, ") and --tokens (", tokens,
              ") must be positive");
 
-  std::unique_ptr<weft::Backend> backend;
-  std::unique_ptr<weft::Communicator> nccl;
-  weft::Communicator* world = &mpi_world;
-  if (backend_name == "cuda") {
-    const int devices = weft::cuda_device_count();
-    WEFT_CHECK(devices > 0, "--backend cuda, but no GPU is visible");
-    backend = weft::make_cuda_backend(local_rank() % devices);
-    nccl = weft::make_nccl_communicator(mpi_world, local_rank() % devices);
-    world = nccl.get();
-  } else {
-    WEFT_CHECK(backend_name == "cpu", "--backend must be cpu or cuda, got '", backend_name, "'");
-    backend = weft::make_cpu_backend();
-  }
+  weft::examples::Launch launch = weft::examples::launch(backend_name, mpi_world);
+  weft::Backend* backend = launch.backend.get();
+  weft::Communicator* world = launch.world;
   weft::ParallelGrid grid(*world, static_cast<int>(tp));
   auto solo = world->split(world->rank(), 0);  // a group of one: the unsharded reference
 
@@ -191,15 +175,4 @@ int run(int argc, char** argv, weft::Communicator& mpi_world) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  weft::MpiRuntime mpi(&argc, &argv);
-  try {
-    auto world = weft::make_mpi_world_communicator();
-    return run(argc, argv, *world);
-  } catch (const weft::Error& e) {
-    std::fprintf(stderr, "tp_mlp_demo: %s\n", e.what());
-    // Bad flags fail identically on every rank; anything else may have left peers waiting.
-    if (e.code() != weft::ErrorCode::kInvalidArgument) weft::MpiRuntime::abort(1);
-    return 2;
-  }
-}
+int main(int argc, char** argv) { return weft::examples::run_main("tp_mlp_demo", argc, argv, run); }

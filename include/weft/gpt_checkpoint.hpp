@@ -4,8 +4,8 @@
 
 #include <string>
 
-#include "weft/grid.hpp"
 #include "weft/gpt.hpp"
+#include "weft/grid.hpp"
 #include "weft/optimizer.hpp"
 
 namespace weft {
@@ -13,10 +13,10 @@ namespace weft {
 struct CheckpointInfo {
   GPTConfig config;
   int tp = 1;
-  int64_t step = 0;                   // optimizer steps taken
-  uint64_t dropout_replicated = 0;    // DropoutRng counters
+  int64_t step = 0;                 // optimizer steps taken
+  uint64_t dropout_replicated = 0;  // DropoutRng counters
   uint64_t dropout_sharded = 0;
-  std::string run_args = "{}";        // the program's own settings, as a JSON object
+  std::string run_args = "{}";  // the program's own settings, as a JSON object
 };
 
 // Layout of a checkpoint directory:

@@ -24,9 +24,9 @@ GPTConfig GPTConfig::preset(const std::string& name) {
 }
 
 void GPTConfig::finalize(int tp) {
-  WEFT_CHECK(vocab_size > 0 && max_seq > 0 && layers > 0 && hidden > 0 && heads > 0,
-             "vocab (", vocab_size, "), max sequence (", max_seq, "), layers (", layers,
-             "), hidden (", hidden, ") and heads (", heads, ") must all be positive");
+  WEFT_CHECK(vocab_size > 0 && max_seq > 0 && layers > 0 && hidden > 0 && heads > 0, "vocab (",
+             vocab_size, "), max sequence (", max_seq, "), layers (", layers, "), hidden (", hidden,
+             ") and heads (", heads, ") must all be positive");
   WEFT_CHECK(dropout >= 0.0f && dropout < 1.0f, "dropout (", dropout, ") must be in [0, 1)");
   divide_exact(hidden, heads, "hidden size", "the number of heads");
   divide_exact(heads, tp, "number of heads", "the tensor-parallel size");
@@ -50,7 +50,8 @@ int64_t GPTConfig::parameter_count() const {
   const int64_t norm_params = norm == NormKind::kLayerNorm ? 2 * hidden : hidden;
   int64_t attention = hidden * (heads + 2 * kv) * d + heads * d * hidden;
   if (bias) attention += (heads + 2 * kv) * d + hidden;
-  int64_t mlp = activation == MlpActivation::kGelu ? 2 * hidden * ffn_hidden : 3 * hidden * ffn_hidden;
+  int64_t mlp =
+      activation == MlpActivation::kGelu ? 2 * hidden * ffn_hidden : 3 * hidden * ffn_hidden;
   if (bias) mlp += (activation == MlpActivation::kGelu ? 1 : 2) * ffn_hidden + hidden;
   int64_t total = layers * (attention + mlp + 2 * norm_params) + norm_params + vocab_size * hidden;
   if (!rotary) total += max_seq * hidden;
@@ -72,18 +73,18 @@ double GPTConfig::flops_per_token(int64_t seq) const {
 GPTModel::GPTModel(const ParallelContext& ctx, const GPTConfig& config)
     : ctx_(ctx),
       config_(config),
-      embedding_(ctx,
-                 VocabParallelEmbeddingConfig{config.vocab_size, config.hidden,
-                                              config.vocab_pad_multiple, config.dtype,
-                                              "embedding", config.seed, config.init_std}),
+      embedding_(ctx, VocabParallelEmbeddingConfig{config.vocab_size, config.hidden,
+                                                   config.vocab_pad_multiple, config.dtype,
+                                                   "embedding", config.seed, config.init_std}),
       final_norm_(ctx.backend, NormConfig{config.hidden, config.norm, config.norm_eps, config.dtype,
                                           "final_norm", ctx.tp.size()}),
       cross_entropy_(ctx) {
   WEFT_CHECK(config_.kv_heads > 0 && config_.ffn_hidden > 0,
              "GPTModel: call GPTConfig::finalize(tp) first");
   if (!config_.rotary) {
-    positions_ = std::make_unique<Parameter>(make_parameter(
-        ctx.backend, "positions", Shape({config_.max_seq, config_.hidden}), config_.dtype, -1, 1, 0));
+    positions_ = std::make_unique<Parameter>(
+        make_parameter(ctx.backend, "positions", Shape({config_.max_seq, config_.hidden}),
+                       config_.dtype, -1, 1, 0));
     positions_->replica_count = ctx.tp.size();
     init_parameter(ctx.backend, *positions_,
                    RandomFill{Distribution::kNormal, config_.seed, 0, 0.0, config_.init_std});

@@ -110,8 +110,8 @@ Tensor TransformerLayer::backward(TensorView grad_output) {
   Tensor grad_attention_dropped;
   if (dropout_active()) {
     grad_attention_dropped = Tensor(backend_, grad_residual1.shape(), grad_residual1.dtype());
-    backend_.dropout(grad_attention_dropped, grad_residual1, config_.dropout,
-                     attention_drop_.seed, attention_drop_.offset);
+    backend_.dropout(grad_attention_dropped, grad_residual1, config_.dropout, attention_drop_.seed,
+                     attention_drop_.offset);
     grad_attention = grad_attention_dropped;
   }
   Tensor grad_input = norm1_.backward(attention_.backward(grad_attention));

@@ -77,8 +77,8 @@ std::string shard_path(const std::string& dir, int tp_rank) {
 
 void make_directory(const std::string& dir) {
   if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    WEFT_THROW(ErrorCode::kIo, "cannot create checkpoint directory '", dir, "': ",
-               std::strerror(errno));
+    WEFT_THROW(ErrorCode::kIo, "cannot create checkpoint directory '", dir,
+               "': ", std::strerror(errno));
   }
 }
 
@@ -103,9 +103,10 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info, GPTMode
         tensors.push_back({s.param->name + ".exp_avg_sq", s.v});
       }
     }
-    const std::map<std::string, std::string> metadata{
-        {"format", "weft"}, {"tp", std::to_string(grid.tp_size())},
-        {"tp_rank", std::to_string(grid.tp_rank())}, {"step", std::to_string(info.step)}};
+    const std::map<std::string, std::string> metadata{{"format", "weft"},
+                                                      {"tp", std::to_string(grid.tp_size())},
+                                                      {"tp_rank", std::to_string(grid.tp_rank())},
+                                                      {"step", std::to_string(info.step)}};
     save_safetensors(shard_path(dir, grid.tp_rank()), tensors, metadata, backend);
   }
   world.barrier();  // every shard is on disk before the manifest says so
@@ -116,8 +117,9 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info, GPTMode
                   {"tp", info.tp},
                   {"step", info.step},
                   {"has_optimizer", optimizer != nullptr},
-                  {"rng", {{"dropout_replicated", info.dropout_replicated},
-                           {"dropout_sharded", info.dropout_sharded}}},
+                  {"rng",
+                   {{"dropout_replicated", info.dropout_replicated},
+                    {"dropout_sharded", info.dropout_sharded}}},
                   {"run_args", json::parse(info.run_args)}};
     write_file_atomically(dir + "/manifest.json", manifest.dump(2) + "\n");
   }

@@ -12,8 +12,7 @@ float cosine_lr(int64_t step, int64_t warmup, int64_t total, float max_lr, float
     return max_lr * static_cast<float>(step) / static_cast<float>(warmup);
   }
   if (step >= total || total <= warmup) return min_lr;
-  const double progress =
-      static_cast<double>(step - warmup) / static_cast<double>(total - warmup);
+  const double progress = static_cast<double>(step - warmup) / static_cast<double>(total - warmup);
   return min_lr + 0.5f * (max_lr - min_lr) * static_cast<float>(1.0 + std::cos(M_PI * progress));
 }
 
@@ -44,7 +43,8 @@ float AdamW::grad_norm(Communicator& model_parallel) {
     backend_.copy(TensorView{&host, Shape({1}), DType::kF32, Device::cpu()}, one);
     local += static_cast<double>(host) / s.param->replica_count;
   }
-  const float total = all_reduce_scalar(model_parallel, backend_, static_cast<float>(local), ReduceOp::kSum);
+  const float total =
+      all_reduce_scalar(model_parallel, backend_, static_cast<float>(local), ReduceOp::kSum);
   return std::sqrt(total);
 }
 

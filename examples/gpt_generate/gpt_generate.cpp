@@ -1,0 +1,119 @@
+// gpt_generate: continues a prompt with a GPT checkpoint written by gpt_train, sharded over the
+// TP size it was saved with, using each attention layer's KV cache.
+//
+//   mpirun -np 2 build/bin/gpt_generate --load ckpt --prompt "Hello" --max-new-tokens 100
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <vector>
+
+#include "common/flags.hpp"
+#include "common/launch.hpp"
+#include "weft/data.hpp"
+#include "weft/gpt_checkpoint.hpp"
+#include "weft/weft.hpp"
+
+namespace {
+
+struct Args {
+  std::string load, prompt = "The ", backend = "cpu";
+  int64_t max_new_tokens = 100, top_k = 0, seed = 1;
+  double temperature = 0.0;
+};
+
+// Greedy when temperature is 0; otherwise softmax(logits / temperature) over the top_k largest
+// (all when top_k is 0), sampled with Philox(seed, step): the same on every rank.
+int32_t choose_token(const float* logits, int64_t vocab, const Args& a, int64_t step) {
+  if (a.temperature <= 0.0) {
+    return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
+  }
+  std::vector<int32_t> order(static_cast<size_t>(vocab));
+  std::iota(order.begin(), order.end(), 0);
+  const int64_t k = a.top_k > 0 ? std::min(a.top_k, vocab) : vocab;
+  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                    [&](int32_t x, int32_t y) { return logits[x] > logits[y]; });
+  std::vector<double> p(static_cast<size_t>(k));
+  double total = 0.0;
+  for (int64_t i = 0; i < k; ++i) {
+    p[i] = std::exp((logits[order[i]] - logits[order[0]]) / a.temperature);
+    total += p[i];
+  }
+  double u =
+      weft::bits_to_open_unit(
+          weft::philox_draw(static_cast<uint64_t>(a.seed), static_cast<uint64_t>(step)).v[0]) *
+      total;
+  for (int64_t i = 0; i < k; ++i) {
+    u -= p[i];
+    if (u <= 0.0) return order[i];
+  }
+  return order[k - 1];
+}
+
+int generate(int argc, char** argv, weft::Communicator& mpi_world) {
+  Args a;
+  weft::examples::Flags flags("gpt_generate", "Generate text from a gpt_train checkpoint.");
+  flags.add("load", &a.load, "checkpoint directory written by gpt_train --save");
+  flags.add("prompt", &a.prompt, "text to continue (bytes are tokens)");
+  flags.add("max-new-tokens", &a.max_new_tokens, "tokens to generate");
+  flags.add("temperature", &a.temperature, "0: greedy; otherwise sampling temperature");
+  flags.add("top-k", &a.top_k, "sample among the k most likely tokens (0: all)");
+  flags.add("seed", &a.seed, "sampling seed");
+  flags.add("backend", &a.backend, "cpu or cuda");
+  if (!flags.parse(argc, argv)) {
+    if (mpi_world.rank() == 0) std::printf("%s", flags.usage().c_str());
+    return 0;
+  }
+  if (a.load.empty()) throw weft::examples::UsageError("gpt_generate: --load DIR is required");
+  if (a.prompt.empty())
+    throw weft::examples::UsageError("gpt_generate: --prompt must not be empty");
+  if (a.max_new_tokens < 0 || a.top_k < 0 || a.temperature < 0) {
+    throw weft::examples::UsageError(
+        "gpt_generate: --max-new-tokens, --top-k and --temperature must not be negative");
+  }
+
+  const weft::CheckpointInfo info = weft::read_checkpoint_info(a.load);
+  WEFT_CHECK(mpi_world.size() % info.tp == 0, "checkpoint ", a.load,
+             " was saved at tensor-parallel size ", info.tp, "; run with a multiple of ", info.tp,
+             " ranks, not ", mpi_world.size());
+  weft::examples::Launch launch = weft::examples::launch(a.backend, mpi_world);
+  weft::Backend& backend = *launch.backend;
+  weft::ParallelGrid grid(*launch.world, info.tp);
+  weft::GPTConfig config = info.config;
+  weft::GPTModel model(weft::ParallelContext{backend, grid.tp()}, config);
+  weft::load_checkpoint(a.load, model, nullptr, grid, backend);
+  model.set_training(false);
+
+  const int64_t prompt_tokens = static_cast<int64_t>(a.prompt.size());
+  const int64_t capacity = std::min(config.max_seq, prompt_tokens + a.max_new_tokens);
+  WEFT_CHECK(prompt_tokens < config.max_seq, "the prompt (", prompt_tokens,
+             " tokens) must be shorter than the model's maximum sequence length (", config.max_seq,
+             ")");
+  model.allocate_cache(1, capacity);
+
+  std::vector<int32_t> tokens(a.prompt.begin(), a.prompt.end());
+  for (int32_t& t : tokens) t = static_cast<unsigned char>(t);
+  std::string text = a.prompt;
+  int64_t past = 0;
+  std::vector<int32_t> feed = tokens;  // the prompt first, then one token at a time
+  for (int64_t step = 0;
+       step < a.max_new_tokens && past + static_cast<int64_t>(feed.size()) <= capacity; ++step) {
+    const int64_t n = static_cast<int64_t>(feed.size());
+    weft::Tensor ids(backend, weft::Shape({n}), weft::DType::kI32);
+    backend.copy(
+        ids, weft::TensorView{feed.data(), ids.shape(), weft::DType::kI32, weft::Device::cpu()});
+    const std::vector<float> logits = model.next_token_logits(ids, n, 1, past);
+    past += n;
+    const int32_t next = choose_token(logits.data(), config.vocab_size, a, step);
+    text.push_back(static_cast<char>(next));
+    feed.assign(1, next);
+  }
+  if (mpi_world.rank() == 0) std::printf("%s\n", text.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return weft::examples::run_main("gpt_generate", argc, argv, generate);
+}

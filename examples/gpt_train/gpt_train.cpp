@@ -1,0 +1,267 @@
+// gpt_train: trains a Megatron-style GPT on a text file with tensor (and data) parallelism.
+//
+//   mpirun -np 2 build/bin/gpt_train --preset gpt2 --tp 2 --data FILE --steps 200
+//
+// Rank 0 prints one line per step; --log-json writes one JSON object per step per line.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "common/flags.hpp"
+#include "common/launch.hpp"
+#include "weft/checkpoint.hpp"
+#include "weft/data.hpp"
+#include "weft/gpt_checkpoint.hpp"
+#include "weft/weft.hpp"
+
+namespace {
+
+using weft::Tensor;
+using weft::TensorView;
+
+struct Args {
+  std::string preset = "gpt2", dtype = "f32", backend = "cpu", data, log_json, save, load;
+  int64_t tp = 1, layers = 2, hidden = 128, heads = 4, kv_heads = 0, seq_len = 64;
+  int64_t micro_batch = 4, global_batch = 0, steps = 100, seed = 1234, eval_interval = 0;
+  int64_t eval_batches = 4, warmup = 0, save_interval = 0;
+  double lr = 1e-3, min_lr = 0, dropout = 0, weight_decay = 0.1, clip_grad = 1.0;
+};
+
+weft::examples::Flags make_flags(Args& a) {
+  weft::examples::Flags f("gpt_train", "Train a GPT with tensor (and data) parallelism.");
+  f.add("preset", &a.preset,
+        "gpt2 (LayerNorm, learned positions, GeLU, MHA) or llama "
+        "(RMSNorm, RoPE, SwiGLU, GQA)");
+  f.add("tp", &a.tp, "tensor-parallel size; world = tp x data-parallel size");
+  f.add("layers", &a.layers, "transformer layers");
+  f.add("hidden", &a.hidden, "hidden size");
+  f.add("heads", &a.heads, "attention heads");
+  f.add("kv-heads", &a.kv_heads, "key/value heads (0: preset default)");
+  f.add("seq-len", &a.seq_len, "sequence length (also the model's maximum)");
+  f.add("micro-batch", &a.micro_batch, "sequences per micro-batch per data-parallel rank");
+  f.add("global-batch", &a.global_batch,
+        "sequences per step over all data-parallel ranks (0: micro-batch x dp)");
+  f.add("steps", &a.steps, "optimizer steps (in total, counting a loaded checkpoint's)");
+  f.add("lr", &a.lr, "peak learning rate");
+  f.add("min-lr", &a.min_lr, "learning rate at the end of the cosine decay");
+  f.add("warmup", &a.warmup, "warmup steps (0: 5% of the steps)");
+  f.add("weight-decay", &a.weight_decay, "AdamW weight decay (matrices only)");
+  f.add("clip-grad", &a.clip_grad, "clip the global gradient norm to this (0: off)");
+  f.add("seed", &a.seed, "seed of initialization, data order and dropout");
+  f.add("dtype", &a.dtype, "f32 or bf16 (compute; master weights stay f32)");
+  f.add("dropout", &a.dropout, "dropout probability");
+  f.add("backend", &a.backend, "cpu (MPI + oneDNN) or cuda (NCCL + cuBLASLt)");
+  f.add("data", &a.data, "text file to train on (byte-level tokens)");
+  f.add("log-json", &a.log_json, "write one JSON object per step to this file (rank 0)");
+  f.add("save", &a.save, "save a checkpoint to this directory at the end");
+  f.add("save-interval", &a.save_interval, "also save every N steps (needs --save)");
+  f.add("load", &a.load, "resume from this checkpoint directory");
+  f.add("eval-interval", &a.eval_interval, "validation loss every N steps (0: never)");
+  f.add("eval-batches", &a.eval_batches, "micro-batches per validation");
+  return f;
+}
+
+std::string args_json(const Args& a) {
+  return nlohmann::json{{"preset", a.preset},
+                        {"tp", a.tp},
+                        {"seq_len", a.seq_len},
+                        {"micro_batch", a.micro_batch},
+                        {"global_batch", a.global_batch},
+                        {"steps", a.steps},
+                        {"lr", a.lr},
+                        {"min_lr", a.min_lr},
+                        {"warmup", a.warmup},
+                        {"weight_decay", a.weight_decay},
+                        {"clip_grad", a.clip_grad},
+                        {"seed", a.seed},
+                        {"data", a.data}}
+      .dump();
+}
+
+// Peak dense matmul FLOP/s of the device, where known (for MFU); 0 when unknown.
+double peak_flops(const std::string& backend_name, weft::DType dtype) {
+  const bool hopper = backend_name.find("H100") != std::string::npos ||
+                      backend_name.find("H200") != std::string::npos;
+  if (!hopper) return 0.0;
+  return dtype == weft::DType::kF32 ? 494.7e12 /* TF32 */ : 989.4e12;
+}
+
+int train(const Args& a, weft::Communicator& mpi_world) {
+  WEFT_CHECK(!a.data.empty(), "--data FILE is required (any text file)");
+  WEFT_CHECK(a.steps > 0 && a.micro_batch > 0 && a.seq_len > 1, "--steps (", a.steps,
+             "), --micro-batch (", a.micro_batch, ") must be positive and --seq-len (", a.seq_len,
+             ") at least 2");
+  WEFT_CHECK(a.save_interval == 0 || !a.save.empty(), "--save-interval needs --save DIR");
+
+  weft::examples::Launch launch = weft::examples::launch(a.backend, mpi_world);
+  weft::Backend& backend = *launch.backend;
+  weft::ParallelGrid grid(*launch.world, static_cast<int>(a.tp));
+  const int64_t dp = grid.dp_size();
+  const int64_t global_batch = a.global_batch == 0 ? a.micro_batch * dp : a.global_batch;
+  WEFT_CHECK(global_batch % (a.micro_batch * dp) == 0, "--global-batch (", global_batch,
+             ") must be divisible by micro-batch (", a.micro_batch, ") x data-parallel size (", dp,
+             ")");
+  const int64_t micro_batches = global_batch / (a.micro_batch * dp);
+
+  weft::GPTConfig config = weft::GPTConfig::preset(a.preset);
+  config.vocab_size = weft::TextDataset::kVocabSize;
+  config.max_seq = a.seq_len;
+  config.layers = a.layers;
+  config.hidden = a.hidden;
+  config.heads = a.heads;
+  if (a.kv_heads != 0) config.kv_heads = a.kv_heads;
+  config.dropout = static_cast<float>(a.dropout);
+  config.dtype = weft::parse_dtype(a.dtype);
+  config.seed = static_cast<uint64_t>(a.seed);
+  WEFT_CHECK(config.dtype != weft::DType::kI32, "--dtype must be f32 or bf16");
+
+  int64_t first_step = 0;
+  weft::CheckpointInfo loaded;
+  if (!a.load.empty()) {
+    loaded = weft::read_checkpoint_info(a.load);
+    config = loaded.config;  // the checkpoint's model, whatever the flags say
+    first_step = loaded.step;
+  }
+  config.finalize(grid.tp_size());
+
+  const weft::TextDataset data(a.data);
+  weft::ParallelContext ctx{backend, grid.tp()};
+  weft::GPTModel model(ctx, config);
+  weft::AdamW optimizer(backend, model.parameters(),
+                        weft::AdamWConfig{0.9f, 0.95f, 1e-8f, static_cast<float>(a.weight_decay)});
+  weft::DropoutRng rng(config.seed, grid.tp_rank());
+  if (!a.load.empty()) {
+    weft::load_checkpoint(a.load, model, &optimizer, grid, backend);
+    rng.set_offsets(loaded.dropout_replicated, loaded.dropout_sharded);
+  }
+
+  const bool leader = mpi_world.rank() == 0;
+  std::ofstream log_json;
+  if (leader && !a.log_json.empty()) {
+    log_json.open(a.log_json, first_step > 0 ? std::ios::app : std::ios::trunc);
+    WEFT_CHECK(log_json.good(), "cannot open --log-json file '", a.log_json, "'");
+  }
+  const int64_t warmup = a.warmup > 0 ? a.warmup : std::max<int64_t>(1, a.steps / 20);
+  const double tokens_per_step = static_cast<double>(global_batch * a.seq_len);
+  const double peak = peak_flops(backend.name(), config.dtype) * mpi_world.size();
+  if (leader) {
+    std::printf(
+        "gpt_train: %s preset, %lld layers, hidden %lld, heads %lld (kv %lld), ffn %lld, "
+        "%.2fM parameters, %s\n",
+        a.preset.c_str(), static_cast<long long>(config.layers),
+        static_cast<long long>(config.hidden), static_cast<long long>(config.heads),
+        static_cast<long long>(config.kv_heads), static_cast<long long>(config.ffn_hidden),
+        config.parameter_count() / 1e6, weft::dtype_name(config.dtype));
+    std::printf(
+        "  %d ranks: tp=%d dp=%lld, backend %s; global batch %lld x %lld tokens, "
+        "%lld micro-batch(es) of %lld per rank; data %s (%lld bytes)\n",
+        mpi_world.size(), grid.tp_size(), static_cast<long long>(dp), backend.name().c_str(),
+        static_cast<long long>(global_batch), static_cast<long long>(a.seq_len),
+        static_cast<long long>(micro_batches), static_cast<long long>(a.micro_batch),
+        a.data.c_str(), static_cast<long long>(data.size()));
+  }
+
+  const int64_t tokens = a.seq_len * a.micro_batch;
+  std::vector<int32_t> ids_host(tokens), targets_host(tokens);
+  Tensor ids(backend, weft::Shape({tokens}), weft::DType::kI32);
+  Tensor targets(backend, weft::Shape({tokens}), weft::DType::kI32);
+  auto load_batch = [&](bool validation, int64_t index) {
+    data.batch(validation, config.seed, index, a.seq_len, a.micro_batch, ids_host.data(),
+               targets_host.data());
+    backend.copy(ids,
+                 TensorView{ids_host.data(), ids.shape(), weft::DType::kI32, weft::Device::cpu()});
+    backend.copy(targets, TensorView{targets_host.data(), targets.shape(), weft::DType::kI32,
+                                     weft::Device::cpu()});
+  };
+  auto save = [&](int64_t step) {
+    weft::CheckpointInfo info{
+        config, grid.tp_size(), step, rng.replicated_offset(), rng.sharded_offset(), args_json(a)};
+    weft::save_checkpoint(a.save, info, model, &optimizer, grid, backend);
+    if (leader)
+      std::printf("saved checkpoint at step %lld to %s\n", static_cast<long long>(step),
+                  a.save.c_str());
+  };
+
+  for (int64_t step = first_step + 1; step <= a.steps; ++step) {
+    backend.synchronize();
+    const auto start = std::chrono::steady_clock::now();
+    weft::zero_grads(backend, model.parameters());
+    double loss = 0.0;
+    for (int64_t micro = 0; micro < micro_batches; ++micro) {
+      // Each data-parallel rank reads its own micro-batches; every TP rank of it the same.
+      load_batch(false, ((step - 1) * dp + grid.dp_rank()) * micro_batches + micro);
+      loss += model.forward(ids, targets, a.seq_len, a.micro_batch, rng);
+      model.backward(1.0f / static_cast<float>(micro_batches));
+    }
+    loss /= static_cast<double>(micro_batches);
+    weft::average_gradients(backend, grid.dp(), model.parameters());
+    const float grad_norm = optimizer.grad_norm(grid.tp());
+    const float lr = weft::cosine_lr(step, warmup, a.steps, static_cast<float>(a.lr),
+                                     static_cast<float>(a.min_lr));
+    optimizer.step(lr, weft::clip_coefficient(grad_norm, static_cast<float>(a.clip_grad)));
+    backend.synchronize();
+    const float mean_loss = weft::all_reduce_scalar(grid.dp(), backend, static_cast<float>(loss),
+                                                    weft::ReduceOp::kSum) /
+                            static_cast<float>(dp);
+    const double ms = weft::all_reduce_scalar(
+        *launch.world, backend,
+        std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - start).count(),
+        weft::ReduceOp::kMax);
+    const double tokens_per_s = tokens_per_step / (ms / 1e3);
+    const double mfu = peak > 0 ? tokens_per_s * config.flops_per_token(a.seq_len) / peak : 0.0;
+    if (leader) {
+      std::printf("step %5lld | loss %.4f | grad norm %.3f | lr %.3e | %8.1f ms | %9.0f tok/s",
+                  static_cast<long long>(step), mean_loss, grad_norm, lr, ms, tokens_per_s);
+      if (mfu > 0) std::printf(" | MFU %.1f%%", 100.0 * mfu);
+      std::printf("\n");
+      if (log_json.is_open()) {
+        nlohmann::json line{{"step", step}, {"loss", mean_loss}, {"grad_norm", grad_norm},
+                            {"lr", lr},     {"ms", ms},          {"tokens_per_s", tokens_per_s}};
+        if (mfu > 0) line["mfu"] = mfu;
+        log_json << line.dump() << "\n" << std::flush;
+      }
+    }
+    if (a.eval_interval > 0 && (step % a.eval_interval == 0 || step == a.steps)) {
+      model.set_training(false);
+      double val = 0.0;
+      for (int64_t i = 0; i < a.eval_batches; ++i) {
+        load_batch(true, i * dp + grid.dp_rank());
+        val += model.forward(ids, targets, a.seq_len, a.micro_batch, rng);
+      }
+      model.set_training(true);
+      const float mean_val =
+          weft::all_reduce_scalar(grid.dp(), backend, static_cast<float>(val / a.eval_batches),
+                                  weft::ReduceOp::kSum) /
+          static_cast<float>(dp);
+      if (leader) {
+        std::printf("step %5lld | validation loss %.4f\n", static_cast<long long>(step), mean_val);
+        if (log_json.is_open()) {
+          log_json << nlohmann::json{{"step", step}, {"val_loss", mean_val}}.dump() << "\n";
+        }
+      }
+    }
+    if (a.save_interval > 0 && step % a.save_interval == 0 && step != a.steps) save(step);
+  }
+  if (!a.save.empty()) save(std::max(a.steps, first_step));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return weft::examples::run_main("gpt_train", argc, argv,
+                                  [](int argc2, char** argv2, weft::Communicator& world) {
+                                    Args args;
+                                    weft::examples::Flags flags = make_flags(args);
+                                    if (!flags.parse(argc2, argv2)) {
+                                      if (world.rank() == 0)
+                                        std::printf("%s", flags.usage().c_str());
+                                      return 0;
+                                    }
+                                    return train(args, world);
+                                  });
+}

@@ -1,0 +1,87 @@
+// Checkpoint files: safetensors read/write and atomic whole-file writes (for the JSON manifest).
+//
+// The safetensors layout (https://github.com/huggingface/safetensors): 8 bytes of little-endian
+// u64 N, then N bytes of UTF-8 JSON, padded with spaces so that N is a multiple of 8, then the raw
+// little-endian data. The JSON maps "__metadata__" to {string: string} (omitted when empty) and
+// every tensor name to {"dtype": "F32"|"BF16"|"F16"|"I32", "shape": [...], "data_offsets":
+// [begin, end]}, with offsets relative to the start of the data section. Files written here load
+// with the reference `safetensors` Python package and vice versa (for these four dtypes).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "weft/dtype.hpp"
+#include "weft/shape.hpp"
+#include "weft/tensor.hpp"
+
+namespace weft {
+
+class Backend;
+
+struct NamedTensor {
+  std::string name;
+  TensorView view;  // on the host or on `backend`'s device; dense by construction
+};
+
+// Writes `tensors` and `metadata` to `path` atomically: into `path + ".tmp.<pid>"`, fsync'd,
+// renamed over `path`, then the directory fsync'd, so that a crash leaves either the old file or
+// the new one, never a torn one. Device views are copied to the host through `backend`, one
+// tensor at a time. The file is byte for byte what the reference writer makes (data ordered by
+// dtype, F32, I32, BF16, F16, then by name, so every tensor is aligned to its element size; the
+// metadata keys sorted).
+// Throws weft::Error: kInvalidArgument for an empty, reserved ("__metadata__") or duplicate name
+// or a view without data; kIo (naming the file) when the file system fails.
+void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                      const std::map<std::string, std::string>& metadata, Backend& backend);
+
+// An open safetensors file. The constructor reads and validates the whole header against the
+// file's size (header length, JSON, dtypes, shapes, offsets in range, contiguous, not overlapping
+// and matching dtype x numel, no truncated data); any problem is a weft::Error (kIo) naming the
+// file and what is wrong. The file stays open, so read() sees the data that was validated even if
+// `path` is replaced meanwhile. Move-only.
+class SafetensorsReader {
+ public:
+  explicit SafetensorsReader(const std::string& path);
+  ~SafetensorsReader();
+  SafetensorsReader(SafetensorsReader&& other) noexcept;
+  SafetensorsReader& operator=(SafetensorsReader&& other) noexcept;
+  SafetensorsReader(const SafetensorsReader&) = delete;
+  SafetensorsReader& operator=(const SafetensorsReader&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  std::vector<std::string> names() const;  // sorted
+  bool contains(const std::string& name) const;
+  // Throw weft::Error (kInvalidArgument) naming the file when `name` is absent.
+  Shape shape(const std::string& name) const;
+  DType dtype(const std::string& name) const;
+  // Reads tensor `name` into `dst` (host, or `backend`'s device through a host buffer). dst's
+  // dtype and shape must equal the stored ones exactly; otherwise weft::Error (kInvalidArgument)
+  // naming the tensor, the file, what dst expects and what the file holds.
+  void read(const std::string& name, TensorView dst, Backend& backend) const;
+
+ private:
+  struct Entry {
+    DType dtype;
+    Shape shape;
+    uint64_t begin;  // absolute file offsets
+    uint64_t end;
+  };
+  const Entry& entry(const std::string& name) const;
+
+  std::string path_;
+  int fd_ = -1;
+  std::map<std::string, std::string> metadata_;
+  std::map<std::string, Entry> entries_;
+};
+
+// Replaces `path` with `contents` atomically (the same temp file, fsync and rename as
+// save_safetensors). Throws weft::Error (kIo) naming the file on failure.
+void write_file_atomically(const std::string& path, const std::string& contents);
+// The whole file as bytes; weft::Error (kIo) naming the path when it cannot be read.
+std::string read_file(const std::string& path);
+
+}  // namespace weft
