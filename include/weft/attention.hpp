@@ -1,6 +1,7 @@
 // ParallelAttention: causal self-attention with heads split across TP ranks (Megatron).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,38 @@ class ParallelAttention {
   const ParallelAttentionConfig& config() const { return config_; }
   int64_t local_heads() const { return local_heads_; }
   int64_t local_kv_heads() const { return local_kv_heads_; }
+
+ private:
+  AttentionShape local_shape(int64_t seq, int64_t batch) const;
+  void check_input(const TensorView& x, int64_t seq, int64_t batch, const char* what) const;
+  // x [tokens, hidden] -> this rank's qkv [tokens, local qkv columns] in the grouped layout.
+  Tensor project_qkv(TensorView x);
+  // grad of project_qkv's output -> grad of x, all-reduced across TP; accumulates the QKV grads.
+  Tensor project_qkv_backward(TensorView grad_qkv);
+  // Replicated kv: adds the group's summed key/value gradients to kv_weight_/kv_bias_.
+  void accumulate_shared_kv_grads(TensorView grad_kv);
+
+  ParallelContext ctx_;
+  ParallelAttentionConfig config_;  // kv_heads resolved (never 0)
+  int64_t head_dim_ = 0, local_heads_ = 0, local_kv_heads_ = 0;
+  // kv_heads divisible by tp: one projection, rows in the grouped layout, split evenly.
+  std::unique_ptr<ColumnParallelLinear> qkv_;
+  // Replicated kv (kv_heads < tp): this rank's query heads, and its group's key and value rows,
+  // which the kv_group_ ranks all hold (their gradients are summed over kv_group_).
+  Parameter q_weight_, q_bias_, kv_weight_, kv_bias_;
+  std::unique_ptr<Communicator> kv_group_;
+  TensorView saved_input_;  // the replicated-kv projection's input
+  std::unique_ptr<RowParallelLinear> proj_;
+
+  // Saved by forward() for backward().
+  int64_t seq_ = 0, batch_ = 0;
+  bool forward_saved_ = false;
+  Tensor qkv_act_;  // after rotary: what the attention saw
+  Tensor probs_;
+  Tensor context_;  // attention output, the output projection's saved input
+
+  int64_t cache_batch_ = 0, cache_capacity_ = 0;
+  Tensor k_cache_, v_cache_;
 };
 
 }  // namespace weft

@@ -1,0 +1,322 @@
+// ParallelAttention: QKV projection split by kv groups, causal attention on each rank's heads,
+// RowParallelLinear output projection.
+//
+// The global QKV weight is one [(heads + 2 * kv_heads) * head_dim, hidden] tensor whose rows
+// follow Megatron's grouped layout: for kv group g, its heads / kv_heads query heads, then its key
+// head, then its value head, head_dim rows each. Every rank's weights are windows of that tensor
+// (random stream "<name>.qkv.weight"), so a seed gives one model at any TP size and in both modes:
+//
+// - kv_heads divisible by tp: a ColumnParallelLinear "<name>.qkv" holding kv_heads / tp whole
+//   groups (an even row split of the global tensor).
+// - kv_heads < tp (replicated kv): the tp / kv_heads ranks of group g = tp_rank / (tp / kv_heads)
+//   each hold heads / tp of the group's query heads and a replica of its key and value heads:
+//     "<name>.q.weight"  global [heads * head_dim, hidden] (query heads in order), split by tp;
+//                        row h * head_dim + i is QKV row (g * (qpg + 2) + h % qpg) * head_dim + i
+//                        with g = h / qpg, qpg = heads / kv_heads.
+//     "<name>.kv.weight" global [2 * kv_heads * head_dim, hidden] (per group: key, value), split
+//                        into kv_heads parts, part g held by tp / kv_heads ranks (replica_count);
+//                        row g * 2 * head_dim + j is QKV row (g * (qpg + 2) + qpg) * head_dim + j.
+//   The biases follow the same row order. The key/value gradients are summed over the ranks that
+//   share the group.
+#include <cmath>
+
+#include "layers/linear_common.hpp"
+#include "weft/attention.hpp"
+#include "weft/error.hpp"
+
+namespace weft {
+
+namespace {
+
+// Validates the configuration (identically on every rank, before any communication) and resolves
+// kv_heads = 0 to heads.
+ParallelAttentionConfig checked(const ParallelAttentionConfig& config, int tp) {
+  ParallelAttentionConfig c = config;
+  WEFT_CHECK(c.hidden > 0 && c.heads > 0, c.name, ": hidden (", c.hidden, ") and heads (", c.heads,
+             ") must be positive");
+  WEFT_CHECK(c.kv_heads >= 0, c.name, ": kv_heads (", c.kv_heads,
+             ") must be positive, or 0 for as many as heads");
+  if (c.kv_heads == 0) c.kv_heads = c.heads;
+  WEFT_CHECK(c.hidden % c.heads == 0, c.name, ": hidden (", c.hidden,
+             ") must be divisible by heads (", c.heads, ")");
+  WEFT_CHECK(c.heads % tp == 0, c.name, ": heads (", c.heads,
+             ") must be divisible by the tensor-parallel size (", tp, ")");
+  WEFT_CHECK(c.heads % c.kv_heads == 0, c.name, ": heads (", c.heads,
+             ") must be divisible by kv_heads (", c.kv_heads, ")");
+  WEFT_CHECK(c.kv_heads % tp == 0 || tp % c.kv_heads == 0, c.name, ": kv_heads (", c.kv_heads,
+             ") and the tensor-parallel size (", tp,
+             ") must divide one another (kv groups split across ranks, or ranks sharing a group)");
+  if (c.rotary) {
+    WEFT_CHECK((c.hidden / c.heads) % 2 == 0, c.name, ": rotary embedding needs an even head_dim (",
+               "hidden ", c.hidden, " / heads ", c.heads, " = ", c.hidden / c.heads, ")");
+    WEFT_CHECK(c.rope_theta > 0.0f, c.name, ": rope_theta (", c.rope_theta, ") must be positive");
+  }
+  return c;
+}
+
+}  // namespace
+
+ParallelAttention::ParallelAttention(const ParallelContext& ctx,
+                                     const ParallelAttentionConfig& config)
+    : ctx_(ctx), config_(checked(config, ctx.tp.size())) {
+  const auto& c = config_;
+  const int tp = ctx.tp.size(), rank = ctx.tp.rank();
+  head_dim_ = c.hidden / c.heads;
+  local_heads_ = c.heads / tp;
+  const int64_t d = head_dim_, qpg = c.heads / c.kv_heads;
+
+  if (c.kv_heads % tp == 0) {
+    local_kv_heads_ = c.kv_heads / tp;
+    ColumnParallelLinearConfig qkv;
+    qkv.in_features = c.hidden;
+    qkv.out_features = (c.heads + 2 * c.kv_heads) * d;
+    qkv.bias = c.bias;
+    qkv.dtype = c.dtype;
+    qkv.name = c.name + ".qkv";
+    qkv.seed = c.seed;
+    qkv.init_std = c.init_std;
+    qkv_ = std::make_unique<ColumnParallelLinear>(ctx, qkv);
+  } else {
+    local_kv_heads_ = 1;
+    const int ranks_per_group = tp / static_cast<int>(c.kv_heads);
+    const int group = rank / ranks_per_group;
+    Backend& backend = ctx.backend;
+    q_weight_ = make_parameter(backend, c.name + ".q.weight", Shape({c.heads * d, c.hidden}),
+                               c.dtype, /*partition_dim=*/0, tp, rank);
+    kv_weight_ = make_parameter(backend, c.name + ".kv.weight",
+                                Shape({2 * c.kv_heads * d, c.hidden}), c.dtype,
+                                /*partition_dim=*/0, static_cast<int>(c.kv_heads), group);
+    kv_weight_.replica_count = ranks_per_group;
+    // Both are windows of the global QKV tensor: this rank's query heads are contiguous rows of
+    // their group, and so are the group's key and value.
+    const int64_t group_row = group * (qpg + 2) * d;
+    RandomFill fill{Distribution::kNormal, derive_seed(c.seed, (c.name + ".qkv.weight").c_str()), 0,
+                    0.0, c.init_std};
+    fill.global_cols = c.hidden;
+    fill.row0 = group_row + (rank % ranks_per_group) * local_heads_ * d;
+    backend.fill_random(q_weight_.value, fill);
+    fill.row0 = group_row + qpg * d;
+    backend.fill_random(kv_weight_.value, fill);
+    if (c.bias) {
+      q_bias_ = make_parameter(backend, c.name + ".q.bias", Shape({c.heads * d}), c.dtype,
+                               /*partition_dim=*/0, tp, rank);
+      kv_bias_ = make_parameter(backend, c.name + ".kv.bias", Shape({2 * c.kv_heads * d}), c.dtype,
+                                /*partition_dim=*/0, static_cast<int>(c.kv_heads), group);
+      kv_bias_.replica_count = ranks_per_group;
+      backend.fill(q_bias_.value, 0.0f);
+      backend.fill(kv_bias_.value, 0.0f);
+    }
+    kv_group_ = ctx.tp.split(group, rank);
+  }
+
+  RowParallelLinearConfig proj;
+  proj.in_features = c.heads * d;
+  proj.out_features = c.hidden;
+  proj.bias = c.bias;
+  proj.input_is_parallel = true;
+  proj.dtype = c.dtype;
+  proj.name = c.name + ".proj";
+  proj.seed = c.seed;
+  proj.init_std = c.output_init_std;
+  proj_ = std::make_unique<RowParallelLinear>(ctx, proj);
+}
+
+std::vector<Parameter*> ParallelAttention::parameters() {
+  std::vector<Parameter*> params;
+  if (qkv_) {
+    params = qkv_->parameters();
+  } else {
+    params.push_back(&q_weight_);
+    if (config_.bias) params.push_back(&q_bias_);
+    params.push_back(&kv_weight_);
+    if (config_.bias) params.push_back(&kv_bias_);
+  }
+  for (Parameter* p : proj_->parameters()) params.push_back(p);
+  return params;
+}
+
+AttentionShape ParallelAttention::local_shape(int64_t seq, int64_t batch) const {
+  AttentionShape s;
+  s.seq = seq;
+  s.batch = batch;
+  s.heads = local_heads_;
+  s.kv_heads = local_kv_heads_;
+  s.head_dim = head_dim_;
+  return s;
+}
+
+void ParallelAttention::check_input(const TensorView& x, int64_t seq, int64_t batch,
+                                    const char* what) const {
+  WEFT_CHECK(seq > 0 && batch > 0, config_.name, ": seq (", seq, ") and batch (", batch,
+             ") must be positive");
+  check_activation(ctx_.backend, x, config_.hidden, config_.dtype, config_.name, what);
+  WEFT_CHECK(x.shape.rows() == seq * batch, config_.name, ": ", what, " ", x.shape.str(), " has ",
+             x.shape.rows(), " rows, but seq (", seq, ") x batch (", batch, ") = ", seq * batch);
+}
+
+Tensor ParallelAttention::project_qkv(TensorView x) {
+  if (qkv_) return qkv_->forward(x);
+  Backend& backend = ctx_.backend;
+  const int64_t tokens = x.shape.rows(), q_cols = local_heads_ * head_dim_, kv_cols = 2 * head_dim_;
+  saved_input_ = x;
+  auto project = [&](const Parameter& w, const Parameter& b, int64_t cols) {
+    Tensor y(backend, Shape({tokens, cols}), config_.dtype);
+    GemmArgs g;
+    g.a = x;
+    g.b = w.value;
+    g.transpose_b = true;
+    g.c = y;
+    if (config_.bias) {
+      g.epilogue = Epilogue::kBias;
+      g.bias = b.value;
+    }
+    backend.gemm(g);
+    return y;
+  };
+  const Tensor q = project(q_weight_, q_bias_, q_cols);
+  const Tensor kv = project(kv_weight_, kv_bias_, kv_cols);
+  // One group: the query heads, then key and value.
+  Tensor qkv(backend, Shape({tokens, q_cols + kv_cols}), config_.dtype);
+  backend.copy_columns(qkv, 0, q, 0, q_cols);
+  backend.copy_columns(qkv, q_cols, kv, 0, kv_cols);
+  return qkv;
+}
+
+Tensor ParallelAttention::project_qkv_backward(TensorView grad_qkv) {
+  if (qkv_) return qkv_->backward(grad_qkv);
+  Backend& backend = ctx_.backend;
+  const int64_t tokens = grad_qkv.shape.rows(), q_cols = local_heads_ * head_dim_,
+                kv_cols = 2 * head_dim_;
+  Tensor grad_q(backend, Shape({tokens, q_cols}), config_.dtype);
+  Tensor grad_kv(backend, Shape({tokens, kv_cols}), config_.dtype);
+  backend.copy_columns(grad_q, 0, grad_qkv, 0, q_cols);
+  backend.copy_columns(grad_kv, 0, grad_qkv, q_cols, kv_cols);
+
+  // This rank's share of the input gradient: its query heads, and the part of the key/value
+  // gradient that flows from them. The TP all-reduce below adds up the shares of all ranks.
+  Tensor grad_input(backend, Shape({tokens, config_.hidden}), config_.dtype);
+  GemmArgs g;
+  g.a = grad_q;
+  g.b = q_weight_.value;
+  g.c = grad_input;
+  backend.gemm(g);
+  g.a = grad_kv;
+  g.b = kv_weight_.value;
+  g.beta = 1.0f;
+  backend.gemm(g);
+  accumulate_weight_grads(backend, grad_q, saved_input_, q_weight_,
+                          config_.bias ? &q_bias_ : nullptr);
+  accumulate_shared_kv_grads(grad_kv);
+  copy_to_tp_region_backward(ctx_, grad_input);
+  return grad_input;
+}
+
+void ParallelAttention::accumulate_shared_kv_grads(TensorView grad_kv) {
+  // The replicas' gradient is the sum over the ranks sharing the group of each one's share (from
+  // its own query heads). The shares are summed in f32, one buffer for weight and bias, so a
+  // 16-bit model rounds the sum once rather than every partial.
+  Backend& backend = ctx_.backend;
+  const int64_t rows = kv_weight_.value.shape()[0], cols = config_.hidden;
+  const int64_t n_weight = rows * cols, n_total = n_weight + (config_.bias ? rows : 0);
+  Tensor delta(backend, Shape({n_total}), DType::kF32);
+  const TensorView delta_w{delta.data(), Shape({rows, cols}), DType::kF32, delta.device()};
+  const TensorView delta_b{static_cast<float*>(delta.data()) + n_weight, Shape({rows}), DType::kF32,
+                           delta.device()};
+  GemmArgs g;
+  g.a = grad_kv;
+  g.transpose_a = true;
+  g.b = saved_input_;
+  g.c = delta_w;
+  if (config_.bias) {
+    g.epilogue = Epilogue::kBiasGrad;
+    g.bias_grad = delta_b;
+  }
+  backend.gemm(g);
+  kv_group_->all_reduce(delta, delta, ReduceOp::kSum, backend.stream());
+
+  auto add_to = [&](Parameter& p, const TensorView& sum) {
+    if (config_.dtype == DType::kF32) {
+      backend.add(p.grad, p.grad, sum.reshaped(p.grad.shape()));
+      return;
+    }
+    Tensor converted(backend, p.grad.shape(), config_.dtype);
+    backend.convert(converted, sum.reshaped(p.grad.shape()));
+    backend.add(p.grad, p.grad, converted);
+  };
+  add_to(kv_weight_, delta_w);
+  if (config_.bias) add_to(kv_bias_, delta_b);
+}
+
+Tensor ParallelAttention::forward(TensorView x, int64_t seq, int64_t batch) {
+  check_input(x, seq, batch, "input");
+  Backend& backend = ctx_.backend;
+  const AttentionShape shape = local_shape(seq, batch);
+  const TensorView x2d = x.reshaped(Shape({seq * batch, config_.hidden}));
+
+  qkv_act_ = project_qkv(x2d);
+  if (config_.rotary) backend.rope(qkv_act_, shape, config_.rope_theta, 0, /*inverse=*/false);
+  probs_ = Tensor(backend, Shape({batch, local_heads_, seq, seq}), DType::kF32);
+  context_ = Tensor(backend, Shape({seq * batch, local_heads_ * head_dim_}), config_.dtype);
+  backend.attention(context_, probs_, qkv_act_, shape);
+  Tensor out = proj_->forward(context_);
+  out.reshape(x.shape);
+  seq_ = seq;
+  batch_ = batch;
+  forward_saved_ = true;
+  return out;
+}
+
+Tensor ParallelAttention::backward(TensorView grad_output) {
+  WEFT_CHECK(forward_saved_, config_.name,
+             ": backward needs a forward() first (forward_cached saves nothing for backward)");
+  const int64_t tokens = seq_ * batch_;
+  check_activation(ctx_.backend, grad_output, config_.hidden, config_.dtype, config_.name,
+                   "grad_output");
+  WEFT_CHECK(grad_output.shape.rows() == tokens, config_.name, ": grad_output ",
+             grad_output.shape.str(), " has ", grad_output.shape.rows(), " rows, forward had ",
+             tokens);
+  Backend& backend = ctx_.backend;
+  const AttentionShape shape = local_shape(seq_, batch_);
+
+  const Tensor grad_context =
+      proj_->backward(grad_output.reshaped(Shape({tokens, config_.hidden})));
+  Tensor grad_qkv(backend, qkv_act_.shape(), config_.dtype);
+  backend.attention_backward(grad_qkv, grad_context, qkv_act_, probs_, shape);
+  // The rotation is orthogonal: its backward rotates the q and k gradients back.
+  if (config_.rotary) backend.rope(grad_qkv, shape, config_.rope_theta, 0, /*inverse=*/true);
+  Tensor grad_input = project_qkv_backward(grad_qkv);
+  grad_input.reshape(grad_output.shape);
+  return grad_input;
+}
+
+void ParallelAttention::allocate_cache(int64_t batch, int64_t capacity) {
+  WEFT_CHECK(batch > 0 && capacity > 0, config_.name, ": cache batch (", batch, ") and capacity (",
+             capacity, ") must be positive");
+  const Shape shape({batch, local_kv_heads_, capacity, head_dim_});
+  k_cache_ = Tensor(ctx_.backend, shape, config_.dtype);
+  v_cache_ = Tensor(ctx_.backend, shape, config_.dtype);
+  cache_batch_ = batch;
+  cache_capacity_ = capacity;
+}
+
+Tensor ParallelAttention::forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past) {
+  WEFT_CHECK(k_cache_.defined(), config_.name, ": forward_cached needs allocate_cache first");
+  check_input(x, seq, batch, "input");
+  WEFT_CHECK(batch == cache_batch_, config_.name, ": batch (", batch,
+             ") differs from the cache's batch (", cache_batch_, ")");
+  WEFT_CHECK(past >= 0 && past + seq <= cache_capacity_, config_.name, ": positions [", past, ", ",
+             past + seq, ") do not fit the cache's capacity (", cache_capacity_, ")");
+  Backend& backend = ctx_.backend;
+  const AttentionShape shape = local_shape(seq, batch);
+  forward_saved_ = false;  // the projections' saved inputs now belong to this call
+
+  Tensor qkv = project_qkv(x.reshaped(Shape({seq * batch, config_.hidden})));
+  if (config_.rotary) backend.rope(qkv, shape, config_.rope_theta, past, /*inverse=*/false);
+  Tensor context(backend, Shape({seq * batch, local_heads_ * head_dim_}), config_.dtype);
+  backend.attention_with_cache(context, k_cache_, v_cache_, qkv, shape, past);
+  Tensor out = proj_->forward(context);
+  out.reshape(x.shape);
+  return out;
+}
+
+}  // namespace weft
