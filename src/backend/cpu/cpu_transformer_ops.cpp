@@ -1,5 +1,15 @@
 // CpuBackend's transformer ops: norms, attention, rotary, embedding, cross-entropy pieces,
-// SwiGLU, dropout, AdamW (OpenMP loops, f32 accumulation).
+// SwiGLU, dropout, AdamW (OpenMP loops, f32 arithmetic, double accumulation in reductions).
+//
+// Every reduction runs in an order fixed by the shapes alone (never by the thread count or the
+// schedule), so two runs, or runs at different OMP_NUM_THREADS, give bit-identical results.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+
 #include "backend/backend_checks.hpp"
 #include "backend/cpu/cpu_backend.hpp"
 #include "backend/cpu/cpu_kernels.hpp"
@@ -7,176 +17,660 @@
 
 namespace weft {
 
+namespace {
+
+// Below this many elements of work a loop stays on one thread: the fork costs more.
+constexpr int64_t kParallelWork = 32768;
+// Column block of the parameter-gradient reductions (one block per task, rows in order).
+constexpr int64_t kColumnBlock = 64;
+// Chunk of the whole-tensor reductions: fixed, so the summation order is too.
+constexpr int64_t kReduceChunk = 16384;
+
+template <typename T>
+float ld(const T* p, int64_t i) {
+  return to_float(p[i]);
+}
+
+float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// Rows [0, rows) of a [rows, cols] parameter gradient reduced column by column: fn(r, c0, c1, acc)
+// adds row r's contributions of columns [c0, c1) into acc[0, c1 - c0). The rows are visited in
+// order for every column, so the sum does not depend on the thread count.
+template <typename Fn>
+void reduce_rows_by_column_block(int64_t rows, int64_t cols, std::vector<double>& result, Fn&& fn) {
+  result.assign(static_cast<size_t>(cols), 0.0);
+  const int64_t blocks = (cols + kColumnBlock - 1) / kColumnBlock;
+#pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t c0 = blk * kColumnBlock, c1 = std::min(cols, c0 + kColumnBlock);
+    double acc[kColumnBlock] = {};
+    for (int64_t r = 0; r < rows; ++r) fn(r, c0, c1, acc);
+    for (int64_t c = c0; c < c1; ++c) result[c] = acc[c - c0];
+  }
+}
+
+// Vocabulary columns of a shard that are real entries (the rest are padding): [0, valid).
+int64_t valid_vocab_columns(int64_t v_local, int64_t vocab_start, int64_t vocab_size) {
+  return std::clamp<int64_t>(vocab_size - vocab_start, 0, v_local);
+}
+
+}  // namespace
+
 void CpuBackend::scale(TensorView out, TensorView in, float alpha) {
-  (void)out;
-  (void)in;
-  (void)alpha;
-  WEFT_THROW(ErrorCode::kInternal, "scale: not implemented yet on this backend");
+  check_scale_args(out, in, device());
+  const int64_t n = out.numel();
+  dispatch_dtype(out.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = in.as<T>();
+    T* y = out.as<T>();
+#pragma omp parallel for schedule(static) if (n > kParallelWork)
+    for (int64_t i = 0; i < n; ++i) y[i] = from_float<T>(alpha * ld(x, i));
+  });
 }
 
 void CpuBackend::sum_squares(TensorView out, TensorView in) {
-  (void)out;
-  (void)in;
-  WEFT_THROW(ErrorCode::kInternal, "sum_squares: not implemented yet on this backend");
+  check_sum_squares_args(out, in, device());
+  const int64_t n = in.numel();
+  const int64_t chunks = (n + kReduceChunk - 1) / kReduceChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
+  dispatch_dtype(in.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = in.as<T>();
+#pragma omp parallel for schedule(static) if (n > kParallelWork)
+    for (int64_t c = 0; c < chunks; ++c) {
+      double s = 0.0;
+      const int64_t end = std::min(n, (c + 1) * kReduceChunk);
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = c * kReduceChunk; i < end; ++i) {
+        const double v = ld(x, i);
+        s += v * v;
+      }
+      partial[c] = s;
+    }
+  });
+  double total = 0.0;
+  for (double p : partial) total += p;
+  out.as<float>()[0] = static_cast<float>(total);
 }
 
-void CpuBackend::layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in, TensorView gamma, TensorView beta, float eps) {
-  (void)out;
-  (void)mean;
-  (void)rstd;
-  (void)in;
-  (void)gamma;
-  (void)beta;
-  (void)eps;
-  WEFT_THROW(ErrorCode::kInternal, "layer_norm: not implemented yet on this backend");
+// ---- norms ----------------------------------------------------------------------------------
+
+void CpuBackend::layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in,
+                            TensorView gamma, TensorView beta, float eps) {
+  check_layer_norm_args(out, mean, rstd, in, gamma, beta, eps, device());
+  const int64_t rows = in.shape.rows(), cols = in.shape.cols();
+  dispatch_dtype(in.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T *x = in.as<T>(), *g = gamma.as<T>(), *b = beta.as<T>();
+    T* y = out.as<T>();
+#pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * cols;
+      double s = 0.0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t c = 0; c < cols; ++c) s += ld(xr, c);
+      const double mu = s / cols;
+      double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t c = 0; c < cols; ++c) {
+        const double d = ld(xr, c) - mu;
+        ss += d * d;
+      }
+      const float rs = static_cast<float>(1.0 / std::sqrt(ss / cols + eps));
+      const float m = static_cast<float>(mu);
+      for (int64_t c = 0; c < cols; ++c) {
+        y[r * cols + c] = from_float<T>((ld(xr, c) - m) * rs * ld(g, c) + ld(b, c));
+      }
+      mean.as<float>()[r] = m;
+      rstd.as<float>()[r] = rs;
+    }
+  });
 }
 
-void CpuBackend::layer_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_beta, TensorView grad_out, TensorView in, TensorView gamma, TensorView mean, TensorView rstd) {
-  (void)grad_in;
-  (void)grad_gamma;
-  (void)grad_beta;
-  (void)grad_out;
-  (void)in;
-  (void)gamma;
-  (void)mean;
-  (void)rstd;
-  WEFT_THROW(ErrorCode::kInternal, "layer_norm_backward: not implemented yet on this backend");
+void CpuBackend::layer_norm_backward(TensorView grad_in, TensorView grad_gamma,
+                                     TensorView grad_beta, TensorView grad_out, TensorView in,
+                                     TensorView gamma, TensorView mean, TensorView rstd) {
+  check_layer_norm_backward_args(grad_in, grad_gamma, grad_beta, grad_out, in, gamma, mean, rstd,
+                                 device());
+  const int64_t rows = in.shape.rows(), cols = in.shape.cols();
+  const float* mu = mean.as<float>();
+  const float* rs = rstd.as<float>();
+  dispatch_dtype(in.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T *x = in.as<T>(), *dy = grad_out.as<T>(), *g = gamma.as<T>();
+    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * gamma.
+#pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T *xr = x + r * cols, *dyr = dy + r * cols;
+      double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
+#pragma omp simd reduction(+ : sum_dxhat, sum_dxhat_xhat)
+      for (int64_t c = 0; c < cols; ++c) {
+        const float xhat = (ld(xr, c) - mu[r]) * rs[r];
+        const float dxhat = ld(dyr, c) * ld(g, c);
+        sum_dxhat += dxhat;
+        sum_dxhat_xhat += static_cast<double>(dxhat) * xhat;
+      }
+      const float a = static_cast<float>(sum_dxhat / cols);
+      const float b = static_cast<float>(sum_dxhat_xhat / cols);
+      T* dxr = grad_in.as<T>() + r * cols;
+      for (int64_t c = 0; c < cols; ++c) {
+        const float xhat = (ld(xr, c) - mu[r]) * rs[r];
+        const float dxhat = ld(dyr, c) * ld(g, c);
+        dxr[c] = from_float<T>(rs[r] * (dxhat - a - xhat * b));
+      }
+    }
+    std::vector<double> dgamma, dbeta;
+    reduce_rows_by_column_block(
+        rows, cols, dgamma, [&](int64_t r, int64_t c0, int64_t c1, double* acc) {
+          for (int64_t c = c0; c < c1; ++c) {
+            acc[c - c0] +=
+                static_cast<double>(ld(dy, r * cols + c)) * ((ld(x, r * cols + c) - mu[r]) * rs[r]);
+          }
+        });
+    reduce_rows_by_column_block(rows, cols, dbeta,
+                                [&](int64_t r, int64_t c0, int64_t c1, double* acc) {
+                                  for (int64_t c = c0; c < c1; ++c) {
+                                    acc[c - c0] += ld(dy, r * cols + c);
+                                  }
+                                });
+    for (int64_t c = 0; c < cols; ++c) {
+      grad_gamma.as<T>()[c] = from_float<T>(static_cast<float>(dgamma[c]));
+      grad_beta.as<T>()[c] = from_float<T>(static_cast<float>(dbeta[c]));
+    }
+  });
 }
 
-void CpuBackend::rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma, float eps) {
-  (void)out;
-  (void)rstd;
-  (void)in;
-  (void)gamma;
-  (void)eps;
-  WEFT_THROW(ErrorCode::kInternal, "rms_norm: not implemented yet on this backend");
+void CpuBackend::rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma,
+                          float eps) {
+  check_rms_norm_args(out, rstd, in, gamma, eps, device());
+  const int64_t rows = in.shape.rows(), cols = in.shape.cols();
+  dispatch_dtype(in.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T *x = in.as<T>(), *g = gamma.as<T>();
+    T* y = out.as<T>();
+#pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * cols;
+      double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t c = 0; c < cols; ++c) {
+        const double v = ld(xr, c);
+        ss += v * v;
+      }
+      const float rs = static_cast<float>(1.0 / std::sqrt(ss / cols + eps));
+      for (int64_t c = 0; c < cols; ++c) {
+        y[r * cols + c] = from_float<T>(ld(xr, c) * rs * ld(g, c));
+      }
+      rstd.as<float>()[r] = rs;
+    }
+  });
 }
 
-void CpuBackend::rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out, TensorView in, TensorView gamma, TensorView rstd) {
-  (void)grad_in;
-  (void)grad_gamma;
-  (void)grad_out;
-  (void)in;
-  (void)gamma;
-  (void)rstd;
-  WEFT_THROW(ErrorCode::kInternal, "rms_norm_backward: not implemented yet on this backend");
+void CpuBackend::rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out,
+                                   TensorView in, TensorView gamma, TensorView rstd) {
+  check_rms_norm_backward_args(grad_in, grad_gamma, grad_out, in, gamma, rstd, device());
+  const int64_t rows = in.shape.rows(), cols = in.shape.cols();
+  const float* rs = rstd.as<float>();
+  dispatch_dtype(in.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T *x = in.as<T>(), *dy = grad_out.as<T>(), *g = gamma.as<T>();
+    // dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), xhat = x * rstd, dxhat = dy * gamma.
+#pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T *xr = x + r * cols, *dyr = dy + r * cols;
+      double sum_dxhat_xhat = 0.0;
+#pragma omp simd reduction(+ : sum_dxhat_xhat)
+      for (int64_t c = 0; c < cols; ++c) {
+        sum_dxhat_xhat += static_cast<double>(ld(dyr, c) * ld(g, c)) * (ld(xr, c) * rs[r]);
+      }
+      const float b = static_cast<float>(sum_dxhat_xhat / cols);
+      T* dxr = grad_in.as<T>() + r * cols;
+      for (int64_t c = 0; c < cols; ++c) {
+        const float xhat = ld(xr, c) * rs[r];
+        dxr[c] = from_float<T>(rs[r] * (ld(dyr, c) * ld(g, c) - xhat * b));
+      }
+    }
+    std::vector<double> dgamma;
+    reduce_rows_by_column_block(
+        rows, cols, dgamma, [&](int64_t r, int64_t c0, int64_t c1, double* acc) {
+          for (int64_t c = c0; c < c1; ++c) {
+            acc[c - c0] +=
+                static_cast<double>(ld(dy, r * cols + c)) * (ld(x, r * cols + c) * rs[r]);
+          }
+        });
+    for (int64_t c = 0; c < cols; ++c) {
+      grad_gamma.as<T>()[c] = from_float<T>(static_cast<float>(dgamma[c]));
+    }
+  });
 }
 
-void CpuBackend::attention(TensorView out, TensorView probs, TensorView qkv, const AttentionShape& shape) {
-  (void)out;
-  (void)probs;
-  (void)qkv;
-  (void)shape;
-  WEFT_THROW(ErrorCode::kInternal, "attention: not implemented yet on this backend");
+// ---- attention ------------------------------------------------------------------------------
+
+namespace {
+
+// One head of one batch entry as a dense f32 [len, head_dim]: row s starts at src + s * stride
+// (qkv rows of one batch entry are `batch` rows apart; cache rows are contiguous).
+template <typename T>
+void gather_head(float* dst, const T* src, int64_t len, int64_t head_dim, int64_t stride) {
+  for (int64_t s = 0; s < len; ++s) {
+    for (int64_t c = 0; c < head_dim; ++c) dst[s * head_dim + c] = ld(src, s * stride + c);
+  }
 }
 
-void CpuBackend::attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv, TensorView probs, const AttentionShape& shape) {
-  (void)grad_qkv;
-  (void)grad_out;
-  (void)qkv;
-  (void)probs;
-  (void)shape;
-  WEFT_THROW(ErrorCode::kInternal, "attention_backward: not implemented yet on this backend");
+float dot(const float* a, const float* b, int64_t n) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
 }
 
-void CpuBackend::attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache, TensorView qkv, const AttentionShape& shape, int64_t past) {
-  (void)out;
-  (void)k_cache;
-  (void)v_cache;
-  (void)qkv;
-  (void)shape;
-  (void)past;
-  WEFT_THROW(ErrorCode::kInternal, "attention_with_cache: not implemented yet on this backend");
+// p[0, len) = softmax of scale * q . k_j over the keys j in [0, len), dense [len, d] in f32.
+void causal_softmax_row(float* p, const float* q, const float* keys, int64_t len, int64_t d,
+                        float scale) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < len; ++j) {
+    p[j] = scale * dot(q, keys + j * d, d);
+    mx = std::max(mx, p[j]);
+  }
+  double sum = 0.0;
+  for (int64_t j = 0; j < len; ++j) {
+    p[j] = std::exp(p[j] - mx);
+    sum += p[j];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t j = 0; j < len; ++j) p[j] *= inv;
 }
 
-void CpuBackend::rope(TensorView qkv, const AttentionShape& shape, float theta, int64_t position_offset, bool inverse) {
-  (void)qkv;
-  (void)shape;
-  (void)theta;
-  (void)position_offset;
-  (void)inverse;
-  WEFT_THROW(ErrorCode::kInternal, "rope: not implemented yet on this backend");
+// o[0, d) = sum_j p[j] v[j, :] over j in [0, len).
+void weighted_sum(float* o, const float* p, const float* values, int64_t len, int64_t d) {
+  std::fill(o, o + d, 0.0f);
+  for (int64_t j = 0; j < len; ++j) {
+    const float pj = p[j];
+    const float* vj = values + j * d;
+    for (int64_t c = 0; c < d; ++c) o[c] += pj * vj[c];
+  }
 }
+
+}  // namespace
+
+void CpuBackend::attention(TensorView out, TensorView probs, TensorView qkv,
+                           const AttentionShape& shape) {
+  const AttentionDims d = check_attention_args(out, probs, qkv, shape, device());
+  const int64_t S = d.seq, B = d.batch, D = d.head_dim;
+  dispatch_dtype(qkv.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = qkv.as<T>();
+    T* o = out.as<T>();
+    float* pr = probs.as<float>();
+#pragma omp parallel for schedule(dynamic) if (B * d.heads * S * S * D > kParallelWork)
+    for (int64_t bh = 0; bh < B * d.heads; ++bh) {
+      const int64_t b = bh / d.heads, h = bh % d.heads, g = h / d.q_per_group;
+      std::vector<float> q(S * D), k(S * D), v(S * D), acc(D);
+      // Row of position s in batch b is s * B + b: start at row b, stride B rows.
+      gather_head(q.data(), x + b * d.qkv_cols + d.q_col(h), S, D, B * d.qkv_cols);
+      gather_head(k.data(), x + b * d.qkv_cols + d.k_col(g), S, D, B * d.qkv_cols);
+      gather_head(v.data(), x + b * d.qkv_cols + d.v_col(g), S, D, B * d.qkv_cols);
+      float* p_bh = pr + bh * S * S;
+      for (int64_t i = 0; i < S; ++i) {
+        float* p = p_bh + i * S;
+        causal_softmax_row(p, q.data() + i * D, k.data(), i + 1, D, d.scale);
+        std::fill(p + i + 1, p + S, 0.0f);
+        weighted_sum(acc.data(), p, v.data(), i + 1, D);
+        T* orow = o + (i * B + b) * d.out_cols + h * D;
+        for (int64_t c = 0; c < D; ++c) orow[c] = from_float<T>(acc[c]);
+      }
+    }
+  });
+}
+
+void CpuBackend::attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
+                                    TensorView probs, const AttentionShape& shape) {
+  const AttentionDims d =
+      check_attention_backward_args(grad_qkv, grad_out, qkv, probs, shape, device());
+  const int64_t S = d.seq, B = d.batch, D = d.head_dim;
+  dispatch_dtype(qkv.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = qkv.as<T>();
+    const T* dy = grad_out.as<T>();
+    T* dx = grad_qkv.as<T>();
+    const float* pr = probs.as<float>();
+    // One task per (batch, kv group): dk and dv sum over the group's query heads, in head order.
+#pragma omp parallel for schedule(dynamic) if (B * d.heads * S * S * D > kParallelWork)
+    for (int64_t bg = 0; bg < B * d.kv_heads; ++bg) {
+      const int64_t b = bg / d.kv_heads, g = bg % d.kv_heads;
+      const int64_t row0 = b * d.qkv_cols, stride = B * d.qkv_cols;
+      std::vector<float> q(S * D), k(S * D), v(S * D), dq(S * D), dk(S * D, 0.0f), dv(S * D, 0.0f),
+          dout(S * D), ds(S);
+      gather_head(k.data(), x + row0 + d.k_col(g), S, D, stride);
+      gather_head(v.data(), x + row0 + d.v_col(g), S, D, stride);
+      for (int64_t h = g * d.q_per_group; h < (g + 1) * d.q_per_group; ++h) {
+        gather_head(q.data(), x + row0 + d.q_col(h), S, D, stride);
+        gather_head(dout.data(), dy + b * d.out_cols + h * D, S, D, B * d.out_cols);
+        const float* p_bh = pr + (b * d.heads + h) * S * S;
+        std::fill(dq.begin(), dq.end(), 0.0f);
+        for (int64_t i = 0; i < S; ++i) {
+          const float* p = p_bh + i * S;
+          const float* doi = dout.data() + i * D;
+          // dS_ij = P_ij (dP_ij - sum_k P_ik dP_ik), dP_ij = dout_i . v_j.
+          double row_dot = 0.0;
+          for (int64_t j = 0; j <= i; ++j) {
+            ds[j] = dot(doi, v.data() + j * D, D);
+            row_dot += static_cast<double>(p[j]) * ds[j];
+          }
+          const float rd = static_cast<float>(row_dot);
+          float* dqi = dq.data() + i * D;
+          const float* qi = q.data() + i * D;
+          for (int64_t j = 0; j <= i; ++j) {
+            const float dsj = p[j] * (ds[j] - rd) * d.scale;
+            const float* kj = k.data() + j * D;
+            float* dkj = dk.data() + j * D;
+            float* dvj = dv.data() + j * D;
+            for (int64_t c = 0; c < D; ++c) {
+              dqi[c] += dsj * kj[c];
+              dkj[c] += dsj * qi[c];
+              dvj[c] += p[j] * doi[c];
+            }
+          }
+        }
+        for (int64_t s = 0; s < S; ++s) {
+          T* row = dx + (s * B + b) * d.qkv_cols + d.q_col(h);
+          for (int64_t c = 0; c < D; ++c) row[c] = from_float<T>(dq[s * D + c]);
+        }
+      }
+      for (int64_t s = 0; s < S; ++s) {
+        T* row = dx + (s * B + b) * d.qkv_cols;
+        for (int64_t c = 0; c < D; ++c) {
+          row[d.k_col(g) + c] = from_float<T>(dk[s * D + c]);
+          row[d.v_col(g) + c] = from_float<T>(dv[s * D + c]);
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache,
+                                      TensorView qkv, const AttentionShape& shape, int64_t past) {
+  const AttentionDims d =
+      check_attention_with_cache_args(out, k_cache, v_cache, qkv, shape, past, device());
+  const int64_t S = d.seq, B = d.batch, D = d.head_dim, capacity = k_cache.shape[2];
+  dispatch_dtype(qkv.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = qkv.as<T>();
+    T *kc = k_cache.as<T>(), *vc = v_cache.as<T>();
+    // Cache entry (b, g, position) starts at ((b * kv_heads + g) * capacity + position) * D.
+    for (int64_t s = 0; s < S; ++s) {
+      for (int64_t b = 0; b < B; ++b) {
+        const T* row = x + (s * B + b) * d.qkv_cols;
+        for (int64_t g = 0; g < d.kv_heads; ++g) {
+          const int64_t at = ((b * d.kv_heads + g) * capacity + past + s) * D;
+          std::memcpy(kc + at, row + d.k_col(g), D * sizeof(T));
+          std::memcpy(vc + at, row + d.v_col(g), D * sizeof(T));
+        }
+      }
+    }
+    const int64_t len = past + S;  // cached positions the last query sees
+    T* o = out.as<T>();
+#pragma omp parallel for schedule(dynamic) if (B * d.heads * S * len * D > kParallelWork)
+    for (int64_t bh = 0; bh < B * d.heads; ++bh) {
+      const int64_t b = bh / d.heads, h = bh % d.heads, g = h / d.q_per_group;
+      std::vector<float> q(S * D), k(len * D), v(len * D), p(len), acc(D);
+      gather_head(q.data(), x + b * d.qkv_cols + d.q_col(h), S, D, B * d.qkv_cols);
+      const int64_t base = (b * d.kv_heads + g) * capacity * D;
+      gather_head(k.data(), kc + base, len, D, D);
+      gather_head(v.data(), vc + base, len, D, D);
+      for (int64_t i = 0; i < S; ++i) {
+        const int64_t visible = past + i + 1;
+        causal_softmax_row(p.data(), q.data() + i * D, k.data(), visible, D, d.scale);
+        weighted_sum(acc.data(), p.data(), v.data(), visible, D);
+        T* orow = o + (i * B + b) * d.out_cols + h * D;
+        for (int64_t c = 0; c < D; ++c) orow[c] = from_float<T>(acc[c]);
+      }
+    }
+  });
+}
+
+void CpuBackend::rope(TensorView qkv, const AttentionShape& shape, float theta,
+                      int64_t position_offset, bool inverse) {
+  const AttentionDims d = check_rope_args(qkv, shape, theta, position_offset, device());
+  const int64_t S = d.seq, B = d.batch, half = d.head_dim / 2;
+  // Angles in double: positions reach 1e5 and more, where an f32 angle loses the low digits.
+  std::vector<float> cos_t(S * half), sin_t(S * half);
+  for (int64_t s = 0; s < S; ++s) {
+    for (int64_t i = 0; i < half; ++i) {
+      const double inv_freq =
+          std::pow(static_cast<double>(theta), -2.0 * i / static_cast<double>(d.head_dim));
+      const double angle = static_cast<double>(position_offset + s) * inv_freq;
+      cos_t[s * half + i] = static_cast<float>(std::cos(angle));
+      sin_t[s * half + i] = static_cast<float>(inverse ? -std::sin(angle) : std::sin(angle));
+    }
+  }
+  const int64_t rotated_heads = d.heads + d.kv_heads;
+  dispatch_dtype(qkv.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T* x = qkv.as<T>();
+#pragma omp parallel for schedule(static) if (S * B * rotated_heads * d.head_dim > kParallelWork)
+    for (int64_t r = 0; r < S * B; ++r) {
+      const int64_t s = r / B;
+      const float *cs = cos_t.data() + s * half, *sn = sin_t.data() + s * half;
+      for (int64_t head = 0; head < rotated_heads; ++head) {
+        const int64_t col = head < d.heads ? d.q_col(head) : d.k_col(head - d.heads);
+        T* p = x + r * d.qkv_cols + col;
+        for (int64_t i = 0; i < half; ++i) {
+          const float x1 = ld(p, i), x2 = ld(p, i + half);
+          p[i] = from_float<T>(x1 * cs[i] - x2 * sn[i]);
+          p[i + half] = from_float<T>(x2 * cs[i] + x1 * sn[i]);
+        }
+      }
+    }
+  });
+}
+
+// ---- embedding ------------------------------------------------------------------------------
 
 void CpuBackend::embedding(TensorView out, TensorView ids, TensorView table, int64_t vocab_start) {
-  (void)out;
-  (void)ids;
-  (void)table;
-  (void)vocab_start;
-  WEFT_THROW(ErrorCode::kInternal, "embedding: not implemented yet on this backend");
+  check_embedding_args(out, ids, table, vocab_start, device());
+  const int64_t tokens = ids.numel(), rows = table.shape.rows(), hidden = table.shape.cols();
+  const int32_t* id = ids.as<int32_t>();
+  const size_t row_bytes = static_cast<size_t>(hidden) * dtype_size(table.dtype);
+  const char* tab = static_cast<const char*>(table.data);
+  char* o = static_cast<char*>(out.data);
+  // The copy needs no arithmetic; zeros are all-zero bits in every floating dtype.
+#pragma omp parallel for schedule(static) if (tokens * hidden > kParallelWork)
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int64_t local = static_cast<int64_t>(id[t]) - vocab_start;
+    if (local >= 0 && local < rows) {
+      std::memcpy(o + t * row_bytes, tab + local * row_bytes, row_bytes);
+    } else {
+      std::memset(o + t * row_bytes, 0, row_bytes);
+    }
+  }
 }
 
-void CpuBackend::embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out, int64_t vocab_start) {
-  (void)grad_table;
-  (void)ids;
-  (void)grad_out;
-  (void)vocab_start;
-  WEFT_THROW(ErrorCode::kInternal, "embedding_backward: not implemented yet on this backend");
+void CpuBackend::embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out,
+                                    int64_t vocab_start) {
+  check_embedding_backward_args(grad_table, ids, grad_out, vocab_start, device());
+  const int64_t tokens = ids.numel(), rows = grad_table.shape.rows();
+  const int64_t hidden = grad_table.shape.cols();
+  const int32_t* id = ids.as<int32_t>();
+  // (table row, token) for the tokens in range, sorted: each table row becomes one task that
+  // adds its tokens' gradients in token order. No two tasks touch one row, and the order is fixed.
+  std::vector<std::pair<int64_t, int64_t>> hits;
+  hits.reserve(static_cast<size_t>(tokens));
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int64_t local = static_cast<int64_t>(id[t]) - vocab_start;
+    if (local >= 0 && local < rows) hits.emplace_back(local, t);
+  }
+  std::sort(hits.begin(), hits.end());
+  std::vector<int64_t> starts;
+  for (size_t i = 0; i < hits.size(); ++i) {
+    if (i == 0 || hits[i].first != hits[i - 1].first) starts.push_back(static_cast<int64_t>(i));
+  }
+  starts.push_back(static_cast<int64_t>(hits.size()));
+  const int64_t groups = static_cast<int64_t>(starts.size()) - 1;
+  dispatch_dtype(grad_table.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T* gt = grad_table.as<T>();
+    const T* dy = grad_out.as<T>();
+#pragma omp parallel for schedule( \
+    dynamic, 16) if (static_cast <int64_t>(hits.size()) * hidden > kParallelWork)
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      T* row = gt + hits[starts[grp]].first * hidden;
+      std::vector<float> acc(hidden);
+      for (int64_t c = 0; c < hidden; ++c) acc[c] = ld(row, c);
+      for (int64_t i = starts[grp]; i < starts[grp + 1]; ++i) {
+        const T* g = dy + hits[i].second * hidden;
+        for (int64_t c = 0; c < hidden; ++c) acc[c] += ld(g, c);
+      }
+      for (int64_t c = 0; c < hidden; ++c) row[c] = from_float<T>(acc[c]);
+    }
+  });
 }
 
-void CpuBackend::vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start, int64_t vocab_size) {
-  (void)row_max;
-  (void)logits;
-  (void)vocab_start;
-  (void)vocab_size;
-  WEFT_THROW(ErrorCode::kInternal, "vocab_max: not implemented yet on this backend");
+// ---- vocab-parallel cross-entropy pieces ----------------------------------------------------
+
+void CpuBackend::vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start,
+                           int64_t vocab_size) {
+  check_vocab_max_args(row_max, logits, vocab_start, vocab_size, device());
+  const int64_t tokens = logits.shape.rows(), v_local = logits.shape.cols();
+  const int64_t valid = valid_vocab_columns(v_local, vocab_start, vocab_size);
+  dispatch_dtype(logits.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = logits.as<T>();
+#pragma omp parallel for schedule(static) if (tokens * valid > kParallelWork)
+    for (int64_t t = 0; t < tokens; ++t) {
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < valid; ++j) mx = std::max(mx, ld(x, t * v_local + j));
+      row_max.as<float>()[t] = mx;
+    }
+  });
 }
 
-void CpuBackend::vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit, TensorView logits, TensorView row_max, TensorView targets, int64_t vocab_start, int64_t vocab_size) {
-  (void)sum_exp;
-  (void)target_logit;
-  (void)logits;
-  (void)row_max;
-  (void)targets;
-  (void)vocab_start;
-  (void)vocab_size;
-  WEFT_THROW(ErrorCode::kInternal, "vocab_sum_exp_and_target: not implemented yet on this backend");
+void CpuBackend::vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit,
+                                          TensorView logits, TensorView row_max, TensorView targets,
+                                          int64_t vocab_start, int64_t vocab_size) {
+  check_vocab_sum_exp_and_target_args(sum_exp, target_logit, logits, row_max, targets, vocab_start,
+                                      vocab_size, device());
+  const int64_t tokens = logits.shape.rows(), v_local = logits.shape.cols();
+  const int64_t valid = valid_vocab_columns(v_local, vocab_start, vocab_size);
+  const float* mx = row_max.as<float>();
+  const int32_t* tgt = targets.as<int32_t>();
+  dispatch_dtype(logits.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = logits.as<T>();
+#pragma omp parallel for schedule(static) if (tokens * valid > kParallelWork)
+    for (int64_t t = 0; t < tokens; ++t) {
+      const T* xr = x + t * v_local;
+      double s = 0.0;
+      for (int64_t j = 0; j < valid; ++j) s += std::exp(ld(xr, j) - mx[t]);
+      sum_exp.as<float>()[t] = static_cast<float>(s);
+      const int64_t local = static_cast<int64_t>(tgt[t]) - vocab_start;
+      target_logit.as<float>()[t] = local >= 0 && local < valid ? ld(xr, local) : 0.0f;
+    }
+  });
 }
 
-void CpuBackend::vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits, TensorView row_max, TensorView sum_exp, TensorView targets, TensorView grad_loss, int64_t vocab_start, int64_t vocab_size) {
-  (void)grad_logits;
-  (void)logits;
-  (void)row_max;
-  (void)sum_exp;
-  (void)targets;
-  (void)grad_loss;
-  (void)vocab_start;
-  (void)vocab_size;
-  WEFT_THROW(ErrorCode::kInternal, "vocab_cross_entropy_backward: not implemented yet on this backend");
+void CpuBackend::vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits,
+                                              TensorView row_max, TensorView sum_exp,
+                                              TensorView targets, TensorView grad_loss,
+                                              int64_t vocab_start, int64_t vocab_size) {
+  check_vocab_cross_entropy_backward_args(grad_logits, logits, row_max, sum_exp, targets, grad_loss,
+                                          vocab_start, vocab_size, device());
+  const int64_t tokens = logits.shape.rows(), v_local = logits.shape.cols();
+  const int64_t valid = valid_vocab_columns(v_local, vocab_start, vocab_size);
+  const float *mx = row_max.as<float>(), *se = sum_exp.as<float>(), *gl = grad_loss.as<float>();
+  const int32_t* tgt = targets.as<int32_t>();
+  dispatch_dtype(logits.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = logits.as<T>();
+#pragma omp parallel for schedule(static) if (tokens * v_local > kParallelWork)
+    for (int64_t t = 0; t < tokens; ++t) {
+      const T* xr = x + t * v_local;
+      T* gr = grad_logits.as<T>() + t * v_local;
+      const float inv_sum = 1.0f / se[t];
+      const int64_t target = static_cast<int64_t>(tgt[t]) - vocab_start;
+      for (int64_t j = 0; j < valid; ++j) {
+        const float p = std::exp(ld(xr, j) - mx[t]) * inv_sum;
+        gr[j] = from_float<T>((p - (j == target ? 1.0f : 0.0f)) * gl[t]);
+      }
+      for (int64_t j = valid; j < v_local; ++j) gr[j] = from_float<T>(0.0f);
+    }
+  });
 }
+
+// ---- SwiGLU, dropout, AdamW -----------------------------------------------------------------
 
 void CpuBackend::swiglu(TensorView out, TensorView gate, TensorView up) {
-  (void)out;
-  (void)gate;
-  (void)up;
-  WEFT_THROW(ErrorCode::kInternal, "swiglu: not implemented yet on this backend");
+  check_swiglu_args(out, gate, up, device());
+  const int64_t n = out.numel();
+  dispatch_dtype(out.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T *g = gate.as<T>(), *u = up.as<T>();
+    T* o = out.as<T>();
+#pragma omp parallel for schedule(static) if (n > kParallelWork)
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = ld(g, i);
+      o[i] = from_float<T>(gi * sigmoid(gi) * ld(u, i));
+    }
+  });
 }
 
-void CpuBackend::swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out, TensorView gate, TensorView up) {
-  (void)grad_gate;
-  (void)grad_up;
-  (void)grad_out;
-  (void)gate;
-  (void)up;
-  WEFT_THROW(ErrorCode::kInternal, "swiglu_backward: not implemented yet on this backend");
+void CpuBackend::swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out,
+                                 TensorView gate, TensorView up) {
+  check_swiglu_backward_args(grad_gate, grad_up, grad_out, gate, up, device());
+  const int64_t n = gate.numel();
+  dispatch_dtype(gate.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T *g = gate.as<T>(), *u = up.as<T>(), *dy = grad_out.as<T>();
+    T *dg = grad_gate.as<T>(), *du = grad_up.as<T>();
+#pragma omp parallel for schedule(static) if (n > kParallelWork)
+    for (int64_t i = 0; i < n; ++i) {
+      // Read everything first: the gradients may alias the inputs.
+      const float gi = ld(g, i), ui = ld(u, i), dyi = ld(dy, i);
+      const float sg = sigmoid(gi);
+      // d silu(g) / dg = sigmoid(g) (1 + g (1 - sigmoid(g))).
+      dg[i] = from_float<T>(dyi * ui * sg * (1.0f + gi * (1.0f - sg)));
+      du[i] = from_float<T>(dyi * gi * sg);
+    }
+  });
 }
 
-void CpuBackend::dropout(TensorView out, TensorView in, float probability, uint64_t seed, uint64_t offset) {
-  (void)out;
-  (void)in;
-  (void)probability;
-  (void)seed;
-  (void)offset;
-  WEFT_THROW(ErrorCode::kInternal, "dropout: not implemented yet on this backend");
+void CpuBackend::dropout(TensorView out, TensorView in, float probability, uint64_t seed,
+                         uint64_t offset) {
+  check_dropout_args(out, in, probability, device());
+  const int64_t n = out.numel();
+  const float keep_scale = 1.0f / (1.0f - probability);
+  dispatch_dtype(out.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = in.as<T>();
+    T* o = out.as<T>();
+#pragma omp parallel for schedule(static) if (n > kParallelWork / 8)
+    for (int64_t i = 0; i < n; ++i) {
+      const bool keep = dropout_keep(seed, offset, static_cast<uint64_t>(i), probability);
+      o[i] = from_float<T>(keep ? ld(x, i) * keep_scale : 0.0f);
+    }
+  });
 }
 
-void CpuBackend::adamw(TensorView master, TensorView m, TensorView v, TensorView grad, const AdamWStep& step) {
-  (void)master;
-  (void)m;
-  (void)v;
-  (void)grad;
-  (void)step;
-  WEFT_THROW(ErrorCode::kInternal, "adamw: not implemented yet on this backend");
+void CpuBackend::adamw(TensorView master, TensorView m, TensorView v, TensorView grad,
+                       const AdamWStep& step) {
+  check_adamw_args(master, m, v, grad, step, device());
+  const int64_t n = master.numel();
+  const float b1 = step.beta1, b2 = step.beta2;
+  const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(b1), step.step));
+  const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(b2), step.step));
+  float *w = master.as<float>(), *mm = m.as<float>(), *vv = v.as<float>();
+  dispatch_dtype(grad.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* gr = grad.as<T>();
+#pragma omp parallel for schedule(static) if (n > kParallelWork)
+    for (int64_t i = 0; i < n; ++i) {
+      const float g = ld(gr, i) * step.grad_scale;
+      mm[i] = b1 * mm[i] + (1.0f - b1) * g;
+      vv[i] = b2 * vv[i] + (1.0f - b2) * g * g;
+      const float mhat = mm[i] / bc1, vhat = vv[i] / bc2;
+      w[i] -= step.lr * (mhat / (std::sqrt(vhat) + step.eps) + step.weight_decay * w[i]);
+    }
+  });
 }
 
 }  // namespace weft
