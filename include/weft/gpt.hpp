@@ -77,39 +77,69 @@ class TransformerLayer {
   bool training_ = true;
 };
 
+// Which part of the model a pipeline stage holds: a contiguous slice of the layers, the
+// embedding on the first stage, final norm + LM head + loss on the last. The default is the
+// whole model.
+struct GPTStageLayout {
+  int64_t first_layer = 0;
+  int64_t layers = -1;  // -1: all layers from first_layer on
+  bool has_embedding = true;
+  bool has_head = true;
+};
+
 // Embedding (+ learned positions) -> layers -> final norm -> tied LM head -> vocab-parallel
-// cross-entropy. Every TP rank holds its shard of every layer.
+// cross-entropy. Every TP rank holds its shard of every layer it has; parameter names use global
+// layer indices, so one seed gives one model at every TP and PP size. A last stage without the
+// embedding keeps its own copy of the (tied) table for the LM head; the pipeline sums the two
+// copies' gradients.
 class GPTModel {
  public:
-  GPTModel(const ParallelContext& ctx, const GPTConfig& config);
+  GPTModel(const ParallelContext& ctx, const GPTConfig& config, GPTStageLayout layout = {});
 
-  // ids, targets: i32 [seq * batch] on the backend's device, rows ordered (position, batch).
-  // Returns the mean loss over the tokens (identical on all TP ranks).
+  // Whole model. ids, targets: i32 [seq * batch] on the backend's device, rows ordered
+  // (position, batch). Returns the mean loss over the tokens (identical on all TP ranks).
   float forward(TensorView ids, TensorView targets, int64_t seq, int64_t batch, DropoutRng& rng);
   // Backpropagates loss_scale * mean loss of the last forward; accumulates parameter gradients.
   void backward(float loss_scale = 1.0f);
 
+  // One pipeline stage. `input` is the token ids on a stage with the embedding, else the
+  // previous stage's output [seq * batch, hidden]; `targets` is only read on a stage with the
+  // head. Returns this stage's output activation (undefined on the last stage, whose mean loss
+  // is last_loss()).
+  Tensor forward_stage(TensorView input, TensorView targets, int64_t seq, int64_t batch,
+                       DropoutRng& rng);
+  // grad_output: gradient of forward_stage's output (ignored on the last stage, which starts
+  // from loss_scale * mean loss). Returns the gradient of the stage's input activation
+  // (undefined on a stage with the embedding).
+  Tensor backward_stage(TensorView grad_output, float loss_scale);
+  float last_loss() const { return last_loss_; }
+
   // Inference: allocate KV caches, then feed positions [past, past + seq) and get the logits of
   // the last position of each sequence, [batch, vocab_size] on the host (gathered across TP).
+  // Whole models only.
   void allocate_cache(int64_t batch, int64_t capacity);
   std::vector<float> next_token_logits(TensorView ids, int64_t seq, int64_t batch, int64_t past);
 
   const GPTConfig& config() const { return config_; }
+  const GPTStageLayout& layout() const { return layout_; }
   std::vector<Parameter*> parameters();
-  VocabParallelEmbedding& embedding() { return embedding_; }
+  // The token table (the embedding's, or the last stage's copy for the tied head); null on a
+  // middle stage.
+  Parameter* word_embeddings() { return embedding_ ? &embedding_->weight() : nullptr; }
   // Dropout applies only while training (the default); evaluation turns it off.
   void set_training(bool training);
 
  private:
-  Tensor embed(TensorView ids, int64_t seq, int64_t batch);
+  Tensor embed(TensorView ids);
   void check_tokens(TensorView ids, const char* what, int64_t seq, int64_t batch) const;
 
   ParallelContext ctx_;
   GPTConfig config_;
-  VocabParallelEmbedding embedding_;
+  GPTStageLayout layout_;
+  std::unique_ptr<VocabParallelEmbedding> embedding_;  // first stage, and last for the head
   std::unique_ptr<Parameter> positions_;  // learned position table [max_seq, hidden], replicated
   std::vector<std::unique_ptr<TransformerLayer>> layers_;
-  Norm final_norm_;
+  std::unique_ptr<Norm> final_norm_;
   VocabParallelCrossEntropy cross_entropy_;
 
   // Saved by forward for backward.
@@ -118,8 +148,10 @@ class GPTModel {
   DropoutRng::Draw embedding_drop_{};
   bool training_ = true;
   std::vector<Tensor> activations_;  // input of each layer, then the final norm's input
+  TensorView stage_input_;           // a middle/last stage's input activation
   Tensor final_hidden_, logits_;
   std::vector<float> losses_;
+  float last_loss_ = 0.0f;
 };
 
 }  // namespace weft

@@ -70,18 +70,23 @@ double GPTConfig::flops_per_token(int64_t seq) const {
   return 6.0 * matmul_params + 6.0 * layers * heads * d * seq;
 }
 
-GPTModel::GPTModel(const ParallelContext& ctx, const GPTConfig& config)
-    : ctx_(ctx),
-      config_(config),
-      embedding_(ctx, VocabParallelEmbeddingConfig{config.vocab_size, config.hidden,
-                                                   config.vocab_pad_multiple, config.dtype,
-                                                   "embedding", config.seed, config.init_std}),
-      final_norm_(ctx.backend, NormConfig{config.hidden, config.norm, config.norm_eps, config.dtype,
-                                          "final_norm", ctx.tp.size()}),
-      cross_entropy_(ctx) {
+GPTModel::GPTModel(const ParallelContext& ctx, const GPTConfig& config, GPTStageLayout layout)
+    : ctx_(ctx), config_(config), layout_(layout), cross_entropy_(ctx) {
   WEFT_CHECK(config_.kv_heads > 0 && config_.ffn_hidden > 0,
              "GPTModel: call GPTConfig::finalize(tp) first");
-  if (!config_.rotary) {
+  if (layout_.layers < 0) layout_.layers = config_.layers - layout_.first_layer;
+  WEFT_CHECK(layout_.first_layer >= 0 && layout_.layers >= 0 &&
+                 layout_.first_layer + layout_.layers <= config_.layers,
+             "GPTModel: stage layers [", layout_.first_layer, ", ",
+             layout_.first_layer + layout_.layers, ") are outside the model's ", config_.layers,
+             " layers");
+  if (layout_.has_embedding || layout_.has_head) {
+    embedding_ = std::make_unique<VocabParallelEmbedding>(
+        ctx,
+        VocabParallelEmbeddingConfig{config_.vocab_size, config_.hidden, config_.vocab_pad_multiple,
+                                     config_.dtype, "embedding", config_.seed, config_.init_std});
+  }
+  if (layout_.has_embedding && !config_.rotary) {
     positions_ = std::make_unique<Parameter>(
         make_parameter(ctx.backend, "positions", Shape({config_.max_seq, config_.hidden}),
                        config_.dtype, -1, 1, 0));
@@ -89,18 +94,27 @@ GPTModel::GPTModel(const ParallelContext& ctx, const GPTConfig& config)
     init_parameter(ctx.backend, *positions_,
                    RandomFill{Distribution::kNormal, config_.seed, 0, 0.0, config_.init_std});
   }
-  for (int i = 0; i < config_.layers; ++i) {
-    layers_.push_back(std::make_unique<TransformerLayer>(ctx, config_, i));
+  for (int64_t i = 0; i < layout_.layers; ++i) {
+    layers_.push_back(std::make_unique<TransformerLayer>(
+        ctx, config_, static_cast<int>(layout_.first_layer + i)));
+  }
+  if (layout_.has_head) {
+    final_norm_ = std::make_unique<Norm>(
+        ctx.backend, NormConfig{config_.hidden, config_.norm, config_.norm_eps, config_.dtype,
+                                "final_norm", ctx.tp.size()});
   }
 }
 
 std::vector<Parameter*> GPTModel::parameters() {
-  std::vector<Parameter*> params = embedding_.parameters();
+  std::vector<Parameter*> params;
+  if (embedding_) params = embedding_->parameters();
   if (positions_) params.push_back(positions_.get());
   for (auto& layer : layers_) {
     for (Parameter* p : layer->parameters()) params.push_back(p);
   }
-  for (Parameter* p : final_norm_.parameters()) params.push_back(p);
+  if (final_norm_) {
+    for (Parameter* p : final_norm_->parameters()) params.push_back(p);
+  }
   return params;
 }
 
@@ -111,16 +125,14 @@ void GPTModel::check_tokens(TensorView ids, const char* what, int64_t seq, int64
              ids.str(), " must be i32 with seq x batch = ", seq * batch, " elements");
 }
 
-Tensor GPTModel::embed(TensorView ids, int64_t seq, int64_t batch) {
-  Tensor x = embedding_.forward(ids);
+Tensor GPTModel::embed(TensorView ids) {
+  Tensor x = embedding_->forward(ids);
   if (positions_) {
-    // Row s * batch + b sits at position past + s; the caller set position_ids_.
+    // The caller set position_ids_: row s * batch + b holds its absolute position.
     Tensor pos(ctx_.backend, x.shape(), x.dtype());
     ctx_.backend.embedding(pos, position_ids_, positions_->value, 0);
     ctx_.backend.add(x, x, pos);
   }
-  (void)seq;
-  (void)batch;
   return x;
 }
 
@@ -137,47 +149,84 @@ Tensor position_tensor(Backend& backend, int64_t seq, int64_t batch, int64_t fir
 }
 }  // namespace
 
-float GPTModel::forward(TensorView ids, TensorView targets, int64_t seq, int64_t batch,
-                        DropoutRng& rng) {
-  check_tokens(ids, "ids", seq, batch);
-  check_tokens(targets, "targets", seq, batch);
+Tensor GPTModel::forward_stage(TensorView input, TensorView targets, int64_t seq, int64_t batch,
+                               DropoutRng& rng) {
   WEFT_CHECK(seq <= config_.max_seq, "GPTModel: sequence length (", seq,
              ") exceeds the model's maximum (", config_.max_seq, ")");
   seq_ = seq;
   batch_ = batch;
-  if (positions_) position_ids_ = position_tensor(ctx_.backend, seq, batch, 0);
   activations_.clear();
-  activations_.push_back(embed(ids, seq, batch));
-  if (training_ && config_.dropout > 0.0f) {
-    embedding_drop_ = rng.replicated(activations_.back().numel());
-    ctx_.backend.dropout(activations_.back(), activations_.back(), config_.dropout,
-                         embedding_drop_.seed, embedding_drop_.offset);
+  if (layout_.has_embedding) {
+    check_tokens(input, "ids", seq, batch);
+    if (positions_) position_ids_ = position_tensor(ctx_.backend, seq, batch, 0);
+    activations_.push_back(embed(input));
+    if (training_ && config_.dropout > 0.0f) {
+      embedding_drop_ = rng.replicated(activations_.back().numel());
+      ctx_.backend.dropout(activations_.back(), activations_.back(), config_.dropout,
+                           embedding_drop_.seed, embedding_drop_.offset);
+    }
+  } else {
+    WEFT_CHECK(input.shape == Shape({seq * batch, config_.hidden}) && input.dtype == config_.dtype,
+               "GPTModel stage: input activation ", input.str(), " must be ",
+               dtype_name(config_.dtype), "[", seq * batch, ", ", config_.hidden, "]");
+    stage_input_ = input;
   }
-  for (auto& layer : layers_) {
-    activations_.push_back(layer->forward(activations_.back(), seq, batch, rng));
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const TensorView x = activations_.empty() ? stage_input_ : activations_.back().view();
+    activations_.push_back(layers_[i]->forward(x, seq, batch, rng));
   }
-  final_hidden_ = final_norm_.forward(activations_.back());
-  logits_ = embedding_.lm_head_forward(final_hidden_);
-  losses_ = cross_entropy_.forward(logits_, targets, embedding_.vocab_start(), config_.vocab_size);
+  if (!layout_.has_head) {
+    WEFT_CHECK(!activations_.empty(), "GPTModel stage: a stage without layers, embedding or head");
+    Tensor out = std::move(activations_.back());
+    activations_.pop_back();
+    return out;
+  }
+  check_tokens(targets, "targets", seq, batch);
+  final_hidden_ =
+      final_norm_->forward(activations_.empty() ? stage_input_ : activations_.back().view());
+  logits_ = embedding_->lm_head_forward(final_hidden_);
+  losses_ = cross_entropy_.forward(logits_, targets, embedding_->vocab_start(), config_.vocab_size);
   double sum = 0.0;
   for (float l : losses_) sum += l;
-  return static_cast<float>(sum / static_cast<double>(losses_.size()));
+  last_loss_ = static_cast<float>(sum / static_cast<double>(losses_.size()));
+  return Tensor();
 }
 
-void GPTModel::backward(float loss_scale) {
-  WEFT_CHECK(!losses_.empty(), "GPTModel: backward called before forward");
-  const std::vector<float> grad_loss(losses_.size(),
-                                     loss_scale / static_cast<float>(losses_.size()));
-  Tensor grad = embedding_.lm_head_backward(cross_entropy_.backward(grad_loss));
-  grad = final_norm_.backward(grad);
+Tensor GPTModel::backward_stage(TensorView grad_output, float loss_scale) {
+  Tensor grad;
+  if (layout_.has_head) {
+    WEFT_CHECK(!losses_.empty(), "GPTModel: backward called before forward");
+    const std::vector<float> grad_loss(losses_.size(),
+                                       loss_scale / static_cast<float>(losses_.size()));
+    grad = embedding_->lm_head_backward(cross_entropy_.backward(grad_loss));
+    grad = final_norm_->backward(grad);
+    losses_.clear();
+  } else {
+    WEFT_CHECK(grad_output.shape == Shape({seq_ * batch_, config_.hidden}),
+               "GPTModel stage: ", "grad_output ", grad_output.str(),
+               " must match the stage output [", seq_ * batch_, ", ", config_.hidden, "]");
+    grad = Tensor(ctx_.backend, grad_output.shape, grad_output.dtype);
+    ctx_.backend.copy(grad, grad_output);
+  }
   for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) grad = (*it)->backward(grad);
+  if (!layout_.has_embedding) return grad;
   if (training_ && config_.dropout > 0.0f) {
     ctx_.backend.dropout(grad, grad, config_.dropout, embedding_drop_.seed, embedding_drop_.offset);
   }
-  embedding_.backward(grad);
+  embedding_->backward(grad);
   if (positions_) ctx_.backend.embedding_backward(positions_->grad, position_ids_, grad, 0);
-  losses_.clear();
+  return Tensor();
 }
+
+float GPTModel::forward(TensorView ids, TensorView targets, int64_t seq, int64_t batch,
+                        DropoutRng& rng) {
+  WEFT_CHECK(layout_.has_embedding && layout_.has_head,
+             "GPTModel::forward needs the whole model; a pipeline stage uses forward_stage");
+  forward_stage(ids, targets, seq, batch, rng);
+  return last_loss_;
+}
+
+void GPTModel::backward(float loss_scale) { backward_stage(TensorView{}, loss_scale); }
 
 void GPTModel::set_training(bool training) {
   training_ = training;
@@ -185,6 +234,7 @@ void GPTModel::set_training(bool training) {
 }
 
 void GPTModel::allocate_cache(int64_t batch, int64_t capacity) {
+  WEFT_CHECK(layout_.has_embedding && layout_.has_head, "GPTModel: decoding needs the whole model");
   WEFT_CHECK(capacity <= config_.max_seq, "GPTModel: cache capacity (", capacity,
              ") exceeds the model's maximum sequence length (", config_.max_seq, ")");
   for (auto& layer : layers_) layer->attention().allocate_cache(batch, capacity);
@@ -192,17 +242,18 @@ void GPTModel::allocate_cache(int64_t batch, int64_t capacity) {
 
 std::vector<float> GPTModel::next_token_logits(TensorView ids, int64_t seq, int64_t batch,
                                                int64_t past) {
+  WEFT_CHECK(layout_.has_embedding && layout_.has_head, "GPTModel: decoding needs the whole model");
   check_tokens(ids, "ids", seq, batch);
   WEFT_CHECK(past + seq <= config_.max_seq, "GPTModel: positions up to ", past + seq,
              " exceed the model's maximum sequence length (", config_.max_seq, ")");
   if (positions_) position_ids_ = position_tensor(ctx_.backend, seq, batch, past);
-  Tensor x = embed(ids, seq, batch);
+  Tensor x = embed(ids);
   for (auto& layer : layers_) x = layer->forward_cached(x, seq, batch, past);
-  Tensor hidden = final_norm_.forward(x);
+  Tensor hidden = final_norm_->forward(x);
   // Only the last position's rows go through the LM head.
   Tensor last(ctx_.backend, Shape({batch, config_.hidden}), config_.dtype);
   ctx_.backend.copy(last, hidden.view().rows((seq - 1) * batch, batch));
-  Tensor local = embedding_.lm_head_forward(last);
+  Tensor local = embedding_->lm_head_forward(last);
   Tensor full = gather_last_dim(ctx_, local);  // [batch, padded vocab]: inference only
   Tensor full_f32(ctx_.backend, full.shape(), DType::kF32);
   ctx_.backend.convert(full_f32, full);
