@@ -108,7 +108,14 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
     text.push_back(static_cast<char>(next));
     feed.assign(1, next);
   }
-  if (mpi_world.rank() == 0) std::printf("%s\n", text.c_str());
+  if (mpi_world.rank() == 0) {
+    std::printf("%s\n", text.c_str());
+    const int64_t generated = static_cast<int64_t>(text.size()) - prompt_tokens;
+    if (generated < a.max_new_tokens) {
+      std::fprintf(stderr, "(stopped after %lld tokens: the model's context is %lld positions)\n",
+                   static_cast<long long>(generated), static_cast<long long>(config.max_seq));
+    }
+  }
   return 0;
 }
 
