@@ -1,180 +1,253 @@
-// CudaBackend's transformer ops: launches the kernels of kernels/transformer*.cu.
+// CudaBackend's transformer ops: checks the arguments (backend_checks.hpp, shared with the CPU
+// backend), then launches the kernels of kernels/{transformer,norms,attention,vocab}.cu.
+#include <algorithm>
+
 #include "backend/backend_checks.hpp"
 #include "backend/cuda/cuda_backend.hpp"
+#include "kernels.hpp"
 #include "weft/error.hpp"
 
 namespace weft {
 
+namespace {
+
+// Vocabulary columns of a shard that are real entries (the rest is padding): [0, valid).
+int64_t valid_vocab_columns(int64_t v_local, int64_t vocab_start, int64_t vocab_size) {
+  return std::clamp<int64_t>(vocab_size - vocab_start, 0, v_local);
+}
+
+}  // namespace
+
 void CudaBackend::scale(TensorView out, TensorView in, float alpha) {
-  (void)out;
-  (void)in;
-  (void)alpha;
-  WEFT_THROW(ErrorCode::kInternal, "scale: not implemented yet on this backend");
+  check_scale_args(out, in, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_scale<T>(out.as<T>(), in.as<T>(), alpha, out.numel(), current_->get());
+  });
 }
 
 void CudaBackend::sum_squares(TensorView out, TensorView in) {
-  (void)out;
-  (void)in;
-  WEFT_THROW(ErrorCode::kInternal, "sum_squares: not implemented yet on this backend");
+  check_sum_squares_args(out, in, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_sum_squares<T>(out.as<float>(), in.as<T>(), in.numel(), current_->get());
+  });
 }
 
-void CudaBackend::layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in, TensorView gamma, TensorView beta, float eps) {
-  (void)out;
-  (void)mean;
-  (void)rstd;
-  (void)in;
-  (void)gamma;
-  (void)beta;
-  (void)eps;
-  WEFT_THROW(ErrorCode::kInternal, "layer_norm: not implemented yet on this backend");
+// ---- norms ----
+
+void CudaBackend::layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in,
+                             TensorView gamma, TensorView beta, float eps) {
+  check_layer_norm_args(out, mean, rstd, in, gamma, beta, eps, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_layer_norm<T>(out.as<T>(), mean.as<float>(), rstd.as<float>(), in.as<T>(), gamma.as<T>(),
+                         beta.as<T>(), eps, in.shape.rows(), in.shape.cols(), current_->get());
+  });
 }
 
-void CudaBackend::layer_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_beta, TensorView grad_out, TensorView in, TensorView gamma, TensorView mean, TensorView rstd) {
-  (void)grad_in;
-  (void)grad_gamma;
-  (void)grad_beta;
-  (void)grad_out;
-  (void)in;
-  (void)gamma;
-  (void)mean;
-  (void)rstd;
-  WEFT_THROW(ErrorCode::kInternal, "layer_norm_backward: not implemented yet on this backend");
+void CudaBackend::layer_norm_backward(TensorView grad_in, TensorView grad_gamma,
+                                      TensorView grad_beta, TensorView grad_out, TensorView in,
+                                      TensorView gamma, TensorView mean, TensorView rstd) {
+  check_layer_norm_backward_args(grad_in, grad_gamma, grad_beta, grad_out, in, gamma, mean, rstd,
+                                 device());
+  DeviceGuard guard(device_);
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_layer_norm_backward<T>(grad_in.as<T>(), grad_gamma.as<T>(), grad_beta.as<T>(),
+                                  grad_out.as<T>(), in.as<T>(), gamma.as<T>(), mean.as<float>(),
+                                  rstd.as<float>(), in.shape.rows(), in.shape.cols(),
+                                  current_->get());
+  });
 }
 
-void CudaBackend::rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma, float eps) {
-  (void)out;
-  (void)rstd;
-  (void)in;
-  (void)gamma;
-  (void)eps;
-  WEFT_THROW(ErrorCode::kInternal, "rms_norm: not implemented yet on this backend");
+void CudaBackend::rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma,
+                           float eps) {
+  check_rms_norm_args(out, rstd, in, gamma, eps, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_rms_norm<T>(out.as<T>(), rstd.as<float>(), in.as<T>(), gamma.as<T>(), eps,
+                       in.shape.rows(), in.shape.cols(), current_->get());
+  });
 }
 
-void CudaBackend::rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out, TensorView in, TensorView gamma, TensorView rstd) {
-  (void)grad_in;
-  (void)grad_gamma;
-  (void)grad_out;
-  (void)in;
-  (void)gamma;
-  (void)rstd;
-  WEFT_THROW(ErrorCode::kInternal, "rms_norm_backward: not implemented yet on this backend");
+void CudaBackend::rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out,
+                                    TensorView in, TensorView gamma, TensorView rstd) {
+  check_rms_norm_backward_args(grad_in, grad_gamma, grad_out, in, gamma, rstd, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_rms_norm_backward<T>(grad_in.as<T>(), grad_gamma.as<T>(), grad_out.as<T>(), in.as<T>(),
+                                gamma.as<T>(), rstd.as<float>(), in.shape.rows(), in.shape.cols(),
+                                current_->get());
+  });
 }
 
-void CudaBackend::attention(TensorView out, TensorView probs, TensorView qkv, const AttentionShape& shape) {
-  (void)out;
-  (void)probs;
-  (void)qkv;
-  (void)shape;
-  WEFT_THROW(ErrorCode::kInternal, "attention: not implemented yet on this backend");
+// ---- attention ----
+
+void CudaBackend::attention(TensorView out, TensorView probs, TensorView qkv,
+                            const AttentionShape& shape) {
+  const AttentionDims dims = check_attention_args(out, probs, qkv, shape, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(qkv.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_attention<T>(out.as<T>(), probs.as<float>(), qkv.as<T>(), dims, current_->get());
+  });
 }
 
-void CudaBackend::attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv, TensorView probs, const AttentionShape& shape) {
-  (void)grad_qkv;
-  (void)grad_out;
-  (void)qkv;
-  (void)probs;
-  (void)shape;
-  WEFT_THROW(ErrorCode::kInternal, "attention_backward: not implemented yet on this backend");
+void CudaBackend::attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
+                                     TensorView probs, const AttentionShape& shape) {
+  const AttentionDims dims =
+      check_attention_backward_args(grad_qkv, grad_out, qkv, probs, shape, device());
+  WEFT_CHECK(grad_qkv.data != qkv.data, "attention_backward: grad_qkv must not alias qkv");
+  DeviceGuard guard(device_);
+  dispatch_storage(qkv.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_attention_backward<T>(grad_qkv.as<T>(), grad_out.as<T>(), qkv.as<T>(), probs.as<float>(),
+                                 dims, current_->get());
+  });
 }
 
-void CudaBackend::attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache, TensorView qkv, const AttentionShape& shape, int64_t past) {
-  (void)out;
-  (void)k_cache;
-  (void)v_cache;
-  (void)qkv;
-  (void)shape;
-  (void)past;
-  WEFT_THROW(ErrorCode::kInternal, "attention_with_cache: not implemented yet on this backend");
+void CudaBackend::attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache,
+                                       TensorView qkv, const AttentionShape& shape, int64_t past) {
+  const AttentionDims dims =
+      check_attention_with_cache_args(out, k_cache, v_cache, qkv, shape, past, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(qkv.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_attention_with_cache<T>(out.as<T>(), k_cache.as<T>(), v_cache.as<T>(), qkv.as<T>(), dims,
+                                   k_cache.shape[2], past, current_->get());
+  });
 }
 
-void CudaBackend::rope(TensorView qkv, const AttentionShape& shape, float theta, int64_t position_offset, bool inverse) {
-  (void)qkv;
-  (void)shape;
-  (void)theta;
-  (void)position_offset;
-  (void)inverse;
-  WEFT_THROW(ErrorCode::kInternal, "rope: not implemented yet on this backend");
+void CudaBackend::rope(TensorView qkv, const AttentionShape& shape, float theta,
+                       int64_t position_offset, bool inverse) {
+  const AttentionDims dims = check_rope_args(qkv, shape, theta, position_offset, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(qkv.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_rope<T>(qkv.as<T>(), dims, theta, position_offset, inverse, current_->get());
+  });
 }
+
+// ---- embedding ----
 
 void CudaBackend::embedding(TensorView out, TensorView ids, TensorView table, int64_t vocab_start) {
-  (void)out;
-  (void)ids;
-  (void)table;
-  (void)vocab_start;
-  WEFT_THROW(ErrorCode::kInternal, "embedding: not implemented yet on this backend");
+  check_embedding_args(out, ids, table, vocab_start, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(table.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_embedding<T>(out.as<T>(), ids.as<int32_t>(), table.as<T>(), ids.numel(),
+                        table.shape.rows(), table.shape.cols(), vocab_start, current_->get());
+  });
 }
 
-void CudaBackend::embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out, int64_t vocab_start) {
-  (void)grad_table;
-  (void)ids;
-  (void)grad_out;
-  (void)vocab_start;
-  WEFT_THROW(ErrorCode::kInternal, "embedding_backward: not implemented yet on this backend");
+void CudaBackend::embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out,
+                                     int64_t vocab_start) {
+  check_embedding_backward_args(grad_table, ids, grad_out, vocab_start, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(grad_table.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_embedding_backward<T>(grad_table.as<T>(), ids.as<int32_t>(), grad_out.as<T>(),
+                                 ids.numel(), grad_table.shape.rows(), grad_table.shape.cols(),
+                                 vocab_start, current_->get());
+  });
 }
 
-void CudaBackend::vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start, int64_t vocab_size) {
-  (void)row_max;
-  (void)logits;
-  (void)vocab_start;
-  (void)vocab_size;
-  WEFT_THROW(ErrorCode::kInternal, "vocab_max: not implemented yet on this backend");
+// ---- vocab-parallel cross-entropy pieces ----
+
+void CudaBackend::vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start,
+                            int64_t vocab_size) {
+  check_vocab_max_args(row_max, logits, vocab_start, vocab_size, device());
+  const int64_t v_local = logits.shape.cols();
+  DeviceGuard guard(device_);
+  dispatch_storage(logits.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_vocab_max<T>(row_max.as<float>(), logits.as<T>(), logits.shape.rows(), v_local,
+                        valid_vocab_columns(v_local, vocab_start, vocab_size), current_->get());
+  });
 }
 
-void CudaBackend::vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit, TensorView logits, TensorView row_max, TensorView targets, int64_t vocab_start, int64_t vocab_size) {
-  (void)sum_exp;
-  (void)target_logit;
-  (void)logits;
-  (void)row_max;
-  (void)targets;
-  (void)vocab_start;
-  (void)vocab_size;
-  WEFT_THROW(ErrorCode::kInternal, "vocab_sum_exp_and_target: not implemented yet on this backend");
+void CudaBackend::vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit,
+                                           TensorView logits, TensorView row_max,
+                                           TensorView targets, int64_t vocab_start,
+                                           int64_t vocab_size) {
+  check_vocab_sum_exp_and_target_args(sum_exp, target_logit, logits, row_max, targets, vocab_start,
+                                      vocab_size, device());
+  const int64_t v_local = logits.shape.cols();
+  DeviceGuard guard(device_);
+  dispatch_storage(logits.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_vocab_sum_exp_and_target<T>(
+        sum_exp.as<float>(), target_logit.as<float>(), logits.as<T>(), row_max.as<float>(),
+        targets.as<int32_t>(), logits.shape.rows(), v_local,
+        valid_vocab_columns(v_local, vocab_start, vocab_size), vocab_start, current_->get());
+  });
 }
 
-void CudaBackend::vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits, TensorView row_max, TensorView sum_exp, TensorView targets, TensorView grad_loss, int64_t vocab_start, int64_t vocab_size) {
-  (void)grad_logits;
-  (void)logits;
-  (void)row_max;
-  (void)sum_exp;
-  (void)targets;
-  (void)grad_loss;
-  (void)vocab_start;
-  (void)vocab_size;
-  WEFT_THROW(ErrorCode::kInternal, "vocab_cross_entropy_backward: not implemented yet on this backend");
+void CudaBackend::vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits,
+                                               TensorView row_max, TensorView sum_exp,
+                                               TensorView targets, TensorView grad_loss,
+                                               int64_t vocab_start, int64_t vocab_size) {
+  check_vocab_cross_entropy_backward_args(grad_logits, logits, row_max, sum_exp, targets, grad_loss,
+                                          vocab_start, vocab_size, device());
+  const int64_t v_local = logits.shape.cols();
+  DeviceGuard guard(device_);
+  dispatch_storage(logits.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_vocab_cross_entropy_backward<T>(
+        grad_logits.as<T>(), logits.as<T>(), row_max.as<float>(), sum_exp.as<float>(),
+        targets.as<int32_t>(), grad_loss.as<float>(), logits.shape.rows(), v_local,
+        valid_vocab_columns(v_local, vocab_start, vocab_size), vocab_start, current_->get());
+  });
 }
+
+// ---- SwiGLU, dropout, AdamW ----
 
 void CudaBackend::swiglu(TensorView out, TensorView gate, TensorView up) {
-  (void)out;
-  (void)gate;
-  (void)up;
-  WEFT_THROW(ErrorCode::kInternal, "swiglu: not implemented yet on this backend");
+  check_swiglu_args(out, gate, up, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(gate.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_swiglu<T>(out.as<T>(), gate.as<T>(), up.as<T>(), out.numel(), current_->get());
+  });
 }
 
-void CudaBackend::swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out, TensorView gate, TensorView up) {
-  (void)grad_gate;
-  (void)grad_up;
-  (void)grad_out;
-  (void)gate;
-  (void)up;
-  WEFT_THROW(ErrorCode::kInternal, "swiglu_backward: not implemented yet on this backend");
+void CudaBackend::swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out,
+                                  TensorView gate, TensorView up) {
+  check_swiglu_backward_args(grad_gate, grad_up, grad_out, gate, up, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(gate.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_swiglu_backward<T>(grad_gate.as<T>(), grad_up.as<T>(), grad_out.as<T>(), gate.as<T>(),
+                              up.as<T>(), gate.numel(), current_->get());
+  });
 }
 
-void CudaBackend::dropout(TensorView out, TensorView in, float probability, uint64_t seed, uint64_t offset) {
-  (void)out;
-  (void)in;
-  (void)probability;
-  (void)seed;
-  (void)offset;
-  WEFT_THROW(ErrorCode::kInternal, "dropout: not implemented yet on this backend");
+void CudaBackend::dropout(TensorView out, TensorView in, float probability, uint64_t seed,
+                          uint64_t offset) {
+  check_dropout_args(out, in, probability, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_dropout<T>(out.as<T>(), in.as<T>(), probability, seed, offset, in.numel(),
+                      current_->get());
+  });
 }
 
-void CudaBackend::adamw(TensorView master, TensorView m, TensorView v, TensorView grad, const AdamWStep& step) {
-  (void)master;
-  (void)m;
-  (void)v;
-  (void)grad;
-  (void)step;
-  WEFT_THROW(ErrorCode::kInternal, "adamw: not implemented yet on this backend");
+void CudaBackend::adamw(TensorView master, TensorView m, TensorView v, TensorView grad,
+                        const AdamWStep& step) {
+  check_adamw_args(master, m, v, grad, step, device());
+  DeviceGuard guard(device_);
+  dispatch_storage(grad.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_adamw<T>(master.as<float>(), m.as<float>(), v.as<float>(), grad.as<T>(), master.numel(),
+                    step, current_->get());
+  });
 }
 
 }  // namespace weft

@@ -1,0 +1,374 @@
+// Causal softmax attention over Megatron's grouped QKV layout, and rotary embeddings, computing in
+// float over storage float, bf16_t and f16_t:
+//   attention: one 128-thread block per (query position, head, batch). Its scores live in shared
+//     memory (so at most kAttentionMaxKeys attended positions): each warp takes every 4th key and
+//     reduces q.k with shuffles, the block finds the max and the sum of exponentials, writes the
+//     f32 probability row (zeros above the diagonal) and then out = probs . V, one thread per
+//     output column.
+//   attention_with_cache: a copy kernel stores the new keys and values into the caches, then the
+//     same forward kernel reads keys and values from the caches (no probabilities saved).
+//   attention_backward: two kernels, both deterministic (no atomics):
+//     query side, one block per (query position, head, batch): dP = dO.V over the row's keys,
+//       delta = sum_j P dP, dS = P (dP - delta), dQ = scale dS.K; delta is kept for the second;
+//     key side, one block per (key position, kv group, batch): each warp walks its share of the
+//       (query head of the group, query position >= key) pairs in a fixed order, recomputes dS
+//       and accumulates dK += scale dS q and dV += P dO per column in shared memory; the warps'
+//       sums are then added in warp order. So dK/dV sum over the group's heads without races.
+//   rope: one thread per rotated pair (i, i + head_dim/2) of every query and key head, NeoX /
+//     LLaMA layout, angle p theta^(-2i/head_dim) computed in double as on the CPU backend, so the
+//     rounded cos/sin agree even at large positions.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernel_util.cuh"
+#include "kernels.hpp"
+
+namespace weft {
+namespace {
+
+using kernel::check_launch;
+
+constexpr int kAttentionThreads = 128;
+constexpr int kAttentionWarps = kAttentionThreads / 32;
+
+void check_head_dim(const AttentionDims& a, const char* op) {
+  WEFT_CHECK(a.head_dim <= kAttentionMaxHeadDim, op, ": head_dim ", a.head_dim,
+             " exceeds the CUDA kernel's limit of ", kAttentionMaxHeadDim);
+}
+
+void check_keys(int64_t keys, const char* op) {
+  WEFT_CHECK(keys <= kAttentionMaxKeys, op, ": ", keys,
+             " attended positions exceed the CUDA kernel's limit of ", kAttentionMaxKeys,
+             " (one query's scores are kept in shared memory)");
+}
+
+// Where the keys and values of one (batch, group) start, and the distance between positions:
+// rows of qkv during training, the caches during inference.
+struct KeySource {
+  const void* keys;
+  const void* values;
+  int64_t batch_stride;
+  int64_t group_stride;
+  int64_t position_stride;
+};
+
+// Block (x, h, b) handles query position i = seq - 1 - x (the longest rows start first) of head h,
+// attending the positions [0, past + i]. probs (training only, past == 0) receives the row.
+template <typename T>
+__global__ void attention_forward_kernel(T* out, float* probs, const T* qkv, KeySource source,
+                                         AttentionDims a, int64_t past) {
+  extern __shared__ float shared[];
+  __shared__ float scratch[32];
+  const int64_t d = a.head_dim;
+  float* q = shared;
+  float* p = shared + d;
+  const int64_t i = a.seq - 1 - blockIdx.x;
+  const int64_t h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int64_t g = h / a.q_per_group;
+  const int64_t keys = past + i + 1;
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int warp = static_cast<int>(threadIdx.x) >> 5;
+
+  const T* q_row = qkv + (i * a.batch + b) * a.qkv_cols + a.q_col(h);
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) q[c] = to_float(q_row[c]);
+  __syncthreads();
+
+  const T* k_base =
+      static_cast<const T*>(source.keys) + b * source.batch_stride + g * source.group_stride;
+  const T* v_base =
+      static_cast<const T*>(source.values) + b * source.batch_stride + g * source.group_stride;
+  for (int64_t j = warp; j < keys; j += kAttentionWarps) {
+    const T* k = k_base + j * source.position_stride;
+    float dot = 0.0f;
+    for (int64_t c = lane; c < d; c += 32) dot += q[c] * to_float(k[c]);
+    dot = kernel::warp_sum(dot);
+    if (lane == 0) p[j] = dot * a.scale;
+  }
+  __syncthreads();
+
+  float max = -INFINITY;
+  for (int64_t j = threadIdx.x; j < keys; j += blockDim.x) max = fmaxf(max, p[j]);
+  max = kernel::block_max(max, scratch);
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j < keys; j += blockDim.x) {
+    const float e = expf(p[j] - max);
+    p[j] = e;
+    sum += e;
+  }
+  // block_sum's barriers also make every p[j] visible to the whole block.
+  const float inv_sum = 1.0f / kernel::block_sum(sum, scratch);
+
+  if (probs != nullptr) {
+    float* row = probs + ((b * a.heads + h) * a.seq + i) * a.seq;
+    for (int64_t j = threadIdx.x; j < a.seq; j += blockDim.x)
+      row[j] = j < keys ? p[j] * inv_sum : 0.0f;
+  }
+  T* o = out + (i * a.batch + b) * a.out_cols + h * d;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t j = 0; j < keys; ++j)
+      acc += p[j] * to_float(v_base[j * source.position_stride + c]);
+    o[c] = from_float<T>(acc * inv_sum);
+  }
+}
+
+// Copies the keys and values of the seq new positions into the caches at past + s.
+template <typename T>
+__global__ void store_kv_kernel(T* k_cache, T* v_cache, const T* qkv, AttentionDims a,
+                                int64_t capacity, int64_t past) {
+  const int64_t d = a.head_dim;
+  const int64_t n = a.seq * a.batch * a.kv_heads * d;
+  for (int64_t idx = kernel::first_index(); idx < n; idx += kernel::grid_stride()) {
+    const int64_t c = idx % d;
+    int64_t rest = idx / d;
+    const int64_t g = rest % a.kv_heads;
+    rest /= a.kv_heads;
+    const int64_t b = rest % a.batch;
+    const int64_t s = rest / a.batch;
+    const T* row = qkv + (s * a.batch + b) * a.qkv_cols;
+    const int64_t at = ((b * a.kv_heads + g) * capacity + past + s) * d + c;
+    k_cache[at] = row[a.k_col(g) + c];
+    v_cache[at] = row[a.v_col(g) + c];
+  }
+}
+
+// Block (x, h, b), query position i = seq - 1 - x: dQ of the row and delta[b, h, i].
+template <typename T>
+__global__ void attention_backward_query_kernel(T* grad_qkv, float* delta, const T* grad_out,
+                                                const T* qkv, const float* probs, AttentionDims a) {
+  extern __shared__ float shared[];
+  __shared__ float scratch[32];
+  const int64_t d = a.head_dim;
+  float* dout = shared;
+  float* ds = shared + d;
+  const int64_t i = a.seq - 1 - blockIdx.x;
+  const int64_t h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int64_t g = h / a.q_per_group;
+  const int64_t keys = i + 1;
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int warp = static_cast<int>(threadIdx.x) >> 5;
+
+  const T* dout_row = grad_out + (i * a.batch + b) * a.out_cols + h * d;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) dout[c] = to_float(dout_row[c]);
+  __syncthreads();
+
+  const int64_t position_stride = a.batch * a.qkv_cols;
+  const T* k_base = qkv + b * a.qkv_cols + a.k_col(g);
+  const T* v_base = qkv + b * a.qkv_cols + a.v_col(g);
+  for (int64_t j = warp; j < keys; j += kAttentionWarps) {
+    const T* v = v_base + j * position_stride;
+    float dot = 0.0f;
+    for (int64_t c = lane; c < d; c += 32) dot += dout[c] * to_float(v[c]);
+    dot = kernel::warp_sum(dot);
+    if (lane == 0) ds[j] = dot;
+  }
+  __syncthreads();
+
+  const float* p = probs + ((b * a.heads + h) * a.seq + i) * a.seq;
+  float partial = 0.0f;
+  for (int64_t j = threadIdx.x; j < keys; j += blockDim.x) partial += p[j] * ds[j];
+  const float row_delta = kernel::block_sum(partial, scratch);
+  for (int64_t j = threadIdx.x; j < keys; j += blockDim.x) ds[j] = p[j] * (ds[j] - row_delta);
+  __syncthreads();
+  if (threadIdx.x == 0) delta[(b * a.heads + h) * a.seq + i] = row_delta;
+
+  T* dq = grad_qkv + (i * a.batch + b) * a.qkv_cols + a.q_col(h);
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t j = 0; j < keys; ++j) acc += ds[j] * to_float(k_base[j * position_stride + c]);
+    dq[c] = from_float<T>(acc * a.scale);
+  }
+}
+
+// Block (j, g, b): dK and dV of key position j of group g, summed over the group's query heads.
+template <typename T>
+__global__ void attention_backward_key_kernel(T* grad_qkv, const float* delta, const T* grad_out,
+                                              const T* qkv, const float* probs, AttentionDims a) {
+  extern __shared__ float shared[];
+  const int64_t d = a.head_dim;
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int warp = static_cast<int>(threadIdx.x) >> 5;
+  float* v = shared;
+  float* acc_k = shared + d;                   // [warps][d]
+  float* acc_v = acc_k + kAttentionWarps * d;  // [warps][d]
+  const int64_t j = blockIdx.x;
+  const int64_t g = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int64_t row_j = j * a.batch + b;
+
+  const T* v_row = qkv + row_j * a.qkv_cols + a.v_col(g);
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) v[c] = to_float(v_row[c]);
+  for (int64_t c = threadIdx.x; c < kAttentionWarps * d; c += blockDim.x) {
+    acc_k[c] = 0.0f;
+    acc_v[c] = 0.0f;
+  }
+  __syncthreads();
+
+  float* my_k = acc_k + warp * d;  // each lane owns columns lane, lane + 32, ...
+  float* my_v = acc_v + warp * d;
+  for (int64_t hh = 0; hh < a.q_per_group; ++hh) {
+    const int64_t h = g * a.q_per_group + hh;
+    const float* p_column = probs + (b * a.heads + h) * a.seq * a.seq + j;  // (i, j) at i * seq
+    const float* row_delta = delta + (b * a.heads + h) * a.seq;
+    for (int64_t i = j + warp; i < a.seq; i += kAttentionWarps) {
+      const int64_t row_i = i * a.batch + b;
+      const T* dout = grad_out + row_i * a.out_cols + h * d;
+      const T* q = qkv + row_i * a.qkv_cols + a.q_col(h);
+      float dot = 0.0f;
+      for (int64_t c = lane; c < d; c += 32) dot += to_float(dout[c]) * v[c];
+      dot = kernel::warp_sum(dot);
+      const float pij = p_column[i * a.seq];
+      const float dsij = pij * (dot - row_delta[i]);
+      for (int64_t c = lane; c < d; c += 32) {
+        my_k[c] += dsij * to_float(q[c]);
+        my_v[c] += pij * to_float(dout[c]);
+      }
+    }
+  }
+  __syncthreads();
+
+  T* grad_row = grad_qkv + row_j * a.qkv_cols;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    float sum_k = 0.0f;
+    float sum_v = 0.0f;
+    for (int w = 0; w < kAttentionWarps; ++w) {
+      sum_k += acc_k[w * d + c];
+      sum_v += acc_v[w * d + c];
+    }
+    grad_row[a.k_col(g) + c] = from_float<T>(sum_k * a.scale);
+    grad_row[a.v_col(g) + c] = from_float<T>(sum_v);
+  }
+}
+
+// One thread per rotated pair: (row, rotated head, i < head_dim / 2). The rotated heads of group
+// g are its query heads and its key head (slots 0 .. q_per_group), not its value head.
+template <typename T>
+__global__ void rope_kernel(T* qkv, AttentionDims a, double theta, int64_t position_offset,
+                            bool inverse) {
+  const int64_t half = a.head_dim / 2;
+  const int64_t slots = a.q_per_group + 1;
+  const int64_t n = a.seq * a.batch * a.kv_heads * slots * half;
+  for (int64_t idx = kernel::first_index(); idx < n; idx += kernel::grid_stride()) {
+    const int64_t i = idx % half;
+    int64_t rest = idx / half;
+    const int64_t slot = rest % slots;
+    rest /= slots;
+    const int64_t g = rest % a.kv_heads;
+    const int64_t row = rest / a.kv_heads;
+    const int64_t position = position_offset + row / a.batch;
+    const double inv_freq =
+        pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(a.head_dim));
+    double sin_d;
+    double cos_d;
+    sincos(static_cast<double>(position) * inv_freq, &sin_d, &cos_d);
+    const float cos_a = static_cast<float>(cos_d);
+    const float sin_a = inverse ? -static_cast<float>(sin_d) : static_cast<float>(sin_d);
+    T* x = qkv + row * a.qkv_cols + g * (a.q_per_group + 2) * a.head_dim + slot * a.head_dim;
+    const float x0 = to_float(x[i]);
+    const float x1 = to_float(x[i + half]);
+    x[i] = from_float<T>(x0 * cos_a - x1 * sin_a);
+    x[i + half] = from_float<T>(x0 * sin_a + x1 * cos_a);
+  }
+}
+
+dim3 query_grid(const AttentionDims& a, int64_t heads) {
+  return dim3(static_cast<unsigned>(a.seq), static_cast<unsigned>(heads),
+              static_cast<unsigned>(a.batch));
+}
+
+void check_grid(const AttentionDims& a, const char* op) {
+  WEFT_CHECK(a.heads <= 65535 && a.batch <= 65535, op, ": heads (", a.heads, ") and batch (",
+             a.batch, ") must be at most 65535 (CUDA grid limits)");
+}
+
+}  // namespace
+
+template <typename T>
+void launch_attention(T* out, float* probs, const T* qkv, const AttentionDims& a,
+                      CudaStreamHandle stream) {
+  check_head_dim(a, "attention");
+  if (a.seq <= 0 || a.batch <= 0 || a.heads <= 0) return;
+  check_keys(a.seq, "attention");
+  check_grid(a, "attention");
+  const KeySource source{qkv + a.k_col(0), qkv + a.v_col(0), a.qkv_cols,
+                         (a.q_per_group + 2) * a.head_dim, a.batch * a.qkv_cols};
+  const size_t shared = sizeof(float) * static_cast<size_t>(a.head_dim + a.seq);
+  attention_forward_kernel<T><<<query_grid(a, a.heads), kAttentionThreads, shared, stream>>>(
+      out, probs, qkv, source, a, 0);
+  check_launch("attention_forward_kernel");
+}
+
+template <typename T>
+void launch_attention_backward(T* grad_qkv, const T* grad_out, const T* qkv, const float* probs,
+                               const AttentionDims& a, CudaStreamHandle stream) {
+  check_head_dim(a, "attention_backward");
+  if (a.seq <= 0 || a.batch <= 0 || a.heads <= 0) return;
+  check_keys(a.seq, "attention_backward");
+  check_grid(a, "attention_backward");
+  kernel::StreamScratch delta(sizeof(float) * static_cast<size_t>(a.batch * a.heads * a.seq),
+                              stream, "attention_backward");
+  const size_t query_shared = sizeof(float) * static_cast<size_t>(a.head_dim + a.seq);
+  attention_backward_query_kernel<T>
+      <<<query_grid(a, a.heads), kAttentionThreads, query_shared, stream>>>(
+          grad_qkv, delta.as<float>(), grad_out, qkv, probs, a);
+  check_launch("attention_backward_query_kernel");
+  const size_t key_shared =
+      sizeof(float) * static_cast<size_t>((1 + 2 * kAttentionWarps) * a.head_dim);
+  attention_backward_key_kernel<T>
+      <<<query_grid(a, a.kv_heads), kAttentionThreads, key_shared, stream>>>(
+          grad_qkv, delta.as<float>(), grad_out, qkv, probs, a);
+  check_launch("attention_backward_key_kernel");
+}
+
+template <typename T>
+void launch_attention_with_cache(T* out, T* k_cache, T* v_cache, const T* qkv,
+                                 const AttentionDims& a, int64_t capacity, int64_t past,
+                                 CudaStreamHandle stream) {
+  check_head_dim(a, "attention_with_cache");
+  WEFT_CHECK(past >= 0 && past + a.seq <= capacity, "attention_with_cache: positions [", past, ", ",
+             past + a.seq, ") do not fit a cache of capacity ", capacity);
+  if (a.seq <= 0 || a.batch <= 0 || a.heads <= 0) return;
+  check_keys(past + a.seq, "attention_with_cache");
+  check_grid(a, "attention_with_cache");
+  const int64_t n = a.seq * a.batch * a.kv_heads * a.head_dim;
+  store_kv_kernel<T><<<kernel::blocks_for(n), kernel::kThreads, 0, stream>>>(k_cache, v_cache, qkv,
+                                                                             a, capacity, past);
+  check_launch("store_kv_kernel");
+  const KeySource source{k_cache, v_cache, a.kv_heads * capacity * a.head_dim,
+                         capacity * a.head_dim, a.head_dim};
+  const size_t shared = sizeof(float) * static_cast<size_t>(a.head_dim + past + a.seq);
+  attention_forward_kernel<T><<<query_grid(a, a.heads), kAttentionThreads, shared, stream>>>(
+      out, nullptr, qkv, source, a, past);
+  check_launch("attention_forward_kernel (cache)");
+}
+
+template <typename T>
+void launch_rope(T* qkv, const AttentionDims& a, float theta, int64_t position_offset, bool inverse,
+                 CudaStreamHandle stream) {
+  check_head_dim(a, "rope");
+  WEFT_CHECK(a.head_dim % 2 == 0, "rope: head_dim ", a.head_dim, " must be even");
+  WEFT_CHECK(theta > 0.0f, "rope: theta ", theta, " must be positive");
+  const int64_t n = a.seq * a.batch * a.kv_heads * (a.q_per_group + 1) * (a.head_dim / 2);
+  if (n <= 0) return;
+  rope_kernel<T><<<kernel::blocks_for(n), kernel::kThreads, 0, stream>>>(
+      qkv, a, static_cast<double>(theta), position_offset, inverse);
+  check_launch("rope_kernel");
+}
+
+#define WEFT_INSTANTIATE(T)                                                                        \
+  template void launch_attention<T>(T*, float*, const T*, const AttentionDims&, CudaStreamHandle); \
+  template void launch_attention_backward<T>(T*, const T*, const T*, const float*,                 \
+                                             const AttentionDims&, CudaStreamHandle);              \
+  template void launch_attention_with_cache<T>(T*, T*, T*, const T*, const AttentionDims&,         \
+                                               int64_t, int64_t, CudaStreamHandle);                \
+  template void launch_rope<T>(T*, const AttentionDims&, float, int64_t, bool, CudaStreamHandle);
+
+WEFT_INSTANTIATE(float)
+WEFT_INSTANTIATE(bf16_t)
+WEFT_INSTANTIATE(f16_t)
+
+}  // namespace weft

@@ -1,0 +1,106 @@
+// Device-side helpers shared by the transformer kernels (norms.cu, attention.cu, vocab.cu,
+// transformer.cu): grid-stride indexing, launch checks, deterministic warp/block reductions and
+// stream-ordered scratch memory.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "backend/cuda/cuda_check.hpp"
+#include "weft/log.hpp"
+
+namespace weft {
+namespace kernel {
+
+constexpr int kThreads = 256;
+// Enough blocks to fill an H100 many times over; the grid-stride loops cover the rest.
+constexpr int64_t kMaxBlocks = 65536;
+
+inline int blocks_for(int64_t n, int threads = kThreads) {
+  return static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, kMaxBlocks));
+}
+
+inline void check_launch(const char* kernel) {
+  WEFT_CHECK_CUDA(cudaGetLastError(), "launching ", kernel);
+}
+
+__device__ __forceinline__ int64_t first_index() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t grid_stride() {
+  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+}
+
+// Butterfly reductions: every lane ends with the same value, and the combination order depends
+// only on the lane, so results are reproducible bit for bit.
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  }
+  return v;
+}
+
+// The sum (or max) of `v` over the block, returned to every thread, in a fixed order. blockDim.x
+// must be a multiple of 32 and every thread must call it; `scratch` holds at least 32 floats and
+// may be reused by the next call (the leading barrier protects it).
+template <bool kMax = false>
+__device__ __forceinline__ float block_reduce(float v, float* scratch) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int warp = static_cast<int>(threadIdx.x) >> 5;
+  const int warps = static_cast<int>(blockDim.x) >> 5;
+  v = kMax ? warp_max(v) : warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  const float identity = kMax ? -INFINITY : 0.0f;
+  v = lane < warps ? scratch[lane] : identity;
+  return kMax ? warp_max(v) : warp_sum(v);
+}
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  return block_reduce<false>(v, scratch);
+}
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  return block_reduce<true>(v, scratch);
+}
+
+// Temporary device memory for one launcher: allocated and freed in stream order
+// (cudaMallocAsync), so it needs no synchronization and is safe under graph capture.
+class StreamScratch {
+ public:
+  StreamScratch(size_t bytes, cudaStream_t stream, const char* op) : stream_(stream) {
+    if (bytes == 0) return;
+    WEFT_CHECK_CUDA(cudaMallocAsync(&ptr_, bytes, stream_), op, ": allocating ", bytes,
+                    " bytes of scratch");
+  }
+  ~StreamScratch() {
+    if (ptr_ == nullptr) return;
+    const cudaError_t status = cudaFreeAsync(ptr_, stream_);
+    if (status != cudaSuccess) {
+      try {
+        WEFT_LOG(kError, "freeing kernel scratch: ", cudaGetErrorString(status));
+      } catch (...) {
+      }
+    }
+  }
+  StreamScratch(const StreamScratch&) = delete;
+  StreamScratch& operator=(const StreamScratch&) = delete;
+
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  cudaStream_t stream_;
+  void* ptr_ = nullptr;
+};
+
+}  // namespace kernel
+}  // namespace weft
