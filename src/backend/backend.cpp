@@ -330,6 +330,7 @@ AttentionDims check_attention_backward_args(const TensorView& grad_qkv, const Te
   check_matrix(qkv, d.tokens, d.qkv_cols, qkv.dtype, op, "qkv");
   check_matrix(grad_qkv, d.tokens, d.qkv_cols, qkv.dtype, op, "grad_qkv");
   check_matrix(grad_out, d.tokens, d.out_cols, qkv.dtype, op, "grad_out");
+  WEFT_CHECK(grad_qkv.data != qkv.data, op, ": grad_qkv must not alias qkv (backward reads qkv)");
   check_vector(probs, d.batch * d.heads * d.seq * d.seq, DType::kF32, op, "probs");
   return d;
 }

@@ -103,7 +103,6 @@ void CudaBackend::attention_backward(TensorView grad_qkv, TensorView grad_out, T
                                      TensorView probs, const AttentionShape& shape) {
   const AttentionDims dims =
       check_attention_backward_args(grad_qkv, grad_out, qkv, probs, shape, device());
-  WEFT_CHECK(grad_qkv.data != qkv.data, "attention_backward: grad_qkv must not alias qkv");
   DeviceGuard guard(device_);
   dispatch_storage(qkv.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
