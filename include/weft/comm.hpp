@@ -12,6 +12,22 @@ namespace weft {
 
 enum class ReduceOp { kSum, kMax, kMin };
 
+// The sends and receives of a group that group_end_async() started: they proceed while the caller
+// computes. Until wait() returns, the send buffers must stay unchanged and the receive buffers
+// must not be read; the communicator and (NCCL) the stream passed to send/recv must outlive it.
+class PendingGroup {
+ public:
+  // An unwaited group is completed here (errors are logged, never thrown).
+  virtual ~PendingGroup() = default;
+  // Advances the transfers without blocking and says whether they are complete. MPI moves data
+  // only inside MPI calls (a rendezvous transfer of a large message stalls until the receiver
+  // calls into MPI), so overlapped code calls this between its chunks of compute.
+  virtual bool test() = 0;
+  // MPI, self: the transfers are complete on return. NCCL: work queued afterwards on the stream
+  // passed to send/recv runs after them (the host does not block).
+  virtual void wait() = 0;
+};
+
 // Collectives are called by every rank of the group in the same order with matching shapes and
 // dtypes; arguments are checked before anything is sent, so a bad call throws weft::Error on the
 // rank that made it instead of hanging or corrupting the peers. Work is queued on `stream`
@@ -41,6 +57,12 @@ class Communicator {
   void recv(TensorView buffer, int peer, Stream& stream);
   virtual void group_start() = 0;
   virtual void group_end() = 0;
+  // Ends the outermost group like group_end(), but returns once the transfers have started: they
+  // complete at PendingGroup::wait(). Each group is one step of a ring exchange that overlaps a
+  // GEMM (overlap.hpp). The sends and receives of the group must all use one stream (NCCL runs
+  // them on its own communication stream, ordered after the work queued on that stream so far).
+  // The default ends the group synchronously and returns a completed one.
+  virtual std::unique_ptr<PendingGroup> group_end_async();
 
   // Collective: ranks passing the same color form a new communicator, ordered by key (then by
   // rank in this one). Like MPI_Comm_split and ncclCommSplit.
@@ -49,6 +71,9 @@ class Communicator {
   virtual void barrier() = 0;
 
  protected:
+  // A group that was complete before it was returned.
+  static std::unique_ptr<PendingGroup> completed_group();
+
   virtual void do_all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) = 0;
   virtual void do_all_gather(TensorView send, TensorView recv, Stream& stream) = 0;
   virtual void do_reduce_scatter(TensorView send, TensorView recv, ReduceOp op, Stream& stream) = 0;

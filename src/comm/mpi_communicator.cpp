@@ -157,6 +157,56 @@ void MpiCommunicator::group_end() {
       "completing a group of ", requests.size(), " sends/receives");
 }
 
+namespace {
+
+// The Isend/Irecv requests of an asynchronously ended group.
+class MpiPendingGroup final : public PendingGroup {
+ public:
+  explicit MpiPendingGroup(std::vector<MPI_Request> requests) : requests_(std::move(requests)) {}
+  ~MpiPendingGroup() override {
+    if (done_ || mpi_finalized()) return;
+    const int status =
+        MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
+    if (status != MPI_SUCCESS) {
+      WEFT_LOG(kError, "completing an abandoned group of ", requests_.size(),
+               " sends/receives failed (MPI error ", status, ")");
+    }
+  }
+
+  bool test() override {
+    if (done_) return true;
+    int flag = 0;
+    WEFT_CHECK_MPI(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &flag,
+                               MPI_STATUSES_IGNORE),
+                   "progressing a group of ", requests_.size(), " sends/receives");
+    done_ = flag != 0;
+    return done_;
+  }
+
+  void wait() override {
+    if (done_) return;
+    done_ = true;  // a failed wait is not retried by the destructor
+    WEFT_CHECK_MPI(
+        MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
+        "completing a group of ", requests_.size(), " sends/receives");
+  }
+
+ private:
+  std::vector<MPI_Request> requests_;
+  bool done_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<PendingGroup> MpiCommunicator::group_end_async() {
+  WEFT_CHECK(group_depth_ == 1, group_depth_ == 0 ? "group_end_async without a group_start"
+                                                  : "group_end_async must end the outermost group");
+  group_depth_ = 0;
+  std::vector<MPI_Request> requests;
+  requests.swap(pending_);
+  return std::make_unique<MpiPendingGroup>(std::move(requests));
+}
+
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
   WEFT_CHECK(color >= 0, "split: color must be non-negative, got ", color);
   MPI_Comm sub = MPI_COMM_NULL;

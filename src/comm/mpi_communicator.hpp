@@ -22,6 +22,7 @@ class MpiCommunicator final : public Communicator {
 
   void group_start() override;
   void group_end() override;
+  std::unique_ptr<PendingGroup> group_end_async() override;
   std::unique_ptr<Communicator> split(int color, int key) override;
   void barrier() override;
 

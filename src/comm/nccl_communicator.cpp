@@ -136,24 +136,156 @@ void NcclCommunicator::do_broadcast(TensorView buffer, int root, Stream& stream)
 }
 
 void NcclCommunicator::do_send(TensorView buffer, int peer, Stream& stream) {
-  cudaStream_t s = prepare("send", stream, buffer);
-  DeviceGuard guard(device_);
-  WEFT_CHECK_NCCL(ncclSend(buffer.data, count_of(buffer), nccl_dtype(buffer.dtype), peer, comm_, s),
-                  "send of ", buffer.str(), " to ", peer, ": ", last_error(comm_));
+  const P2p op{true, buffer, peer, &stream, prepare("send", stream, buffer)};
+  if (group_depth_ > 0) {
+    posted_.push_back(op);
+  } else {
+    issue(op, op.handle);
+  }
 }
 
 void NcclCommunicator::do_recv(TensorView buffer, int peer, Stream& stream) {
-  cudaStream_t s = prepare("recv", stream, buffer);
-  DeviceGuard guard(device_);
-  WEFT_CHECK_NCCL(ncclRecv(buffer.data, count_of(buffer), nccl_dtype(buffer.dtype), peer, comm_, s),
-                  "recv of ", buffer.str(), " from ", peer, ": ", last_error(comm_));
+  const P2p op{false, buffer, peer, &stream, prepare("recv", stream, buffer)};
+  if (group_depth_ > 0) {
+    posted_.push_back(op);
+  } else {
+    issue(op, op.handle);
+  }
 }
 
-void NcclCommunicator::group_start() { WEFT_CHECK_NCCL(ncclGroupStart()); }
+void NcclCommunicator::issue(const P2p& op, cudaStream_t stream) {
+  DeviceGuard guard(device_);
+  if (op.send) {
+    WEFT_CHECK_NCCL(ncclSend(op.buffer.data, count_of(op.buffer), nccl_dtype(op.buffer.dtype),
+                             op.peer, comm_, stream),
+                    "send of ", op.buffer.str(), " to ", op.peer, ": ", last_error(comm_));
+  } else {
+    WEFT_CHECK_NCCL(ncclRecv(op.buffer.data, count_of(op.buffer), nccl_dtype(op.buffer.dtype),
+                             op.peer, comm_, stream),
+                    "recv of ", op.buffer.str(), " from ", op.peer, ": ", last_error(comm_));
+  }
+}
+
+void NcclCommunicator::group_start() {
+  WEFT_CHECK_NCCL(ncclGroupStart());
+  ++group_depth_;
+}
 
 void NcclCommunicator::group_end() {
+  WEFT_CHECK(group_depth_ > 0, "group_end without a matching group_start");
   DeviceGuard guard(device_);
+  std::vector<P2p> posted;
+  if (--group_depth_ == 0) posted.swap(posted_);
+  // Issued inside the outermost NCCL group, so they still start together at its end.
+  for (const P2p& op : posted) issue(op, op.handle);
   WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm_));
+}
+
+namespace {
+
+// group_end_async's transfers, after which `done_` was recorded on the communication stream.
+class NcclPendingGroup final : public PendingGroup {
+ public:
+  NcclPendingGroup(int device, cudaEvent_t done, cudaStream_t compute)
+      : device_(device), done_(done), compute_(compute) {}
+  // The transfers are already queued: nothing to complete. (Their buffers are freed with
+  // cudaFree, which waits for the device.)
+  ~NcclPendingGroup() override {
+    try {
+      DeviceGuard guard(device_);
+      const cudaError_t status = cudaEventDestroy(done_);
+      if (status != cudaSuccess) {
+        WEFT_LOG(kError, "cudaEventDestroy: ", cudaGetErrorString(status));
+      }
+    } catch (...) {
+      // Destructor path: a failure to select the device or to log is dropped.
+    }
+  }
+
+  bool test() override {
+    if (waited_) return true;
+    const cudaError_t status = cudaEventQuery(done_);
+    if (status == cudaErrorNotReady) return false;
+    WEFT_CHECK_CUDA(status, "querying a pending NCCL group");
+    return true;
+  }
+  void wait() override {
+    if (waited_) return;
+    DeviceGuard guard(device_);
+    WEFT_CHECK_CUDA(cudaStreamWaitEvent(compute_, done_, 0),
+                    "ordering the compute stream after a pending NCCL group");
+    waited_ = true;
+  }
+
+ private:
+  int device_;
+  cudaEvent_t done_;
+  cudaStream_t compute_;
+  bool waited_ = false;
+};
+
+}  // namespace
+
+// The async group runs on comm_stream_, a high-priority stream of this communicator, never on the
+// caller's (compute) stream, so that the transfers and the GEMMs the caller queues meanwhile run
+// at the same time:
+//   1. `ready` is recorded on the compute stream and comm_stream_ waits for it: the transfers
+//      start only after everything queued there before (the data to send is written, the buffer
+//      to receive into is no longer read);
+//   2. the group's sends and receives are issued on comm_stream_ in one NCCL group;
+//   3. `done` is recorded on comm_stream_; PendingGroup::wait() makes the compute stream wait for
+//      it, so that work queued after wait() sees the received data. The host never blocks.
+// This does not rely on CUDA_DEVICE_MAX_CONNECTIONS=1. Megatron-LM sets it because its overlap
+// launches the communication kernel just before the GEMM it should hide and needs the GPU to
+// start kernels in launch order (one hardware work queue), so that the few-CTA NCCL kernel holds
+// its SMs before the GEMM's CTAs fill the GPU. Here correctness comes from the two events alone,
+// whatever the order in which the hardware picks up the kernels; and the communication kernel
+// gets SMs because its stream has the higher priority (the block scheduler serves pending CTAs of
+// higher-priority streams first whenever an SM frees up), not because of when it was launched.
+// Several hardware queues (the default) are what this scheme wants: with a single one, the comm
+// kernel queued behind its event wait could hold up the compute stream's next kernel in the
+// shared queue, a false dependency that would serialize the two again.
+std::unique_ptr<PendingGroup> NcclCommunicator::group_end_async() {
+  WEFT_CHECK(group_depth_ == 1, group_depth_ == 0 ? "group_end_async without a group_start"
+                                                  : "group_end_async must end the outermost group");
+  DeviceGuard guard(device_);
+  group_depth_ = 0;
+  std::vector<P2p> posted;
+  posted.swap(posted_);
+  for (const P2p& op : posted) {
+    if (op.handle != posted.front().handle) {
+      ncclGroupEnd();  // nothing was issued into it: close it before reporting
+      WEFT_THROW(ErrorCode::kInvalidArgument,
+                 "nccl group_end_async: the sends and receives of a group must use one stream");
+    }
+  }
+  if (posted.empty()) {
+    WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm_));
+    return completed_group();
+  }
+  if (comm_stream_ == nullptr) {
+    comm_stream_ = std::make_unique<CudaStream>(device_, StreamPriority::kHigh);
+  }
+  const cudaStream_t compute = posted.front().handle, comm = comm_stream_->get();
+  cudaEvent_t ready = nullptr, done = nullptr;
+  WEFT_CHECK_CUDA(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+  const cudaError_t made = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
+  if (made != cudaSuccess) cudaEventDestroy(ready);
+  WEFT_CHECK_CUDA(made);
+  auto pending = std::make_unique<NcclPendingGroup>(device_, done, compute);  // owns `done`
+  // `ready` may be destroyed right after the wait is queued: CUDA keeps it until it completes.
+  const cudaError_t ordered = [&] {
+    cudaError_t status = cudaEventRecord(ready, compute);
+    if (status == cudaSuccess) status = cudaStreamWaitEvent(comm, ready, 0);
+    cudaEventDestroy(ready);
+    return status;
+  }();
+  if (ordered != cudaSuccess) ncclGroupEnd();
+  WEFT_CHECK_CUDA(ordered, "ordering the communication stream after the compute stream");
+  for (const P2p& op : posted) issue(op, comm);
+  WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm_));
+  WEFT_CHECK_CUDA(cudaEventRecord(done, comm));
+  return pending;
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {

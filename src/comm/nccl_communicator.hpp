@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backend/cuda/cuda_backend.hpp"
 #include "weft/comm.hpp"
@@ -26,6 +27,7 @@ class NcclCommunicator final : public Communicator {
 
   void group_start() override;
   void group_end() override;
+  std::unique_ptr<PendingGroup> group_end_async() override;
   std::unique_ptr<Communicator> split(int color, int key) override;
   void barrier() override;
 
@@ -42,8 +44,23 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t prepare(const char* op, Stream& stream, const TensorView& a,
                        const TensorView* b = nullptr) const;
 
+  // A send or receive posted inside a group. They are issued at the outermost group end, on the
+  // caller's stream (group_end) or on comm_stream_ (group_end_async), which is only known then.
+  struct P2p {
+    bool send;
+    TensorView buffer;
+    int peer;
+    Stream* stream;  // the caller's
+    cudaStream_t handle;
+  };
+  void issue(const P2p& op, cudaStream_t stream);
+
   ncclComm_t comm_ = nullptr;
   int device_;
+  int group_depth_ = 0;
+  std::vector<P2p> posted_;
+  // group_end_async(): a high-priority stream of its own, made on first use.
+  std::unique_ptr<CudaStream> comm_stream_;
   int rank_ = 0;
   int size_ = 0;
   // cudaFree on the buffer's device; logs, never throws.
