@@ -21,6 +21,10 @@ struct ParallelAttentionConfig {
   uint64_t seed = 1234;
   float init_std = 0.02f;
   float output_init_std = 0.02f;  // GPT-2 scales the output projection by 1/sqrt(2 * layers)
+  // Input and output are this rank's rows, seq / tp positions of every sequence (linear.hpp); the
+  // QKV projection gathers them, the output projection reduce-scatters. seq divisible by tp.
+  bool sequence_parallel = false;
+  bool tp_comm_overlap = false;  // overlap the projections' communication with their GEMMs
 };
 
 // QKV is one ColumnParallelLinear whose output columns follow Megatron's grouped layout (per kv
@@ -36,15 +40,22 @@ class ParallelAttention {
   ParallelAttention(const ParallelContext& ctx, const ParallelAttentionConfig& config);
 
   // x [seq * batch, hidden], rows ordered (position, batch). Returns [seq * batch, hidden],
-  // identical on all TP ranks.
+  // identical on all TP ranks. Sequence parallel: x and the result are this rank's rows
+  // [seq * batch / tp, hidden] (positions [r seq/tp, (r+1) seq/tp) of every sequence).
   Tensor forward(TensorView x, int64_t seq, int64_t batch);
-  // grad_output [seq * batch, hidden] -> grad of x (all-reduced across TP).
+  // grad_output has the output's shape -> grad of x (all-reduced across TP, or reduce-scattered to
+  // this rank's rows).
   Tensor backward(TensorView grad_output);
 
   // Inference with a KV cache: allocate room for `capacity` positions of `batch` sequences, then
-  // feed positions [past, past + seq) with forward_cached (past = positions fed so far).
+  // feed positions [past, past + seq) with forward_cached (past = positions fed so far). Always
+  // runs without sequence parallelism: x holds all rows.
   void allocate_cache(int64_t batch, int64_t capacity);
   Tensor forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past);
+
+  std::vector<TensorView> saved_activations() const;
+  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
+  void set_sequence_parallel(bool enabled);
 
   std::vector<Parameter*> parameters();
   const ParallelAttentionConfig& config() const { return config_; }
@@ -54,12 +65,15 @@ class ParallelAttention {
  private:
   AttentionShape local_shape(int64_t seq, int64_t batch) const;
   void check_input(const TensorView& x, int64_t seq, int64_t batch, const char* what) const;
+  int sequence_shards() const { return config_.sequence_parallel ? ctx_.tp.size() : 1; }
   // x [tokens, hidden] -> this rank's qkv [tokens, local qkv columns] in the grouped layout.
   Tensor project_qkv(TensorView x);
-  // grad of project_qkv's output -> grad of x, all-reduced across TP; accumulates the QKV grads.
+  // grad of project_qkv's output -> grad of x, all-reduced across TP (reduce-scattered to this
+  // rank's rows under sequence parallelism); accumulates the QKV grads.
   Tensor project_qkv_backward(TensorView grad_qkv);
-  // Replicated kv: adds the group's summed key/value gradients to kv_weight_/kv_bias_.
-  void accumulate_shared_kv_grads(TensorView grad_kv);
+  // Replicated kv: sums this rank's f32 key/value gradient shares `delta` (weight delta_w and
+  // bias delta_b, views of it) over kv_group_ and adds them to kv_weight_/kv_bias_.
+  void accumulate_shared_kv_grads(TensorView delta, TensorView delta_w, TensorView delta_b);
 
   ParallelContext ctx_;
   ParallelAttentionConfig config_;  // kv_heads resolved (never 0)

@@ -20,6 +20,12 @@ struct VocabParallelEmbeddingConfig {
   std::string name = "embedding";
   uint64_t seed = 1234;
   float init_std = 0.02f;
+  // The embedding's output and the LM head's input are this rank's rows (dim 0 split across TP,
+  // mappings.hpp): forward reduce-scatters the looked-up rows instead of all-reducing them and
+  // backward all-gathers the gradient; the head all-gathers its input rows before its GEMM and
+  // reduce-scatters the input gradient.
+  bool sequence_parallel = false;
+  bool tp_comm_overlap = false;  // overlap the head's communication with its GEMMs
 };
 
 // Padded size for a vocabulary at a TP size: the smallest multiple of pad_multiple * tp that holds
@@ -33,18 +39,27 @@ class VocabParallelEmbedding {
 
   // ids i32 [tokens] (global ids, identical on all TP ranks; each must be < vocab_size) ->
   // [tokens, hidden], identical on all TP ranks: each rank looks up the ids in its rows, zeros
-  // the rest, and the partial results are all-reduced.
+  // the rest, and the partial results are all-reduced. Sequence parallel: reduce-scattered
+  // instead, this rank's rows [tokens / tp, hidden] (dim 0 of ids split).
   Tensor forward(TensorView ids);
-  // Accumulates the table gradient of the rows this rank holds; grad_output [tokens, hidden].
+  // Accumulates the table gradient of the rows this rank holds; grad_output has forward's output
+  // shape (this rank's rows when sequence parallel: they are all-gathered first).
   void backward(TensorView grad_output);
 
   // Tied LM head: logits for this rank's vocabulary columns,
   // [tokens, hidden] -> [tokens, local_vocab_size()]; column j is vocabulary entry
-  // vocab_start() + j. The full logits are never gathered.
+  // vocab_start() + j. The full logits are never gathered. Sequence parallel: the input is this
+  // rank's rows [tokens / tp, hidden], the logits are for all tokens.
   Tensor lm_head_forward(TensorView hidden);
-  // grad_logits [tokens, local_vocab_size()] -> grad of the hidden input (all-reduced across TP);
-  // accumulates into the same table gradient as backward().
+  // grad_logits [tokens, local_vocab_size()] -> grad of the hidden input (all-reduced across TP,
+  // or reduce-scattered to this rank's rows); accumulates into the table gradient as backward().
   Tensor lm_head_backward(TensorView grad_logits);
+
+  // The head's saved input (this rank's rows under sequence parallelism) and the lookup's ids.
+  std::vector<TensorView> saved_activations() const;
+  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
+  // Off for KV-cache decoding (see ColumnParallelLinear::set_sequence_parallel).
+  void set_sequence_parallel(bool enabled) { config_.sequence_parallel = enabled; }
 
   const VocabParallelEmbeddingConfig& config() const { return config_; }
   int64_t padded_vocab() const { return weight_.global_shape[0]; }

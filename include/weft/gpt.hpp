@@ -32,6 +32,12 @@ struct GPTConfig {
   DType dtype = DType::kF32;
   uint64_t seed = 1234;
   float init_std = 0.02f;
+  // Sequence parallelism (Korthikanti et al. 2022): the norms, dropout and residuals run on this
+  // rank's seq / tp positions, the all-reduces become all-gather / reduce-scatter pairs. Training
+  // sequence lengths must be divisible by tp; KV-cache decoding runs without it.
+  bool sequence_parallel = false;
+  // Overlap the tensor-parallel communication with the GEMMs (overlap.hpp).
+  bool tp_comm_overlap = false;
 
   // "gpt2": pre-LN, LayerNorm, learned positions, GeLU, multi-head, biases.
   // "llama": RMSNorm, rotary, SwiGLU, grouped-query (kv_heads = heads / 2 by default), no biases.
@@ -53,11 +59,17 @@ class TransformerLayer {
   TransformerLayer(const ParallelContext& ctx, const GPTConfig& config, int index);
 
   // x [seq * batch, hidden], rows ordered (position, batch); must stay alive until backward.
+  // Sequence parallel: x and the result are this rank's rows [seq * batch / tp, hidden].
   Tensor forward(TensorView x, int64_t seq, int64_t batch, DropoutRng& rng);
   Tensor backward(TensorView grad_output);
-  // Inference step with the attention's KV cache (no dropout, no backward).
+  // Inference step with the attention's KV cache (no dropout, no backward, no sequence
+  // parallelism: x holds all rows).
   Tensor forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past);
 
+  // Activation memory: what the last forward() keeps for backward on this rank (the norms',
+  // attention's and MLP's saved tensors and the views of their inputs, each byte once).
+  std::vector<TensorView> saved_activations() const;
+  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
   ParallelAttention& attention() { return attention_; }
   std::vector<Parameter*> parameters();
   // Dropout applies only while training (the default); evaluation turns it off.
@@ -68,6 +80,7 @@ class TransformerLayer {
   bool dropout_active() const { return training_ && config_.dropout > 0.0f; }
 
   Backend& backend_;
+  Communicator& tp_;
   GPTConfig config_;
   Norm norm1_, norm2_;
   ParallelAttention attention_;
@@ -103,7 +116,8 @@ class GPTModel {
   void backward(float loss_scale = 1.0f);
 
   // One pipeline stage. `input` is the token ids on a stage with the embedding, else the
-  // previous stage's output [seq * batch, hidden]; `targets` is only read on a stage with the
+  // previous stage's output [seq * batch, hidden] (this rank's [seq * batch / tp, hidden] under
+  // sequence parallelism); `targets` is only read on a stage with the
   // head. Returns this stage's output activation (undefined on the last stage, whose mean loss
   // is last_loss()).
   Tensor forward_stage(TensorView input, TensorView targets, int64_t seq, int64_t batch,
@@ -129,8 +143,17 @@ class GPTModel {
   // Dropout applies only while training (the default); evaluation turns it off.
   void set_training(bool training);
 
+  // What the last forward keeps for backward on this rank: every layer's, the final norm's and
+  // the head's (logits included), each byte once.
+  std::vector<TensorView> saved_activations() const;
+  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
+
  private:
   Tensor embed(TensorView ids);
+  // 1, or the TP size under sequence parallelism: the activations' rows are seq * batch / this.
+  int sequence_shards() const { return config_.sequence_parallel ? ctx_.tp.size() : 1; }
+  // The learned position table's gradient from the embedding output's gradient.
+  void accumulate_position_grads(TensorView grad);
   void check_tokens(TensorView ids, const char* what, int64_t seq, int64_t batch) const;
 
   ParallelContext ctx_;

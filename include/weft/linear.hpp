@@ -4,6 +4,21 @@
 // 2D [tokens, features]; fold sequence and batch into tokens. Forward saves what backward needs
 // (the input is kept as a view: it must stay alive and unchanged until backward). backward()
 // accumulates into the parameters' grad tensors and returns the input gradient.
+//
+// sequence_parallel (Korthikanti et al. 2022; mappings.hpp): the replicated side of the layer (the
+// column layer's input, the row layer's output) is this rank's block of rows, tokens / tp of them,
+// with tokens ordered (position, batch) and dim 0 the one split. The column layer all-gathers its
+// input rows before the GEMM and reduce-scatters the input gradient instead of all-reducing it;
+// it keeps only its own rows for backward and gathers them again there. The row layer
+// reduce-scatters its output instead of all-reducing it (the bias is added after, to the local
+// rows) and all-gathers the output gradient in backward.
+//
+// tp_comm_overlap: the layer's communication overlaps its GEMMs by blocks of rows (overlap.hpp):
+// with sequence parallelism the column forward is all_gather_gemm, the row forward
+// gemm_reduce_scatter, and both backwards overlap their all-gather / reduce-scatter with the
+// weight- and input-gradient GEMMs; without it, an all-reduce (column backward, row forward)
+// becomes a ring reduce-scatter overlapping one GEMM then an all-gather (overlapping the weight
+// gradient GEMM in the column backward). Results equal the plain path up to the order of sums.
 #pragma once
 
 #include <string>
@@ -26,6 +41,9 @@ struct ColumnParallelLinearConfig {
   bool skip_bias_add = false;
   // Applied to the local output inside the GEMM epilogue (not with gather_output/skip_bias_add).
   Activation activation = Activation::kNone;
+  // Input (and input gradient) are this rank's rows; see above. Not with gather_output.
+  bool sequence_parallel = false;
+  bool tp_comm_overlap = false;
   DType dtype = DType::kF32;
   std::string name = "column_linear";
   uint64_t seed = 1234;
@@ -39,11 +57,18 @@ class ColumnParallelLinear {
   ColumnParallelLinear(const ParallelContext& ctx, ColumnParallelLinearConfig config);
 
   // input [tokens, in_features] -> [tokens, out_features / tp], or [tokens, out_features] when
-  // gather_output.
+  // gather_output. Sequence parallel: input [tokens / tp, ...] (dim 0 split) -> all tokens.
   Tensor forward(TensorView input);
-  // grad_output has forward's output shape; returns [tokens, in_features], identical on all
-  // TP ranks.
+  // grad_output has forward's output shape; returns the input's shape: [tokens, in_features],
+  // identical on all TP ranks, or this rank's rows when sequence parallel.
   Tensor backward(TensorView grad_output);
+
+  // What forward keeps for backward (views; the input's among them), and their distinct bytes.
+  std::vector<TensorView> saved_activations() const;
+  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
+  // Sequence parallelism applies to training passes; KV-cache decoding turns it off for a while
+  // (the parameters are the same either way).
+  void set_sequence_parallel(bool enabled) { config_.sequence_parallel = enabled; }
 
   const ColumnParallelLinearConfig& config() const { return config_; }
   int64_t local_out_features() const { return weight_.value.shape()[0]; }
@@ -67,6 +92,9 @@ struct RowParallelLinearConfig {
   // without gather_output). When false the layer takes the full input and keeps its own slice.
   bool input_is_parallel = true;
   bool skip_bias_add = false;
+  // Output (and output gradient) are this rank's rows; see above.
+  bool sequence_parallel = false;
+  bool tp_comm_overlap = false;
   DType dtype = DType::kF32;
   std::string name = "row_linear";
   uint64_t seed = 1234;
@@ -80,10 +108,16 @@ class RowParallelLinear {
   RowParallelLinear(const ParallelContext& ctx, RowParallelLinearConfig config);
 
   // input [tokens, in_features / tp] (input_is_parallel) or [tokens, in_features]
-  // -> [tokens, out_features], identical on all TP ranks.
+  // -> [tokens, out_features], identical on all TP ranks; sequence parallel: this rank's rows
+  // [tokens / tp, ...] (dim 0 split).
   Tensor forward(TensorView input);
-  // grad_output [tokens, out_features] (identical on all TP ranks) -> grad of forward's input.
+  // grad_output has forward's output shape (identical on all TP ranks, or this rank's rows when
+  // sequence parallel) -> grad of forward's input.
   Tensor backward(TensorView grad_output);
+
+  std::vector<TensorView> saved_activations() const;
+  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
+  void set_sequence_parallel(bool enabled) { config_.sequence_parallel = enabled; }
 
   const RowParallelLinearConfig& config() const { return config_; }
   int64_t local_in_features() const { return weight_.value.shape()[1]; }

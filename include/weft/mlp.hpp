@@ -23,6 +23,9 @@ struct ParallelMLPConfig {
   uint64_t seed = 1234;
   float init_std = 0.02f;
   float output_init_std = 0.02f;  // fc2; GPT-2 scales it by 1/sqrt(2 * layers)
+  // Input and output are this rank's rows (linear.hpp); SwiGLU's gate and up share one gather.
+  bool sequence_parallel = false;
+  bool tp_comm_overlap = false;  // overlap the layers' communication with their GEMMs
 };
 
 // One all-reduce forward (after fc2) and one backward per column layer; the activation runs on
@@ -33,8 +36,14 @@ class ParallelMLP {
  public:
   ParallelMLP(const ParallelContext& ctx, const ParallelMLPConfig& config);
 
-  Tensor forward(TensorView input);         // [tokens, hidden] -> [tokens, hidden]
-  Tensor backward(TensorView grad_output);  // [tokens, hidden] -> [tokens, hidden]
+  // [tokens, hidden] -> [tokens, hidden]; sequence parallel: this rank's rows in and out.
+  Tensor forward(TensorView input);
+  Tensor backward(TensorView grad_output);
+
+  std::vector<TensorView> saved_activations() const;
+  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
+  // Off for KV-cache decoding (see ColumnParallelLinear::set_sequence_parallel).
+  void set_sequence_parallel(bool enabled);
 
   ColumnParallelLinear& fc1() { return fc1_; }
   ColumnParallelLinear* up() { return up_.get(); }  // SwiGLU only
@@ -42,12 +51,13 @@ class ParallelMLP {
   std::vector<Parameter*> parameters();
 
  private:
-  Backend& backend_;
+  ParallelContext ctx_;
   MlpActivation activation_;
   ColumnParallelLinear fc1_;
   std::unique_ptr<ColumnParallelLinear> up_;
   RowParallelLinear fc2_;
   Tensor gate_, up_out_;  // SwiGLU inputs, saved for backward
+  TensorView input_;      // SwiGLU: the gate and up projections' input (this rank's rows)
   Tensor hidden_;         // fc2's saved input
 };
 

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "weft/dtype.hpp"
 #include "weft/shape.hpp"
@@ -78,5 +79,9 @@ class Tensor {
   std::shared_ptr<void> storage_;  // shared_ptr only for its type-erased deleter
   TensorView view_;
 };
+
+// Bytes of memory the views cover together, each byte once however many views overlap it: the
+// exact size of a set of saved activations when layers keep views of each other's tensors.
+int64_t distinct_bytes(const std::vector<TensorView>& views);
 
 }  // namespace weft

@@ -20,6 +20,7 @@
 #include "weft/mlp.hpp"
 #include "weft/norm.hpp"
 #include "weft/optimizer.hpp"
+#include "weft/overlap.hpp"
 #include "weft/parameter.hpp"
 #include "weft/partition.hpp"
 #include "weft/rng.hpp"

@@ -1,6 +1,9 @@
 // Tensor allocation through a Backend, and TensorView slicing.
 #include "weft/tensor.hpp"
 
+#include <algorithm>
+#include <utility>
+
 #include "weft/backend.hpp"
 #include "weft/error.hpp"
 
@@ -30,6 +33,25 @@ TensorView TensorView::reshaped(const Shape& new_shape) const {
 
 std::string TensorView::str() const {
   return std::string(dtype_name(dtype)) + shape.str() + "@" + device.str();
+}
+
+int64_t distinct_bytes(const std::vector<TensorView>& views) {
+  // Union of the byte ranges [data, data + bytes): sort by start, merge overlaps.
+  std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
+  for (const TensorView& v : views) {
+    if (v.data == nullptr || v.bytes() == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(v.data);
+    ranges.emplace_back(begin, begin + v.bytes());
+  }
+  std::sort(ranges.begin(), ranges.end());
+  int64_t total = 0;
+  uintptr_t covered = 0;  // end of the union so far
+  for (const auto& [begin, end] : ranges) {
+    const uintptr_t from = std::max(begin, covered);
+    if (end > from) total += static_cast<int64_t>(end - from);
+    covered = std::max(covered, end);
+  }
+  return total;
 }
 
 Tensor::Tensor(Backend& backend, const Shape& shape, DType dtype) {

@@ -1,5 +1,6 @@
 // ColumnParallelLinear: output features split across TP ranks.
 #include "layers/linear_common.hpp"
+#include "layers/tp_linear_ops.hpp"
 #include "weft/linear.hpp"
 #include "weft/partition.hpp"
 
@@ -13,6 +14,9 @@ ColumnParallelLinear::ColumnParallelLinear(const ParallelContext& ctx,
              ") and out_features (", c.out_features, ") must be positive");
   WEFT_CHECK(c.activation == Activation::kNone || (!c.gather_output && !c.skip_bias_add), c.name,
              ": a fused activation needs gather_output=false and skip_bias_add=false");
+  WEFT_CHECK(!(c.sequence_parallel && c.gather_output), c.name,
+             ": sequence_parallel and gather_output do not go together (the output of a "
+             "sequence-parallel column layer feeds a row layer)");
   const int tp = ctx.tp.size(), rank = ctx.tp.rank();
   divide_exact(c.out_features, tp, (c.name + ": out_features").c_str(), "the tensor-parallel size");
   weight_ = make_parameter(ctx.backend, c.name + ".weight", Shape({c.out_features, c.in_features}),
@@ -32,35 +36,49 @@ std::vector<Parameter*> ColumnParallelLinear::parameters() {
   return params;
 }
 
+std::vector<TensorView> ColumnParallelLinear::saved_activations() const {
+  std::vector<TensorView> saved;
+  if (saved_input_.data != nullptr) saved.push_back(saved_input_);
+  if (saved_preactivation_.defined()) saved.push_back(saved_preactivation_);
+  return saved;
+}
+
 Tensor ColumnParallelLinear::forward(TensorView input) {
   check_activation(ctx_.backend, input, config_.in_features, config_.dtype, config_.name, "input");
-  const int64_t rows = input.shape.rows(), n_local = local_out_features();
-  const TensorView x = input.reshaped(Shape({rows, config_.in_features}));
-  saved_input_ = input;
+  const bool sp = config_.sequence_parallel;
+  WEFT_CHECK(!sp || input.shape.rank() >= 2, config_.name,
+             ": a sequence-parallel input needs a row dimension, got ", input.str());
+  const int64_t rows = input.shape.rows() * (sp ? ctx_.tp.size() : 1);
+  const int64_t n_local = local_out_features();
+  const TensorView x = input.reshaped(Shape({input.shape.rows(), config_.in_features}));
+  saved_input_ = input;  // this rank's rows only, under sequence parallelism
 
-  Tensor out(ctx_.backend, input.shape.with_dim(-1, n_local), config_.dtype);
-  GemmArgs g;
-  g.a = x;
-  g.b = weight_.value;
-  g.transpose_b = true;
-  g.c = out.view().reshaped(Shape({rows, n_local}));
+  Shape out_shape = input.shape.with_dim(-1, n_local);
+  if (sp) out_shape = out_shape.with_dim(0, input.shape[0] * ctx_.tp.size());
+  Tensor out(ctx_.backend, out_shape, config_.dtype);
+  ColumnProjection p;
+  p.weight = weight_.value;
+  p.out = out.view().reshaped(Shape({rows, n_local}));
   const bool add_bias = config_.bias && !config_.skip_bias_add;
-  if (add_bias) g.bias = bias_.value;
+  if (add_bias) p.bias = bias_.value;
+  saved_preactivation_ = Tensor();
   if (config_.activation == Activation::kGelu) {
     saved_preactivation_ = Tensor(ctx_.backend, Shape({rows, n_local}), config_.dtype);
-    g.gelu_input = saved_preactivation_;
-    g.epilogue = add_bias ? Epilogue::kBiasGelu : Epilogue::kGelu;
+    p.gelu_input = saved_preactivation_;
+    p.epilogue = add_bias ? Epilogue::kBiasGelu : Epilogue::kGelu;
   } else {
-    g.epilogue = add_bias ? Epilogue::kBias : Epilogue::kNone;
+    p.epilogue = add_bias ? Epilogue::kBias : Epilogue::kNone;
   }
-  ctx_.backend.gemm(g);
+  column_forward(ctx_, {sp, config_.tp_comm_overlap}, x, {p});
   if (!config_.gather_output) return out;
   return gather_last_dim(ctx_, out);
 }
 
 Tensor ColumnParallelLinear::backward(TensorView grad_output) {
   WEFT_CHECK(saved_input_.data != nullptr, config_.name, ": backward called before forward");
-  const int64_t rows = saved_input_.shape.rows(), n_local = local_out_features();
+  const bool sp = config_.sequence_parallel;
+  const int64_t rows = saved_input_.shape.rows() * (sp ? ctx_.tp.size() : 1);
+  const int64_t n_local = local_out_features();
   check_activation(ctx_.backend, grad_output,
                    config_.gather_output ? config_.out_features : n_local, config_.dtype,
                    config_.name, "grad_output");
@@ -81,15 +99,15 @@ Tensor ColumnParallelLinear::backward(TensorView grad_output) {
     grad = grad_preactivation;
   }
 
-  const TensorView x = saved_input_.reshaped(Shape({rows, config_.in_features}));
-  Tensor grad_input(ctx_.backend, saved_input_.shape, config_.dtype);
-  GemmArgs g;  // grad_input = grad W (the local partial sum over this rank's output features)
-  g.a = grad;
-  g.b = weight_.value;
-  g.c = grad_input.view().reshaped(Shape({rows, config_.in_features}));
-  ctx_.backend.gemm(g);
-  accumulate_weight_grads(ctx_.backend, grad, x, weight_, bias());
-  copy_to_tp_region_backward(ctx_, grad_input);
+  const TensorView x =
+      saved_input_.reshaped(Shape({saved_input_.shape.rows(), config_.in_features}));
+  ColumnGradient g;
+  g.grad = grad;
+  g.weight = weight_.value;
+  g.weight_grad = weight_.grad;
+  if (config_.bias) g.bias_grad = bias_.grad;
+  Tensor grad_input = column_backward(ctx_, {sp, config_.tp_comm_overlap}, x, {g});
+  grad_input.reshape(saved_input_.shape);
   return grad_input;
 }
 

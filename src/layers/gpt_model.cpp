@@ -84,7 +84,8 @@ GPTModel::GPTModel(const ParallelContext& ctx, const GPTConfig& config, GPTStage
     embedding_ = std::make_unique<VocabParallelEmbedding>(
         ctx,
         VocabParallelEmbeddingConfig{config_.vocab_size, config_.hidden, config_.vocab_pad_multiple,
-                                     config_.dtype, "embedding", config_.seed, config_.init_std});
+                                     config_.dtype, "embedding", config_.seed, config_.init_std,
+                                     config_.sequence_parallel, config_.tp_comm_overlap});
   }
   if (layout_.has_embedding && !config_.rotary) {
     positions_ = std::make_unique<Parameter>(
@@ -100,8 +101,8 @@ GPTModel::GPTModel(const ParallelContext& ctx, const GPTConfig& config, GPTStage
   }
   if (layout_.has_head) {
     final_norm_ = std::make_unique<Norm>(
-        ctx.backend, NormConfig{config_.hidden, config_.norm, config_.norm_eps, config_.dtype,
-                                "final_norm", ctx.tp.size()});
+        ctx, NormConfig{config_.hidden, config_.norm, config_.norm_eps, config_.dtype, "final_norm",
+                        ctx.tp.size(), config_.sequence_parallel});
   }
 }
 
@@ -128,7 +129,8 @@ void GPTModel::check_tokens(TensorView ids, const char* what, int64_t seq, int64
 Tensor GPTModel::embed(TensorView ids) {
   Tensor x = embedding_->forward(ids);
   if (positions_) {
-    // The caller set position_ids_: row s * batch + b holds its absolute position.
+    // The caller set position_ids_: row s * batch + b holds its absolute position (of this
+    // rank's rows under sequence parallelism).
     Tensor pos(ctx_.backend, x.shape(), x.dtype());
     ctx_.backend.embedding(pos, position_ids_, positions_->value, 0);
     ctx_.backend.add(x, x, pos);
@@ -153,22 +155,35 @@ Tensor GPTModel::forward_stage(TensorView input, TensorView targets, int64_t seq
                                DropoutRng& rng) {
   WEFT_CHECK(seq <= config_.max_seq, "GPTModel: sequence length (", seq,
              ") exceeds the model's maximum (", config_.max_seq, ")");
+  // Under sequence parallelism every activation between the embedding and the LM head is this
+  // rank's block of seq / tp positions: checked first, on every rank, before any communication.
+  if (config_.sequence_parallel) check_sequence_parallel_seq(seq, ctx_.tp.size(), "GPTModel");
+  const int shards = sequence_shards();
+  const int64_t rows = seq * batch / shards;
   seq_ = seq;
   batch_ = batch;
   activations_.clear();
   if (layout_.has_embedding) {
     check_tokens(input, "ids", seq, batch);
-    if (positions_) position_ids_ = position_tensor(ctx_.backend, seq, batch, 0);
+    if (positions_) {
+      const int64_t local_seq = seq / shards;
+      position_ids_ = position_tensor(ctx_.backend, local_seq, batch,
+                                      shards > 1 ? local_seq * ctx_.tp.rank() : 0);
+    }
     activations_.push_back(embed(input));
     if (training_ && config_.dropout > 0.0f) {
-      embedding_drop_ = rng.replicated(activations_.back().numel());
+      // As TransformerLayer::dropped: the whole activation's draw, this rank's part of it.
+      const int64_t local = activations_.back().numel();
+      embedding_drop_ = rng.replicated(local * shards);
+      if (shards > 1) embedding_drop_.offset += static_cast<uint64_t>(ctx_.tp.rank() * local);
       ctx_.backend.dropout(activations_.back(), activations_.back(), config_.dropout,
                            embedding_drop_.seed, embedding_drop_.offset);
     }
   } else {
-    WEFT_CHECK(input.shape == Shape({seq * batch, config_.hidden}) && input.dtype == config_.dtype,
+    WEFT_CHECK(input.shape == Shape({rows, config_.hidden}) && input.dtype == config_.dtype,
                "GPTModel stage: input activation ", input.str(), " must be ",
-               dtype_name(config_.dtype), "[", seq * batch, ", ", config_.hidden, "]");
+               dtype_name(config_.dtype), "[", rows, ", ", config_.hidden, "]",
+               shards > 1 ? " (this rank's rows: sequence parallel)" : "");
     stage_input_ = input;
   }
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -202,9 +217,10 @@ Tensor GPTModel::backward_stage(TensorView grad_output, float loss_scale) {
     grad = final_norm_->backward(grad);
     losses_.clear();
   } else {
-    WEFT_CHECK(grad_output.shape == Shape({seq_ * batch_, config_.hidden}),
+    const int64_t rows = seq_ * batch_ / sequence_shards();
+    WEFT_CHECK(grad_output.shape == Shape({rows, config_.hidden}),
                "GPTModel stage: ", "grad_output ", grad_output.str(),
-               " must match the stage output [", seq_ * batch_, ", ", config_.hidden, "]");
+               " must match the stage output [", rows, ", ", config_.hidden, "]");
     grad = Tensor(ctx_.backend, grad_output.shape, grad_output.dtype);
     ctx_.backend.copy(grad, grad_output);
   }
@@ -214,7 +230,7 @@ Tensor GPTModel::backward_stage(TensorView grad_output, float loss_scale) {
     ctx_.backend.dropout(grad, grad, config_.dropout, embedding_drop_.seed, embedding_drop_.offset);
   }
   embedding_->backward(grad);
-  if (positions_) ctx_.backend.embedding_backward(positions_->grad, position_ids_, grad, 0);
+  if (positions_) accumulate_position_grads(grad);
   return Tensor();
 }
 
@@ -227,6 +243,40 @@ float GPTModel::forward(TensorView ids, TensorView targets, int64_t seq, int64_t
 }
 
 void GPTModel::backward(float loss_scale) { backward_stage(TensorView{}, loss_scale); }
+
+void GPTModel::accumulate_position_grads(TensorView grad) {
+  if (sequence_shards() == 1) {
+    ctx_.backend.embedding_backward(positions_->grad, position_ids_, grad, 0);
+    return;
+  }
+  // This rank's rows hold positions [r seq/tp, (r+1) seq/tp) only: its share of the replicated
+  // table's gradient is partial (like a norm's), and the sum over TP is the whole gradient.
+  // Only rows [0, seq) of the table can have one.
+  const TensorView used = positions_->grad.view().rows(0, seq_);
+  Tensor delta(ctx_.backend, used.shape, used.dtype);
+  ctx_.backend.fill(delta, 0.0f);
+  ctx_.backend.embedding_backward(delta, position_ids_, grad, 0);
+  ctx_.tp.all_reduce(delta, delta, ReduceOp::kSum, ctx_.backend.stream());
+  ctx_.backend.add(used, used, delta);
+}
+
+std::vector<TensorView> GPTModel::saved_activations() const {
+  std::vector<TensorView> saved;
+  for (const auto& layer : layers_) {
+    const std::vector<TensorView> views = layer->saved_activations();
+    saved.insert(saved.end(), views.begin(), views.end());
+  }
+  if (final_norm_) {
+    for (const TensorView& v : final_norm_->saved_activations()) saved.push_back(v);
+  }
+  if (embedding_) {
+    for (const TensorView& v : embedding_->saved_activations()) saved.push_back(v);
+  }
+  for (const Tensor* t : {&final_hidden_, &logits_}) {
+    if (t->defined()) saved.push_back(*t);
+  }
+  return saved;
+}
 
 void GPTModel::set_training(bool training) {
   training_ = training;
@@ -246,6 +296,14 @@ std::vector<float> GPTModel::next_token_logits(TensorView ids, int64_t seq, int6
   check_tokens(ids, "ids", seq, batch);
   WEFT_CHECK(past + seq <= config_.max_seq, "GPTModel: positions up to ", past + seq,
              " exceed the model's maximum sequence length (", config_.max_seq, ")");
+  // Decoding runs without sequence parallelism (TransformerLayer::forward_cached turns it off in
+  // the attention and MLP; here the embedding and its tied head).
+  struct SequenceParallelOff {
+    VocabParallelEmbedding& embedding;
+    bool was;
+    ~SequenceParallelOff() { embedding.set_sequence_parallel(was); }
+  } restore{*embedding_, embedding_->config().sequence_parallel};
+  embedding_->set_sequence_parallel(false);
   if (positions_) position_ids_ = position_tensor(ctx_.backend, seq, batch, past);
   Tensor x = embed(ids);
   for (auto& layer : layers_) x = layer->forward_cached(x, seq, batch, past);

@@ -5,6 +5,10 @@
 
 namespace weft {
 
+Norm::Norm(const ParallelContext& ctx, NormConfig config) : Norm(ctx.backend, std::move(config)) {
+  tp_ = &ctx.tp;
+}
+
 Norm::Norm(Backend& backend, NormConfig config) : backend_(backend), config_(std::move(config)) {
   WEFT_CHECK(config_.hidden > 0, config_.name, ": hidden (", config_.hidden, ") must be positive");
   WEFT_CHECK(config_.eps > 0.0f, config_.name, ": eps (", config_.eps, ") must be positive");
@@ -18,6 +22,14 @@ Norm::Norm(Backend& backend, NormConfig config) : backend_(backend), config_(std
     beta_.replica_count = config_.replicas;
     backend.fill(beta_.value, 0.0f);
   }
+}
+
+std::vector<TensorView> Norm::saved_activations() const {
+  std::vector<TensorView> saved;
+  if (saved_input_.data != nullptr) saved.push_back(saved_input_);
+  if (config_.kind == NormKind::kLayerNorm && mean_.defined()) saved.push_back(mean_);
+  if (rstd_.defined()) saved.push_back(rstd_);
+  return saved;
 }
 
 std::vector<Parameter*> Norm::parameters() {
@@ -47,18 +59,28 @@ Tensor Norm::backward(TensorView grad_output) {
   WEFT_CHECK(grad_output.shape == saved_input_.shape && grad_output.dtype == config_.dtype,
              config_.name, ": grad_output ", grad_output.str(), " must match the input ",
              saved_input_.str());
+  WEFT_CHECK(!config_.sequence_parallel || tp_ != nullptr, config_.name,
+             ": sequence_parallel needs the Norm(ParallelContext, ...) constructor (the gradient "
+             "reduction runs over the TP group)");
   Tensor grad_input(backend_, saved_input_.shape, config_.dtype);
-  Tensor grad_gamma(backend_, gamma_.value.shape(), config_.dtype);
-  if (config_.kind == NormKind::kLayerNorm) {
-    Tensor grad_beta(backend_, beta_.value.shape(), config_.dtype);
-    backend_.layer_norm_backward(grad_input, grad_gamma, grad_beta, grad_output, saved_input_,
+  // gamma's gradient in row 0, beta's in row 1, so that one all-reduce sums both.
+  const bool layer_norm = config_.kind == NormKind::kLayerNorm;
+  const int64_t h = config_.hidden;
+  Tensor deltas(backend_, Shape({layer_norm ? 2 : 1, h}), config_.dtype);
+  auto delta = [&](int64_t row) { return deltas.view().rows(row, 1).reshaped(Shape({h})); };
+  if (layer_norm) {
+    backend_.layer_norm_backward(grad_input, delta(0), delta(1), grad_output, saved_input_,
                                  gamma_.value, mean_, rstd_);
-    backend_.add(beta_.grad, beta_.grad, grad_beta);
   } else {
-    backend_.rms_norm_backward(grad_input, grad_gamma, grad_output, saved_input_, gamma_.value,
+    backend_.rms_norm_backward(grad_input, delta(0), grad_output, saved_input_, gamma_.value,
                                rstd_);
   }
-  backend_.add(gamma_.grad, gamma_.grad, grad_gamma);
+  // Each rank saw its own rows only: the gradient is the sum over the TP group.
+  if (config_.sequence_parallel && tp_->size() > 1) {
+    tp_->all_reduce(deltas, deltas, ReduceOp::kSum, backend_.stream());
+  }
+  backend_.add(gamma_.grad, gamma_.grad, delta(0));
+  if (layer_norm) backend_.add(beta_.grad, beta_.grad, delta(1));
   return grad_input;
 }
 

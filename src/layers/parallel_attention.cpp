@@ -21,6 +21,7 @@
 #include <cmath>
 
 #include "layers/linear_common.hpp"
+#include "layers/tp_linear_ops.hpp"
 #include "weft/attention.hpp"
 #include "weft/error.hpp"
 
@@ -54,6 +55,10 @@ ParallelAttentionConfig checked(const ParallelAttentionConfig& config, int tp) {
   return c;
 }
 
+TpCommOptions comm_options(const ParallelAttentionConfig& c) {
+  return {c.sequence_parallel, c.tp_comm_overlap};
+}
+
 }  // namespace
 
 ParallelAttention::ParallelAttention(const ParallelContext& ctx,
@@ -75,6 +80,8 @@ ParallelAttention::ParallelAttention(const ParallelContext& ctx,
     qkv.name = c.name + ".qkv";
     qkv.seed = c.seed;
     qkv.init_std = c.init_std;
+    qkv.sequence_parallel = c.sequence_parallel;
+    qkv.tp_comm_overlap = c.tp_comm_overlap;
     qkv_ = std::make_unique<ColumnParallelLinear>(ctx, qkv);
   } else {
     local_kv_heads_ = 1;
@@ -118,6 +125,8 @@ ParallelAttention::ParallelAttention(const ParallelContext& ctx,
   proj.name = c.name + ".proj";
   proj.seed = c.seed;
   proj.init_std = c.output_init_std;
+  proj.sequence_parallel = c.sequence_parallel;
+  proj.tp_comm_overlap = c.tp_comm_overlap;
   proj_ = std::make_unique<RowParallelLinear>(ctx, proj);
 }
 
@@ -145,36 +154,59 @@ AttentionShape ParallelAttention::local_shape(int64_t seq, int64_t batch) const 
   return s;
 }
 
+void ParallelAttention::set_sequence_parallel(bool enabled) {
+  config_.sequence_parallel = enabled;
+  if (qkv_) qkv_->set_sequence_parallel(enabled);
+  proj_->set_sequence_parallel(enabled);
+}
+
 void ParallelAttention::check_input(const TensorView& x, int64_t seq, int64_t batch,
                                     const char* what) const {
   WEFT_CHECK(seq > 0 && batch > 0, config_.name, ": seq (", seq, ") and batch (", batch,
              ") must be positive");
+  if (config_.sequence_parallel) check_sequence_parallel_seq(seq, ctx_.tp.size(), config_.name);
   check_activation(ctx_.backend, x, config_.hidden, config_.dtype, config_.name, what);
-  WEFT_CHECK(x.shape.rows() == seq * batch, config_.name, ": ", what, " ", x.shape.str(), " has ",
-             x.shape.rows(), " rows, but seq (", seq, ") x batch (", batch, ") = ", seq * batch);
+  const int64_t rows = seq * batch / sequence_shards();
+  WEFT_CHECK(x.shape.rows() == rows, config_.name, ": ", what, " ", x.shape.str(), " has ",
+             x.shape.rows(), " rows, but seq (", seq, ") x batch (", batch, ")",
+             config_.sequence_parallel ? " / tp" : "", " = ", rows);
+}
+
+std::vector<TensorView> ParallelAttention::saved_activations() const {
+  std::vector<TensorView> saved;
+  if (!forward_saved_) return saved;
+  if (qkv_) {
+    saved = qkv_->saved_activations();
+  } else {
+    saved.push_back(saved_input_);
+  }
+  for (const TensorView& v : {qkv_act_.view(), probs_.view(), context_.view()}) saved.push_back(v);
+  for (const TensorView& v : proj_->saved_activations()) saved.push_back(v);
+  return saved;
 }
 
 Tensor ParallelAttention::project_qkv(TensorView x) {
   if (qkv_) return qkv_->forward(x);
+  // Replicated kv: two column projections of one input (gathered once under sequence
+  // parallelism), this rank's query heads and its group's key and value.
   Backend& backend = ctx_.backend;
-  const int64_t tokens = x.shape.rows(), q_cols = local_heads_ * head_dim_, kv_cols = 2 * head_dim_;
+  const int64_t tokens = x.shape.rows() * sequence_shards(), q_cols = local_heads_ * head_dim_,
+                kv_cols = 2 * head_dim_;
   saved_input_ = x;
-  auto project = [&](const Parameter& w, const Parameter& b, int64_t cols) {
-    Tensor y(backend, Shape({tokens, cols}), config_.dtype);
-    GemmArgs g;
-    g.a = x;
-    g.b = w.value;
-    g.transpose_b = true;
-    g.c = y;
+  const Tensor q(backend, Shape({tokens, q_cols}), config_.dtype);
+  const Tensor kv(backend, Shape({tokens, kv_cols}), config_.dtype);
+  auto projection = [&](const Parameter& w, const Parameter& b, const Tensor& out) {
+    ColumnProjection p;
+    p.weight = w.value;
     if (config_.bias) {
-      g.epilogue = Epilogue::kBias;
-      g.bias = b.value;
+      p.bias = b.value;
+      p.epilogue = Epilogue::kBias;
     }
-    backend.gemm(g);
-    return y;
+    p.out = out;
+    return p;
   };
-  const Tensor q = project(q_weight_, q_bias_, q_cols);
-  const Tensor kv = project(kv_weight_, kv_bias_, kv_cols);
+  column_forward(ctx_, comm_options(config_), x,
+                 {projection(q_weight_, q_bias_, q), projection(kv_weight_, kv_bias_, kv)});
   // One group: the query heads, then key and value.
   Tensor qkv(backend, Shape({tokens, q_cols + kv_cols}), config_.dtype);
   backend.copy_columns(qkv, 0, q, 0, q_cols);
@@ -192,48 +224,38 @@ Tensor ParallelAttention::project_qkv_backward(TensorView grad_qkv) {
   backend.copy_columns(grad_q, 0, grad_qkv, 0, q_cols);
   backend.copy_columns(grad_kv, 0, grad_qkv, q_cols, kv_cols);
 
-  // This rank's share of the input gradient: its query heads, and the part of the key/value
-  // gradient that flows from them. The TP all-reduce below adds up the shares of all ranks.
-  Tensor grad_input(backend, Shape({tokens, config_.hidden}), config_.dtype);
-  GemmArgs g;
-  g.a = grad_q;
-  g.b = q_weight_.value;
-  g.c = grad_input;
-  backend.gemm(g);
-  g.a = grad_kv;
-  g.b = kv_weight_.value;
-  g.beta = 1.0f;
-  backend.gemm(g);
-  accumulate_weight_grads(backend, grad_q, saved_input_, q_weight_,
-                          config_.bias ? &q_bias_ : nullptr);
-  accumulate_shared_kv_grads(grad_kv);
-  copy_to_tp_region_backward(ctx_, grad_input);
-  return grad_input;
-}
-
-void ParallelAttention::accumulate_shared_kv_grads(TensorView grad_kv) {
-  // The replicas' gradient is the sum over the ranks sharing the group of each one's share (from
-  // its own query heads). The shares are summed in f32, one buffer for weight and bias, so a
-  // 16-bit model rounds the sum once rather than every partial.
-  Backend& backend = ctx_.backend;
+  // The key/value replicas' gradient is the sum over the ranks sharing the group of each one's
+  // share (from its own query heads). The shares are accumulated in f32, one buffer for weight
+  // and bias, so that a 16-bit model rounds the sum once rather than every partial.
   const int64_t rows = kv_weight_.value.shape()[0], cols = config_.hidden;
   const int64_t n_weight = rows * cols, n_total = n_weight + (config_.bias ? rows : 0);
   Tensor delta(backend, Shape({n_total}), DType::kF32);
+  backend.fill(delta, 0.0f);
   const TensorView delta_w{delta.data(), Shape({rows, cols}), DType::kF32, delta.device()};
   const TensorView delta_b{static_cast<float*>(delta.data()) + n_weight, Shape({rows}), DType::kF32,
                            delta.device()};
-  GemmArgs g;
-  g.a = grad_kv;
-  g.transpose_a = true;
-  g.b = saved_input_;
-  g.c = delta_w;
-  if (config_.bias) {
-    g.epilogue = Epilogue::kBiasGrad;
-    g.bias_grad = delta_b;
-  }
-  backend.gemm(g);
-  kv_group_->all_reduce(delta, delta, ReduceOp::kSum, backend.stream());
 
+  // This rank's share of the input gradient, from its query heads and from the part of the
+  // key/value gradient that flows from them; the TP reduction adds up the shares of all ranks.
+  ColumnGradient gq;
+  gq.grad = grad_q;
+  gq.weight = q_weight_.value;
+  gq.weight_grad = q_weight_.grad;
+  if (config_.bias) gq.bias_grad = q_bias_.grad;
+  ColumnGradient gkv;
+  gkv.grad = grad_kv;
+  gkv.weight = kv_weight_.value;
+  gkv.weight_grad = delta_w;
+  if (config_.bias) gkv.bias_grad = delta_b;
+  Tensor grad_input = column_backward(ctx_, comm_options(config_), saved_input_, {gq, gkv});
+  accumulate_shared_kv_grads(delta, delta_w, delta_b);
+  return grad_input;
+}
+
+void ParallelAttention::accumulate_shared_kv_grads(TensorView delta, TensorView delta_w,
+                                                   TensorView delta_b) {
+  Backend& backend = ctx_.backend;
+  kv_group_->all_reduce(delta, delta, ReduceOp::kSum, backend.stream());
   auto add_to = [&](Parameter& p, const TensorView& sum) {
     if (config_.dtype == DType::kF32) {
       backend.add(p.grad, p.grad, sum.reshaped(p.grad.shape()));
@@ -251,8 +273,10 @@ Tensor ParallelAttention::forward(TensorView x, int64_t seq, int64_t batch) {
   check_input(x, seq, batch, "input");
   Backend& backend = ctx_.backend;
   const AttentionShape shape = local_shape(seq, batch);
-  const TensorView x2d = x.reshaped(Shape({seq * batch, config_.hidden}));
+  const TensorView x2d = x.reshaped(Shape({seq * batch / sequence_shards(), config_.hidden}));
 
+  // Under sequence parallelism the projection gathers the rows: the core attention always sees
+  // whole sequences (of this rank's heads), and the output projection scatters them again.
   qkv_act_ = project_qkv(x2d);
   if (config_.rotary) backend.rope(qkv_act_, shape, config_.rope_theta, 0, /*inverse=*/false);
   probs_ = Tensor(backend, Shape({batch, local_heads_, seq, seq}), DType::kF32);
@@ -269,7 +293,7 @@ Tensor ParallelAttention::forward(TensorView x, int64_t seq, int64_t batch) {
 Tensor ParallelAttention::backward(TensorView grad_output) {
   WEFT_CHECK(forward_saved_, config_.name,
              ": backward needs a forward() first (forward_cached saves nothing for backward)");
-  const int64_t tokens = seq_ * batch_;
+  const int64_t tokens = seq_ * batch_ / sequence_shards();
   check_activation(ctx_.backend, grad_output, config_.hidden, config_.dtype, config_.name,
                    "grad_output");
   WEFT_CHECK(grad_output.shape.rows() == tokens, config_.name, ": grad_output ",
@@ -301,6 +325,13 @@ void ParallelAttention::allocate_cache(int64_t batch, int64_t capacity) {
 
 Tensor ParallelAttention::forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past) {
   WEFT_CHECK(k_cache_.defined(), config_.name, ": forward_cached needs allocate_cache first");
+  // Decoding runs on all rows (one new position is not split across ranks).
+  struct SequenceParallelOff {
+    ParallelAttention& layer;
+    bool was;
+    ~SequenceParallelOff() { layer.set_sequence_parallel(was); }
+  } restore{*this, config_.sequence_parallel};
+  set_sequence_parallel(false);
   check_input(x, seq, batch, "input");
   WEFT_CHECK(batch == cache_batch_, config_.name, ": batch (", batch,
              ") differs from the cache's batch (", cache_batch_, ")");

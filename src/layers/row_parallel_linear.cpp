@@ -1,5 +1,6 @@
 // RowParallelLinear: input features split across TP ranks, partial outputs all-reduced.
 #include "layers/linear_common.hpp"
+#include "layers/tp_linear_ops.hpp"
 #include "weft/linear.hpp"
 #include "weft/partition.hpp"
 
@@ -31,11 +32,24 @@ std::vector<Parameter*> RowParallelLinear::parameters() {
   return params;
 }
 
+std::vector<TensorView> RowParallelLinear::saved_activations() const {
+  std::vector<TensorView> saved;
+  if (saved_input_.data != nullptr) saved.push_back(saved_input_);
+  return saved;
+}
+
 Tensor RowParallelLinear::forward(TensorView input) {
   const int64_t k_local = local_in_features();
   check_activation(ctx_.backend, input, config_.input_is_parallel ? k_local : config_.in_features,
                    config_.dtype, config_.name, "input");
+  const bool sp = config_.sequence_parallel;
+  const int tp = ctx_.tp.size();
   const int64_t rows = input.shape.rows();
+  if (sp) {
+    WEFT_CHECK(input.shape.rank() >= 2 && input.shape[0] % tp == 0, config_.name,
+               ": a sequence-parallel output splits dim 0 of the input ", input.str(),
+               " across the tensor-parallel size (", tp, "): it must be divisible");
+  }
   TensorView x = input.reshaped(Shape({rows, input.shape.cols()}));
   if (!config_.input_is_parallel) {
     scattered_input_ = split_last_dim(ctx_, x);
@@ -43,40 +57,33 @@ Tensor RowParallelLinear::forward(TensorView input) {
   }
   saved_input_ = x;
 
-  Tensor out(ctx_.backend, input.shape.with_dim(-1, config_.out_features), config_.dtype);
-  const TensorView out2d = out.view().reshaped(Shape({rows, config_.out_features}));
-  GemmArgs g;
-  g.a = x;
-  g.b = weight_.value;
-  g.transpose_b = true;
-  g.c = out2d;
-  ctx_.backend.gemm(g);
-  reduce_from_tp_region_forward(ctx_, out2d);
+  Tensor out = row_forward(ctx_, {sp, config_.tp_comm_overlap}, x, weight_.value);
+  const TensorView out2d = out;
   if (config_.bias && !config_.skip_bias_add) ctx_.backend.add_bias(out2d, out2d, bias_.value);
+  Shape out_shape = input.shape.with_dim(-1, config_.out_features);
+  if (sp) out_shape = out_shape.with_dim(0, input.shape[0] / tp);
+  out.reshape(out_shape);
   return out;
 }
 
 Tensor RowParallelLinear::backward(TensorView grad_output) {
   WEFT_CHECK(saved_input_.data != nullptr, config_.name, ": backward called before forward");
-  const int64_t rows = saved_input_.shape.rows(), k_local = local_in_features();
+  const bool sp = config_.sequence_parallel;
+  const int64_t rows = saved_input_.shape.rows() / (sp ? ctx_.tp.size() : 1);
   check_activation(ctx_.backend, grad_output, config_.out_features, config_.dtype, config_.name,
                    "grad_output");
   WEFT_CHECK(grad_output.shape.rows() == rows, config_.name, ": grad_output ",
              grad_output.shape.str(), " has ", grad_output.shape.rows(), " rows, forward had ",
              rows);
   const TensorView grad = grad_output.reshaped(Shape({rows, config_.out_features}));
-
-  Tensor grad_input(ctx_.backend, Shape({rows, k_local}), config_.dtype);
-  GemmArgs g;  // grad_input = grad W_local: this rank's input features, complete (no reduction)
-  g.a = grad;
-  g.b = weight_.value;
-  g.c = grad_input;
-  ctx_.backend.gemm(g);
-  accumulate_weight_grads(ctx_.backend, grad, saved_input_, weight_, bias());
-
+  Tensor grad_input =
+      row_backward(ctx_, {sp, config_.tp_comm_overlap}, grad, saved_input_, weight_.value,
+                   weight_.grad, config_.bias ? bias_.grad.view() : TensorView{});
   Tensor result =
       config_.input_is_parallel ? std::move(grad_input) : gather_last_dim(ctx_, grad_input);
-  result.reshape(grad_output.shape.with_dim(-1, result.shape().cols()));
+  Shape shape = grad_output.shape.with_dim(-1, result.shape().cols());
+  if (sp) shape = shape.with_dim(0, grad_output.shape[0] * ctx_.tp.size());
+  result.reshape(shape);
   return result;
 }
 

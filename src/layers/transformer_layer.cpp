@@ -17,6 +17,7 @@ NormConfig norm_config(const GPTConfig& c, int tp, const std::string& name) {
   n.dtype = c.dtype;
   n.name = name;
   n.replicas = tp;
+  n.sequence_parallel = c.sequence_parallel;  // then the copies' gradients are summed over TP
   return n;
 }
 
@@ -35,6 +36,8 @@ ParallelAttentionConfig attention_config(const GPTConfig& c, int index) {
   // GPT-2: residual projections scaled by 1/sqrt(2 * layers) so the residual stream's variance
   // does not grow with depth.
   a.output_init_std = c.init_std / std::sqrt(2.0f * static_cast<float>(c.layers));
+  a.sequence_parallel = c.sequence_parallel;
+  a.tp_comm_overlap = c.tp_comm_overlap;
   return a;
 }
 
@@ -49,15 +52,18 @@ ParallelMLPConfig mlp_config(const GPTConfig& c, int index) {
   m.seed = c.seed;
   m.init_std = c.init_std;
   m.output_init_std = c.init_std / std::sqrt(2.0f * static_cast<float>(c.layers));
+  m.sequence_parallel = c.sequence_parallel;
+  m.tp_comm_overlap = c.tp_comm_overlap;
   return m;
 }
 }  // namespace
 
 TransformerLayer::TransformerLayer(const ParallelContext& ctx, const GPTConfig& config, int index)
     : backend_(ctx.backend),
+      tp_(ctx.tp),
       config_(config),
-      norm1_(ctx.backend, norm_config(config, ctx.tp.size(), layer_name(index) + ".norm1")),
-      norm2_(ctx.backend, norm_config(config, ctx.tp.size(), layer_name(index) + ".norm2")),
+      norm1_(ctx, norm_config(config, ctx.tp.size(), layer_name(index) + ".norm1")),
+      norm2_(ctx, norm_config(config, ctx.tp.size(), layer_name(index) + ".norm2")),
       attention_(ctx, attention_config(config, index)),
       mlp_(ctx, mlp_config(config, index)) {}
 
@@ -71,16 +77,36 @@ std::vector<Parameter*> TransformerLayer::parameters() {
   return params;
 }
 
+std::vector<TensorView> TransformerLayer::saved_activations() const {
+  std::vector<TensorView> saved;
+  auto append = [&](const std::vector<TensorView>& views) {
+    saved.insert(saved.end(), views.begin(), views.end());
+  };
+  // The layer's own tensors (normed1_, residual1_, normed2_) are among these as the inputs the
+  // sub-layers keep; the dropout masks are not kept at all (Philox draws them again).
+  append(norm1_.saved_activations());
+  append(attention_.saved_activations());
+  append(norm2_.saved_activations());
+  append(mlp_.saved_activations());
+  return saved;
+}
+
 // Dropout on a replicated activation: the same mask on every TP rank. The draw is kept so that
-// backward applies the same mask to the gradient.
+// backward applies the same mask to the gradient. Under sequence parallelism x is this rank's
+// block of rows of the replicated activation: the draw covers the whole activation (the counters
+// advance as without it) and this rank takes its block's part of the stream, so that the mask is
+// the one the whole activation would get.
 Tensor TransformerLayer::dropped(TensorView x, DropoutRng::Draw* draw, DropoutRng& rng) {
   Tensor out(backend_, x.shape, x.dtype);
-  *draw = rng.replicated(x.numel());
+  const int shards = config_.sequence_parallel ? tp_.size() : 1;
+  *draw = rng.replicated(x.numel() * shards);
+  if (shards > 1) draw->offset += static_cast<uint64_t>(tp_.rank() * x.numel());
   backend_.dropout(out, x, config_.dropout, draw->seed, draw->offset);
   return out;
 }
 
 Tensor TransformerLayer::forward(TensorView x, int64_t seq, int64_t batch, DropoutRng& rng) {
+  if (config_.sequence_parallel) check_sequence_parallel_seq(seq, tp_.size(), "TransformerLayer");
   normed1_ = norm1_.forward(x);
   Tensor attended = attention_.forward(normed1_, seq, batch);
   if (dropout_active()) attended = dropped(attended, &attention_drop_, rng);
@@ -125,6 +151,14 @@ Tensor TransformerLayer::forward_cached(TensorView x, int64_t seq, int64_t batch
   Tensor residual(backend_, x.shape, x.dtype);
   backend_.add(residual, x, attended);
   Tensor normed2 = norm2_.forward(residual);
+  // Decoding runs on all rows: the MLP without sequence parallelism (the attention does the same
+  // in forward_cached).
+  struct SequenceParallelOff {
+    ParallelMLP& mlp;
+    bool was;
+    ~SequenceParallelOff() { mlp.set_sequence_parallel(was); }
+  } restore{mlp_, config_.sequence_parallel};
+  mlp_.set_sequence_parallel(false);
   Tensor mlp_out = mlp_.forward(normed2);
   Tensor out(backend_, x.shape, x.dtype);
   backend_.add(out, residual, mlp_out);

@@ -3,6 +3,7 @@
 
 #include "layers/linear_common.hpp"
 #include "layers/token_ids.hpp"
+#include "layers/tp_linear_ops.hpp"
 #include "weft/embedding.hpp"
 #include "weft/error.hpp"
 #include "weft/log.hpp"
@@ -41,67 +42,98 @@ VocabParallelEmbedding::VocabParallelEmbedding(const ParallelContext& ctx,
 
 Tensor VocabParallelEmbedding::forward(TensorView ids) {
   check_token_ids(ctx_.backend, ids, config_.vocab_size, config_.name, "ids");
+  const bool sp = config_.sequence_parallel;
+  const int tp = ctx_.tp.size();
   const int64_t tokens = ids.numel();
+  if (sp) {
+    WEFT_CHECK(ids.shape.rank() >= 1 && ids.shape[0] % tp == 0, config_.name,
+               ": sequence parallelism splits dim 0 of the ids ", ids.str(),
+               " across the tensor-parallel size (", tp, "): it must be divisible");
+  }
   std::vector<int64_t> dims = ids.shape.dims();
   dims.push_back(config_.hidden);
-  Tensor out(ctx_.backend, Shape(std::move(dims)), config_.dtype);
+  Tensor out(ctx_.backend, Shape(dims), config_.dtype);
   const TensorView out2d = out.view().reshaped(Shape({tokens, config_.hidden}));
   const TensorView ids1d = ids.reshaped(Shape({tokens}));
   ctx_.backend.embedding(out2d, ids1d, weight_.value, vocab_start());
-  reduce_from_tp_region_forward(ctx_, out2d);
   saved_ids_ = ids1d;
-  return out;
+  if (!sp) {
+    reduce_from_tp_region_forward(ctx_, out2d);
+    return out;
+  }
+  Tensor local = reduce_scatter_rows(ctx_, out2d);
+  dims[0] /= tp;
+  local.reshape(Shape(dims));
+  return local;
 }
 
 void VocabParallelEmbedding::backward(TensorView grad_output) {
   WEFT_CHECK(saved_ids_.data != nullptr, config_.name, ": backward called before forward");
   const int64_t tokens = saved_ids_.numel();
+  const int shards = config_.sequence_parallel ? ctx_.tp.size() : 1;
   check_activation(ctx_.backend, grad_output, config_.hidden, config_.dtype, config_.name,
                    "grad_output");
-  WEFT_CHECK(grad_output.shape.rows() == tokens, config_.name, ": grad_output ",
+  WEFT_CHECK(grad_output.shape.rows() * shards == tokens, config_.name, ": grad_output ",
              grad_output.shape.str(), " has ", grad_output.shape.rows(), " rows, forward had ",
-             tokens, " tokens");
+             tokens / shards);
+  const TensorView grad2d = grad_output.reshaped(Shape({grad_output.shape.rows(), config_.hidden}));
   // reduce_from_tp_region's backward is the identity: the gradient is already replicated.
+  // reduce_scatter_rows's is gather_rows.
+  Tensor gathered;
+  if (config_.sequence_parallel) gathered = gather_rows(ctx_, grad2d);
   ctx_.backend.embedding_backward(weight_.grad, saved_ids_,
-                                  grad_output.reshaped(Shape({tokens, config_.hidden})),
-                                  vocab_start());
+                                  gathered.defined() ? gathered.view() : grad2d, vocab_start());
+}
+
+std::vector<TensorView> VocabParallelEmbedding::saved_activations() const {
+  std::vector<TensorView> saved;
+  for (const TensorView& v : {saved_ids_, saved_hidden_}) {
+    if (v.data != nullptr) saved.push_back(v);
+  }
+  return saved;
 }
 
 Tensor VocabParallelEmbedding::lm_head_forward(TensorView hidden) {
   check_activation(ctx_.backend, hidden, config_.hidden, config_.dtype, config_.name,
                    "lm_head input");
-  const int64_t tokens = hidden.shape.rows(), v_local = local_vocab_size();
-  saved_hidden_ = hidden.reshaped(Shape({tokens, config_.hidden}));
-  // copy_to_tp_region's forward is the identity: the input is replicated.
-  Tensor logits(ctx_.backend, hidden.shape.with_dim(-1, v_local), config_.dtype);
-  GemmArgs g;
-  g.a = saved_hidden_;
-  g.b = weight_.value;
-  g.transpose_b = true;
-  g.c = logits.view().reshaped(Shape({tokens, v_local}));
-  ctx_.backend.gemm(g);
+  const bool sp = config_.sequence_parallel;
+  WEFT_CHECK(!sp || hidden.shape.rank() >= 2, config_.name,
+             ": a sequence-parallel lm_head input needs a row dimension, got ", hidden.str());
+  const int64_t rows = hidden.shape.rows(), v_local = local_vocab_size();
+  const int64_t tokens = rows * (sp ? ctx_.tp.size() : 1);
+  // Only this rank's rows are kept under sequence parallelism; backward gathers them again.
+  saved_hidden_ = hidden.reshaped(Shape({rows, config_.hidden}));
+  // copy_to_tp_region's forward is the identity: the input is replicated (or gathered).
+  Shape shape = hidden.shape.with_dim(-1, v_local);
+  if (sp) shape = shape.with_dim(0, hidden.shape[0] * ctx_.tp.size());
+  Tensor logits(ctx_.backend, shape, config_.dtype);
+  ColumnProjection p;
+  p.weight = weight_.value;
+  p.out = logits.view().reshaped(Shape({tokens, v_local}));
+  column_forward(ctx_, {sp, config_.tp_comm_overlap}, saved_hidden_, {p});
   return logits;
 }
 
 Tensor VocabParallelEmbedding::lm_head_backward(TensorView grad_logits) {
   WEFT_CHECK(saved_hidden_.data != nullptr, config_.name,
              ": lm_head_backward called before lm_head_forward");
-  const int64_t tokens = saved_hidden_.shape.rows(), v_local = local_vocab_size();
+  const bool sp = config_.sequence_parallel;
+  const int64_t tokens = saved_hidden_.shape.rows() * (sp ? ctx_.tp.size() : 1),
+                v_local = local_vocab_size();
   check_activation(ctx_.backend, grad_logits, v_local, config_.dtype, config_.name, "grad_logits");
   WEFT_CHECK(grad_logits.shape.rows() == tokens, config_.name, ": grad_logits ",
              grad_logits.shape.str(), " has ", grad_logits.shape.rows(),
              " rows, lm_head_forward had ", tokens);
-  const TensorView grad = grad_logits.reshaped(Shape({tokens, v_local}));
-
-  Tensor grad_hidden(ctx_.backend, grad_logits.shape.with_dim(-1, config_.hidden), config_.dtype);
-  const TensorView grad_hidden2d = grad_hidden.view().reshaped(Shape({tokens, config_.hidden}));
-  GemmArgs g;  // this rank's vocabulary columns' share of the hidden gradient
-  g.a = grad;
-  g.b = weight_.value;
-  g.c = grad_hidden2d;
-  ctx_.backend.gemm(g);
-  accumulate_weight_grads(ctx_.backend, grad, saved_hidden_, weight_, /*bias=*/nullptr);
-  copy_to_tp_region_backward(ctx_, grad_hidden2d);
+  // This rank's vocabulary columns' share of the hidden gradient, summed over TP (all-reduced or
+  // reduce-scattered).
+  ColumnGradient g;
+  g.grad = grad_logits.reshaped(Shape({tokens, v_local}));
+  g.weight = weight_.value;
+  g.weight_grad = weight_.grad;
+  Tensor grad_hidden = column_backward(ctx_, {sp, config_.tp_comm_overlap}, saved_hidden_, {g});
+  Shape shape = grad_logits.shape.with_dim(-1, config_.hidden);
+  if (sp) shape = shape.with_dim(0, grad_logits.shape[0] / ctx_.tp.size());
+  grad_hidden.reshape(shape);
   return grad_hidden;
 }
 
