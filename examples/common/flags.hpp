@@ -2,6 +2,7 @@
 // and a clear error for unknown flags or bad values.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -51,6 +52,15 @@ class Flags {
       *target = parsed;
     });
   }
+  // A switch: --name alone sets it; --name=true / --name=false also work.
+  void add(const std::string& name, bool* target, const std::string& help) {
+    add_flag(name, help, *target ? "true" : "false", [target, name](const std::string& v) {
+      WEFT_CHECK(v == "true" || v == "false" || v == "1" || v == "0", "--", name,
+                 " expects true or false, got '", v, "'");
+      *target = v == "true" || v == "1";
+    });
+    switches_.push_back(name);
+  }
   void add(const std::string& name, std::string* target, const std::string& help) {
     add_flag(name, help, *target, [target](const std::string& v) { *target = v; });
   }
@@ -91,7 +101,10 @@ class Flags {
       }
       auto it = flags_.find(name);
       WEFT_CHECK(it != flags_.end(), "unknown flag --", name);
-      if (!has_value) {
+      const bool is_switch = std::find(switches_.begin(), switches_.end(), name) != switches_.end();
+      if (!has_value && is_switch) {
+        value = "true";
+      } else if (!has_value) {
         WEFT_CHECK(i + 1 < argc, "flag --", name, " needs a value");
         value = argv[++i];
       }
@@ -113,6 +126,7 @@ class Flags {
   std::string program_, summary_;
   std::map<std::string, Flag> flags_;
   std::vector<std::string> order_;
+  std::vector<std::string> switches_;  // flags that take no value
 };
 
 }  // namespace weft::examples

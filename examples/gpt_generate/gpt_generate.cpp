@@ -81,7 +81,7 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   weft::ParallelGrid grid(*launch.world, info.tp);
   weft::GPTConfig config = info.config;
   weft::GPTModel model(weft::ParallelContext{backend, grid.tp()}, config);
-  weft::load_checkpoint(a.load, model, nullptr, grid, backend);
+  weft::load_checkpoint(a.load, model.parameters(), nullptr, grid, backend);
   model.set_training(false);
 
   const int64_t prompt_tokens = static_cast<int64_t>(a.prompt.size());

@@ -1,6 +1,8 @@
-// gpt_train: trains a Megatron-style GPT on a text file with tensor (and data) parallelism.
+// gpt_train: trains a Megatron-style GPT on a text file with tensor, pipeline and data
+// parallelism (world = tp x dp x pp).
 //
 //   mpirun -np 2 build/bin/gpt_train --preset gpt2 --tp 2 --data FILE --steps 200
+//   mpirun -np 4 build/bin/gpt_train --tp 2 --pp 2 --schedule 1f1b --global-batch 16 ...
 //
 // Rank 0 prints one line per step; --log-json writes one JSON object per step per line.
 #include <chrono>
@@ -16,6 +18,7 @@
 #include "weft/checkpoint.hpp"
 #include "weft/data.hpp"
 #include "weft/gpt_checkpoint.hpp"
+#include "weft/pipeline.hpp"
 #include "weft/weft.hpp"
 
 namespace {
@@ -24,19 +27,32 @@ using weft::Tensor;
 using weft::TensorView;
 
 struct Args {
-  std::string preset = "gpt2", dtype = "f32", backend = "cpu", data, log_json, save, load;
-  int64_t tp = 1, layers = 2, hidden = 128, heads = 4, kv_heads = 0, seq_len = 64;
+  std::string preset = "gpt2", dtype = "f32", backend = "cpu", data, log_json, save, load, trace;
+  std::string schedule = "1f1b";
+  int64_t tp = 1, pp = 1, virtual_stages = 1, layers = 2, hidden = 128, heads = 4, kv_heads = 0;
+  int64_t seq_len = 64;
+  bool sequence_parallel = false, tp_comm_overlap = false;
   int64_t micro_batch = 4, global_batch = 0, steps = 100, seed = 1234, eval_interval = 0;
   int64_t eval_batches = 4, warmup = 0, save_interval = 0;
   double lr = 1e-3, min_lr = 0, dropout = 0, weight_decay = 0.1, clip_grad = 1.0;
 };
 
 weft::examples::Flags make_flags(Args& a) {
-  weft::examples::Flags f("gpt_train", "Train a GPT with tensor (and data) parallelism.");
+  weft::examples::Flags f("gpt_train",
+                          "Train a GPT with tensor, pipeline and data parallelism "
+                          "(world = tp x dp x pp).");
   f.add("preset", &a.preset,
         "gpt2 (LayerNorm, learned positions, GeLU, MHA) or llama "
         "(RMSNorm, RoPE, SwiGLU, GQA)");
-  f.add("tp", &a.tp, "tensor-parallel size; world = tp x data-parallel size");
+  f.add("tp", &a.tp, "tensor-parallel size");
+  f.add("pp", &a.pp, "pipeline-parallel size (stages)");
+  f.add("schedule", &a.schedule, "pipeline schedule: gpipe, 1f1b or interleaved");
+  f.add("virtual-stages", &a.virtual_stages, "model chunks per pipeline rank (interleaved)");
+  f.add("sequence-parallel", &a.sequence_parallel,
+        "split norm/dropout/residual activations along the sequence across TP ranks");
+  f.add("tp-comm-overlap", &a.tp_comm_overlap,
+        "overlap TP communication with the GEMMs (ring all-gather / reduce-scatter)");
+  f.add("trace", &a.trace, "write a Chrome/Perfetto trace of the pipeline to this file");
   f.add("layers", &a.layers, "transformer layers");
   f.add("hidden", &a.hidden, "hidden size");
   f.add("heads", &a.heads, "attention heads");
@@ -68,6 +84,11 @@ weft::examples::Flags make_flags(Args& a) {
 std::string args_json(const Args& a) {
   return nlohmann::json{{"preset", a.preset},
                         {"tp", a.tp},
+                        {"pp", a.pp},
+                        {"schedule", a.schedule},
+                        {"virtual_stages", a.virtual_stages},
+                        {"sequence_parallel", a.sequence_parallel},
+                        {"tp_comm_overlap", a.tp_comm_overlap},
                         {"seq_len", a.seq_len},
                         {"micro_batch", a.micro_batch},
                         {"global_batch", a.global_batch},
@@ -90,6 +111,50 @@ double peak_flops(const std::string& backend_name, weft::DType dtype) {
   return dtype == weft::DType::kF32 ? 494.7e12 /* TF32 */ : 989.4e12;
 }
 
+// The measured bubble and peak activation memory of every pipeline stage beside the theory,
+// and the trace file.
+void report_pipeline(const Args& a, weft::PipelineModel& model, const weft::ParallelGrid& grid,
+                     weft::Backend& backend, int64_t micro_batches, weft::PipelineTrace& trace) {
+  if (!a.trace.empty()) {
+    const bool main_group = grid.tp_rank() == 0 && grid.dp_rank() == 0;
+    const std::string path = main_group ? a.trace
+                                        : a.trace + ".tp" + std::to_string(grid.tp_rank()) + ".dp" +
+                                              std::to_string(grid.dp_rank());
+    trace.write_chrome_trace(path, grid.pp());
+  }
+  const int p = grid.pp_size();
+  if (p == 1 && a.trace.empty()) return;
+  // One slot per stage, summed over the pipeline group: every rank learns every stage's figures.
+  std::vector<float> bubble(static_cast<size_t>(p)), held(bubble), bytes(bubble);
+  for (int s = 0; s < p; ++s) {
+    const bool mine = s == grid.pp_rank();
+    const weft::PipelineStats& st = model.stats();
+    const double measured =
+        a.trace.empty() ? st.bubble_fraction() : trace.measured_bubble_fraction();
+    bubble[s] = weft::all_reduce_scalar(
+        grid.pp(), backend, mine ? static_cast<float>(measured) : 0.0f, weft::ReduceOp::kSum);
+    held[s] = weft::all_reduce_scalar(grid.pp(), backend,
+                                      mine ? static_cast<float>(st.peak_stored_inputs) : 0.0f,
+                                      weft::ReduceOp::kSum);
+    bytes[s] = weft::all_reduce_scalar(grid.pp(), backend,
+                                       mine ? static_cast<float>(st.peak_stored_bytes) : 0.0f,
+                                       weft::ReduceOp::kSum);
+  }
+  if (grid.world().rank() != 0) return;
+  const double theory =
+      weft::theoretical_bubble_fraction(model.schedule(), p, micro_batches, model.virtual_stages());
+  std::printf("pipeline %s, p=%d, m=%lld, v=%d: bubble in theory %.3f ((p-1)/(m+p-1)%s)\n",
+              weft::schedule_name(model.schedule()), p, static_cast<long long>(micro_batches),
+              model.virtual_stages(), theory, model.virtual_stages() > 1 ? " / v" : "");
+  for (int s = 0; s < p; ++s) {
+    std::printf(
+        "  stage %d: measured bubble %.3f %s; peak activations held: %.0f micro-batch "
+        "input(s), %.1f KiB\n",
+        s, bubble[s], a.trace.empty() ? "(last step)" : "(all steps)", held[s], bytes[s] / 1024.0);
+  }
+  if (!a.trace.empty()) std::printf("  trace written to %s\n", a.trace.c_str());
+}
+
 int train(const Args& a, weft::Communicator& mpi_world) {
   WEFT_CHECK(!a.data.empty(), "--data FILE is required (any text file)");
   WEFT_CHECK(a.steps > 0 && a.micro_batch > 0 && a.seq_len > 1, "--steps (", a.steps,
@@ -99,7 +164,10 @@ int train(const Args& a, weft::Communicator& mpi_world) {
 
   weft::examples::Launch launch = weft::examples::launch(a.backend, mpi_world);
   weft::Backend& backend = *launch.backend;
-  weft::ParallelGrid grid(*launch.world, static_cast<int>(a.tp));
+  weft::ParallelGrid grid(*launch.world, static_cast<int>(a.tp), static_cast<int>(a.pp));
+  const weft::ScheduleKind schedule = weft::parse_schedule(a.schedule);
+  WEFT_CHECK(a.virtual_stages == 1 || (a.virtual_stages > 1 && a.pp > 1), "--virtual-stages (",
+             a.virtual_stages, ") must be 1, or more than 1 with --pp > 1");
   const int64_t dp = grid.dp_size();
   const int64_t global_batch = a.global_batch == 0 ? a.micro_batch * dp : a.global_batch;
   WEFT_CHECK(global_batch % (a.micro_batch * dp) == 0, "--global-batch (", global_batch,
@@ -126,18 +194,22 @@ int train(const Args& a, weft::Communicator& mpi_world) {
     config = loaded.config;  // the checkpoint's model, whatever the flags say
     first_step = loaded.step;
   }
+  // How the model runs is this run's choice, not the checkpoint's.
+  config.sequence_parallel = a.sequence_parallel;
+  config.tp_comm_overlap = a.tp_comm_overlap;
   config.finalize(grid.tp_size());
 
   const weft::TextDataset data(a.data);
-  weft::ParallelContext ctx{backend, grid.tp()};
-  weft::GPTModel model(ctx, config);
+  weft::PipelineModel model(weft::ParallelContext{backend, grid.tp()}, grid.pp(), config, schedule,
+                            static_cast<int>(a.virtual_stages));
   weft::AdamW optimizer(backend, model.parameters(),
                         weft::AdamWConfig{0.9f, 0.95f, 1e-8f, static_cast<float>(a.weight_decay)});
   weft::DropoutRng rng(config.seed, grid.tp_rank());
   if (!a.load.empty()) {
-    weft::load_checkpoint(a.load, model, &optimizer, grid, backend);
+    weft::load_checkpoint(a.load, model.parameters(), &optimizer, grid, backend);
     rng.set_offsets(loaded.dropout_replicated, loaded.dropout_sharded);
   }
+  weft::PipelineTrace trace;
 
   const bool leader = mpi_world.rank() == 0;
   std::ofstream log_json;
@@ -157,9 +229,13 @@ int train(const Args& a, weft::Communicator& mpi_world) {
         static_cast<long long>(config.kv_heads), static_cast<long long>(config.ffn_hidden),
         config.parameter_count() / 1e6, weft::dtype_name(config.dtype));
     std::printf(
-        "  %d ranks: tp=%d dp=%lld, backend %s; global batch %lld x %lld tokens, "
-        "%lld micro-batch(es) of %lld per rank; data %s (%lld bytes)\n",
-        mpi_world.size(), grid.tp_size(), static_cast<long long>(dp), backend.name().c_str(),
+        "  %d ranks: tp=%d pp=%d dp=%lld (%s schedule, %lld virtual stage(s) per rank%s%s), "
+        "backend %s\n  global batch %lld x %lld tokens: %lld micro-batch(es) of %lld per "
+        "data-parallel rank; data %s (%lld bytes)\n",
+        mpi_world.size(), grid.tp_size(), grid.pp_size(), static_cast<long long>(dp),
+        weft::schedule_name(schedule), static_cast<long long>(a.virtual_stages),
+        config.sequence_parallel ? ", sequence parallel" : "",
+        config.tp_comm_overlap ? ", TP comm overlap" : "", backend.name().c_str(),
         static_cast<long long>(global_batch), static_cast<long long>(a.seq_len),
         static_cast<long long>(micro_batches), static_cast<long long>(a.micro_batch),
         a.data.c_str(), static_cast<long long>(data.size()));
@@ -167,46 +243,49 @@ int train(const Args& a, weft::Communicator& mpi_world) {
 
   const int64_t tokens = a.seq_len * a.micro_batch;
   std::vector<int32_t> ids_host(tokens), targets_host(tokens);
-  Tensor ids(backend, weft::Shape({tokens}), weft::DType::kI32);
-  Tensor targets(backend, weft::Shape({tokens}), weft::DType::kI32);
-  auto load_batch = [&](bool validation, int64_t index) {
-    data.batch(validation, config.seed, index, a.seq_len, a.micro_batch, ids_host.data(),
-               targets_host.data());
-    backend.copy(ids,
-                 TensorView{ids_host.data(), ids.shape(), weft::DType::kI32, weft::Device::cpu()});
-    backend.copy(targets, TensorView{targets_host.data(), targets.shape(), weft::DType::kI32,
-                                     weft::Device::cpu()});
+  // Micro-batch `mb` of the batch starting at window `first`: each data-parallel rank reads its
+  // own, every TP and pipeline rank of it the same.
+  auto loader = [&](bool validation, int64_t first) {
+    return [&, validation, first](int64_t mb, TensorView ids, TensorView targets) {
+      data.batch(validation, config.seed, first + mb, a.seq_len, a.micro_batch, ids_host.data(),
+                 targets_host.data());
+      backend.copy(ids,
+                   TensorView{ids_host.data(), ids.shape, weft::DType::kI32, weft::Device::cpu()});
+      backend.copy(targets, TensorView{targets_host.data(), targets.shape, weft::DType::kI32,
+                                       weft::Device::cpu()});
+    };
   };
   auto save = [&](int64_t step) {
-    weft::CheckpointInfo info{
-        config, grid.tp_size(), step, rng.replicated_offset(), rng.sharded_offset(), args_json(a)};
-    weft::save_checkpoint(a.save, info, model, &optimizer, grid, backend);
-    if (leader)
+    weft::CheckpointInfo info;
+    info.config = config;
+    info.tp = grid.tp_size();
+    info.pp = grid.pp_size();
+    info.step = step;
+    info.dropout_replicated = rng.replicated_offset();
+    info.dropout_sharded = rng.sharded_offset();
+    info.run_args = args_json(a);
+    weft::save_checkpoint(a.save, info, model.parameters(), &optimizer, grid, backend);
+    if (leader) {
       std::printf("saved checkpoint at step %lld to %s\n", static_cast<long long>(step),
                   a.save.c_str());
+    }
   };
 
   for (int64_t step = first_step + 1; step <= a.steps; ++step) {
     backend.synchronize();
     const auto start = std::chrono::steady_clock::now();
-    weft::zero_grads(backend, model.parameters());
-    double loss = 0.0;
-    for (int64_t micro = 0; micro < micro_batches; ++micro) {
-      // Each data-parallel rank reads its own micro-batches; every TP rank of it the same.
-      load_batch(false, ((step - 1) * dp + grid.dp_rank()) * micro_batches + micro);
-      loss += model.forward(ids, targets, a.seq_len, a.micro_batch, rng);
-      model.backward(1.0f / static_cast<float>(micro_batches));
-    }
-    loss /= static_cast<double>(micro_batches);
+    const float loss = model.train_step(
+        loader(false, ((step - 1) * dp + grid.dp_rank()) * micro_batches), micro_batches, a.seq_len,
+        a.micro_batch, 1.0f, rng, a.trace.empty() ? nullptr : &trace);
     weft::average_gradients(backend, grid.dp(), model.parameters());
-    const float grad_norm = optimizer.grad_norm(grid.tp());
+    const float grad_norm = model.grad_norm();
     const float lr = weft::cosine_lr(step, warmup, a.steps, static_cast<float>(a.lr),
                                      static_cast<float>(a.min_lr));
     optimizer.step(lr, weft::clip_coefficient(grad_norm, static_cast<float>(a.clip_grad)));
     backend.synchronize();
-    const float mean_loss = weft::all_reduce_scalar(grid.dp(), backend, static_cast<float>(loss),
-                                                    weft::ReduceOp::kSum) /
-                            static_cast<float>(dp);
+    const float mean_loss =
+        weft::all_reduce_scalar(grid.dp(), backend, loss, weft::ReduceOp::kSum) /
+        static_cast<float>(dp);
     const double ms = weft::all_reduce_scalar(
         *launch.world, backend,
         std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - start).count(),
@@ -226,16 +305,10 @@ int train(const Args& a, weft::Communicator& mpi_world) {
       }
     }
     if (a.eval_interval > 0 && (step % a.eval_interval == 0 || step == a.steps)) {
-      model.set_training(false);
-      double val = 0.0;
-      for (int64_t i = 0; i < a.eval_batches; ++i) {
-        load_batch(true, i * dp + grid.dp_rank());
-        val += model.forward(ids, targets, a.seq_len, a.micro_batch, rng);
-      }
-      model.set_training(true);
+      const float val = model.evaluate(loader(true, grid.dp_rank() * a.eval_batches),
+                                       a.eval_batches, a.seq_len, a.micro_batch);
       const float mean_val =
-          weft::all_reduce_scalar(grid.dp(), backend, static_cast<float>(val / a.eval_batches),
-                                  weft::ReduceOp::kSum) /
+          weft::all_reduce_scalar(grid.dp(), backend, val, weft::ReduceOp::kSum) /
           static_cast<float>(dp);
       if (leader) {
         std::printf("step %5lld | validation loss %.4f\n", static_cast<long long>(step), mean_val);
@@ -247,6 +320,7 @@ int train(const Args& a, weft::Communicator& mpi_world) {
     if (a.save_interval > 0 && step % a.save_interval == 0 && step != a.steps) save(step);
   }
   if (!a.save.empty()) save(std::max(a.steps, first_step));
+  report_pipeline(a, model, grid, backend, micro_batches, trace);
   return 0;
 }
 

@@ -71,8 +71,8 @@ GPTConfig config_from_json(const json& j) {
   return c;
 }
 
-std::string shard_path(const std::string& dir, int tp_rank) {
-  return dir + "/tp" + std::to_string(tp_rank) + ".safetensors";
+std::string shard_path(const std::string& dir, int tp_rank, int pp_rank) {
+  return dir + "/tp" + std::to_string(tp_rank) + "_pp" + std::to_string(pp_rank) + ".safetensors";
 }
 
 void make_directory(const std::string& dir) {
@@ -84,8 +84,9 @@ void make_directory(const std::string& dir) {
 
 }  // namespace
 
-void save_checkpoint(const std::string& dir, const CheckpointInfo& info, GPTModel& model,
-                     AdamW* optimizer, const ParallelGrid& grid, Backend& backend) {
+void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
+                     const std::vector<Parameter*>& params, AdamW* optimizer,
+                     const ParallelGrid& grid, Backend& backend) {
   Communicator& world = grid.world();
   if (world.rank() == 0) {
     make_directory(dir);
@@ -93,9 +94,9 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info, GPTMode
     std::remove((dir + "/manifest.json").c_str());
   }
   world.barrier();
-  if (grid.dp_rank() == 0 && grid.pp_rank() == 0) {
+  if (grid.dp_rank() == 0) {
     std::vector<NamedTensor> tensors;
-    for (Parameter* p : model.parameters()) tensors.push_back({p->name, p->value});
+    for (Parameter* p : params) tensors.push_back({p->name, p->value});
     if (optimizer != nullptr) {
       for (AdamW::State& s : optimizer->state()) {
         tensors.push_back({s.param->name + ".master", s.master});
@@ -106,8 +107,10 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info, GPTMode
     const std::map<std::string, std::string> metadata{{"format", "weft"},
                                                       {"tp", std::to_string(grid.tp_size())},
                                                       {"tp_rank", std::to_string(grid.tp_rank())},
+                                                      {"pp", std::to_string(grid.pp_size())},
+                                                      {"pp_rank", std::to_string(grid.pp_rank())},
                                                       {"step", std::to_string(info.step)}};
-    save_safetensors(shard_path(dir, grid.tp_rank()), tensors, metadata, backend);
+    save_safetensors(shard_path(dir, grid.tp_rank(), grid.pp_rank()), tensors, metadata, backend);
   }
   world.barrier();  // every shard is on disk before the manifest says so
   if (world.rank() == 0) {
@@ -115,6 +118,7 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info, GPTMode
                   {"version", 1},
                   {"config", config_to_json(info.config)},
                   {"tp", info.tp},
+                  {"pp", info.pp},
                   {"step", info.step},
                   {"has_optimizer", optimizer != nullptr},
                   {"rng",
@@ -136,6 +140,7 @@ CheckpointInfo read_checkpoint_info(const std::string& dir) {
     CheckpointInfo info;
     info.config = config_from_json(j.at("config"));
     info.tp = j.at("tp").get<int>();
+    info.pp = j.contains("pp") ? j.at("pp").get<int>() : 1;
     info.step = j.at("step").get<int64_t>();
     info.dropout_replicated = j.at("rng").at("dropout_replicated").get<uint64_t>();
     info.dropout_sharded = j.at("rng").at("dropout_sharded").get<uint64_t>();
@@ -146,20 +151,27 @@ CheckpointInfo read_checkpoint_info(const std::string& dir) {
   }
 }
 
-void load_checkpoint(const std::string& dir, GPTModel& model, AdamW* optimizer,
-                     const ParallelGrid& grid, Backend& backend) {
+void load_checkpoint(const std::string& dir, const std::vector<Parameter*>& params,
+                     AdamW* optimizer, const ParallelGrid& grid, Backend& backend) {
   const CheckpointInfo info = read_checkpoint_info(dir);
   WEFT_CHECK(info.tp == grid.tp_size(), "checkpoint ", dir, " was saved at tensor-parallel size ",
              info.tp, " but this run has ", grid.tp_size(), "; load it at tp=", info.tp);
-  const SafetensorsReader reader(shard_path(dir, grid.tp_rank()));
-  for (Parameter* p : model.parameters()) reader.read(p->name, p->value, backend);
+  std::vector<SafetensorsReader> readers;
+  for (int s = 0; s < info.pp; ++s) readers.emplace_back(shard_path(dir, grid.tp_rank(), s));
+  // Any pipeline stage's shard may hold a name (the tied embedding is in the first and last).
+  auto read = [&](const std::string& name, TensorView dst) {
+    for (const SafetensorsReader& reader : readers) {
+      if (reader.contains(name)) return reader.read(name, dst, backend);
+    }
+    WEFT_THROW(ErrorCode::kIo, "checkpoint ", dir, " has no tensor '", name, "' in any of the ",
+               readers.size(), " shard(s) of tp rank ", grid.tp_rank());
+  };
+  for (Parameter* p : params) read(p->name, p->value);
   if (optimizer != nullptr) {
-    WEFT_CHECK(reader.contains(optimizer->state().front().param->name + ".master"), "checkpoint ",
-               reader.path(), " holds no optimizer state (saved without one)");
     for (AdamW::State& s : optimizer->state()) {
-      reader.read(s.param->name + ".master", s.master, backend);
-      reader.read(s.param->name + ".exp_avg", s.m, backend);
-      reader.read(s.param->name + ".exp_avg_sq", s.v, backend);
+      read(s.param->name + ".master", s.master);
+      read(s.param->name + ".exp_avg", s.m);
+      read(s.param->name + ".exp_avg_sq", s.v);
     }
     optimizer->set_steps_taken(info.step);
     optimizer->refresh_parameters();

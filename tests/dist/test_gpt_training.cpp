@@ -155,14 +155,14 @@ TEST_P(GptTrainingTest, ResumedRunEqualsUninterruptedRun) {
     Trainer t(*cpu_, grid.tp(), config);
     for (int64_t s = 0; s < 3; ++s) resumed.push_back(t.step(s));
     CheckpointInfo info{
-        t.config, grid.tp_size(), 3, t.rng.replicated_offset(), t.rng.sharded_offset(), "{}"};
-    save_checkpoint(dir, info, t.model, &t.optimizer, grid, *cpu_);
+        t.config, grid.tp_size(), 1, 3, t.rng.replicated_offset(), t.rng.sharded_offset(), "{}"};
+    save_checkpoint(dir, info, t.model.parameters(), &t.optimizer, grid, *cpu_);
   }
   {
     const CheckpointInfo info = read_checkpoint_info(dir);
     EXPECT_EQ(info.step, 3);
     Trainer t(*cpu_, grid.tp(), info.config);
-    load_checkpoint(dir, t.model, &t.optimizer, grid, *cpu_);
+    load_checkpoint(dir, t.model.parameters(), &t.optimizer, grid, *cpu_);
     t.rng.set_offsets(info.dropout_replicated, info.dropout_sharded);
     for (int64_t s = 3; s < 6; ++s) resumed.push_back(t.step(s));
   }
