@@ -13,13 +13,16 @@
 // rank's previous action at which its inputs exist (F(mb, s) needs F(mb, s - 1) done at an
 // earlier tick; B(mb, s) needs B(mb, s + 1), or F(mb, S - 1) on the last stage). An activation
 // or gradient produced at tick t and needed on another rank moves in *communication round* t:
-// after its compute of tick t, a rank runs one group_start()/group_end() posting exactly the
-// sends and receives of round t that involve it. Every send of round t has its receive in round t
-// on the peer, and ranks take rounds in increasing order, so no rank can wait on a peer that
-// waits on an earlier round: take the earliest round any rank is stuck in; its peer has already
-// finished every earlier round, so it reaches this one and posts the matching half. Inside a
-// round the transfers are posted in one global order, so two messages between the same pair of
-// ranks match in order. This holds for any valid compute order, not only the built-in ones.
+// after its compute of tick t, a rank posts one group_start() ... group_end_async() with exactly
+// the sends and receives of round t that involve it, and completes that group when a later
+// compute needs one of its receives (or at the end of the step). Every send of round t has its
+// receive in round t on the peer, and a compute at tick t only waits for rounds before t, so by
+// induction over ticks every rank posts every round: the rounds before t are posted by all
+// ranks, so their groups complete, so every compute of tick t runs and round t is posted. Inside
+// a round the transfers are posted in one global order, so two messages between the same pair
+// of ranks match in order. This holds for any valid compute order, not only the built-in ones.
+// (Completing a round only when its data is needed keeps neighbours from running in lockstep:
+// a rank whose next compute does not need the peer's output goes on.)
 #pragma once
 
 #include <chrono>
@@ -122,9 +125,11 @@ class PipelineTrace {
  public:
   using Clock = std::chrono::steady_clock;
   struct Event {
-    std::string name;      // "F mb3 c0", "B mb3 c0", "R mb3 c0" (recompute), "send act", "idle"
-    std::string category;  // "forward", "backward", "recompute", "comm", "idle"
-    std::string detail;    // transfers: each one with micro-batch, chunk and peer
+    // "F mb3 c0", "B mb3 c0", "R mb3 c0" (recompute), "send act + recv grad" (a round posted),
+    // "wait send act + recv grad" (completing it), "allreduce embedding grad", "idle"
+    std::string name;
+    std::string category;                 // "forward", "backward", "recompute", "comm", "idle"
+    std::string detail;                   // transfers: each one with micro-batch, chunk and peer
     double start_us = 0.0, end_us = 0.0;  // since the first traced step began
   };
 
@@ -164,10 +169,12 @@ class PipelineTrace {
 // This rank's figures for the last step of a PipelineModel.
 struct PipelineStats {
   double step_ms = 0.0;
+  // comm: posting rounds, waiting for them, the tied-embedding and loss all-reduces.
   double forward_ms = 0.0, backward_ms = 0.0, recompute_ms = 0.0, comm_ms = 0.0;
   int64_t forwards = 0, backwards = 0, recomputes = 0;
-  // Peak activation memory: micro-batch stage inputs held at once (from arrival, or the first
-  // stage's forward, until that micro-batch's backward), over all chunks, and their bytes.
+  // Peak activation memory: micro-batch stage inputs held at once (from the posting of their
+  // receive, or the first stage's forward, until that micro-batch's backward), over all chunks,
+  // and their bytes. 1F1B holds at most p, GPipe m.
   int64_t peak_stored_inputs = 0;
   int64_t peak_stored_bytes = 0;
 

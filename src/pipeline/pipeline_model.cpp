@@ -4,6 +4,7 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <list>
 #include <map>
 #include <tuple>
 
@@ -270,106 +271,157 @@ float PipelineModel::run(const PipelineSchedule& schedule, const BatchLoader& lo
     return std::string(what) + " mb" + std::to_string(mb) + " c" + std::to_string(c);
   };
 
+  // Posted communication rounds, completed lazily: a round's group is waited for when a compute
+  // needs one of its receives, or at the end of the step. A compute at tick t only ever waits for
+  // rounds before t, which keeps any valid schedule deadlock-free (pipeline.hpp).
+  struct Round {
+    std::unique_ptr<PendingGroup> group;
+    std::vector<Tensor> sent;  // kept unchanged until the group completes
+    std::vector<std::tuple<bool, int, int, Tensor>> received;  // gradient?, chunk, mb, buffer
+    std::string name, detail;
+  };
+  std::list<Round> in_flight;
+  auto retire = [&](std::list<Round>::iterator it) {
+    for (auto& [gradient, chunk, mb, data] : it->received) {
+      (gradient ? grads : inputs)[static_cast<size_t>(chunk)][mb] = std::move(data);
+    }
+    in_flight.erase(it);
+  };
+  auto complete = [&](std::list<Round>::iterator it) {
+    const auto [start, end] = timed([&] { it->group->wait(); });
+    stats_.comm_ms += millis(end - start);
+    if (trace) trace->record("wait " + it->name, "comm", it->detail, start, end);
+    retire(it);
+  };
+  auto poll = [&] {  // MPI moves data only inside MPI calls
+    for (auto it = in_flight.begin(); it != in_flight.end();) {
+      const auto next = std::next(it);
+      if (it->group->test()) retire(it);
+      it = next;
+    }
+  };
+  // The input (or output gradient) of (chunk, mb) is here once this returns.
+  auto await_data = [&](bool gradient, int chunk, int mb) {
+    if ((gradient ? grads : inputs)[static_cast<size_t>(chunk)].count(mb)) return;
+    for (auto it = in_flight.begin(); it != in_flight.end(); ++it) {
+      for (const auto& r : it->received) {
+        if (std::get<0>(r) == gradient && std::get<1>(r) == chunk && std::get<2>(r) == mb) {
+          complete(it);
+          return;
+        }
+      }
+    }
+    WEFT_ASSERT(false, "pipeline: the ", gradient ? "gradient" : "input", " of mb", mb, " c", chunk,
+                " was never received");
+  };
+
   double loss_sum = 0.0;
   const float grad_scale = loss_scale / static_cast<float>(m);
   const std::vector<PipelineAction>& actions = schedule.actions[static_cast<size_t>(rank_)];
-  for (size_t i = 0; i < actions.size();) {
-    const PipelineAction& a = actions[i];
-    const int mb = a.microbatch, c = a.chunk, s = virtual_stage(a.chunk);
-    if (a.kind == K::kForward) {
-      Tensor out;
-      const auto [start, end] = timed([&] { out = stage_forward(mb, c); });
-      stats_.forward_ms += millis(end - start);
-      ++stats_.forwards;
-      if (trace) trace->record(label("F", mb, c), "forward", "", start, end);
-      if (s == 0 && with_backward) hold(ids_bytes);
-      if (s == S - 1) {
-        loss_sum += chunks_[static_cast<size_t>(c)]->last_loss();
-      } else {
-        route(std::move(out), s + 1, mb, c, false);
-      }
-      if (!with_backward) {  // forward only: the input is done with
+  try {
+    for (size_t i = 0; i < actions.size();) {
+      const PipelineAction& a = actions[i];
+      const int mb = a.microbatch, c = a.chunk, s = virtual_stage(a.chunk);
+      if (a.is_compute()) poll();
+      if (a.kind == K::kForward) {
+        if (s > 0) await_data(false, c, mb);
+        if (s == 0 || s == S - 1) tokens_for(mb);  // the loader's time is not the forward's
+        Tensor out;
+        const auto [start, end] = timed([&] { out = stage_forward(mb, c); });
+        stats_.forward_ms += millis(end - start);
+        ++stats_.forwards;
+        if (trace) trace->record(label("F", mb, c), "forward", "", start, end);
+        if (s == 0 && with_backward) hold(ids_bytes);
+        if (s == S - 1) {
+          loss_sum += chunks_[static_cast<size_t>(c)]->last_loss();
+        } else {
+          route(std::move(out), s + 1, mb, c, false);
+        }
+        if (!with_backward) {  // forward only: the input is done with
+          if (s > 0) {
+            inputs[static_cast<size_t>(c)].erase(mb);
+            release(activation_bytes);
+          }
+          if (s == 0 || s == S - 1) tokens_done(mb);
+        }
+        ++i;
+      } else if (a.kind == K::kBackward) {
+        if (last_forward[static_cast<size_t>(c)] != mb) {
+          // Full recomputation: this chunk's saved activations belong to another micro-batch.
+          const auto [start, end] = timed([&] { stage_forward(mb, c); });
+          stats_.recompute_ms += millis(end - start);
+          ++stats_.recomputes;
+          if (trace) trace->record(label("R", mb, c), "recompute", "", start, end);
+        }
+        if (s < S - 1) await_data(true, c, mb);
+        Tensor grad_input;
+        const auto [start, end] = timed([&] {
+          TensorView grad_output;
+          if (s < S - 1) grad_output = grads[static_cast<size_t>(c)].at(mb);
+          grad_input = chunks_[static_cast<size_t>(c)]->backward_stage(grad_output, grad_scale);
+        });
+        stats_.backward_ms += millis(end - start);
+        ++stats_.backwards;
+        if (trace) trace->record(label("B", mb, c), "backward", "", start, end);
+        last_forward[static_cast<size_t>(c)] = -1;  // backward consumed the saved activations
+        grads[static_cast<size_t>(c)].erase(mb);
         if (s > 0) {
           inputs[static_cast<size_t>(c)].erase(mb);
           release(activation_bytes);
+          route(std::move(grad_input), s - 1, mb, c, true);
+        } else {
+          release(ids_bytes);
         }
         if (s == 0 || s == S - 1) tokens_done(mb);
-      }
-      ++i;
-    } else if (a.kind == K::kBackward) {
-      if (last_forward[static_cast<size_t>(c)] != mb) {
-        // Full recomputation: this chunk's saved activations belong to another micro-batch.
-        const auto [start, end] = timed([&] { stage_forward(mb, c); });
-        stats_.recompute_ms += millis(end - start);
-        ++stats_.recomputes;
-        if (trace) trace->record(label("R", mb, c), "recompute", "", start, end);
-      }
-      Tensor grad_input;
-      const auto [start, end] = timed([&] {
-        TensorView grad_output;
-        if (s < S - 1) {
-          auto it = grads[static_cast<size_t>(c)].find(mb);
-          WEFT_ASSERT(it != grads[static_cast<size_t>(c)].end(), "pipeline: gradient of B mb", mb,
-                      " c", c, " has not arrived");
-          grad_output = it->second;
-        }
-        grad_input = chunks_[static_cast<size_t>(c)]->backward_stage(grad_output, grad_scale);
-      });
-      stats_.backward_ms += millis(end - start);
-      ++stats_.backwards;
-      if (trace) trace->record(label("B", mb, c), "backward", "", start, end);
-      last_forward[static_cast<size_t>(c)] = -1;  // backward consumed the saved activations
-      grads[static_cast<size_t>(c)].erase(mb);
-      if (s > 0) {
-        inputs[static_cast<size_t>(c)].erase(mb);
-        release(activation_bytes);
-        route(std::move(grad_input), s - 1, mb, c, true);
+        ++i;
       } else {
-        release(ids_bytes);
-      }
-      if (s == 0 || s == S - 1) tokens_done(mb);
-      ++i;
-    } else {
-      // One communication round: every transfer of a.round that involves this rank, in one group.
-      size_t j = i;
-      while (j < actions.size() && !actions[j].is_compute() && actions[j].round == a.round) ++j;
-      std::vector<std::pair<const PipelineAction*, Tensor>> received;
-      std::string name, detail;
-      const auto [start, end] = timed([&] {
-        pp_.group_start();
-        for (size_t k = i; k < j; ++k) {
-          const PipelineAction& t = actions[k];
-          const bool gradient = t.kind == K::kSendGrad || t.kind == K::kRecvGrad;
-          if (t.is_send()) {
-            auto it = outbox.find({gradient ? 1 : 0, t.microbatch, t.chunk});
-            WEFT_ASSERT(it != outbox.end(), "pipeline: nothing to ", to_string(t));
-            pp_.send(it->second, t.peer, backend.stream());
-          } else {
-            received.emplace_back(&t, Tensor(backend, activation_shape, config_.dtype));
-            pp_.recv(received.back().second, t.peer, backend.stream());
+        // One communication round: every transfer of a.round that involves this rank, posted in
+        // one group and completed when its data is needed.
+        size_t j = i;
+        while (j < actions.size() && !actions[j].is_compute() && actions[j].round == a.round) ++j;
+        Round round;
+        const auto [start, end] = timed([&] {
+          pp_.group_start();
+          for (size_t k = i; k < j; ++k) {
+            const PipelineAction& t = actions[k];
+            const bool gradient = t.kind == K::kSendGrad || t.kind == K::kRecvGrad;
+            if (t.is_send()) {
+              auto it = outbox.find({gradient ? 1 : 0, t.microbatch, t.chunk});
+              WEFT_ASSERT(it != outbox.end(), "pipeline: nothing to ", to_string(t));
+              pp_.send(it->second, t.peer, backend.stream());
+              round.sent.push_back(std::move(it->second));  // same storage: the view stays valid
+              outbox.erase(it);
+            } else {
+              Tensor buffer(backend, activation_shape, config_.dtype);
+              pp_.recv(buffer, t.peer, backend.stream());
+              if (!gradient) hold(activation_bytes);
+              round.received.emplace_back(gradient, t.chunk, t.microbatch, std::move(buffer));
+            }
           }
-        }
-        pp_.group_end();
-      });
-      stats_.comm_ms += millis(end - start);
-      for (size_t k = i; k < j; ++k) {
-        const PipelineAction& t = actions[k];
-        const bool gradient = t.kind == K::kSendGrad || t.kind == K::kRecvGrad;
-        if (t.is_send()) outbox.erase({gradient ? 1 : 0, t.microbatch, t.chunk});
+          round.group = pp_.group_end_async();
+        });
+        stats_.comm_ms += millis(end - start);
         if (trace) {
-          const std::string kind = action_kind_name(t.kind);
-          if (name.find(kind) == std::string::npos) name += (name.empty() ? "" : " + ") + kind;
-          detail += (detail.empty() ? "" : "; ") + to_string(t);
+          for (size_t k = i; k < j; ++k) {
+            const std::string kind = action_kind_name(actions[k].kind);
+            if (round.name.find(kind) == std::string::npos) {
+              round.name += (round.name.empty() ? "" : " + ") + kind;
+            }
+            round.detail += (round.detail.empty() ? "" : "; ") + to_string(actions[k]);
+          }
+          trace->record(round.name, "comm", round.detail, start, end);
         }
+        in_flight.push_back(std::move(round));
+        i = j;
       }
-      for (auto& [t, data] : received) {
-        const bool gradient = t->kind == K::kRecvGrad;
-        (gradient ? grads : inputs)[static_cast<size_t>(t->chunk)][t->microbatch] = std::move(data);
-        if (!gradient) hold(activation_bytes);
-      }
-      if (trace) trace->record(name, "comm", detail, start, end);
-      i = j;
     }
+    while (!in_flight.empty()) complete(in_flight.begin());
+  } catch (...) {
+    // A pending group would wait for its peers when destroyed: leave the groups and their
+    // buffers to the process, so that the error reaches the caller (who ends the job).
+    auto* abandoned = new std::list<Round>(std::move(in_flight));
+    for (Round& r : *abandoned) (void)r.group.release();
+    throw;
   }
   WEFT_ASSERT(outbox.empty() && token_store.empty() && held == 0,
               "pipeline: the step ended with data in flight");
