@@ -118,6 +118,9 @@ inline void fill_input(Backend& backend, TensorView view, uint64_t seed) {
       case DType::kF16:
         view.as<f16_t>()[i] = float_to_f16(value);
         break;
+      case DType::kI32:  // token ids: small non-negative integers
+        view.as<int32_t>()[i] = static_cast<int32_t>(state >> 57);
+        break;
     }
   }
 }
