@@ -5,7 +5,7 @@
 // gradients accumulate, as in gradient accumulation; dropout off) of both presets, "gpt2"
 // (LayerNorm, GeLU, biases, multi-head) and "llama" (RMSNorm, rotary, SwiGLU, grouped-query
 // attention with kv_heads = heads / 2, no biases), at these sizes (tokens = seq * batch):
-//   cpu:  f32 and bf16, hidden 512, 8 heads (llama: 4 kv heads), seq 256, batch 2
+//   cpu:  f32 and bf16, small:  hidden 512, 8 heads (llama: 4 kv heads), seq 256, batch 2
 //   cuda: bf16, medium: hidden 2048, 16 heads, seq 2048, batch 1
 //               large:  hidden 4096, 32 heads, seq 2048, batch 1
 // The CUDA cases are registered only in a CUDA build with a visible GPU (on every rank).
@@ -13,10 +13,14 @@
 // Ranks: run alone, the layer has tensor-parallel size 1 and the self communicator
 // (weft::make_self_communicator()). Under `mpirun -np N` the N ranks form one TP group of size N:
 // the MPI world communicator for the CPU backend, NCCL for the CUDA one (when every rank of a
-// node has a GPU of its own; otherwise the CUDA cases are skipped). Iteration counts are fixed
-// (Google Benchmark's adaptive count would differ between ranks and hang the collectives);
-// every iteration starts after a barrier and its time is the slowest rank's (MPI_MAX). Rank 0
-// alone prints and writes JSON. --layer_iterations=N overrides the counts (all ranks alike).
+// node has a GPU of its own; otherwise the CUDA cases are skipped). Iteration counts are fixed,
+// after one warm-up step: cpu 10, cuda 20 (Google Benchmark's adaptive count would differ
+// between ranks and hang the collectives); every iteration starts after a barrier and its time
+// is the slowest rank's (MPI_MAX). Rank 0 alone prints and writes JSON. --layer_iterations=N
+// overrides the counts (all ranks alike). On a shared machine run --layer_rounds=3 (as
+// scripts/bench does): the whole list runs three times in turn, each result appears once per
+// round (counter `round`), and the summary takes the best round. --benchmark_repetitions works
+// too, but repeats one case back to back.
 //
 // Counters (per benchmark):
 //   tokens_per_s      seq * batch / time of one step (forward + backward + synchronize)
@@ -41,7 +45,8 @@
 //   gemm_calls        GEMMs per step and rank.
 //   gemm_flops_pct    100 * GEMM FLOPs (all ranks) / the layer FLOPs above: the counted work
 //                     the GEMMs do; the attention core, which is not a GEMM, is the remainder.
-// After the run rank 0 prints a summary table (best of repetitions for throughput, median share).
+// After the run rank 0 prints a summary table (best of rounds or repetitions for throughput,
+// median GEMM share).
 //
 // Run (or scripts/bench OUT_DIR, which also builds; as root mpirun also needs
 // OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 in the environment):
@@ -163,9 +168,10 @@ void bm_layer(benchmark::State& state, const LayerCase& c, const Target& target)
     Tensor grad_x = layer.backward(grad_y);
     timed.synchronize();
   };
-  // First steps: oneDNN primitives, cuBLASLt heuristics, first touch of every buffer.
+  // A first step: oneDNN primitives, cuBLASLt heuristics and workspaces, first touch of the
+  // parameter gradients.
   timed.set_timing(false);
-  for (int i = 0; i < 2; ++i) step();
+  step();
 
   // GEMMs are timed in the measured steps on the CPU (two clock reads each), in separate steps
   // on a GPU (the stream syncs around each GEMM would slow the measured ones).
@@ -217,15 +223,16 @@ std::string case_name(const LayerCase& c, int tp) {
          "_tp" + std::to_string(tp);
 }
 
-void register_case(LayerCase& c, const Target& target, int64_t iterations_override) {
-  c.name = case_name(c, target.tp->size());
+void register_case(const LayerCase& c, const Target& target, int64_t iterations_override,
+                   int round) {
   const int64_t iterations = iterations_override > 0 ? iterations_override : c.iterations;
   benchmark::RegisterBenchmark(c.name.c_str(),
-                               [c, target](benchmark::State& state) {
+                               [c, target, round](benchmark::State& state) {
                                  // A benchmark that throws is reported as failed; all ranks
                                  // throw alike for a bad size, so none is left waiting.
                                  try {
                                    bm_layer(state, c, target);
+                                   state.counters["round"] = round;
                                  } catch (const weft::Error& e) {
                                    state.SkipWithError(e.what());
                                  }
@@ -239,8 +246,8 @@ std::vector<LayerCase> cpu_cases() {
   std::vector<LayerCase> cases;
   for (const char* preset : {"gpt2", "llama"}) {
     for (DType dtype : {DType::kF32, DType::kBF16}) {
-      const int64_t kv_heads = std::strcmp(preset, "llama") == 0 ? 4 : 0;
-      cases.push_back({"cpu", "small", preset, dtype, 512, 8, kv_heads, 256, 2, 5, ""});
+      const bool llama = std::strcmp(preset, "llama") == 0;
+      cases.push_back({"cpu", "small", preset, dtype, 512, 8, llama ? 4 : 0, 256, 2, 10, ""});
     }
   }
   return cases;
@@ -258,19 +265,21 @@ std::vector<LayerCase> cuda_cases() {
 void print_summary(const weft::bench::CollectingReporter& reporter,
                    const std::vector<LayerCase>& cases, int tp) {
   std::printf(
-      "\nTransformerLayer forward + backward, tp %d (throughput: best of repetitions; GEMM "
-      "share: median)\n",
+      "\nTransformerLayer forward + backward, tp %d (throughput: best of rounds or "
+      "repetitions; GEMM share: median)\n",
       tp);
-  std::printf("%-5s %-6s %-6s %-5s %6s %5s %5s %12s %10s %10s %10s\n", "dev", "size", "preset",
-              "dtype", "hidden", "seq", "batch", "tokens/s", "GFLOP/s", "GEMM %", "GEMM GF/s");
+  std::printf("%-5s %-6s %-6s %-5s %6s %5s %5s %4s %12s %10s %10s %10s\n", "dev", "size", "preset",
+              "dtype", "hidden", "seq", "batch", "reps", "tokens/s", "GFLOP/s", "GEMM %",
+              "GEMM GF/s");
   for (const LayerCase& c : cases) {
     const double tokens = reporter.max(c.name, "tokens_per_s");
     if (tokens < 0) continue;  // filtered out or failed
-    std::printf("%-5s %-6s %-6s %-5s %6lld %5lld %5lld %12.0f %10.1f %10.1f %10.1f\n",
+    std::printf("%-5s %-6s %-6s %-5s %6lld %5lld %5lld %4zu %12.0f %10.1f %10.1f %10.1f\n",
                 c.device.c_str(), c.size.c_str(), c.preset.c_str(), weft::dtype_name(c.dtype),
                 static_cast<long long>(c.hidden), static_cast<long long>(c.seq),
-                static_cast<long long>(c.batch), tokens, reporter.max(c.name, "GFLOP/s"),
-                reporter.median(c.name, "gemm_share_pct"), reporter.median(c.name, "gemm_GFLOP/s"));
+                static_cast<long long>(c.batch), reporter.values(c.name, "tokens_per_s").size(),
+                tokens, reporter.max(c.name, "GFLOP/s"), reporter.median(c.name, "gemm_share_pct"),
+                reporter.median(c.name, "gemm_GFLOP/s"));
   }
 }
 
@@ -282,26 +291,33 @@ std::string mpi_library_version() {
   return version.substr(0, version.find_first_of(",\n"));
 }
 
-// Takes --layer_iterations=N out of argv (Google Benchmark rejects flags it does not know).
-int64_t take_iterations_flag(int* argc, char** argv) {
-  int64_t iterations = 0;
+struct LayerFlags {
+  int64_t iterations = 0;  // --layer_iterations=N: override every case's count (0: keep)
+  int rounds = 1;          // --layer_rounds=N: run the whole list N times, round-robin
+};
+
+// Takes this program's flags out of argv (Google Benchmark rejects flags it does not know).
+LayerFlags take_layer_flags(int* argc, char** argv) {
+  LayerFlags flags;
   int kept = 1;
   for (int i = 1; i < *argc; ++i) {
     if (std::strncmp(argv[i], "--layer_iterations=", 19) == 0) {
-      iterations = std::strtoll(argv[i] + 19, nullptr, 10);
-      continue;
+      flags.iterations = std::strtoll(argv[i] + 19, nullptr, 10);
+    } else if (std::strncmp(argv[i], "--layer_rounds=", 15) == 0) {
+      flags.rounds = std::max(1, std::atoi(argv[i] + 15));
+    } else {
+      argv[kept++] = argv[i];
     }
-    argv[kept++] = argv[i];
   }
   *argc = kept;
   argv[kept] = nullptr;
-  return iterations;
+  return flags;
 }
 
 int run(int argc, char** argv) {
   std::unique_ptr<Communicator> world = weft::make_mpi_world_communicator();
   const int rank = world->rank();
-  const int64_t iterations = take_iterations_flag(&argc, argv);
+  const LayerFlags flags = take_layer_flags(&argc, argv);
   if (rank != 0) weft::bench::drop_output_flags(&argc, argv);
   benchmark::Initialize(&argc, argv);
   if (rank == 0 && benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
@@ -315,7 +331,7 @@ int run(int argc, char** argv) {
   }
   std::unique_ptr<Backend> cpu = weft::make_cpu_backend();
   std::vector<LayerCase> cases = cpu_cases();
-  for (LayerCase& c : cases) register_case(c, Target{cpu.get(), host_tp}, iterations);
+  std::vector<Target> targets(cases.size(), Target{cpu.get(), host_tp});
   benchmark::AddCustomContext("weft_version", WEFT_VERSION_STRING);
   benchmark::AddCustomContext("ranks", std::to_string(world->size()));
   benchmark::AddCustomContext("tp_communicator_cpu", host_tp->name());
@@ -344,9 +360,10 @@ int run(int argc, char** argv) {
       nccl = weft::make_nccl_communicator(*world, local_rank);
       device_tp = nccl.get();
     }
-    std::vector<LayerCase> gpu_cases = cuda_cases();
-    for (LayerCase& c : gpu_cases) register_case(c, Target{gpu.get(), device_tp}, iterations);
-    cases.insert(cases.end(), gpu_cases.begin(), gpu_cases.end());
+    for (const LayerCase& c : cuda_cases()) {
+      cases.push_back(c);
+      targets.push_back(Target{gpu.get(), device_tp});
+    }
     int runtime = 0, nccl_version = 0;
     cudaRuntimeGetVersion(&runtime);
     ncclGetVersion(&nccl_version);
@@ -359,6 +376,18 @@ int run(int argc, char** argv) {
                 local_size, devices);
   }
 #endif
+
+  // Rounds interleave the cases in one fixed order on every rank (Google Benchmark's random
+  // interleaving would shuffle differently on each rank), so that a spell of contention on a
+  // shared machine hits one repetition of many cases rather than every repetition of one.
+  for (size_t i = 0; i < cases.size(); ++i) {
+    cases[i].name = case_name(cases[i], targets[i].tp->size());
+  }
+  for (int round = 0; round < flags.rounds; ++round) {
+    for (size_t i = 0; i < cases.size(); ++i) {
+      register_case(cases[i], targets[i], flags.iterations, round);
+    }
+  }
 
   if (rank == 0) {
     weft::bench::CollectingReporter reporter(benchmark::ConsoleReporter::OO_Tabular);
