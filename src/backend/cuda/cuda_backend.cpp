@@ -154,6 +154,7 @@ CudaBackend::~CudaBackend() {
     DeviceGuard guard(device_);
     log_cuda_error(cudaStreamSynchronize(default_stream_->get()),
                    "synchronizing the default stream");
+    release_cached_blocks();
   } catch (const std::exception& e) {
     try {
       WEFT_LOG(kError, "~CudaBackend on cuda:", device_, ": ", e.what());
@@ -164,26 +165,63 @@ CudaBackend::~CudaBackend() {
 
 void* CudaBackend::allocate(size_t bytes) {
   if (bytes == 0) return nullptr;
+  constexpr size_t kGranule = 512;  // sizes round up to this, so near sizes share blocks
+  const size_t rounded = (bytes + kGranule - 1) / kGranule * kGranule;
   DeviceGuard guard(device_);
   void* ptr = nullptr;
-  // Plain device memory, never managed: page migration would hide copies from the profiler.
-  WEFT_CHECK_CUDA(cudaMalloc(&ptr, bytes), "allocating ", bytes, " bytes on cuda:", device_);
-  if (poison_allocations())
+  {
+    std::lock_guard<std::mutex> lock(allocator_mutex_);
+    // The smallest cached block that fits, unless it would waste more than half of itself.
+    auto it = free_blocks_.lower_bound(rounded);
+    if (it != free_blocks_.end() && it->first <= 2 * rounded) {
+      ptr = it->second;
+      free_blocks_.erase(it);
+    }
+  }
+  if (ptr == nullptr) {
+    // Plain device memory, never managed: page migration would hide copies from the profiler.
+    cudaError_t status = cudaMalloc(&ptr, rounded);
+    if (status == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      release_cached_blocks();  // give the cache back to the driver, then try once more
+      status = cudaMalloc(&ptr, rounded);
+    }
+    WEFT_CHECK_CUDA(status, "allocating ", bytes, " bytes on cuda:", device_);
+    std::lock_guard<std::mutex> lock(allocator_mutex_);
+    block_sizes_[ptr] = rounded;
+  }
+  if (poison_allocations()) {
     WEFT_CHECK_CUDA(cudaMemset(ptr, 0xff, bytes), "poisoning ", bytes, " bytes");
+  }
   return ptr;
 }
 
 void CudaBackend::deallocate(void* ptr) noexcept {
   if (ptr == nullptr) return;
   try {
-    DeviceGuard guard(device_);
-    log_cuda_error(cudaFree(ptr), "cudaFree");
+    std::lock_guard<std::mutex> lock(allocator_mutex_);
+    auto it = block_sizes_.find(ptr);
+    if (it == block_sizes_.end()) {
+      WEFT_LOG(kError, "deallocate on cuda:", device_, ": pointer not allocated by this backend");
+      return;
+    }
+    free_blocks_.emplace(it->second, ptr);
   } catch (const std::exception& e) {
     try {
       WEFT_LOG(kError, "deallocate on cuda:", device_, ": ", e.what());
     } catch (...) {
     }
   }
+}
+
+void CudaBackend::release_cached_blocks() noexcept {
+  std::lock_guard<std::mutex> lock(allocator_mutex_);
+  for (const auto& [size, ptr] : free_blocks_) {
+    (void)size;
+    log_cuda_error(cudaFree(ptr), "cudaFree of a cached block");
+    block_sizes_.erase(ptr);
+  }
+  free_blocks_.clear();
 }
 
 void CudaBackend::set_stream(Stream& stream) {

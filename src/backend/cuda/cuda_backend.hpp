@@ -5,8 +5,11 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "backend/cuda/cublaslt_matmul.hpp"
 #include "weft/backend.hpp"
@@ -107,30 +110,57 @@ class CudaBackend final : public Backend {
   // Transformer ops: cuda_transformer_ops.cpp.
   void scale(TensorView out, TensorView in, float alpha) override;
   void sum_squares(TensorView out, TensorView in) override;
-  void layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in, TensorView gamma, TensorView beta, float eps) override;
-  void layer_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_beta, TensorView grad_out, TensorView in, TensorView gamma, TensorView mean, TensorView rstd) override;
-  void rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma, float eps) override;
-  void rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out, TensorView in, TensorView gamma, TensorView rstd) override;
-  void attention(TensorView out, TensorView probs, TensorView qkv, const AttentionShape& shape) override;
-  void attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv, TensorView probs, const AttentionShape& shape) override;
-  void attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache, TensorView qkv, const AttentionShape& shape, int64_t past) override;
-  void rope(TensorView qkv, const AttentionShape& shape, float theta, int64_t position_offset, bool inverse) override;
+  void layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in, TensorView gamma,
+                  TensorView beta, float eps) override;
+  void layer_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_beta,
+                           TensorView grad_out, TensorView in, TensorView gamma, TensorView mean,
+                           TensorView rstd) override;
+  void rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma,
+                float eps) override;
+  void rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out,
+                         TensorView in, TensorView gamma, TensorView rstd) override;
+  void attention(TensorView out, TensorView probs, TensorView qkv,
+                 const AttentionShape& shape) override;
+  void attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
+                          TensorView probs, const AttentionShape& shape) override;
+  void attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache, TensorView qkv,
+                            const AttentionShape& shape, int64_t past) override;
+  void rope(TensorView qkv, const AttentionShape& shape, float theta, int64_t position_offset,
+            bool inverse) override;
   void embedding(TensorView out, TensorView ids, TensorView table, int64_t vocab_start) override;
-  void embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out, int64_t vocab_start) override;
-  void vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start, int64_t vocab_size) override;
-  void vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit, TensorView logits, TensorView row_max, TensorView targets, int64_t vocab_start, int64_t vocab_size) override;
-  void vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits, TensorView row_max, TensorView sum_exp, TensorView targets, TensorView grad_loss, int64_t vocab_start, int64_t vocab_size) override;
+  void embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out,
+                          int64_t vocab_start) override;
+  void vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start,
+                 int64_t vocab_size) override;
+  void vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit, TensorView logits,
+                                TensorView row_max, TensorView targets, int64_t vocab_start,
+                                int64_t vocab_size) override;
+  void vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits, TensorView row_max,
+                                    TensorView sum_exp, TensorView targets, TensorView grad_loss,
+                                    int64_t vocab_start, int64_t vocab_size) override;
   void swiglu(TensorView out, TensorView gate, TensorView up) override;
-  void swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out, TensorView gate, TensorView up) override;
-  void dropout(TensorView out, TensorView in, float probability, uint64_t seed, uint64_t offset) override;
-  void adamw(TensorView master, TensorView m, TensorView v, TensorView grad, const AdamWStep& step) override;
+  void swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out,
+                       TensorView gate, TensorView up) override;
+  void dropout(TensorView out, TensorView in, float probability, uint64_t seed,
+               uint64_t offset) override;
+  void adamw(TensorView master, TensorView m, TensorView v, TensorView grad,
+             const AdamWStep& step) override;
 
  private:
   // Host memory or this device, for the two copy ops.
   void check_copy_side(const TensorView& view, const char* op, const char* what) const;
 
+  void release_cached_blocks() noexcept;
+
   int device_;
   std::string name_;
+  // Caching allocator (as PyTorch's): released blocks are kept for reuse instead of cudaFree,
+  // which synchronizes the whole device. Reuse is ordered by the current stream; memory a kernel
+  // on another stream still uses must be ordered before the current stream before its Tensor is
+  // released (PendingGroup::wait() and Event::wait() do that).
+  std::mutex allocator_mutex_;
+  std::multimap<size_t, void*> free_blocks_;       // size -> block
+  std::unordered_map<void*, size_t> block_sizes_;  // every block we cudaMalloc'd
   std::unique_ptr<CublasLtMatmul> matmul_;
   std::unique_ptr<CudaStream> default_stream_;
   CudaStream* current_ = nullptr;
