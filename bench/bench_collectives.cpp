@@ -248,28 +248,14 @@ int run(int argc, char** argv) {
     }
   }
 
-  if (rank == 0) {
-    weft::bench::CollectingReporter reporter(benchmark::ConsoleReporter::OO_Tabular);
-    benchmark::RunSpecifiedBenchmarks(&reporter);
+  weft::bench::run_benchmarks_on_all_ranks(rank, [&](weft::bench::CollectingReporter& reporter) {
     print_tables(reporter, series, sizes, world->size());
-  } else {
-    weft::bench::NullReporter silent;
-    benchmark::RunSpecifiedBenchmarks(&silent);
-  }
-  benchmark::Shutdown();
+  });
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  weft::MpiRuntime mpi(&argc, &argv);
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    // A rank that stops here would leave the others waiting in a collective forever.
-    std::fprintf(stderr, "bench_collectives: %s\n", e.what());
-    std::fflush(stderr);
-    weft::MpiRuntime::abort(1);
-  }
+  return weft::bench::mpi_benchmark_main("bench_collectives", argc, argv, run);
 }

@@ -8,11 +8,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "weft/backend.hpp"
+#include "weft/comm.hpp"
 #include "weft/dtype.hpp"
 #include "weft/tensor.hpp"
 
@@ -122,6 +124,35 @@ inline void fill_input(Backend& backend, TensorView view, uint64_t seed) {
         view.as<int32_t>()[i] = static_cast<int32_t>(state >> 57);
         break;
     }
+  }
+}
+
+// Runs every registered benchmark on every rank (fixed iteration counts, so that the ranks'
+// collectives pair up); rank 0 reports and then `summarize` prints its tables from what was
+// collected, the other ranks stay silent.
+inline void run_benchmarks_on_all_ranks(int rank,
+                                        const std::function<void(CollectingReporter&)>& summarize) {
+  if (rank == 0) {
+    CollectingReporter reporter(benchmark::ConsoleReporter::OO_Tabular);
+    benchmark::RunSpecifiedBenchmarks(&reporter);
+    summarize(reporter);
+  } else {
+    NullReporter silent;
+    benchmark::RunSpecifiedBenchmarks(&silent);
+  }
+  benchmark::Shutdown();
+}
+
+// main() of a benchmark run under mpirun: an exception on any rank ends the whole job, since a
+// rank that stopped alone would leave the others waiting in a collective forever.
+inline int mpi_benchmark_main(const char* name, int argc, char** argv, int (*run)(int, char**)) {
+  MpiRuntime mpi(&argc, &argv);
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", name, e.what());
+    std::fflush(stderr);
+    MpiRuntime::abort(1);
   }
 }
 

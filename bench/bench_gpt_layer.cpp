@@ -253,7 +253,7 @@ std::vector<LayerCase> cpu_cases() {
   return cases;
 }
 
-std::vector<LayerCase> cuda_cases() {
+[[maybe_unused]] std::vector<LayerCase> cuda_cases() {
   std::vector<LayerCase> cases;
   for (const char* preset : {"gpt2", "llama"}) {
     cases.push_back({"cuda", "medium", preset, DType::kBF16, 2048, 16, 0, 2048, 1, 20, ""});
@@ -389,28 +389,14 @@ int run(int argc, char** argv) {
     }
   }
 
-  if (rank == 0) {
-    weft::bench::CollectingReporter reporter(benchmark::ConsoleReporter::OO_Tabular);
-    benchmark::RunSpecifiedBenchmarks(&reporter);
+  weft::bench::run_benchmarks_on_all_ranks(rank, [&](weft::bench::CollectingReporter& reporter) {
     print_summary(reporter, cases, world->size());
-  } else {
-    weft::bench::NullReporter silent;
-    benchmark::RunSpecifiedBenchmarks(&silent);
-  }
-  benchmark::Shutdown();
+  });
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  weft::MpiRuntime mpi(&argc, &argv);
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    // A rank that stops here would leave the others waiting in a collective forever.
-    std::fprintf(stderr, "bench_gpt_layer: %s\n", e.what());
-    std::fflush(stderr);
-    weft::MpiRuntime::abort(1);
-  }
+  return weft::bench::mpi_benchmark_main("bench_gpt_layer", argc, argv, run);
 }

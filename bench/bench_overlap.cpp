@@ -294,28 +294,13 @@ int run(int argc, char** argv) {
     }
   }
 
-  if (rank == 0) {
-    weft::bench::CollectingReporter reporter(benchmark::ConsoleReporter::OO_Tabular);
-    benchmark::RunSpecifiedBenchmarks(&reporter);
-    print_table(reporter, rows, tp);
-  } else {
-    weft::bench::NullReporter silent;
-    benchmark::RunSpecifiedBenchmarks(&silent);
-  }
-  benchmark::Shutdown();
+  weft::bench::run_benchmarks_on_all_ranks(
+      rank, [&](weft::bench::CollectingReporter& reporter) { print_table(reporter, rows, tp); });
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  weft::MpiRuntime mpi(&argc, &argv);
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    // A rank that stops here would leave the others waiting in a collective forever.
-    std::fprintf(stderr, "bench_overlap: %s\n", e.what());
-    std::fflush(stderr);
-    weft::MpiRuntime::abort(1);
-  }
+  return weft::bench::mpi_benchmark_main("bench_overlap", argc, argv, run);
 }
