@@ -23,6 +23,7 @@
 #include "weft/overlap.hpp"
 #include "weft/parameter.hpp"
 #include "weft/partition.hpp"
+#include "weft/pipeline.hpp"
 #include "weft/rng.hpp"
 #include "weft/shape.hpp"
 #include "weft/tensor.hpp"
