@@ -11,44 +11,19 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "backend/cuda/cuda_check.hpp"
+#include "backend/pointwise_math.hpp"
+#include "kernel_util.cuh"
 #include "kernels.hpp"
 
 namespace weft {
 namespace {
 
-constexpr int kThreads = 256;
-// Enough blocks to fill an H100 many times over; the grid-stride loops cover the rest.
-constexpr int64_t kMaxBlocks = 65536;
-
-int blocks_for(int64_t n) {
-  return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
-}
-
-void check_launch(const char* kernel) { WEFT_CHECK_CUDA(cudaGetLastError(), "launching ", kernel); }
-
-__device__ __forceinline__ int64_t first_index() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ __forceinline__ int64_t grid_stride() {
-  return static_cast<int64_t>(gridDim.x) * blockDim.x;
-}
-
-constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
-constexpr float kGeluCubic = 0.044715f;
-
-__device__ __forceinline__ float gelu_forward(float x) {
-  const float u = kGeluScale * (x + kGeluCubic * x * x * x);
-  return 0.5f * x * (1.0f + tanhf(u));
-}
-
-// d/dx of gelu_forward: 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx with t = tanh(u).
-__device__ __forceinline__ float gelu_derivative(float x) {
-  const float x2 = x * x;
-  const float t = tanhf(kGeluScale * (x + kGeluCubic * x2 * x));
-  const float du = kGeluScale * (1.0f + 3.0f * kGeluCubic * x2);
-  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
-}
+using kernel::blocks_for;
+using kernel::check_launch;
+using kernel::first_index;
+using kernel::grid_stride;
+using kernel::kMaxBlocks;
+using kernel::kThreads;
 
 template <typename Dst, typename Src>
 __global__ void convert_kernel(Dst* dst, const Src* src, int64_t n) {
@@ -79,14 +54,14 @@ __global__ void add_bias_kernel(T* out, const T* in, const T* bias, int64_t n, i
 template <typename T>
 __global__ void gelu_kernel(T* out, const T* in, int64_t n) {
   for (int64_t i = first_index(); i < n; i += grid_stride()) {
-    out[i] = from_float<T>(gelu_forward(to_float(in[i])));
+    out[i] = from_float<T>(gelu_tanh(to_float(in[i])));
   }
 }
 
 template <typename T>
 __global__ void gelu_backward_kernel(T* grad_in, const T* grad_out, const T* input, int64_t n) {
   for (int64_t i = first_index(); i < n; i += grid_stride()) {
-    grad_in[i] = from_float<T>(to_float(grad_out[i]) * gelu_derivative(to_float(input[i])));
+    grad_in[i] = from_float<T>(to_float(grad_out[i]) * gelu_tanh_grad(to_float(input[i])));
   }
 }
 

@@ -6,24 +6,19 @@
 // host, and uniform fills must match the CPU bit for bit.
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 
-#include "backend/cuda/cuda_check.hpp"
+#include "kernel_util.cuh"
 #include "kernels.hpp"
 
 namespace weft {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 65536;
-
 template <typename T>
 __global__ void fill_random_kernel(T* dst, int64_t rows, int64_t cols, RandomFill spec,
                                    int64_t global_cols) {
   const int64_t n = rows * cols;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t i = kernel::first_index(); i < n; i += kernel::grid_stride()) {
     const int64_t r = i / cols;
     const int64_t c = i - r * cols;
     dst[i] = from_float<T>(random_value(spec, global_cols, spec.row0 + r, spec.col0 + c));
@@ -38,9 +33,9 @@ void launch_fill_random(T* dst, int64_t rows, int64_t cols, const RandomFill& sp
   const int64_t n = rows * cols;
   if (n <= 0) return;
   const int64_t global_cols = spec.global_cols < 0 ? cols : spec.global_cols;
-  const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
-  fill_random_kernel<T><<<blocks, kThreads, 0, stream>>>(dst, rows, cols, spec, global_cols);
-  WEFT_CHECK_CUDA(cudaGetLastError(), "launching fill_random_kernel");
+  fill_random_kernel<T>
+      <<<kernel::blocks_for(n), kernel::kThreads, 0, stream>>>(dst, rows, cols, spec, global_cols);
+  kernel::check_launch("fill_random_kernel");
 }
 
 template void launch_fill_random<float>(float*, int64_t, int64_t, const RandomFill&,

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "backend/pointwise_math.hpp"
 #include "kernel_util.cuh"
 #include "kernels.hpp"
 
@@ -22,8 +23,6 @@ using kernel::check_launch;
 using kernel::first_index;
 using kernel::grid_stride;
 using kernel::kThreads;
-
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 template <typename T>
 __global__ void scale_kernel(T* out, const T* in, float alpha, int64_t n) {
@@ -57,22 +56,18 @@ __global__ void sum_partials_kernel(float* out, const float* partial, int count)
 template <typename T>
 __global__ void swiglu_kernel(T* out, const T* gate, const T* up, int64_t n) {
   for (int64_t i = first_index(); i < n; i += grid_stride()) {
-    const float g = to_float(gate[i]);
-    out[i] = from_float<T>(g * sigmoid(g) * to_float(up[i]));
+    out[i] = from_float<T>(swiglu_value(to_float(gate[i]), to_float(up[i])));
   }
 }
 
-// d silu(g)/dg = s (1 + g (1 - s)) with s = sigmoid(g).
 template <typename T>
 __global__ void swiglu_backward_kernel(T* grad_gate, T* grad_up, const T* grad_out, const T* gate,
                                        const T* up, int64_t n) {
   for (int64_t i = first_index(); i < n; i += grid_stride()) {
-    const float g = to_float(gate[i]);
-    const float u = to_float(up[i]);
-    const float dy = to_float(grad_out[i]);
-    const float s = sigmoid(g);
-    grad_gate[i] = from_float<T>(dy * u * s * (1.0f + g * (1.0f - s)));
-    grad_up[i] = from_float<T>(dy * g * s);
+    float dg, du;  // computed before either store: the gradients may alias the inputs
+    swiglu_grads(to_float(grad_out[i]), to_float(gate[i]), to_float(up[i]), &dg, &du);
+    grad_gate[i] = from_float<T>(dg);
+    grad_up[i] = from_float<T>(du);
   }
 }
 
@@ -85,24 +80,11 @@ __global__ void dropout_kernel(T* out, const T* in, float probability, float kee
   }
 }
 
-struct AdamWConstants {
-  float lr, beta1, beta2, eps, weight_decay, grad_scale;
-  float bias_correction1, bias_correction2;  // 1 - beta^step
-};
-
 template <typename T>
 __global__ void adamw_kernel(float* master, float* m, float* v, const T* grad, int64_t n,
                              AdamWConstants k) {
   for (int64_t i = first_index(); i < n; i += grid_stride()) {
-    const float g = to_float(grad[i]) * k.grad_scale;
-    const float mi = k.beta1 * m[i] + (1.0f - k.beta1) * g;
-    const float vi = k.beta2 * v[i] + (1.0f - k.beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    const float m_hat = mi / k.bias_correction1;
-    const float v_hat = vi / k.bias_correction2;
-    const float w = master[i];
-    master[i] = w - k.lr * (m_hat / (sqrtf(v_hat) + k.eps) + k.weight_decay * w);
+    adamw_update(&master[i], &m[i], &v[i], to_float(grad[i]), k);
   }
 }
 
@@ -161,16 +143,7 @@ template <typename T>
 void launch_adamw(float* master, float* m, float* v, const T* grad, int64_t n,
                   const AdamWStep& step, CudaStreamHandle stream) {
   if (n <= 0) return;
-  AdamWConstants k;
-  k.lr = step.lr;
-  k.beta1 = step.beta1;
-  k.beta2 = step.beta2;
-  k.eps = step.eps;
-  k.weight_decay = step.weight_decay;
-  k.grad_scale = step.grad_scale;
-  const double t = static_cast<double>(step.step);
-  k.bias_correction1 = static_cast<float>(1.0 - std::pow(static_cast<double>(step.beta1), t));
-  k.bias_correction2 = static_cast<float>(1.0 - std::pow(static_cast<double>(step.beta2), t));
+  const AdamWConstants k = adamw_constants(step);
   adamw_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(master, m, v, grad, n, k);
   check_launch("adamw_kernel");
 }

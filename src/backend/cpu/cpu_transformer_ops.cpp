@@ -31,8 +31,6 @@ float ld(const T* p, int64_t i) {
   return to_float(p[i]);
 }
 
-float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-
 // Rows [0, rows) of a [rows, cols] parameter gradient reduced column by column: fn(r, c0, c1, acc)
 // adds row r's contributions of columns [c0, c1) into acc[0, c1 - c0). The rows are visited in
 // order for every column, so the sum does not depend on the thread count.
@@ -608,8 +606,7 @@ void CpuBackend::swiglu(TensorView out, TensorView gate, TensorView up) {
     T* o = out.as<T>();
 #pragma omp parallel for schedule(static) if (n > kParallelWork)
     for (int64_t i = 0; i < n; ++i) {
-      const float gi = ld(g, i);
-      o[i] = from_float<T>(gi * sigmoid(gi) * ld(u, i));
+      o[i] = from_float<T>(swiglu_value(ld(g, i), ld(u, i)));
     }
   });
 }
@@ -624,12 +621,10 @@ void CpuBackend::swiglu_backward(TensorView grad_gate, TensorView grad_up, Tenso
     T *dg = grad_gate.as<T>(), *du = grad_up.as<T>();
 #pragma omp parallel for schedule(static) if (n > kParallelWork)
     for (int64_t i = 0; i < n; ++i) {
-      // Read everything first: the gradients may alias the inputs.
-      const float gi = ld(g, i), ui = ld(u, i), dyi = ld(dy, i);
-      const float sg = sigmoid(gi);
-      // d silu(g) / dg = sigmoid(g) (1 + g (1 - sigmoid(g))).
-      dg[i] = from_float<T>(dyi * ui * sg * (1.0f + gi * (1.0f - sg)));
-      du[i] = from_float<T>(dyi * gi * sg);
+      float gg, gu;  // computed before either store: the gradients may alias the inputs
+      swiglu_grads(ld(dy, i), ld(g, i), ld(u, i), &gg, &gu);
+      dg[i] = from_float<T>(gg);
+      du[i] = from_float<T>(gu);
     }
   });
 }
@@ -655,20 +650,14 @@ void CpuBackend::adamw(TensorView master, TensorView m, TensorView v, TensorView
                        const AdamWStep& step) {
   check_adamw_args(master, m, v, grad, step, device());
   const int64_t n = master.numel();
-  const float b1 = step.beta1, b2 = step.beta2;
-  const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(b1), step.step));
-  const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(b2), step.step));
+  const AdamWConstants k = adamw_constants(step);
   float *w = master.as<float>(), *mm = m.as<float>(), *vv = v.as<float>();
   dispatch_dtype(grad.dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* gr = grad.as<T>();
 #pragma omp parallel for schedule(static) if (n > kParallelWork)
     for (int64_t i = 0; i < n; ++i) {
-      const float g = ld(gr, i) * step.grad_scale;
-      mm[i] = b1 * mm[i] + (1.0f - b1) * g;
-      vv[i] = b2 * vv[i] + (1.0f - b2) * g * g;
-      const float mhat = mm[i] / bc1, vhat = vv[i] / bc2;
-      w[i] -= step.lr * (mhat / (std::sqrt(vhat) + step.eps) + step.weight_decay * w[i]);
+      adamw_update(&w[i], &mm[i], &vv[i], ld(gr, i), k);
     }
   });
 }
