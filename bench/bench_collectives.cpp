@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "bench_mpi.hpp"
 #include "weft/backend.hpp"
 #include "weft/comm.hpp"
 #include "weft/config.hpp"
@@ -199,16 +200,8 @@ int run(int argc, char** argv) {
   // by all ranks together so that they register the same benchmarks.
   std::unique_ptr<Backend> gpu;
   std::unique_ptr<Communicator> nccl;
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
-  int local_rank = 0, local_size = 1;
-  MPI_Comm_rank(node, &local_rank);
-  MPI_Comm_size(node, &local_size);
-  MPI_Comm_free(&node);
-  const int devices = weft::cuda_device_count();
-  int usable = devices >= local_size ? 1 : 0, all_usable = 0;
-  MPI_Allreduce(&usable, &all_usable, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (all_usable) {
+  const int local_rank = weft::bench::gpu_for_every_rank();
+  if (local_rank >= 0) {
     gpu = weft::make_cuda_backend(local_rank);
     nccl = weft::make_nccl_communicator(*world, local_rank);
     transports.push_back({"nccl", nccl.get(), gpu.get()});
@@ -216,9 +209,8 @@ int run(int argc, char** argv) {
     ncclGetVersion(&version);
     benchmark::AddCustomContext("nccl_version", std::to_string(version));
     benchmark::AddCustomContext("gpu", gpu->name());
-  } else if (rank == 0 && devices > 0) {
-    std::printf("NCCL skipped: %d ranks per node share %d GPU(s); NCCL needs one GPU per rank\n",
-                local_size, devices);
+  } else if (rank == 0 && weft::cuda_device_count() > 0) {
+    std::printf("NCCL skipped: the ranks of a node share GPUs; NCCL needs one GPU per rank\n");
   }
 #endif
 

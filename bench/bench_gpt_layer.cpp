@@ -70,6 +70,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "bench_mpi.hpp"
 #include "timing_backend.hpp"
 #include "weft/backend.hpp"
 #include "weft/comm.hpp"
@@ -344,16 +345,8 @@ int run(int argc, char** argv) {
 #if WEFT_HAVE_CUDA
   // A GPU per rank of each node, decided by all ranks together so that they register the same
   // benchmarks. One rank uses the self communicator (its collectives are never called at tp 1).
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
-  int local_rank = 0, local_size = 1;
-  MPI_Comm_rank(node, &local_rank);
-  MPI_Comm_size(node, &local_size);
-  MPI_Comm_free(&node);
-  const int devices = weft::cuda_device_count();
-  int usable = devices >= local_size ? 1 : 0, all_usable = 0;
-  MPI_Allreduce(&usable, &all_usable, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (all_usable) {
+  const int local_rank = weft::bench::gpu_for_every_rank();
+  if (local_rank >= 0) {
     gpu = weft::make_cuda_backend(local_rank);
     Communicator* device_tp = self.get();
     if (world->size() > 1) {
@@ -371,9 +364,8 @@ int run(int argc, char** argv) {
     benchmark::AddCustomContext("tp_communicator_cuda", device_tp->name());
     benchmark::AddCustomContext("cuda_runtime_version", std::to_string(runtime));
     benchmark::AddCustomContext("nccl_version", std::to_string(nccl_version));
-  } else if (rank == 0 && devices > 0) {
-    std::printf("CUDA cases skipped: %d ranks per node share %d GPU(s); each rank needs its own\n",
-                local_size, devices);
+  } else if (rank == 0 && weft::cuda_device_count() > 0) {
+    std::printf("CUDA cases skipped: the ranks of a node share GPUs; each rank needs its own\n");
   }
 #endif
 

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "bench_mpi.hpp"
 #include "weft/backend.hpp"
 #include "weft/comm.hpp"
 #include "weft/config.hpp"
@@ -261,25 +262,16 @@ int run(int argc, char** argv) {
   // register the same benchmarks.
   std::unique_ptr<Backend> gpu;
   std::unique_ptr<Communicator> nccl;
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
-  int local_rank = 0, local_size = 1;
-  MPI_Comm_rank(node, &local_rank);
-  MPI_Comm_size(node, &local_size);
-  MPI_Comm_free(&node);
-  const int devices = weft::cuda_device_count();
-  int usable = devices >= local_size ? 1 : 0, all_usable = 0;
-  MPI_Allreduce(&usable, &all_usable, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (all_usable) {
+  const int local_rank = weft::bench::gpu_for_every_rank();
+  if (local_rank >= 0) {
     gpu = weft::make_cuda_backend(local_rank);
     nccl = weft::make_nccl_communicator(*world, local_rank);
     benchmark::AddCustomContext("gpu", gpu->name());
     const Transport cuda{"nccl", nccl.get(), gpu.get()};
     rows.push_back({cuda, Op::kAgGemm, Case{"flux", 4096, 12288, 49152, DType::kBF16, 20}});
     rows.push_back({cuda, Op::kGemmRs, Case{"flux", 4096, 49152, 12288, DType::kBF16, 20}});
-  } else if (rank == 0 && devices > 0) {
-    std::printf("CUDA cases skipped: %d ranks per node share %d GPU(s); NCCL needs one per rank\n",
-                local_size, devices);
+  } else if (rank == 0 && weft::cuda_device_count() > 0) {
+    std::printf("CUDA cases skipped: the ranks of a node share GPUs; NCCL needs one per rank\n");
   }
 #endif
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "weft/backend.hpp"
+#include "weft/comm.hpp"
 #include "weft/dtype.hpp"
 #include "weft/rng.hpp"
 #include "weft/tensor.hpp"
@@ -124,6 +125,26 @@ class CudaFixture : public Base {
 };
 
 using CudaTest = CudaFixture<::testing::Test>;
+
+// A CUDA fixture with an NCCL communicator of one rank on device 0 (bootstrapped through the
+// self communicator: these tests run without mpirun).
+class NcclTest : public CudaTest {
+ protected:
+  void SetUp() override {
+    CudaTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    bootstrap_ = make_self_communicator();
+    nccl_ = make_nccl_communicator(*bootstrap_, 0);
+  }
+  void TearDown() override {
+    nccl_.reset();  // before the backends of the fixture
+    bootstrap_.reset();
+  }
+  Communicator& nccl() { return *nccl_; }
+
+  std::unique_ptr<Communicator> bootstrap_;
+  std::unique_ptr<Communicator> nccl_;
+};
 
 // |got - want| <= rtol * (|want| + max|want|) elementwise: relative to the element, with a floor
 // relative to the tensor's scale, so that values that cancel to near zero are judged against the

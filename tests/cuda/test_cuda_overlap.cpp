@@ -13,23 +13,7 @@
 namespace weft::test {
 namespace {
 
-class OverlapTest : public CudaTest {
- protected:
-  void SetUp() override {
-    CudaTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    bootstrap_ = make_self_communicator();
-    nccl_ = make_nccl_communicator(*bootstrap_, 0);
-  }
-  void TearDown() override {
-    nccl_.reset();  // before the backends of the fixture
-    bootstrap_.reset();
-  }
-  Communicator& nccl() { return *nccl_; }
-
-  std::unique_ptr<Communicator> bootstrap_;
-  std::unique_ptr<Communicator> nccl_;
-};
+using OverlapTest = NcclTest;
 
 TEST_F(OverlapTest, NcclAsyncGroupIsOrderedByEventsAroundTheComputeStream) {
   Tensor host = random_host({256, 64}, DType::kF32, 901);

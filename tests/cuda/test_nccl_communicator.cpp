@@ -12,24 +12,6 @@
 namespace weft::test {
 namespace {
 
-class NcclTest : public CudaTest {
- protected:
-  void SetUp() override {
-    CudaTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    bootstrap_ = make_self_communicator();
-    nccl_ = make_nccl_communicator(*bootstrap_, 0);
-  }
-  void TearDown() override {
-    nccl_.reset();  // before the backends of the fixture
-    bootstrap_.reset();
-  }
-  Communicator& nccl() { return *nccl_; }
-
-  std::unique_ptr<Communicator> bootstrap_;
-  std::unique_ptr<Communicator> nccl_;
-};
-
 const DType kDtypes[] = {DType::kF32, DType::kBF16, DType::kF16};
 
 TEST_F(NcclTest, Identity) {
