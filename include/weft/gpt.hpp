@@ -1,6 +1,7 @@
 // TransformerLayer and GPTModel: a Megatron-style decoder-only transformer on weft's layers.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -150,6 +151,7 @@ class GPTModel {
 
  private:
   Tensor embed(TensorView ids);
+  void set_positions(int64_t seq, int64_t batch, int64_t first);
   // 1, or the TP size under sequence parallelism: the activations' rows are seq * batch / this.
   int sequence_shards() const { return config_.sequence_parallel ? ctx_.tp.size() : 1; }
   // The learned position table's gradient from the embedding output's gradient.
@@ -168,6 +170,7 @@ class GPTModel {
   // Saved by forward for backward.
   int64_t seq_ = 0, batch_ = 0;
   Tensor position_ids_;
+  std::array<int64_t, 3> position_key_{};  // (seq, batch, first position) of position_ids_
   DropoutRng::Draw embedding_drop_{};
   bool training_ = true;
   std::vector<Tensor> activations_;  // input of each layer, then the final norm's input

@@ -138,18 +138,22 @@ Tensor GPTModel::embed(TensorView ids) {
   return x;
 }
 
-namespace {
-// i32 positions [seq * batch]: row s * batch + b holds first + s.
-Tensor position_tensor(Backend& backend, int64_t seq, int64_t batch, int64_t first) {
+// i32 positions [seq * batch], row s * batch + b holding first + s: built once per shape and kept,
+// rather than filled on the host and copied to the device every forward.
+void GPTModel::set_positions(int64_t seq, int64_t batch, int64_t first) {
+  if (position_ids_.defined() && position_key_[0] == seq && position_key_[1] == batch &&
+      position_key_[2] == first) {
+    return;
+  }
   std::vector<int32_t> host(static_cast<size_t>(seq * batch));
   for (int64_t s = 0; s < seq; ++s) {
     for (int64_t b = 0; b < batch; ++b) host[s * batch + b] = static_cast<int32_t>(first + s);
   }
-  Tensor ids(backend, Shape({seq * batch}), DType::kI32);
-  backend.copy(ids, TensorView{host.data(), ids.shape(), DType::kI32, Device::cpu()});
-  return ids;
+  position_ids_ = Tensor(ctx_.backend, Shape({seq * batch}), DType::kI32);
+  ctx_.backend.copy(position_ids_,
+                    TensorView{host.data(), position_ids_.shape(), DType::kI32, Device::cpu()});
+  position_key_ = {seq, batch, first};
 }
-}  // namespace
 
 Tensor GPTModel::forward_stage(TensorView input, TensorView targets, int64_t seq, int64_t batch,
                                DropoutRng& rng) {
@@ -167,8 +171,7 @@ Tensor GPTModel::forward_stage(TensorView input, TensorView targets, int64_t seq
     check_tokens(input, "ids", seq, batch);
     if (positions_) {
       const int64_t local_seq = seq / shards;
-      position_ids_ = position_tensor(ctx_.backend, local_seq, batch,
-                                      shards > 1 ? local_seq * ctx_.tp.rank() : 0);
+      set_positions(local_seq, batch, shards > 1 ? local_seq * ctx_.tp.rank() : 0);
     }
     activations_.push_back(embed(input));
     if (training_ && config_.dropout > 0.0f) {
@@ -209,23 +212,32 @@ Tensor GPTModel::forward_stage(TensorView input, TensorView targets, int64_t seq
 
 Tensor GPTModel::backward_stage(TensorView grad_output, float loss_scale) {
   Tensor grad;
+  TensorView upstream = grad_output;  // the gradient flowing into the next layer down
   if (layout_.has_head) {
     WEFT_CHECK(!losses_.empty(), "GPTModel: backward called before forward");
     const std::vector<float> grad_loss(losses_.size(),
                                        loss_scale / static_cast<float>(losses_.size()));
     grad = embedding_->lm_head_backward(cross_entropy_.backward(grad_loss));
     grad = final_norm_->backward(grad);
+    upstream = grad;
     losses_.clear();
   } else {
     const int64_t rows = seq_ * batch_ / sequence_shards();
     WEFT_CHECK(grad_output.shape == Shape({rows, config_.hidden}),
                "GPTModel stage: ", "grad_output ", grad_output.str(),
                " must match the stage output [", rows, ", ", config_.hidden, "]");
-    grad = Tensor(ctx_.backend, grad_output.shape, grad_output.dtype);
-    ctx_.backend.copy(grad, grad_output);
   }
-  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) grad = (*it)->backward(grad);
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
+    grad = (*it)->backward(upstream);
+    upstream = grad;
+  }
   if (!layout_.has_embedding) return grad;
+  if (!grad.defined()) {
+    // A first stage holding only the embedding: the dropout below works in place, and the
+    // caller's gradient must not change.
+    grad = Tensor(ctx_.backend, upstream.shape, upstream.dtype);
+    ctx_.backend.copy(grad, upstream);
+  }
   if (training_ && config_.dropout > 0.0f) {
     ctx_.backend.dropout(grad, grad, config_.dropout, embedding_drop_.seed, embedding_drop_.offset);
   }
@@ -304,7 +316,7 @@ std::vector<float> GPTModel::next_token_logits(TensorView ids, int64_t seq, int6
     ~SequenceParallelOff() { embedding.set_sequence_parallel(was); }
   } restore{*embedding_, embedding_->config().sequence_parallel};
   embedding_->set_sequence_parallel(false);
-  if (positions_) position_ids_ = position_tensor(ctx_.backend, seq, batch, past);
+  if (positions_) set_positions(seq, batch, past);
   Tensor x = embed(ids);
   for (auto& layer : layers_) x = layer->forward_cached(x, seq, batch, past);
   Tensor hidden = final_norm_->forward(x);

@@ -21,14 +21,15 @@ inline void check_token_ids(Backend& backend, const TensorView& ids, int64_t voc
              " must hold at least one token");
   WEFT_CHECK(ids.device == backend.device(), layer, ": ", what, " is on ", ids.device.str(),
              " but the layer runs on ", backend.device().str());
-  std::vector<int32_t> host(static_cast<size_t>(ids.numel()));
-  if (ids.device.is_cpu()) {
-    const int32_t* p = ids.as<int32_t>();
-    host.assign(p, p + ids.numel());
-  } else {
-    backend.copy(TensorView{host.data(), ids.shape, DType::kI32, Device::cpu()}, ids);
+  // Host ids are read where they are; device ids need one copy to the host.
+  std::vector<int32_t> staged;
+  const int32_t* host = ids.as<int32_t>();
+  if (!ids.device.is_cpu()) {
+    staged.resize(static_cast<size_t>(ids.numel()));
+    backend.copy(TensorView{staged.data(), ids.shape, DType::kI32, Device::cpu()}, ids);
+    host = staged.data();
   }
-  for (size_t t = 0; t < host.size(); ++t) {
+  for (int64_t t = 0; t < ids.numel(); ++t) {
     WEFT_CHECK(host[t] >= 0 && host[t] < vocab_size, layer, ": ", what, "[", t, "] = ", host[t],
                " is outside the vocabulary [0, ", vocab_size, ")");
   }
