@@ -174,14 +174,6 @@ void print_tables(const weft::bench::CollectingReporter& reporter,
   }
 }
 
-std::string mpi_library_version() {
-  char text[MPI_MAX_LIBRARY_VERSION_STRING];
-  int length = 0;
-  MPI_Get_library_version(text, &length);
-  std::string version(text, static_cast<size_t>(length));
-  return version.substr(0, version.find_first_of(",\n"));
-}
-
 int run(int argc, char** argv) {
   std::unique_ptr<Communicator> world = weft::make_mpi_world_communicator();
   const int rank = world->rank();
@@ -193,7 +185,7 @@ int run(int argc, char** argv) {
   std::vector<Transport> transports{{"mpi", world.get(), host.get()}};
   benchmark::AddCustomContext("weft_version", WEFT_VERSION_STRING);
   benchmark::AddCustomContext("ranks", std::to_string(world->size()));
-  benchmark::AddCustomContext("mpi_library", mpi_library_version());
+  benchmark::AddCustomContext("mpi_library", weft::bench::mpi_library_version());
 
 #if WEFT_HAVE_CUDA
   // NCCL needs a GPU of its own on every rank: use it only when each node has enough, decided

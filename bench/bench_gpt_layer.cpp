@@ -284,14 +284,6 @@ void print_summary(const weft::bench::CollectingReporter& reporter,
   }
 }
 
-std::string mpi_library_version() {
-  char text[MPI_MAX_LIBRARY_VERSION_STRING];
-  int length = 0;
-  MPI_Get_library_version(text, &length);
-  std::string version(text, static_cast<size_t>(length));
-  return version.substr(0, version.find_first_of(",\n"));
-}
-
 struct LayerFlags {
   int64_t iterations = 0;  // --layer_iterations=N: override every case's count (0: keep)
   int rounds = 1;          // --layer_rounds=N: run the whole list N times, round-robin
@@ -338,7 +330,7 @@ int run(int argc, char** argv) {
   benchmark::AddCustomContext("tp_communicator_cpu", host_tp->name());
   benchmark::AddCustomContext("weft_cpu_backend", cpu->name());
   benchmark::AddCustomContext("omp_threads", std::to_string(omp_get_max_threads()));
-  benchmark::AddCustomContext("mpi_library", mpi_library_version());
+  benchmark::AddCustomContext("mpi_library", weft::bench::mpi_library_version());
 
   std::unique_ptr<Backend> gpu;
   std::unique_ptr<Communicator> nccl;

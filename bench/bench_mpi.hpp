@@ -3,6 +3,8 @@
 
 #include <mpi.h>
 
+#include <string>
+
 #include "weft/backend.hpp"
 
 namespace weft::bench {
@@ -22,6 +24,15 @@ inline int gpu_for_every_rank() {
   int usable = cuda_device_count() >= local_size ? 1 : 0, all_usable = 0;
   MPI_Allreduce(&usable, &all_usable, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   return all_usable ? local_rank : -1;
+}
+
+// The MPI library's name and version, up to its first comma or line break.
+inline std::string mpi_library_version() {
+  char text[MPI_MAX_LIBRARY_VERSION_STRING];
+  int length = 0;
+  MPI_Get_library_version(text, &length);
+  std::string version(text, static_cast<size_t>(length));
+  return version.substr(0, version.find_first_of(",\n"));
 }
 
 }  // namespace weft::bench

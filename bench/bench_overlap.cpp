@@ -227,14 +227,6 @@ void print_table(const weft::bench::CollectingReporter& reporter, const std::vec
   std::printf("hidden = (plain - fused) / comm; speedup = plain / fused\n");
 }
 
-std::string mpi_library_version() {
-  char text[MPI_MAX_LIBRARY_VERSION_STRING];
-  int length = 0;
-  MPI_Get_library_version(text, &length);
-  std::string version(text, static_cast<size_t>(length));
-  return version.substr(0, version.find_first_of(",\n"));
-}
-
 int run(int argc, char** argv) {
   std::unique_ptr<Communicator> world = weft::make_mpi_world_communicator();
   const int rank = world->rank(), tp = world->size();
@@ -245,7 +237,7 @@ int run(int argc, char** argv) {
   std::unique_ptr<Backend> host = weft::make_cpu_backend();
   benchmark::AddCustomContext("weft_version", WEFT_VERSION_STRING);
   benchmark::AddCustomContext("ranks", std::to_string(tp));
-  benchmark::AddCustomContext("mpi_library", mpi_library_version());
+  benchmark::AddCustomContext("mpi_library", weft::bench::mpi_library_version());
   benchmark::AddCustomContext("cpu_backend", host->name());
 
   std::vector<Row> rows;

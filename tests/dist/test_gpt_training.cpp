@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "common/temp_dir.hpp"
 #include "common/test_util.hpp"
 #include "dist/dist_env.hpp"
 #include "weft/checkpoint.hpp"
@@ -23,17 +24,16 @@ constexpr int64_t kSeq = 8, kBatch = 2;
 // A small English text shared by all ranks (each writes its own copy: no shared file system
 // is assumed).
 std::string text_file() {
+  static const TempDir dir("weft-gpt-test");  // removed when the test binary exits
   static const std::string path = [] {
-    char dir[] = "/tmp/weft-gpt-test-XXXXXX";
-    const char* made = mkdtemp(dir);
-    const std::string p = std::string(made ? made : "/tmp") + "/text.txt";
-    std::ofstream out(p);
+    std::string text;
     for (int i = 0; i < 20; ++i) {
-      out << "It was the best of times, it was the worst of times, it was the age of wisdom, it "
-             "was the age of foolishness, it was the epoch of belief, it was the epoch of "
-             "incredulity, it was the season of Light, it was the season of Darkness.\n";
+      text +=
+          "It was the best of times, it was the worst of times, it was the age of wisdom, it "
+          "was the age of foolishness, it was the epoch of belief, it was the epoch of "
+          "incredulity, it was the season of Light, it was the season of Darkness.\n";
     }
-    return p;
+    return dir.write("text.txt", text);
   }();
   return path;
 }
@@ -142,8 +142,9 @@ TEST_P(GptTrainingTest, ResumedRunEqualsUninterruptedRun) {
     Trainer t(*cpu_, grid.tp(), config);
     for (int64_t s = 0; s < 6; ++s) straight.push_back(t.step(s));
   }
-  char dir_template[] = "/tmp/weft-ckpt-XXXXXX";
-  std::string dir = world().rank() == 0 ? mkdtemp(dir_template) : "";
+  std::unique_ptr<TempDir> made;  // rank 0 makes the directory, every rank uses it
+  if (world().rank() == 0) made = std::make_unique<TempDir>("weft-ckpt");
+  std::string dir = made ? made->path() : "";
   // Every rank needs the directory name rank 0 made.
   std::vector<char> name(64, 0);
   std::copy(dir.begin(), dir.end(), name.begin());
@@ -167,6 +168,7 @@ TEST_P(GptTrainingTest, ResumedRunEqualsUninterruptedRun) {
     for (int64_t s = 3; s < 6; ++s) resumed.push_back(t.step(s));
   }
   EXPECT_EQ(resumed, straight);
+  world().barrier();  // nobody reads the checkpoint any more when rank 0 removes it
 }
 
 TEST_P(GptTrainingTest, GradientsMatchFiniteDifferences) {

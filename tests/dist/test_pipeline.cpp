@@ -9,6 +9,7 @@
 #include <map>
 #include <sstream>
 
+#include "common/temp_dir.hpp"
 #include "common/test_util.hpp"
 #include "dist/dist_env.hpp"
 #include "weft/gpt.hpp"
@@ -332,11 +333,9 @@ TEST(Pipeline, ChromeTraceHasATrackPerRankAndTheBubbleIsMeasured) {
   EXPECT_LT(bubble, 1.0);
   EXPECT_GT(trace.compute_time_us(), 0.0);
 
-  char dir_template[] = "/tmp/weft-trace-XXXXXX";
-  const char* dir = mkdtemp(dir_template);
-  ASSERT_NE(dir, nullptr);
+  const TempDir dir("weft-trace");
   // One file per pipeline group (each group's pp rank 0 writes).
-  const std::string path = std::string(dir) + "/trace." + std::to_string(grid.dp_rank()) + ".json";
+  const std::string path = dir.file("trace." + std::to_string(grid.dp_rank()) + ".json");
   trace.write_chrome_trace(path, grid.pp());
   if (grid.pp().rank() == 0) {
     std::ifstream in(path);

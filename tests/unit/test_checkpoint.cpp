@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/temp_dir.hpp"
 #include "unit/unit_util.hpp"
 #include "weft/checkpoint.hpp"
 #include "weft/weft.hpp"
@@ -19,31 +20,9 @@
 namespace weft {
 namespace {
 
+using testing::TempDir;
+
 namespace fs = std::filesystem;
-
-// A fresh mkdtemp directory, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "weft-checkpoint-XXXXXX").string();
-    EXPECT_NE(mkdtemp(pattern.data()), nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path_)) out.push_back(e.path().filename());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-
- private:
-  fs::path path_;
-};
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
