@@ -10,6 +10,7 @@
 
 #include "weft/error.hpp"
 #include "weft/mappings.hpp"
+#include "weft/optimizer.hpp"
 #include "weft/pipeline.hpp"
 
 namespace weft {
@@ -80,18 +81,11 @@ float PipelineModel::grad_norm() {
   Parameter* duplicate = stages_ * virtual_stages_ > 1 && has_last_stage()
                              ? chunks_.back()->word_embeddings()
                              : nullptr;
-  Tensor one(backend, Shape({1}), DType::kF32);
-  double local = 0.0;
+  std::vector<Parameter*> params;
   for (Parameter* p : parameters()) {
-    if (p == duplicate) continue;
-    backend.sum_squares(one, p->grad);
-    float host = 0.0f;
-    backend.copy(TensorView{&host, Shape({1}), DType::kF32, Device::cpu()}, one);
-    local += static_cast<double>(host) / p->replica_count;
+    if (p != duplicate) params.push_back(p);
   }
-  float total = all_reduce_scalar(ctx_.tp, backend, static_cast<float>(local), ReduceOp::kSum);
-  if (stages_ > 1) total = all_reduce_scalar(pp_, backend, total, ReduceOp::kSum);
-  return std::sqrt(total);
+  return global_grad_norm(backend, params, {&ctx_.tp, &pp_});
 }
 
 const PipelineSchedule& PipelineModel::schedule_for(int64_t microbatches, bool forward_only) {
