@@ -1,6 +1,8 @@
 // OneDnn: oneDNN matmul with the GemmArgs epilogues, and GeLU. Bias, sum (beta) and GeLU run as
 // fused post-ops; when the GeLU input must be kept for backward, the matmul writes it and an
-// eltwise primitive reads it back; the bias gradient is one extra pass over A.
+// eltwise primitive reads it back; the bias gradient is one extra pass over A. A 16-bit matmul
+// that oneDNN cannot run natively on this CPU (f16 without AVX512-FP16; bf16 on AVX2-only parts
+// such as some AMD EPYC VMs) is computed in f32 and rounded back.
 #include "backend/cpu/onednn.hpp"
 
 #include <cstring>
@@ -64,6 +66,9 @@ struct OneDnn::Impl {
   std::map<std::pair<int64_t, int>, dnnl::eltwise_forward::primitive_desc> gelu_pds;
   std::map<std::pair<int64_t, int>, dnnl::eltwise_forward> gelu_fwd;
   std::map<std::pair<int64_t, int>, dnnl::eltwise_backward> gelu_bwd;
+  // Per dtype: false once oneDNN said it has no kernel for it on this CPU (asked once).
+  std::map<int, bool> native_matmul;
+  std::map<int, bool> native_gelu;
 
   dnnl::memory::desc flat(int64_t n, DType dtype) {
     return dnnl::memory::desc({n}, to_dnnl(dtype), dnnl::memory::format_tag::a);
@@ -75,6 +80,22 @@ struct OneDnn::Impl {
     dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_training,
                                      dnnl::algorithm::eltwise_gelu_tanh, flat(n, dtype), 0.f, 0.f);
     return gelu_pds.emplace(key, dnnl::eltwise_forward::primitive_desc(desc, engine)).first->second;
+  }
+  // Whether oneDNN has forward and backward GeLU kernels for the dtype on this CPU (asked once).
+  bool gelu_supported(DType dtype) {
+    const int dt = static_cast<int>(dtype);
+    auto it = native_gelu.find(dt);
+    if (it != native_gelu.end()) return it->second;
+    bool ok = true;
+    try {
+      const auto md = flat(64, dtype);
+      dnnl::eltwise_backward::desc desc(dnnl::algorithm::eltwise_gelu_tanh, md, md, 0.f, 0.f);
+      dnnl::eltwise_backward::primitive_desc pd(desc, engine, gelu_pd(64, dtype));
+    } catch (const dnnl::error& e) {
+      if (e.status != dnnl_unimplemented) throw;
+      ok = false;
+    }
+    return native_gelu[dt] = ok;
   }
   void gelu(const TensorView& out, const TensorView& in) {
     auto key = std::make_pair(in.numel(), static_cast<int>(in.dtype));
@@ -219,29 +240,54 @@ struct OneDnn::Impl {
     });
   }
 
-  // oneDNN 2.6 has no f16 matmul on CPUs without AVX512-FP16: compute in f32 and round back.
-  void run_f16_via_f32(const GemmArgs& args, const GemmDims& d) {
-    std::vector<float> a = widen<f16_t>(args.a), b = widen<f16_t>(args.b);
-    const bool c_is_f16 = args.c.dtype == DType::kF16;
+  // Computes a 16-bit (T) matmul in f32 and rounds the outputs back to their dtypes.
+  template <typename T>
+  void run_via_f32(const GemmArgs& args, const GemmDims& d) {
+    std::vector<float> a = widen<T>(args.a), b = widen<T>(args.b);
+    const bool c_is_16bit = args.c.dtype == args.a.dtype;
     std::vector<float> c, bias, aux;
-    if (c_is_f16) {
-      c = args.beta != 0.0f ? widen<f16_t>(args.c) : std::vector<float>(args.c.numel());
-      if (args.bias.data != nullptr) bias = widen<f16_t>(args.bias);
+    if (c_is_16bit) {
+      c = args.beta != 0.0f ? widen<T>(args.c) : std::vector<float>(args.c.numel());
+      if (args.bias.data != nullptr) bias = widen<T>(args.bias);
       if (args.gelu_input.data != nullptr) aux.resize(static_cast<size_t>(args.gelu_input.numel()));
     }
     GemmArgs wide = args;
     wide.a = f32_view(a, args.a.shape);
     wide.b = f32_view(b, args.b.shape);
-    if (c_is_f16) {
+    if (c_is_16bit) {
       wide.c = f32_view(c, args.c.shape);
       if (args.bias.data != nullptr) wide.bias = f32_view(bias, args.bias.shape);
       if (args.gelu_input.data != nullptr) wide.gelu_input = f32_view(aux, args.gelu_input.shape);
-      wide.bias_grad = TensorView{};  // computed from the f16 A below
     }
+    wide.bias_grad = TensorView{};  // the caller computes it from the 16-bit A
     run_native(wide, d);
-    if (c_is_f16) {
-      narrow<f16_t>(c, args.c);
-      if (args.gelu_input.data != nullptr) narrow<f16_t>(aux, args.gelu_input);
+    if (c_is_16bit) {
+      narrow<T>(c, args.c);
+      if (args.gelu_input.data != nullptr) narrow<T>(aux, args.gelu_input);
+    }
+  }
+
+  // Native when oneDNN has a kernel for the dtype on this CPU, else through f32.
+  void run(const GemmArgs& args, const GemmDims& d) {
+    const int dt = static_cast<int>(args.a.dtype);
+    auto known = native_matmul.find(dt);
+    if (args.a.dtype == DType::kF32 || known == native_matmul.end() || known->second) {
+      try {
+        run_native(args, d);
+        native_matmul[dt] = true;
+        return;
+      } catch (const dnnl::error& e) {
+        if (e.status != dnnl_unimplemented || args.a.dtype == DType::kF32 ||
+            known != native_matmul.end()) {
+          throw;
+        }
+        native_matmul[dt] = false;
+      }
+    }
+    if (args.a.dtype == DType::kF16) {
+      run_via_f32<f16_t>(args, d);
+    } else {
+      run_via_f32<bf16_t>(args, d);
     }
   }
 };
@@ -256,13 +302,13 @@ std::string OneDnn::version() const {
 }
 
 bool OneDnn::gelu(TensorView out, TensorView in) {
-  if (in.dtype == DType::kF16 || in.numel() == 0) return false;
+  if (in.numel() == 0 || !impl_->gelu_supported(in.dtype)) return false;
   impl_->gelu(out, in);
   return true;
 }
 
 bool OneDnn::gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
-  if (input.dtype == DType::kF16 || input.numel() == 0) return false;
+  if (input.numel() == 0 || !impl_->gelu_supported(input.dtype)) return false;
   impl_->gelu_backward(grad_in, grad_out, input);
   return true;
 }
@@ -273,11 +319,7 @@ void OneDnn::matmul(const GemmArgs& args) {
   WEFT_CHECK(d.k > 0, "gemm: inner dimension k is 0 (A ", args.a.shape.str(), ", B ",
              args.b.shape.str(), ")");
   try {
-    if (args.a.dtype == DType::kF16) {
-      impl_->run_f16_via_f32(args, d);
-    } else {
-      impl_->run_native(args, d);
-    }
+    impl_->run(args, d);
   } catch (const dnnl::error& e) {
     WEFT_THROW(ErrorCode::kDnnl, "oneDNN matmul failed for m=", d.m, " n=", d.n, " k=", d.k, " (",
                dtype_name(args.a.dtype), " -> ", dtype_name(args.c.dtype), "): ", e.what());
