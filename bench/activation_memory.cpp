@@ -1,11 +1,14 @@
 // activation_memory: the activation bytes one TransformerLayer keeps from forward to backward, per
-// rank, with and without sequence parallelism, beside Korthikanti et al.'s formulas (2022,
-// "Reducing Activation Recomputation in Large Transformer Models", Table 2, 2-byte activations):
-//   tensor parallel alone   s b h (10 + 24/t + 5 a s / (h t))
-//   + sequence parallel     (s b h / t) (34 + 5 a s / h)
+// rank, with and without sequence parallelism, under each recompute policy, beside Korthikanti et
+// al.'s formulas (2022, "Reducing Activation Recomputation in Large Transformer Models", Table 2,
+// 2-byte activations):
+//   tensor parallel alone   s b h (10 + 24/t + 5 a s / (h t))   selective: s b h (10 + 24/t)
+//   + sequence parallel     (s b h / t) (34 + 5 a s / h)        selective: s b h 34 / t
+//   full recomputation      2 s b h (the layer input; / t with sequence parallelism)
 //
-// Measured exactly: TransformerLayer::saved_activation_bytes() after one bf16 forward, the bytes
-// of the distinct tensors its norms, attention and MLP keep for backward (their inputs included).
+// Measured exactly: the bytes of the distinct tensors a forward's saved state holds
+// (TransformerLayer::Saved::bytes(): its norms', attention's and MLP's, their inputs included;
+// under full recomputation GPTModel::Saved::bytes() of a one-layer pipeline stage).
 // Our saved set differs from the paper's assumptions, so our own closed form is
 //   tensor parallel alone   s b h (8 + 24/t + 4 a s / (h t)) + 16 s b
 //   + sequence parallel     (s b h / t) (32 + 4 a s / h) + 16 s b / t
@@ -17,7 +20,8 @@
 // - The LayerNorms' f32 mean and rstd, 8 s b bytes per norm, which the paper leaves out.
 // The rest is the same: the two norm inputs, the QKV and fc1 inputs (2 s b h each, replicated
 // without sequence parallelism), q, k, v (6 s b h / t), the attention output (2 s b h / t) and the
-// GeLU's input and output (8 + 8 s b h / t), split by heads or columns.
+// GeLU's input and output (8 + 8 s b h / t), split by heads or columns. Selective recomputation
+// drops the softmax (4 a s^2 b / t) and keeps the rest.
 //
 // Run with as many ranks as the largest TP size (here 1, 2 and 4 from one run of 4 ranks):
 //   OMP_NUM_THREADS=1 mpirun -np 4 build/bin/activation_memory [seq batch hidden heads]
@@ -36,6 +40,29 @@ namespace {
 
 double mib(double bytes) { return bytes / (1 << 20); }
 
+// Bytes one rank keeps after one bf16 forward of a one-layer model chunk under `recompute`:
+// a TransformerLayer's saved state, or (full recomputation) what a pipeline stage of that layer
+// keeps, its input.
+int64_t measure(weft::Backend& cpu, const weft::ParallelGrid& grid, weft::GPTConfig config,
+                int64_t s, int64_t b) {
+  const int t = grid.tp_size();
+  const bool sp = config.sequence_parallel;
+  weft::ParallelContext ctx{cpu, grid.tp()};
+  weft::DropoutRng rng(1, grid.tp_rank());
+  weft::Tensor x(cpu, weft::Shape({s * b / (sp ? t : 1), config.hidden}), weft::DType::kBF16);
+  cpu.fill_random(x, weft::RandomFill{weft::Distribution::kNormal, 7, 0, 0.0, 1.0});
+  if (config.recompute == weft::Recompute::kFull) {
+    weft::GPTModel stage(ctx, config, weft::GPTStageLayout{0, 1, false, false});
+    weft::GPTModel::Saved saved;
+    weft::Tensor y = stage.forward_stage(x, weft::TensorView{}, s, b, rng, saved);
+    return saved.bytes();
+  }
+  weft::TransformerLayer layer(ctx, config, 0);
+  weft::TransformerLayer::Saved saved;
+  weft::Tensor y = layer.forward(x, s, b, rng, saved);
+  return saved.bytes();
+}
+
 int run(int argc, char** argv) {
   std::unique_ptr<weft::Communicator> world = weft::make_mpi_world_communicator();
   const int64_t s = argc > 4 ? std::atoll(argv[1]) : 1024, b = argc > 4 ? std::atoll(argv[2]) : 1,
@@ -47,51 +74,58 @@ int run(int argc, char** argv) {
         "a=%lld (5as/h = %.0f)\n",
         static_cast<long long>(s), static_cast<long long>(b), static_cast<long long>(h),
         static_cast<long long>(a), 5.0 * a * s / h);
-    std::printf("%3s | %12s %12s %14s | %12s %12s %14s | %9s\n", "t", "TP measured", "TP ours",
-                "TP Korthikanti", "SP measured", "SP ours", "SP Korthikanti", "SP saves");
+    std::printf("%3s %-9s | %12s %12s %14s | %12s %12s %14s | %9s\n", "t", "recompute",
+                "TP measured", "TP ours", "TP Korthikanti", "SP measured", "SP ours",
+                "SP Korthikanti", "SP saves");
   }
   const double sbh = static_cast<double>(s * b * h), sb = static_cast<double>(s * b);
   for (int t : {1, 2, 4, 8}) {
     if (world->size() % t != 0 || s % t != 0 || a % t != 0) continue;
     weft::ParallelGrid grid(*world, t);
-    double measured[2];
-    for (bool sp : {false, true}) {
-      weft::GPTConfig config = weft::GPTConfig::preset("gpt2");
-      config.hidden = h;
-      config.heads = a;
-      config.max_seq = s;
-      config.dtype = weft::DType::kBF16;
-      config.sequence_parallel = sp;
-      config.finalize(t);
-      weft::ParallelContext ctx{*cpu, grid.tp()};
-      weft::TransformerLayer layer(ctx, config, 0);
-      weft::DropoutRng rng(1, grid.tp_rank());
-      weft::Tensor x(*cpu, weft::Shape({s * b / (sp ? t : 1), h}), weft::DType::kBF16);
-      cpu->fill_random(x, weft::RandomFill{weft::Distribution::kNormal, 7, 0, 0.0, 1.0});
-      weft::Tensor y = layer.forward(x, s, b, rng);
-      const auto bytes = static_cast<float>(layer.saved_activation_bytes());
-      // Every rank of the TP group must hold the same amount.
-      const float most = weft::all_reduce_scalar(grid.tp(), *cpu, bytes, weft::ReduceOp::kMax);
-      const float least = weft::all_reduce_scalar(grid.tp(), *cpu, bytes, weft::ReduceOp::kMin);
-      if (most != least) {
-        std::fprintf(stderr, "ranks disagree: %g vs %g bytes\n", most, least);
+    for (weft::Recompute recompute :
+         {weft::Recompute::kNone, weft::Recompute::kSelective, weft::Recompute::kFull}) {
+      double measured[2];
+      for (bool sp : {false, true}) {
+        weft::GPTConfig config = weft::GPTConfig::preset("gpt2");
+        config.hidden = h;
+        config.heads = a;
+        config.max_seq = s;
+        config.dtype = weft::DType::kBF16;
+        config.sequence_parallel = sp;
+        config.recompute = recompute;
+        config.finalize(t);
+        const auto bytes = static_cast<float>(measure(*cpu, grid, config, s, b));
+        // Every rank of the TP group must hold the same amount.
+        const float most = weft::all_reduce_scalar(grid.tp(), *cpu, bytes, weft::ReduceOp::kMax);
+        const float least = weft::all_reduce_scalar(grid.tp(), *cpu, bytes, weft::ReduceOp::kMin);
+        if (most != least) {
+          std::fprintf(stderr, "ranks disagree: %g vs %g bytes\n", most, least);
+          return 1;
+        }
+        measured[sp ? 1 : 0] = bytes;
+      }
+      // The attention core's share: ours keeps the f32 softmax, the paper 5 a s^2 b.
+      const double core_ours = recompute == weft::Recompute::kNone ? 4.0 * a * s / (h * t) : 0.0;
+      const double core_paper = recompute == weft::Recompute::kNone ? 5.0 * a * s / (h * t) : 0.0;
+      double ours_tp = sbh * (8 + 24.0 / t + core_ours) + 16 * sb;
+      double ours_sp = sbh / t * (32 + core_ours * t) + 16 * sb / t;
+      double paper_tp = sbh * (10 + 24.0 / t + core_paper);
+      double paper_sp = sbh / t * (34 + core_paper * t);
+      if (recompute == weft::Recompute::kFull) {  // the input of each layer: 2 s b h (/ t)
+        ours_tp = paper_tp = 2 * sbh;
+        ours_sp = paper_sp = 2 * sbh / t;
+      }
+      if (world->rank() == 0) {
+        std::printf(
+            "%3d %-9s | %8.1f MiB %8.1f MiB %10.1f MiB | %8.1f MiB %8.1f MiB %10.1f MiB | "
+            "%8.2fx\n",
+            t, weft::recompute_name(recompute), mib(measured[0]), mib(ours_tp), mib(paper_tp),
+            mib(measured[1]), mib(ours_sp), mib(paper_sp), measured[0] / measured[1]);
+      }
+      if (std::abs(measured[0] - ours_tp) > 0.5 || std::abs(measured[1] - ours_sp) > 0.5) {
+        if (world->rank() == 0) std::fprintf(stderr, "measured bytes differ from our formula\n");
         return 1;
       }
-      measured[sp ? 1 : 0] = layer.saved_activation_bytes();
-    }
-    const double ours_tp = sbh * (8 + 24.0 / t + 4.0 * a * s / (h * t)) + 16 * sb;
-    const double ours_sp = sbh / t * (32 + 4.0 * a * s / h) + 16 * sb / t;
-    const double paper_tp = sbh * (10 + 24.0 / t + 5.0 * a * s / (h * t));
-    const double paper_sp = sbh / t * (34 + 5.0 * a * s / h);
-    if (world->rank() == 0) {
-      std::printf(
-          "%3d | %9.1f MiB %8.1f MiB %10.1f MiB | %8.1f MiB %8.1f MiB %10.1f MiB | %8.2fx\n", t,
-          mib(measured[0]), mib(ours_tp), mib(paper_tp), mib(measured[1]), mib(ours_sp),
-          mib(paper_sp), measured[0] / measured[1]);
-    }
-    if (std::abs(measured[0] - ours_tp) > 0.5 || std::abs(measured[1] - ours_sp) > 0.5) {
-      if (world->rank() == 0) std::fprintf(stderr, "measured bytes differ from our formula\n");
-      return 1;
     }
   }
   return 0;

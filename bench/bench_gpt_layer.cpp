@@ -165,8 +165,9 @@ void bm_layer(benchmark::State& state, const LayerCase& c, const Target& target)
   weft::bench::fill_input(timed, grad_y, 2);
   weft::DropoutRng rng(config.seed, tp.rank());
   const std::function<void()> step = [&] {
-    Tensor y = layer.forward(x, c.seq, c.batch, rng);
-    Tensor grad_x = layer.backward(grad_y);
+    weft::TransformerLayer::Saved saved;
+    Tensor y = layer.forward(x, c.seq, c.batch, rng, saved);
+    Tensor grad_x = layer.backward(grad_y, saved);
     timed.synchronize();
   };
   // A first step: oneDNN primitives, cuBLASLt heuristics and workspaces, first touch of the

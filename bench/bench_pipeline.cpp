@@ -3,7 +3,8 @@
 //
 // What it measures: PipelineModel::train_step (forward, backward, recomputation, p2p and the tied
 // embedding sum; no optimizer) at pp = the number of ranks and tp = 1, for GPipe, 1F1B and
-// interleaved 1F1B (v = 2) with m in {p, 2p, 4p, 8p} micro-batches. The baseline beside it is the
+// interleaved 1F1B (v = 2) with m in {p, 2p, 4p, 8p} micro-batches, each with no activation
+// recomputation (--recompute none) and with full recomputation (1F1B also selective). The baseline beside it is the
 // same model unpipelined on one rank (rank 0; the others wait), running the same micro-batches.
 // Each iteration starts after a barrier and its time is the slowest rank's (MPI_MAX); iteration
 // counts are fixed (Google Benchmark's adaptive count would differ between ranks and hang).
@@ -12,6 +13,7 @@
 //              averaged over the pipeline ranks ("bubble_max": the worst rank)
 //   theory   = (p - 1) / (m + p - 1), / v for interleaved
 //   recompute = share of step time spent recomputing forwards (full activation recomputation)
+//   held     = the most bytes of saved forward state one rank held at once (MiB, worst rank)
 // Model: gpt2 preset, 8 layers, hidden 128, 4 heads, vocab 256, seq 64, micro-batch 4, f32, CPU.
 // Rank 0 alone prints and writes JSON, and ends with a table.
 //
@@ -22,6 +24,7 @@
 #include <benchmark/benchmark.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <memory>
@@ -74,14 +77,18 @@ double slowest(double mine) {
   return out;
 }
 
-void bm_pipeline(benchmark::State& state, const Env& env, ScheduleKind kind, int v, int64_t m) {
+void bm_pipeline(benchmark::State& state, const Env& env, ScheduleKind kind, int v,
+                 weft::Recompute recompute, int64_t m) {
+  weft::GPTConfig config = bench_config();
+  config.recompute = recompute;
   weft::PipelineModel model(weft::ParallelContext{*env.backend, env.grid->tp()}, env.grid->pp(),
-                            bench_config(), kind, v);
+                            config, kind, v);
+  model.set_timing(true);  // the bubble needs each action's time
   weft::DropoutRng rng(7, 0);
   for (int i = 0; i < kWarmupSteps; ++i) {
     model.train_step(fill_tokens, m, kSeq, kMicroBatch, 1.0f, rng);
   }
-  double total = 0.0, step_ms = 0.0, compute_ms = 0.0, recompute_ms = 0.0;
+  double total = 0.0, step_ms = 0.0, compute_ms = 0.0, recompute_ms = 0.0, held = 0.0;
   for (auto _ : state) {
     MPI_Barrier(MPI_COMM_WORLD);
     const double start = MPI_Wtime();
@@ -93,6 +100,7 @@ void bm_pipeline(benchmark::State& state, const Env& env, ScheduleKind kind, int
     step_ms += s.step_ms;
     compute_ms += s.forward_ms + s.backward_ms + s.recompute_ms;
     recompute_ms += s.recompute_ms;
+    held = std::max(held, static_cast<double>(s.peak_saved_bytes));
   }
   const int p = env.grid->pp_size();
   double bubble = 1.0 - compute_ms / step_ms, bubble_sum = 0.0, bubble_max = 0.0;
@@ -100,6 +108,8 @@ void bm_pipeline(benchmark::State& state, const Env& env, ScheduleKind kind, int
   MPI_Allreduce(&bubble, &bubble_sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
   MPI_Allreduce(&bubble, &bubble_max, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   MPI_Allreduce(&recompute, &recompute_sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  double held_max = 0.0;
+  MPI_Allreduce(&held, &held_max, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   const int ranks = env.world->size();
   const double tokens = static_cast<double>(m * kSeq * kMicroBatch);
   state.counters["tokens_per_s"] = tokens / (total / static_cast<double>(state.iterations()));
@@ -107,6 +117,7 @@ void bm_pipeline(benchmark::State& state, const Env& env, ScheduleKind kind, int
   state.counters["bubble_max"] = bubble_max;
   state.counters["theory"] = weft::theoretical_bubble_fraction(kind, p, m, v);
   state.counters["recompute"] = recompute_sum / ranks;
+  state.counters["held_mib"] = held_max / (1 << 20);
   state.counters["microbatches"] = static_cast<double>(m);
 }
 
@@ -127,8 +138,9 @@ void bm_single_rank(benchmark::State& state, const Env& env, int64_t m) {
     weft::zero_grads(*env.backend, model->parameters());
     for (int64_t mb = 0; mb < m; ++mb) {
       fill_tokens(mb, ids, targets);
-      model->forward(ids, targets, kSeq, kMicroBatch, rng);
-      model->backward(1.0f / static_cast<float>(m));
+      weft::GPTModel::Saved saved;
+      model->forward(ids, targets, kSeq, kMicroBatch, rng, saved);
+      model->backward(saved, 1.0f / static_cast<float>(m));
     }
   };
   for (int i = 0; i < kWarmupSteps; ++i) step();
@@ -151,6 +163,7 @@ struct Series {
   std::string stem;  // benchmark name before "m<m>"
   ScheduleKind kind;
   int v;
+  weft::Recompute recompute;
   bool pipelined;
 };
 
@@ -158,8 +171,8 @@ void print_table(const weft::bench::CollectingReporter& reporter, const std::vec
                  const std::vector<int64_t>& ms, int p) {
   std::printf("\npipeline, pp=%d tp=1, gpt2 8 layers hidden 128 seq %lld micro-batch %lld, f32\n",
               p, static_cast<long long>(kSeq), static_cast<long long>(kMicroBatch));
-  std::printf("%-14s %4s %12s %10s %10s %10s %10s %10s\n", "schedule", "m", "tokens/s", "vs 1 rank",
-              "bubble", "worst", "theory", "recompute");
+  std::printf("%-24s %4s %12s %10s %10s %10s %10s %10s %9s\n", "schedule", "m", "tokens/s",
+              "vs 1 rank", "bubble", "worst", "theory", "recompute", "held MiB");
   for (int64_t m : ms) {
     const std::string base_name = "BM_SingleRank/m" + std::to_string(m);
     const double base = reporter.median(base_name, "tokens_per_s");
@@ -167,18 +180,18 @@ void print_table(const weft::bench::CollectingReporter& reporter, const std::vec
       const std::string name = s.stem + "m" + std::to_string(m);
       const double tps = reporter.median(name, "tokens_per_s");
       if (tps < 0) continue;  // filtered out
-      std::printf("%-14s %4lld %12.0f", s.label.c_str(), static_cast<long long>(m), tps);
+      std::printf("%-24s %4lld %12.0f", s.label.c_str(), static_cast<long long>(m), tps);
       if (base > 0) {
         std::printf(" %9.2fx", tps / base);
       } else {
         std::printf(" %10s", "-");
       }
       if (s.pipelined) {
-        std::printf(" %10.3f %10.3f %10.3f %10.3f\n", reporter.median(name, "bubble"),
+        std::printf(" %10.3f %10.3f %10.3f %10.3f %9.2f\n", reporter.median(name, "bubble"),
                     reporter.median(name, "bubble_max"), reporter.median(name, "theory"),
-                    reporter.median(name, "recompute"));
+                    reporter.median(name, "recompute"), reporter.median(name, "held_mib"));
       } else {
-        std::printf(" %10s %10s %10s %10s\n", "-", "-", "-", "-");
+        std::printf(" %10s %10s %10s %10s %9s\n", "-", "-", "-", "-", "-");
       }
     }
   }
@@ -199,11 +212,22 @@ int run(int argc, char** argv) {
   benchmark::AddCustomContext("ranks", std::to_string(world->size()));
   benchmark::AddCustomContext("backend", cpu->name());
 
-  const std::vector<Series> series{
-      {"1 rank", "BM_SingleRank/", ScheduleKind::k1F1B, 1, false},
-      {"gpipe", "BM_Pipeline/gpipe/v1/", ScheduleKind::kGPipe, 1, true},
-      {"1f1b", "BM_Pipeline/1f1b/v1/", ScheduleKind::k1F1B, 1, true},
-      {"interleaved:2", "BM_Pipeline/interleaved/v2/", ScheduleKind::kInterleaved, 2, true}};
+  using weft::Recompute;
+  std::vector<Series> series{{"1 rank", "BM_SingleRank/", ScheduleKind::k1F1B, 1,
+                              Recompute::kNone, false}};
+  for (auto [kind, v] : {std::pair{ScheduleKind::kGPipe, 1}, std::pair{ScheduleKind::k1F1B, 1},
+                         std::pair{ScheduleKind::kInterleaved, 2}}) {
+    for (Recompute r : {Recompute::kNone, Recompute::kSelective, Recompute::kFull}) {
+      if (r == Recompute::kSelective && kind != ScheduleKind::k1F1B) continue;
+      const std::string schedule = weft::schedule_name(kind);
+      const std::string label = (v > 1 ? schedule + ":" + std::to_string(v) : schedule) +
+                                " recompute " + weft::recompute_name(r);
+      series.push_back({label,
+                        "BM_Pipeline/" + schedule + "/v" + std::to_string(v) + "/" +
+                            weft::recompute_name(r) + "/",
+                        kind, v, r, true});
+    }
+  }
   std::vector<int64_t> ms;
   for (int k : {1, 2, 4, 8}) ms.push_back(static_cast<int64_t>(k) * p);
   for (int64_t m : ms) {
@@ -212,7 +236,7 @@ int run(int argc, char** argv) {
       benchmark::internal::Benchmark* b;
       if (s.pipelined) {
         b = benchmark::RegisterBenchmark(name.c_str(), [env, s, m](benchmark::State& st) {
-          bm_pipeline(st, env, s.kind, s.v, m);
+          bm_pipeline(st, env, s.kind, s.v, s.recompute, m);
         });
       } else {
         b = benchmark::RegisterBenchmark(

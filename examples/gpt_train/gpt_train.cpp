@@ -28,7 +28,7 @@ using weft::TensorView;
 
 struct Args {
   std::string preset = "gpt2", dtype = "f32", backend = "cpu", data, log_json, save, load, trace;
-  std::string schedule = "1f1b";
+  std::string schedule = "1f1b", recompute = "none";
   int64_t tp = 1, pp = 1, virtual_stages = 1, layers = 2, hidden = 128, heads = 4, kv_heads = 0;
   int64_t seq_len = 64;
   bool sequence_parallel = false, tp_comm_overlap = false;
@@ -52,6 +52,9 @@ weft::examples::Flags make_flags(Args& a) {
         "split norm/dropout/residual activations along the sequence across TP ranks");
   f.add("tp-comm-overlap", &a.tp_comm_overlap,
         "overlap TP communication with the GEMMs (ring all-gather / reduce-scatter)");
+  f.add("recompute", &a.recompute,
+        "activation recomputation: none, selective (the attention core) or full (keep only each "
+        "pipeline stage's input)");
   f.add("trace", &a.trace, "write a Chrome/Perfetto trace of the pipeline to this file");
   f.add("layers", &a.layers, "transformer layers");
   f.add("hidden", &a.hidden, "hidden size");
@@ -197,6 +200,7 @@ int train(const Args& a, weft::Communicator& mpi_world) {
   // How the model runs is this run's choice, not the checkpoint's.
   config.sequence_parallel = a.sequence_parallel;
   config.tp_comm_overlap = a.tp_comm_overlap;
+  config.recompute = weft::parse_recompute(a.recompute);
   config.finalize(grid.tp_size());
 
   const weft::TextDataset data(a.data);
@@ -272,6 +276,9 @@ int train(const Args& a, weft::Communicator& mpi_world) {
   };
 
   for (int64_t step = first_step + 1; step <= a.steps; ++step) {
+    // The last step measures each pipeline action (for the report below); the others do not
+    // synchronize around them.
+    model.set_timing(step == a.steps && grid.pp_size() > 1);
     backend.synchronize();
     const auto start = std::chrono::steady_clock::now();
     const float loss = model.train_step(

@@ -110,14 +110,15 @@ int run(int argc, char** argv, weft::Communicator& mpi_world) {
   backend->fill_random(dy, weft::RandomFill{weft::Distribution::kNormal, config.seed + 2});
 
   auto time_ms = [&](weft::ParallelMLP& mlp, weft::Communicator& group) {
-    mlp.forward(x);
-    mlp.backward(dy);  // warm-up: primitive creation, first-touch of memory
+    weft::ParallelMLP::Saved saved;
+    mlp.forward(x, saved);
+    mlp.backward(dy, saved);  // warm-up: primitive creation, first-touch of memory
     backend->synchronize();
     group.barrier();
     const auto start = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < iters; ++i) {
-      mlp.forward(x);
-      mlp.backward(dy);
+      mlp.forward(x, saved);
+      mlp.backward(dy, saved);
     }
     backend->synchronize();
     group.barrier();
@@ -130,8 +131,9 @@ int run(int argc, char** argv, weft::Communicator& mpi_world) {
 
   weft::zero_grads(*backend, sharded.parameters());
   weft::zero_grads(*backend, reference.parameters());
-  Tensor y = sharded.forward(x), dx = sharded.backward(dy);
-  Tensor y_ref = reference.forward(x), dx_ref = reference.backward(dy);
+  weft::ParallelMLP::Saved saved, saved_ref;
+  Tensor y = sharded.forward(x, saved), dx = sharded.backward(dy, saved);
+  Tensor y_ref = reference.forward(x, saved_ref), dx_ref = reference.backward(dy, saved_ref);
 
   const double tol = dtype == weft::DType::kF32 ? 1e-5 : 1e-2;
   struct Row {

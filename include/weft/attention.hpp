@@ -25,6 +25,9 @@ struct ParallelAttentionConfig {
   // QKV projection gathers them, the output projection reduce-scatters. seq divisible by tp.
   bool sequence_parallel = false;
   bool tp_comm_overlap = false;  // overlap the projections' communication with their GEMMs
+  // Selective recomputation (Korthikanti et al. 2022): a forward keeps q, k, v and the context
+  // but not the attention core's [batch, heads, seq, seq] state; backward recomputes it.
+  bool recompute_core = false;
 };
 
 // QKV is one ColumnParallelLinear whose output columns follow Megatron's grouped layout (per kv
@@ -37,25 +40,38 @@ struct ParallelAttentionConfig {
 // head; the replicas' gradients are summed over the ranks sharing them.
 class ParallelAttention {
  public:
+  // What one forward keeps for its backward.
+  struct Saved {
+    ColumnParallelLinear::Saved qkv;  // kv_heads divisible by tp: the QKV projection's
+    TensorView input;                 // replicated kv: the projections' input (a view)
+    Tensor qkv_act;                   // after rotary: what the attention core saw
+    // The attention core's own saved state (the backend op's output for its backward); left
+    // empty by a recompute_core forward and rebuilt in backward.
+    Tensor probs;
+    Tensor context;  // the core's output, the output projection's input
+    RowParallelLinear::Saved proj;
+    int64_t seq = 0, batch = 0;
+    bool sequence_parallel = false;
+    std::vector<TensorView> views() const;
+    int64_t bytes() const { return distinct_bytes(views()); }
+  };
+
   ParallelAttention(const ParallelContext& ctx, const ParallelAttentionConfig& config);
 
   // x [seq * batch, hidden], rows ordered (position, batch). Returns [seq * batch, hidden],
   // identical on all TP ranks. Sequence parallel: x and the result are this rank's rows
   // [seq * batch / tp, hidden] (positions [r seq/tp, (r+1) seq/tp) of every sequence).
-  Tensor forward(TensorView x, int64_t seq, int64_t batch);
+  Tensor forward(TensorView x, int64_t seq, int64_t batch, Saved& saved);
+  Tensor forward(TensorView x, int64_t seq, int64_t batch);  // inference: nothing kept
   // grad_output has the output's shape -> grad of x (all-reduced across TP, or reduce-scattered to
-  // this rank's rows).
-  Tensor backward(TensorView grad_output);
+  // this rank's rows). Consumes `saved`.
+  Tensor backward(TensorView grad_output, Saved& saved);
 
   // Inference with a KV cache: allocate room for `capacity` positions of `batch` sequences, then
   // feed positions [past, past + seq) with forward_cached (past = positions fed so far). Always
-  // runs without sequence parallelism: x holds all rows.
+  // runs without sequence parallelism: x holds all rows. Nothing is kept for a backward.
   void allocate_cache(int64_t batch, int64_t capacity);
   Tensor forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past);
-
-  std::vector<TensorView> saved_activations() const;
-  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
-  void set_sequence_parallel(bool enabled);
 
   std::vector<Parameter*> parameters();
   const ParallelAttentionConfig& config() const { return config_; }
@@ -64,13 +80,15 @@ class ParallelAttention {
 
  private:
   AttentionShape local_shape(int64_t seq, int64_t batch) const;
-  void check_input(const TensorView& x, int64_t seq, int64_t batch, const char* what) const;
-  int sequence_shards() const { return config_.sequence_parallel ? ctx_.tp.size() : 1; }
-  // x [tokens, hidden] -> this rank's qkv [tokens, local qkv columns] in the grouped layout.
-  Tensor project_qkv(TensorView x);
+  void check_input(const TensorView& x, int64_t seq, int64_t batch, bool sequence_parallel,
+                   const char* what) const;
+  Tensor run_forward(TensorView x, int64_t seq, int64_t batch, Saved* saved);
+  // x [tokens, hidden] -> this rank's qkv [tokens, local qkv columns] in the grouped layout;
+  // fills saved's qkv / input when given.
+  Tensor project_qkv(TensorView x, bool sequence_parallel, Saved* saved);
   // grad of project_qkv's output -> grad of x, all-reduced across TP (reduce-scattered to this
   // rank's rows under sequence parallelism); accumulates the QKV grads.
-  Tensor project_qkv_backward(TensorView grad_qkv);
+  Tensor project_qkv_backward(TensorView grad_qkv, Saved& saved);
   // Replicated kv: sums this rank's f32 key/value gradient shares `delta` (weight delta_w and
   // bias delta_b, views of it) over kv_group_ and adds them to kv_weight_/kv_bias_.
   void accumulate_shared_kv_grads(TensorView delta, TensorView delta_w, TensorView delta_b);
@@ -84,16 +102,9 @@ class ParallelAttention {
   // which the kv_group_ ranks all hold (their gradients are summed over kv_group_).
   Parameter q_weight_, q_bias_, kv_weight_, kv_bias_;
   std::unique_ptr<Communicator> kv_group_;
-  TensorView saved_input_;  // the replicated-kv projection's input
   std::unique_ptr<RowParallelLinear> proj_;
 
-  // Saved by forward() for backward().
-  int64_t seq_ = 0, batch_ = 0;
-  bool forward_saved_ = false;
-  Tensor qkv_act_;  // after rotary: what the attention saw
-  Tensor probs_;
-  Tensor context_;  // attention output, the output projection's saved input
-
+  // The KV cache of decoding (inference state, not a forward's saved activations).
   int64_t cache_batch_ = 0, cache_capacity_ = 0;
   Tensor k_cache_, v_cache_;
 };

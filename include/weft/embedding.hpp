@@ -34,6 +34,21 @@ int64_t padded_vocab_size(int64_t vocab_size, int64_t pad_multiple, int tp);
 
 class VocabParallelEmbedding {
  public:
+  // What a lookup keeps for its backward: the ids (a view: keep them alive).
+  struct Saved {
+    TensorView ids;
+    bool sequence_parallel = false;
+    std::vector<TensorView> views() const;
+    int64_t bytes() const { return distinct_bytes(views()); }
+  };
+  // What the LM head keeps: its input (this rank's rows under sequence parallelism; a view).
+  struct HeadSaved {
+    TensorView hidden;
+    bool sequence_parallel = false;
+    std::vector<TensorView> views() const;
+    int64_t bytes() const { return distinct_bytes(views()); }
+  };
+
   // Logs (info) how much padding was added. Throws when sizes are not positive.
   VocabParallelEmbedding(const ParallelContext& ctx, VocabParallelEmbeddingConfig config);
 
@@ -41,25 +56,21 @@ class VocabParallelEmbedding {
   // [tokens, hidden], identical on all TP ranks: each rank looks up the ids in its rows, zeros
   // the rest, and the partial results are all-reduced. Sequence parallel: reduce-scattered
   // instead, this rank's rows [tokens / tp, hidden] (dim 0 of ids split).
-  Tensor forward(TensorView ids);
+  Tensor forward(TensorView ids, Saved& saved);
+  Tensor forward(TensorView ids, SequenceParallel mode = SequenceParallel::kAsConfigured);
   // Accumulates the table gradient of the rows this rank holds; grad_output has forward's output
-  // shape (this rank's rows when sequence parallel: they are all-gathered first).
-  void backward(TensorView grad_output);
+  // shape (this rank's rows when sequence parallel: they are all-gathered first). Consumes `saved`.
+  void backward(TensorView grad_output, Saved& saved);
 
   // Tied LM head: logits for this rank's vocabulary columns,
   // [tokens, hidden] -> [tokens, local_vocab_size()]; column j is vocabulary entry
   // vocab_start() + j. The full logits are never gathered. Sequence parallel: the input is this
   // rank's rows [tokens / tp, hidden], the logits are for all tokens.
-  Tensor lm_head_forward(TensorView hidden);
+  Tensor lm_head_forward(TensorView hidden, HeadSaved& saved);
+  Tensor lm_head_forward(TensorView hidden, SequenceParallel mode = SequenceParallel::kAsConfigured);
   // grad_logits [tokens, local_vocab_size()] -> grad of the hidden input (all-reduced across TP,
   // or reduce-scattered to this rank's rows); accumulates into the table gradient as backward().
-  Tensor lm_head_backward(TensorView grad_logits);
-
-  // The head's saved input (this rank's rows under sequence parallelism) and the lookup's ids.
-  std::vector<TensorView> saved_activations() const;
-  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
-  // Off for KV-cache decoding (see ColumnParallelLinear::set_sequence_parallel).
-  void set_sequence_parallel(bool enabled) { config_.sequence_parallel = enabled; }
+  Tensor lm_head_backward(TensorView grad_logits, HeadSaved& saved);
 
   const VocabParallelEmbeddingConfig& config() const { return config_; }
   int64_t padded_vocab() const { return weight_.global_shape[0]; }
@@ -69,11 +80,12 @@ class VocabParallelEmbedding {
   std::vector<Parameter*> parameters() { return {&weight_}; }
 
  private:
+  Tensor run_forward(TensorView ids, bool sequence_parallel);
+  Tensor run_lm_head(TensorView hidden, bool sequence_parallel);
+
   ParallelContext ctx_;
   VocabParallelEmbeddingConfig config_;
   Parameter weight_;  // [padded_vocab, hidden], split along dim 0
-  TensorView saved_ids_;
-  TensorView saved_hidden_;
 };
 
 // Cross-entropy over vocab-parallel logits without gathering them (Megatron's
@@ -81,22 +93,30 @@ class VocabParallelEmbedding {
 // target-logit all-reduce over the TP group.
 class VocabParallelCrossEntropy {
  public:
+  // What one forward keeps for its backward: the logits and targets (views: keep them alive),
+  // and the all-reduced row maximum and sum of exponentials.
+  struct Saved {
+    TensorView logits, targets;
+    int64_t vocab_start = 0, vocab_size = 0;
+    Tensor row_max, sum_exp;
+    std::vector<TensorView> views() const;
+  };
+
   explicit VocabParallelCrossEntropy(const ParallelContext& ctx) : ctx_(ctx) {}
 
   // logits [tokens, v_local] (this rank's columns, starting at global entry vocab_start),
   // targets i32 [tokens] (global ids < vocab_size). Entries at or beyond vocab_size are padding
   // and never take part. Returns the per-token loss, identical on all TP ranks.
   std::vector<float> forward(TensorView logits, TensorView targets, int64_t vocab_start,
+                             int64_t vocab_size, Saved& saved);
+  std::vector<float> forward(TensorView logits, TensorView targets, int64_t vocab_start,
                              int64_t vocab_size);
   // grad_loss: d(objective)/d(loss[t]) per token (e.g. 1/tokens for a mean). Returns the
-  // gradient of this rank's logits.
-  Tensor backward(const std::vector<float>& grad_loss);
+  // gradient of this rank's logits. Consumes `saved`.
+  Tensor backward(const std::vector<float>& grad_loss, Saved& saved);
 
  private:
   ParallelContext ctx_;
-  TensorView logits_, targets_;
-  int64_t vocab_start_ = 0, vocab_size_ = 0;
-  Tensor row_max_, sum_exp_;
 };
 
 }  // namespace weft

@@ -1,9 +1,12 @@
 // ColumnParallelLinear and RowParallelLinear: Megatron's two ways to shard Y = X W^T + b.
 //
 // Weights are stored [out_features, in_features] (as in Megatron and PyTorch). Activations are
-// 2D [tokens, features]; fold sequence and batch into tokens. Forward saves what backward needs
-// (the input is kept as a view: it must stay alive and unchanged until backward). backward()
-// accumulates into the parameters' grad tensors and returns the input gradient.
+// 2D [tokens, features]; fold sequence and batch into tokens. A training forward fills the
+// caller's `Saved` with what its backward needs (the input is kept as a view: it must stay alive
+// and unchanged until backward); backward consumes it, accumulates into the parameters' grad
+// tensors and returns the input gradient. The layer itself holds only parameters and
+// configuration, so any number of forwards can await their backwards. A forward without `Saved`
+// keeps nothing (inference).
 //
 // sequence_parallel (Korthikanti et al. 2022; mappings.hpp): the replicated side of the layer (the
 // column layer's input, the row layer's output) is this rank's block of rows, tokens / tp of them,
@@ -54,21 +57,25 @@ struct ColumnParallelLinearConfig {
 // Input is replicated on the TP ranks; the input gradient is all-reduced across them.
 class ColumnParallelLinear {
  public:
+  // What one forward keeps for its backward.
+  struct Saved {
+    TensorView input;     // the caller's input (this rank's rows under sequence parallelism)
+    Tensor preactivation;  // GeLU input, when activation is kGelu
+    bool sequence_parallel = false;
+    // The saved tensors (views; the input's among them), and their distinct bytes.
+    std::vector<TensorView> views() const;
+    int64_t bytes() const { return distinct_bytes(views()); }
+  };
+
   ColumnParallelLinear(const ParallelContext& ctx, ColumnParallelLinearConfig config);
 
   // input [tokens, in_features] -> [tokens, out_features / tp], or [tokens, out_features] when
   // gather_output. Sequence parallel: input [tokens / tp, ...] (dim 0 split) -> all tokens.
-  Tensor forward(TensorView input);
+  Tensor forward(TensorView input, Saved& saved);
+  Tensor forward(TensorView input, SequenceParallel mode = SequenceParallel::kAsConfigured);
   // grad_output has forward's output shape; returns the input's shape: [tokens, in_features],
-  // identical on all TP ranks, or this rank's rows when sequence parallel.
-  Tensor backward(TensorView grad_output);
-
-  // What forward keeps for backward (views; the input's among them), and their distinct bytes.
-  std::vector<TensorView> saved_activations() const;
-  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
-  // Sequence parallelism applies to training passes; KV-cache decoding turns it off for a while
-  // (the parameters are the same either way).
-  void set_sequence_parallel(bool enabled) { config_.sequence_parallel = enabled; }
+  // identical on all TP ranks, or this rank's rows when sequence parallel. Consumes `saved`.
+  Tensor backward(TensorView grad_output, Saved& saved);
 
   const ColumnParallelLinearConfig& config() const { return config_; }
   int64_t local_out_features() const { return weight_.value.shape()[0]; }
@@ -77,11 +84,11 @@ class ColumnParallelLinear {
   std::vector<Parameter*> parameters();
 
  private:
+  Tensor run_forward(TensorView input, bool sequence_parallel, Saved* saved);
+
   ParallelContext ctx_;
   ColumnParallelLinearConfig config_;
   Parameter weight_, bias_;
-  TensorView saved_input_;
-  Tensor saved_preactivation_;  // GeLU input, when activation is kGelu
 };
 
 struct RowParallelLinearConfig {
@@ -105,19 +112,25 @@ struct RowParallelLinearConfig {
 // the partial outputs are all-reduced. The bias is replicated and added once, after the reduction.
 class RowParallelLinear {
  public:
+  // What one forward keeps for its backward.
+  struct Saved {
+    TensorView input;       // [tokens, in_features / tp]: a view of the caller's input, or of
+    Tensor scattered_input;  // this rank's slice of it when !input_is_parallel
+    bool sequence_parallel = false;
+    std::vector<TensorView> views() const;
+    int64_t bytes() const { return distinct_bytes(views()); }
+  };
+
   RowParallelLinear(const ParallelContext& ctx, RowParallelLinearConfig config);
 
   // input [tokens, in_features / tp] (input_is_parallel) or [tokens, in_features]
   // -> [tokens, out_features], identical on all TP ranks; sequence parallel: this rank's rows
   // [tokens / tp, ...] (dim 0 split).
-  Tensor forward(TensorView input);
+  Tensor forward(TensorView input, Saved& saved);
+  Tensor forward(TensorView input, SequenceParallel mode = SequenceParallel::kAsConfigured);
   // grad_output has forward's output shape (identical on all TP ranks, or this rank's rows when
-  // sequence parallel) -> grad of forward's input.
-  Tensor backward(TensorView grad_output);
-
-  std::vector<TensorView> saved_activations() const;
-  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
-  void set_sequence_parallel(bool enabled) { config_.sequence_parallel = enabled; }
+  // sequence parallel) -> grad of forward's input. Consumes `saved`.
+  Tensor backward(TensorView grad_output, Saved& saved);
 
   const RowParallelLinearConfig& config() const { return config_; }
   int64_t local_in_features() const { return weight_.value.shape()[1]; }
@@ -126,11 +139,11 @@ class RowParallelLinear {
   std::vector<Parameter*> parameters();
 
  private:
+  Tensor run_forward(TensorView input, bool sequence_parallel, Saved* saved);
+
   ParallelContext ctx_;
   RowParallelLinearConfig config_;
   Parameter weight_, bias_;
-  TensorView saved_input_;
-  Tensor scattered_input_;  // own slice, when !input_is_parallel
 };
 
 }  // namespace weft

@@ -34,6 +34,11 @@ struct ParallelContext {
   Communicator& tp;
 };
 
+// Per call: whether a forward follows the layer's configured sequence parallelism or runs on all
+// rows (KV-cache decoding, where one new position cannot be split across ranks). The parameters
+// are the same either way.
+enum class SequenceParallel { kAsConfigured, kOff };
+
 // copy_to_tp_region backward, in place: sum the gradient over TP ranks.
 void copy_to_tp_region_backward(const ParallelContext& ctx, TensorView grad);
 // reduce_from_tp_region forward, in place: sum the partial results over TP ranks.

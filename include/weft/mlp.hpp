@@ -34,16 +34,24 @@ struct ParallelMLPConfig {
 // holds matching gate and up columns.
 class ParallelMLP {
  public:
+  // What one forward keeps for its backward.
+  struct Saved {
+    ColumnParallelLinear::Saved fc1;  // GeLU
+    TensorView input;                 // SwiGLU: the gate and up projections' input
+    Tensor gate, up;                  // SwiGLU: the activation's inputs
+    Tensor hidden;                    // fc2's input
+    RowParallelLinear::Saved fc2;
+    bool sequence_parallel = false;
+    std::vector<TensorView> views() const;
+    int64_t bytes() const { return distinct_bytes(views()); }
+  };
+
   ParallelMLP(const ParallelContext& ctx, const ParallelMLPConfig& config);
 
   // [tokens, hidden] -> [tokens, hidden]; sequence parallel: this rank's rows in and out.
-  Tensor forward(TensorView input);
-  Tensor backward(TensorView grad_output);
-
-  std::vector<TensorView> saved_activations() const;
-  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
-  // Off for KV-cache decoding (see ColumnParallelLinear::set_sequence_parallel).
-  void set_sequence_parallel(bool enabled);
+  Tensor forward(TensorView input, Saved& saved);
+  Tensor forward(TensorView input, SequenceParallel mode = SequenceParallel::kAsConfigured);
+  Tensor backward(TensorView grad_output, Saved& saved);  // consumes `saved`
 
   ColumnParallelLinear& fc1() { return fc1_; }
   ColumnParallelLinear* up() { return up_.get(); }  // SwiGLU only
@@ -51,14 +59,13 @@ class ParallelMLP {
   std::vector<Parameter*> parameters();
 
  private:
+  Tensor run_forward(TensorView input, bool sequence_parallel, Saved* saved);
+
   ParallelContext ctx_;
   MlpActivation activation_;
   ColumnParallelLinear fc1_;
   std::unique_ptr<ColumnParallelLinear> up_;
   RowParallelLinear fc2_;
-  Tensor gate_, up_out_;  // SwiGLU inputs, saved for backward
-  TensorView input_;      // SwiGLU: the gate and up projections' input (this rank's rows)
-  Tensor hidden_;         // fc2's saved input
 };
 
 }  // namespace weft

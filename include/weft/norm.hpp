@@ -31,24 +31,31 @@ struct NormConfig {
 // forward, and in backward only the sequence-parallel gradient reduction.
 class Norm {
  public:
+  // What one forward keeps for its backward: the input (a view: keep it alive), mean and rstd.
+  struct Saved {
+    TensorView input;
+    Tensor mean, rstd;  // mean for LayerNorm only
+    std::vector<TensorView> views() const;
+    int64_t bytes() const { return distinct_bytes(views()); }
+  };
+
   Norm(Backend& backend, NormConfig config);
   Norm(const ParallelContext& ctx, NormConfig config);
 
-  Tensor forward(TensorView x);             // [rows, hidden] -> [rows, hidden]
-  Tensor backward(TensorView grad_output);  // accumulates the parameter gradients
+  // [rows, hidden] -> [rows, hidden]; without `saved` nothing is kept (inference).
+  Tensor forward(TensorView x, Saved& saved);
+  Tensor forward(TensorView x);
+  // Accumulates the parameter gradients; consumes `saved`.
+  Tensor backward(TensorView grad_output, Saved& saved);
 
   const NormConfig& config() const { return config_; }
   std::vector<Parameter*> parameters();
-  std::vector<TensorView> saved_activations() const;
-  int64_t saved_activation_bytes() const { return distinct_bytes(saved_activations()); }
 
  private:
   Backend& backend_;
   Communicator* tp_ = nullptr;  // the TP group, for the sequence-parallel reduction
   NormConfig config_;
   Parameter gamma_, beta_;  // beta only for LayerNorm
-  TensorView saved_input_;
-  Tensor mean_, rstd_;
 };
 
 }  // namespace weft

@@ -1,5 +1,6 @@
-// Pipeline parallelism: schedules as action lists (GPipe, 1F1B, interleaved 1F1B), PipelineModel
-// (this rank's stages of a GPT, run over the pipeline communicator) and PipelineTrace.
+// Pipeline parallelism: schedules as action lists (GPipe, 1F1B, interleaved 1F1B), the executor
+// that runs them over any Stage (stage.hpp), PipelineModel (this rank's chunks of a GPT) and
+// PipelineTrace.
 //
 // Vocabulary. The model is cut into S = p x v *virtual stages* (p = pipeline size, v = virtual
 // stages per rank); virtual stage s lives on pipeline rank s % p as that rank's model *chunk*
@@ -35,6 +36,7 @@
 #include "weft/comm.hpp"
 #include "weft/dropout.hpp"
 #include "weft/gpt.hpp"
+#include "weft/stage.hpp"
 
 namespace weft {
 
@@ -120,7 +122,8 @@ double theoretical_bubble_fraction(ScheduleKind kind, int stages, int64_t microb
 
 // Records this rank's pipeline actions, step after step, for a Chrome/Perfetto timeline and the
 // measured bubble. Pass it to PipelineModel::train_step; times are taken after a backend
-// synchronize, so they hold for GPU work too.
+// synchronize, so they hold for GPU work too (a traced step therefore serialises communication
+// with compute).
 class PipelineTrace {
  public:
   using Clock = std::chrono::steady_clock;
@@ -166,7 +169,9 @@ class PipelineTrace {
   Backend* backend_ = nullptr;
 };
 
-// This rank's figures for the last step of a PipelineModel.
+// This rank's figures for the last step of a pipeline. Counts always; the per-action times only
+// when timing was asked for (PipelineModel::set_timing, or a trace), since taking them means a
+// backend synchronize around every action.
 struct PipelineStats {
   double step_ms = 0.0;
   // comm: posting rounds, waiting for them, the tied-embedding and loss all-reduces.
@@ -177,9 +182,60 @@ struct PipelineStats {
   // and their bytes. 1F1B holds at most p, GPipe m.
   int64_t peak_stored_inputs = 0;
   int64_t peak_stored_bytes = 0;
+  // Forward states (what each forward keeps for its backward) held at once, and the most bytes
+  // they held together: 1F1B at most p, GPipe m; the bytes depend on the recompute policy.
+  int64_t peak_saved_states = 0;
+  int64_t peak_saved_bytes = 0;
+  bool timed = false;  // the times above were measured
 
-  // 1 - (forward + backward + recompute) / step.
+  // 1 - (forward + backward + recompute) / step (0 when not timed).
   double bubble_fraction() const;
+};
+
+// Fills micro-batch `microbatch`'s data: the first stage's input (token ids for a GPT) and the
+// last stage's targets, of the stages' input_spec / target_spec, on the backend's device (on a
+// rank without the first stage `input` is scratch of the targets' spec, never read). Called only
+// on ranks holding the first or last virtual stage, once per micro-batch per step, in schedule
+// order; it must depend on the index alone (the same on every TP rank).
+using PipelineLoader = std::function<void(int64_t microbatch, TensorView input, TensorView targets)>;
+
+// Runs schedules over this rank's chunks: chunk c is virtual stage c x p + rank (p = pp.size()),
+// v = chunks.size() of them. Knows the stages only through the Stage interface.
+class PipelineExecutor {
+ public:
+  // Collective over `pp` (splits off the group of the first and last stage, for the shared
+  // parameters). The stages must outlive the executor.
+  PipelineExecutor(Backend& backend, Communicator& pp, std::vector<Stage*> chunks);
+  ~PipelineExecutor();
+  PipelineExecutor(const PipelineExecutor&) = delete;
+  PipelineExecutor& operator=(const PipelineExecutor&) = delete;
+
+  // One pass of `schedule` (micro-batches of [seq, batch]). With backwards: accumulates the
+  // gradients of loss_scale x (mean over micro-batches of the last stage's loss), then sums the
+  // first and last stage's shared_parameters() gradients. Returns the mean loss on every rank.
+  // Dropout: F(mb, s) starts at rng's counters + mb x (draws of all stages) + the draws of the
+  // stages before s; rng ends advanced by m micro-batches' draws. timed / trace: see
+  // PipelineStats. Collective over `pp`.
+  float run(const PipelineSchedule& schedule, const PipelineLoader& load, int64_t seq,
+            int64_t batch, float loss_scale, DropoutRng& rng, bool timed,
+            PipelineTrace* trace = nullptr);
+
+  const PipelineStats& stats() const { return stats_; }
+  int stages() const { return stages_; }
+  int rank() const { return rank_; }
+  int virtual_stage(int chunk) const { return chunk * stages_ + rank_; }
+
+ private:
+  // Every virtual stage's dropout draws per token (collective over pp).
+  std::vector<int64_t> gather_dropout_draws();
+  void sum_shared_gradients();
+
+  Backend& backend_;
+  Communicator& pp_;
+  std::vector<Stage*> chunks_;
+  int stages_, rank_;
+  std::unique_ptr<Communicator> ends_;  // pp ranks 0 and p - 1 (first and last stage)
+  PipelineStats stats_;
 };
 
 // This rank's v chunks of a GPT pipeline over `pp` (each a GPTModel with a GPTStageLayout), and
@@ -193,13 +249,13 @@ struct PipelineStats {
 //   average_gradients(backend, grid.dp(), model.parameters());
 //   optimizer.step(lr, clip_coefficient(model.grad_norm(), max_norm));
 //
-// Activation memory: a layer keeps saved activations for one micro-batch only, so a chunk keeps
-// each in-flight micro-batch's *stage input* (and derives its dropout state) and, before
-// B(mb), re-runs its forward for mb unless mb was its most recent forward: full activation
-// recomputation, as Megatron's --recompute-granularity full. Cost: one extra chunk forward per
-// backward that does not follow its own forward -- with 1F1B nearly every micro-batch on every
-// stage but the last (about +1/3 of the compute, forward = 1 and backward = 2 units), with GPipe
-// all but one micro-batch per chunk. stats() counts them.
+// Activation memory follows config.recompute: each in-flight micro-batch's forward keeps its own
+// saved state (GPTModel::Saved), so nothing is recomputed under kNone, only the attention core
+// under kSelective; under kFull a chunk keeps each micro-batch's *stage input* and re-runs its
+// forward before B(mb) unless that backward comes right after F(mb) (Megatron's
+// --recompute-granularity full): with 1F1B nearly every micro-batch on every stage but the last
+// (about +1/3 of the compute, forward = 1 and backward = 2 units), with GPipe all but one
+// micro-batch per chunk. stats() counts them.
 class PipelineModel {
  public:
   // Collective over `pp` (and the TP group of tp_ctx). config is finalized for tp_ctx's TP size
@@ -213,11 +269,9 @@ class PipelineModel {
   PipelineModel(const PipelineModel&) = delete;
   PipelineModel& operator=(const PipelineModel&) = delete;
 
-  // Fills micro-batch `microbatch`'s token ids and targets: i32 [seq * batch] on the backend's
-  // device, rows ordered (position, batch). Called only on ranks holding the first or last
-  // virtual stage, once per micro-batch per step, in schedule order; it must depend on the index
-  // alone (the same on every TP rank).
-  using BatchLoader = std::function<void(int64_t microbatch, TensorView ids, TensorView targets)>;
+  // Fills micro-batch `microbatch`'s token ids and targets: i32 [seq * batch], rows ordered
+  // (position, batch); see PipelineLoader.
+  using BatchLoader = PipelineLoader;
 
   // One step of `microbatches` micro-batches of [seq, batch] through the schedule. Zeroes the
   // gradients, then accumulates those of loss_scale x (mean over micro-batches of each
@@ -243,7 +297,10 @@ class PipelineModel {
   std::vector<Parameter*> parameters();
   void set_training(bool training);
 
-  const PipelineStats& stats() const { return stats_; }
+  const PipelineStats& stats() const { return executor_->stats(); }
+  // Measure per-action times into stats() (a backend synchronize around every action); off by
+  // default, so that p2p overlaps compute on a GPU. A trace times its step either way.
+  void set_timing(bool timed) { timed_ = timed; }
   ScheduleKind schedule() const { return kind_; }
   const GPTConfig& config() const { return config_; }
   int stages() const { return stages_; }
@@ -253,12 +310,11 @@ class PipelineModel {
   int chunks() const { return virtual_stages_; }
   GPTModel& chunk(int c) { return *chunks_.at(static_cast<size_t>(c)); }
   int virtual_stage(int c) const { return c * stages_ + rank_; }
+  PipelineExecutor& executor() { return *executor_; }
   bool has_first_stage() const { return rank_ == 0; }
   bool has_last_stage() const { return rank_ == stages_ - 1; }
 
  private:
-  float run(const PipelineSchedule& schedule, const BatchLoader& load, int64_t seq, int64_t batch,
-            float loss_scale, DropoutRng& rng, PipelineTrace* trace);
   const PipelineSchedule& schedule_for(int64_t microbatches, bool forward_only);
 
   ParallelContext ctx_;
@@ -266,12 +322,11 @@ class PipelineModel {
   GPTConfig config_;
   ScheduleKind kind_;
   int stages_, virtual_stages_, rank_;
-  std::vector<int64_t> layer_counts_, first_layers_;
+  std::vector<int64_t> layer_counts_;
   std::vector<std::unique_ptr<GPTModel>> chunks_;
-  std::unique_ptr<Communicator> tied_;  // pp ranks 0 and p - 1 (first and last stage)
+  std::unique_ptr<PipelineExecutor> executor_;
   std::vector<PipelineSchedule> schedules_;
-  PipelineStats stats_;
-  bool training_ = true;
+  bool training_ = true, timed_ = false;
 };
 
 }  // namespace weft

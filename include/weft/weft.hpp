@@ -26,4 +26,5 @@
 #include "weft/pipeline.hpp"
 #include "weft/rng.hpp"
 #include "weft/shape.hpp"
+#include "weft/stage.hpp"
 #include "weft/tensor.hpp"

@@ -36,22 +36,30 @@ std::vector<Parameter*> ColumnParallelLinear::parameters() {
   return params;
 }
 
-std::vector<TensorView> ColumnParallelLinear::saved_activations() const {
+std::vector<TensorView> ColumnParallelLinear::Saved::views() const {
   std::vector<TensorView> saved;
-  if (saved_input_.data != nullptr) saved.push_back(saved_input_);
-  if (saved_preactivation_.defined()) saved.push_back(saved_preactivation_);
+  if (input.data != nullptr) saved.push_back(input);
+  if (preactivation.defined()) saved.push_back(preactivation);
   return saved;
 }
 
-Tensor ColumnParallelLinear::forward(TensorView input) {
+Tensor ColumnParallelLinear::forward(TensorView input, Saved& saved) {
+  saved = Saved{};
+  return run_forward(input, config_.sequence_parallel, &saved);
+}
+
+Tensor ColumnParallelLinear::forward(TensorView input, SequenceParallel mode) {
+  return run_forward(input, mode == SequenceParallel::kAsConfigured && config_.sequence_parallel,
+                     nullptr);
+}
+
+Tensor ColumnParallelLinear::run_forward(TensorView input, bool sp, Saved* saved) {
   check_activation(ctx_.backend, input, config_.in_features, config_.dtype, config_.name, "input");
-  const bool sp = config_.sequence_parallel;
   WEFT_CHECK(!sp || input.shape.rank() >= 2, config_.name,
              ": a sequence-parallel input needs a row dimension, got ", input.str());
   const int64_t rows = input.shape.rows() * (sp ? ctx_.tp.size() : 1);
   const int64_t n_local = local_out_features();
   const TensorView x = input.reshaped(Shape({input.shape.rows(), config_.in_features}));
-  saved_input_ = input;  // this rank's rows only, under sequence parallelism
 
   Shape out_shape = input.shape.with_dim(-1, n_local);
   if (sp) out_shape = out_shape.with_dim(0, input.shape[0] * ctx_.tp.size());
@@ -61,23 +69,30 @@ Tensor ColumnParallelLinear::forward(TensorView input) {
   p.out = out.view().reshaped(Shape({rows, n_local}));
   const bool add_bias = config_.bias && !config_.skip_bias_add;
   if (add_bias) p.bias = bias_.value;
-  saved_preactivation_ = Tensor();
   if (config_.activation == Activation::kGelu) {
-    saved_preactivation_ = Tensor(ctx_.backend, Shape({rows, n_local}), config_.dtype);
-    p.gelu_input = saved_preactivation_;
+    if (saved != nullptr) {
+      saved->preactivation = Tensor(ctx_.backend, Shape({rows, n_local}), config_.dtype);
+      p.gelu_input = saved->preactivation;
+    }
     p.epilogue = add_bias ? Epilogue::kBiasGelu : Epilogue::kGelu;
   } else {
     p.epilogue = add_bias ? Epilogue::kBias : Epilogue::kNone;
   }
   column_forward(ctx_, {sp, config_.tp_comm_overlap}, x, {p});
+  if (saved != nullptr) {
+    saved->input = input;  // this rank's rows only, under sequence parallelism
+    saved->sequence_parallel = sp;
+  }
   if (!config_.gather_output) return out;
   return gather_last_dim(ctx_, out);
 }
 
-Tensor ColumnParallelLinear::backward(TensorView grad_output) {
-  WEFT_CHECK(saved_input_.data != nullptr, config_.name, ": backward called before forward");
-  const bool sp = config_.sequence_parallel;
-  const int64_t rows = saved_input_.shape.rows() * (sp ? ctx_.tp.size() : 1);
+Tensor ColumnParallelLinear::backward(TensorView grad_output, Saved& saved) {
+  WEFT_CHECK(saved.input.data != nullptr, config_.name,
+             ": backward called before forward (its saved state is empty)");
+  const bool sp = saved.sequence_parallel;
+  const TensorView saved_input = saved.input;
+  const int64_t rows = saved_input.shape.rows() * (sp ? ctx_.tp.size() : 1);
   const int64_t n_local = local_out_features();
   check_activation(ctx_.backend, grad_output,
                    config_.gather_output ? config_.out_features : n_local, config_.dtype,
@@ -95,19 +110,19 @@ Tensor ColumnParallelLinear::backward(TensorView grad_output) {
   Tensor grad_preactivation;
   if (config_.activation == Activation::kGelu) {
     grad_preactivation = Tensor(ctx_.backend, Shape({rows, n_local}), config_.dtype);
-    ctx_.backend.gelu_backward(grad_preactivation, grad, saved_preactivation_);
+    ctx_.backend.gelu_backward(grad_preactivation, grad, saved.preactivation);
     grad = grad_preactivation;
   }
 
-  const TensorView x =
-      saved_input_.reshaped(Shape({saved_input_.shape.rows(), config_.in_features}));
+  const TensorView x = saved_input.reshaped(Shape({saved_input.shape.rows(), config_.in_features}));
   ColumnGradient g;
   g.grad = grad;
   g.weight = weight_.value;
   g.weight_grad = weight_.grad;
   if (config_.bias) g.bias_grad = bias_.grad;
   Tensor grad_input = column_backward(ctx_, {sp, config_.tp_comm_overlap}, x, {g});
-  grad_input.reshape(saved_input_.shape);
+  grad_input.reshape(saved_input.shape);
+  saved = Saved{};
   return grad_input;
 }
 

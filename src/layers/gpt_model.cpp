@@ -9,6 +9,26 @@
 
 namespace weft {
 
+Recompute parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::kNone;
+  if (name == "selective") return Recompute::kSelective;
+  if (name == "full") return Recompute::kFull;
+  WEFT_THROW(ErrorCode::kInvalidArgument, "unknown recompute policy '", name,
+             "': expected none, selective or full");
+}
+
+const char* recompute_name(Recompute recompute) {
+  switch (recompute) {
+    case Recompute::kNone:
+      return "none";
+    case Recompute::kSelective:
+      return "selective";
+    case Recompute::kFull:
+      return "full";
+  }
+  return "?";
+}
+
 GPTConfig GPTConfig::preset(const std::string& name) {
   GPTConfig c;
   if (name == "gpt2") return c;
@@ -126,37 +146,87 @@ void GPTModel::check_tokens(TensorView ids, const char* what, int64_t seq, int64
              ids.str(), " must be i32 with seq x batch = ", seq * batch, " elements");
 }
 
-Tensor GPTModel::embed(TensorView ids) {
-  Tensor x = embedding_->forward(ids);
+Tensor GPTModel::embed(TensorView ids, TensorView position_ids,
+                       VocabParallelEmbedding::Saved* saved, SequenceParallel mode) {
+  Tensor x = saved ? embedding_->forward(ids, *saved) : embedding_->forward(ids, mode);
   if (positions_) {
-    // The caller set position_ids_: row s * batch + b holds its absolute position (of this
-    // rank's rows under sequence parallelism).
+    // Row s * batch + b of position_ids holds its absolute position (of this rank's rows under
+    // sequence parallelism).
     Tensor pos(ctx_.backend, x.shape(), x.dtype());
-    ctx_.backend.embedding(pos, position_ids_, positions_->value, 0);
+    ctx_.backend.embedding(pos, position_ids, positions_->value, 0);
     ctx_.backend.add(x, x, pos);
   }
   return x;
 }
 
-// i32 positions [seq * batch], row s * batch + b holding first + s: built once per shape and kept,
-// rather than filled on the host and copied to the device every forward.
-void GPTModel::set_positions(int64_t seq, int64_t batch, int64_t first) {
-  if (position_ids_.defined() && position_key_[0] == seq && position_key_[1] == batch &&
-      position_key_[2] == first) {
-    return;
-  }
+// Built once per key and kept, rather than filled on the host and copied to the device every
+// forward; a saved view stays valid for the model's lifetime.
+TensorView GPTModel::positions(int64_t seq, int64_t batch, int64_t first) {
+  Tensor& ids = position_ids_[{seq, batch, first}];
+  if (ids.defined()) return ids;
   std::vector<int32_t> host(static_cast<size_t>(seq * batch));
   for (int64_t s = 0; s < seq; ++s) {
     for (int64_t b = 0; b < batch; ++b) host[s * batch + b] = static_cast<int32_t>(first + s);
   }
-  position_ids_ = Tensor(ctx_.backend, Shape({seq * batch}), DType::kI32);
-  ctx_.backend.copy(position_ids_,
-                    TensorView{host.data(), position_ids_.shape(), DType::kI32, Device::cpu()});
-  position_key_ = {seq, batch, first};
+  ids = Tensor(ctx_.backend, Shape({seq * batch}), DType::kI32);
+  ctx_.backend.copy(ids, TensorView{host.data(), ids.shape(), DType::kI32, Device::cpu()});
+  return ids;
 }
 
 Tensor GPTModel::forward_stage(TensorView input, TensorView targets, int64_t seq, int64_t batch,
-                               DropoutRng& rng) {
+                               DropoutRng& rng, Saved& saved) {
+  const bool backward_next = saved.backward_next;
+  saved = Saved{};
+  saved.backward_next = backward_next;
+  // A backward that comes next needs everything: recomputing would repeat this forward.
+  return run_stage(input, targets, seq, batch, rng, &saved, backward_next, &saved.loss);
+}
+
+Stage::TensorSpec GPTModel::input_spec(int64_t seq, int64_t batch) const {
+  if (layout_.has_embedding) return {Shape({seq * batch}), DType::kI32};
+  return {Shape({seq * batch / sequence_shards(), config_.hidden}), config_.dtype};
+}
+
+Stage::TensorSpec GPTModel::target_spec(int64_t seq, int64_t batch) const {
+  return {Shape({seq * batch}), DType::kI32};
+}
+
+Stage::TensorSpec GPTModel::output_spec(int64_t seq, int64_t batch) const {
+  return {Shape({seq * batch / sequence_shards(), config_.hidden}), config_.dtype};
+}
+
+Tensor GPTModel::forward(TensorView input, TensorView targets, int64_t seq, int64_t batch,
+                         DropoutRng& rng, State* state, float* loss) {
+  if (state == nullptr) return forward_stage(input, targets, seq, batch, rng, loss);
+  Saved& saved = dynamic_cast<Saved&>(*state);
+  Tensor out = forward_stage(input, targets, seq, batch, rng, saved);
+  if (loss != nullptr) *loss = saved.loss;
+  return out;
+}
+
+void GPTModel::recompute(State& state) { recompute(dynamic_cast<Saved&>(state)); }
+
+Tensor GPTModel::backward(TensorView grad_output, float loss_scale, State& state) {
+  return backward_stage(grad_output, loss_scale, dynamic_cast<Saved&>(state));
+}
+
+std::vector<Parameter*> GPTModel::shared_parameters() {
+  if (!embedding_) return {};
+  return {&embedding_->weight()};
+}
+
+int64_t GPTModel::dropout_draws_per_token() const {
+  if (!training_ || config_.dropout <= 0.0f) return 0;
+  return config_.hidden * ((layout_.has_embedding ? 1 : 0) + 2 * static_cast<int64_t>(layers_.size()));
+}
+
+Tensor GPTModel::forward_stage(TensorView input, TensorView targets, int64_t seq, int64_t batch,
+                               DropoutRng& rng, float* loss) {
+  return run_stage(input, targets, seq, batch, rng, nullptr, false, loss);
+}
+
+Tensor GPTModel::run_stage(TensorView input, TensorView targets, int64_t seq, int64_t batch,
+                           DropoutRng& rng, Saved* saved, bool keep_all, float* loss) {
   WEFT_CHECK(seq <= config_.max_seq, "GPTModel: sequence length (", seq,
              ") exceeds the model's maximum (", config_.max_seq, ")");
   // Under sequence parallelism every activation between the embedding and the LM head is this
@@ -164,127 +234,192 @@ Tensor GPTModel::forward_stage(TensorView input, TensorView targets, int64_t seq
   if (config_.sequence_parallel) check_sequence_parallel_seq(seq, ctx_.tp.size(), "GPTModel");
   const int shards = sequence_shards();
   const int64_t rows = seq * batch / shards;
-  seq_ = seq;
-  batch_ = batch;
-  activations_.clear();
   if (layout_.has_embedding) {
     check_tokens(input, "ids", seq, batch);
-    if (positions_) {
-      const int64_t local_seq = seq / shards;
-      set_positions(local_seq, batch, shards > 1 ? local_seq * ctx_.tp.rank() : 0);
-    }
-    activations_.push_back(embed(input));
-    if (training_ && config_.dropout > 0.0f) {
-      // As TransformerLayer::dropped: the whole activation's draw, this rank's part of it.
-      const int64_t local = activations_.back().numel();
-      embedding_drop_ = rng.replicated(local * shards);
-      if (shards > 1) embedding_drop_.offset += static_cast<uint64_t>(ctx_.tp.rank() * local);
-      ctx_.backend.dropout(activations_.back(), activations_.back(), config_.dropout,
-                           embedding_drop_.seed, embedding_drop_.offset);
-    }
   } else {
     WEFT_CHECK(input.shape == Shape({rows, config_.hidden}) && input.dtype == config_.dtype,
                "GPTModel stage: input activation ", input.str(), " must be ",
                dtype_name(config_.dtype), "[", rows, ", ", config_.hidden, "]",
                shards > 1 ? " (this rank's rows: sequence parallel)" : "");
-    stage_input_ = input;
   }
+  if (layout_.has_head) check_tokens(targets, "targets", seq, batch);
+  WEFT_CHECK(layout_.has_embedding || layout_.has_head || !layers_.empty(),
+             "GPTModel stage: a stage without layers, embedding or head");
+  if (saved != nullptr) {
+    saved->seq = seq;
+    saved->batch = batch;
+    saved->input = input;
+    saved->targets = targets;
+    if (config_.recompute == Recompute::kFull && !keep_all) {
+      // Keep only the inputs and where the dropout streams stood; backward runs this again.
+      saved->rng = rng;
+      saved = nullptr;
+    }
+  }
+
+  Tensor x;  // the activation flowing through the stage
+  TensorView current = input;
+  if (layout_.has_embedding) {
+    TensorView position_ids;
+    if (positions_) {
+      const int64_t local_seq = seq / shards;
+      position_ids = positions(local_seq, batch, shards > 1 ? local_seq * ctx_.tp.rank() : 0);
+    }
+    x = embed(input, position_ids, saved ? &saved->embedding : nullptr,
+              SequenceParallel::kAsConfigured);
+    if (training_ && config_.dropout > 0.0f) {
+      // As TransformerLayer::dropped: the whole activation's draw, this rank's part of it.
+      const int64_t local = x.numel();
+      DropoutRng::Draw draw = rng.replicated(local * shards);
+      if (shards > 1) draw.offset += static_cast<uint64_t>(ctx_.tp.rank() * local);
+      ctx_.backend.dropout(x, x, config_.dropout, draw.seed, draw.offset);
+      if (saved) {
+        saved->embedding_drop = draw;
+        saved->embedding_dropout = true;
+      }
+    }
+    if (saved) saved->position_ids = position_ids;
+    current = x;
+  }
+  if (saved) saved->layers.resize(layers_.size());
   for (size_t i = 0; i < layers_.size(); ++i) {
-    const TensorView x = activations_.empty() ? stage_input_ : activations_.back().view();
-    activations_.push_back(layers_[i]->forward(x, seq, batch, rng));
+    Tensor out = saved ? layers_[i]->forward(current, seq, batch, rng, saved->layers[i])
+                       : layers_[i]->forward(current, seq, batch, rng);
+    // The layer's input must outlive its backward: keep the previous activation.
+    if (saved && x.defined()) saved->activations.push_back(std::move(x));
+    x = std::move(out);
+    current = x;
   }
-  if (!layout_.has_head) {
-    WEFT_CHECK(!activations_.empty(), "GPTModel stage: a stage without layers, embedding or head");
-    Tensor out = std::move(activations_.back());
-    activations_.pop_back();
-    return out;
-  }
-  check_tokens(targets, "targets", seq, batch);
-  final_hidden_ =
-      final_norm_->forward(activations_.empty() ? stage_input_ : activations_.back().view());
-  logits_ = embedding_->lm_head_forward(final_hidden_);
-  losses_ = cross_entropy_.forward(logits_, targets, embedding_->vocab_start(), config_.vocab_size);
+  if (!layout_.has_head) return x;
+
+  Tensor final_hidden =
+      saved ? final_norm_->forward(current, saved->final_norm) : final_norm_->forward(current);
+  Tensor logits = saved ? embedding_->lm_head_forward(final_hidden, saved->head)
+                        : embedding_->lm_head_forward(final_hidden);
+  const std::vector<float> losses =
+      saved ? cross_entropy_.forward(logits, targets, embedding_->vocab_start(),
+                                     config_.vocab_size, saved->cross_entropy)
+            : cross_entropy_.forward(logits, targets, embedding_->vocab_start(),
+                                     config_.vocab_size);
   double sum = 0.0;
-  for (float l : losses_) sum += l;
-  last_loss_ = static_cast<float>(sum / static_cast<double>(losses_.size()));
+  for (float l : losses) sum += l;
+  const float mean = static_cast<float>(sum / static_cast<double>(losses.size()));
+  if (loss != nullptr) *loss = mean;
+  if (saved) {
+    saved->loss = mean;
+    saved->tokens = losses.size();
+    saved->final_input = std::move(x);
+    saved->final_hidden = std::move(final_hidden);
+    saved->logits = std::move(logits);
+  }
   return Tensor();
 }
 
-Tensor GPTModel::backward_stage(TensorView grad_output, float loss_scale) {
+Tensor GPTModel::backward_stage(TensorView grad_output, float loss_scale, Saved& saved) {
+  WEFT_CHECK(saved.seq > 0, "GPTModel: backward called before forward (its saved state is empty)");
+  if (saved.needs_recompute()) recompute(saved);
   Tensor grad;
   TensorView upstream = grad_output;  // the gradient flowing into the next layer down
   if (layout_.has_head) {
-    WEFT_CHECK(!losses_.empty(), "GPTModel: backward called before forward");
-    const std::vector<float> grad_loss(losses_.size(),
-                                       loss_scale / static_cast<float>(losses_.size()));
-    grad = embedding_->lm_head_backward(cross_entropy_.backward(grad_loss));
-    grad = final_norm_->backward(grad);
+    const std::vector<float> grad_loss(saved.tokens,
+                                       loss_scale / static_cast<float>(saved.tokens));
+    grad = embedding_->lm_head_backward(cross_entropy_.backward(grad_loss, saved.cross_entropy),
+                                        saved.head);
+    grad = final_norm_->backward(grad, saved.final_norm);
     upstream = grad;
-    losses_.clear();
   } else {
-    const int64_t rows = seq_ * batch_ / sequence_shards();
+    const int64_t rows = saved.seq * saved.batch / sequence_shards();
     WEFT_CHECK(grad_output.shape == Shape({rows, config_.hidden}),
                "GPTModel stage: ", "grad_output ", grad_output.str(),
                " must match the stage output [", rows, ", ", config_.hidden, "]");
   }
-  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
-    grad = (*it)->backward(upstream);
+  for (size_t i = layers_.size(); i-- > 0;) {
+    grad = layers_[i]->backward(upstream, saved.layers[i]);
     upstream = grad;
   }
-  if (!layout_.has_embedding) return grad;
+  if (!layout_.has_embedding) {
+    saved = Saved{};
+    return grad;
+  }
   if (!grad.defined()) {
     // A first stage holding only the embedding: the dropout below works in place, and the
     // caller's gradient must not change.
     grad = Tensor(ctx_.backend, upstream.shape, upstream.dtype);
     ctx_.backend.copy(grad, upstream);
   }
-  if (training_ && config_.dropout > 0.0f) {
-    ctx_.backend.dropout(grad, grad, config_.dropout, embedding_drop_.seed, embedding_drop_.offset);
+  if (saved.embedding_dropout) {
+    ctx_.backend.dropout(grad, grad, config_.dropout, saved.embedding_drop.seed,
+                         saved.embedding_drop.offset);
   }
-  embedding_->backward(grad);
-  if (positions_) accumulate_position_grads(grad);
+  embedding_->backward(grad, saved.embedding);
+  if (positions_) accumulate_position_grads(grad, saved.position_ids, saved.seq);
+  saved = Saved{};
   return Tensor();
+}
+
+void GPTModel::recompute(Saved& saved) {
+  WEFT_CHECK(saved.needs_recompute(), "GPTModel: recompute needs the saved state of a forward "
+             "under Recompute::kFull that was not recomputed yet");
+  // The forward again from the kept input, keeping everything this time.
+  Saved full;
+  DropoutRng rng = *saved.rng;
+  run_stage(saved.input, saved.targets, saved.seq, saved.batch, rng, &full, true, nullptr);
+  saved = std::move(full);
+}
+
+float GPTModel::forward(TensorView ids, TensorView targets, int64_t seq, int64_t batch,
+                        DropoutRng& rng, Saved& saved) {
+  WEFT_CHECK(layout_.has_embedding && layout_.has_head,
+             "GPTModel::forward needs the whole model; a pipeline stage uses forward_stage");
+  forward_stage(ids, targets, seq, batch, rng, saved);
+  return saved.loss;
 }
 
 float GPTModel::forward(TensorView ids, TensorView targets, int64_t seq, int64_t batch,
                         DropoutRng& rng) {
   WEFT_CHECK(layout_.has_embedding && layout_.has_head,
              "GPTModel::forward needs the whole model; a pipeline stage uses forward_stage");
-  forward_stage(ids, targets, seq, batch, rng);
-  return last_loss_;
+  float loss = 0.0f;
+  forward_stage(ids, targets, seq, batch, rng, &loss);
+  return loss;
 }
 
-void GPTModel::backward(float loss_scale) { backward_stage(TensorView{}, loss_scale); }
+void GPTModel::backward(Saved& saved, float loss_scale) {
+  backward_stage(TensorView{}, loss_scale, saved);
+}
 
-void GPTModel::accumulate_position_grads(TensorView grad) {
+void GPTModel::accumulate_position_grads(TensorView grad, TensorView position_ids, int64_t seq) {
   if (sequence_shards() == 1) {
-    ctx_.backend.embedding_backward(positions_->grad, position_ids_, grad, 0);
+    ctx_.backend.embedding_backward(positions_->grad, position_ids, grad, 0);
     return;
   }
   // This rank's rows hold positions [r seq/tp, (r+1) seq/tp) only: its share of the replicated
   // table's gradient is partial (like a norm's), and the sum over TP is the whole gradient.
   // Only rows [0, seq) of the table can have one.
-  const TensorView used = positions_->grad.view().rows(0, seq_);
+  const TensorView used = positions_->grad.view().rows(0, seq);
   Tensor delta(ctx_.backend, used.shape, used.dtype);
   ctx_.backend.fill(delta, 0.0f);
-  ctx_.backend.embedding_backward(delta, position_ids_, grad, 0);
+  ctx_.backend.embedding_backward(delta, position_ids, grad, 0);
   ctx_.tp.all_reduce(delta, delta, ReduceOp::kSum, ctx_.backend.stream());
   ctx_.backend.add(used, used, delta);
 }
 
-std::vector<TensorView> GPTModel::saved_activations() const {
+std::vector<TensorView> GPTModel::Saved::views() const {
   std::vector<TensorView> saved;
-  for (const auto& layer : layers_) {
-    const std::vector<TensorView> views = layer->saved_activations();
+  auto append = [&](const std::vector<TensorView>& views) {
     saved.insert(saved.end(), views.begin(), views.end());
+  };
+  if (rng.has_value()) {  // full recomputation: the stage input only
+    for (const TensorView& v : {input, targets}) {
+      if (v.data != nullptr) saved.push_back(v);
+    }
+    return saved;
   }
-  if (final_norm_) {
-    for (const TensorView& v : final_norm_->saved_activations()) saved.push_back(v);
-  }
-  if (embedding_) {
-    for (const TensorView& v : embedding_->saved_activations()) saved.push_back(v);
-  }
-  for (const Tensor* t : {&final_hidden_, &logits_}) {
+  for (const auto& layer : layers) append(layer.views());
+  append(final_norm.views());
+  append(embedding.views());
+  append(head.views());
+  for (const Tensor* t : {&final_hidden, &logits}) {
     if (t->defined()) saved.push_back(*t);
   }
   return saved;
@@ -308,22 +443,16 @@ std::vector<float> GPTModel::next_token_logits(TensorView ids, int64_t seq, int6
   check_tokens(ids, "ids", seq, batch);
   WEFT_CHECK(past + seq <= config_.max_seq, "GPTModel: positions up to ", past + seq,
              " exceed the model's maximum sequence length (", config_.max_seq, ")");
-  // Decoding runs without sequence parallelism (TransformerLayer::forward_cached turns it off in
-  // the attention and MLP; here the embedding and its tied head).
-  struct SequenceParallelOff {
-    VocabParallelEmbedding& embedding;
-    bool was;
-    ~SequenceParallelOff() { embedding.set_sequence_parallel(was); }
-  } restore{*embedding_, embedding_->config().sequence_parallel};
-  embedding_->set_sequence_parallel(false);
-  if (positions_) set_positions(seq, batch, past);
-  Tensor x = embed(ids);
+  // Decoding runs without sequence parallelism (as TransformerLayer::forward_cached does in the
+  // attention and MLP; here the embedding and its tied head).
+  Tensor x = embed(ids, positions_ ? positions(seq, batch, past) : TensorView{}, nullptr,
+                   SequenceParallel::kOff);
   for (auto& layer : layers_) x = layer->forward_cached(x, seq, batch, past);
   Tensor hidden = final_norm_->forward(x);
   // Only the last position's rows go through the LM head.
   Tensor last(ctx_.backend, Shape({batch, config_.hidden}), config_.dtype);
   ctx_.backend.copy(last, hidden.view().rows((seq - 1) * batch, batch));
-  Tensor local = embedding_->lm_head_forward(last);
+  Tensor local = embedding_->lm_head_forward(last, SequenceParallel::kOff);
   Tensor full = gather_last_dim(ctx_, local);  // [batch, padded vocab]: inference only
   Tensor full_f32(ctx_.backend, full.shape(), DType::kF32);
   ctx_.backend.convert(full_f32, full);

@@ -24,11 +24,11 @@ Norm::Norm(Backend& backend, NormConfig config) : backend_(backend), config_(std
   }
 }
 
-std::vector<TensorView> Norm::saved_activations() const {
+std::vector<TensorView> Norm::Saved::views() const {
   std::vector<TensorView> saved;
-  if (saved_input_.data != nullptr) saved.push_back(saved_input_);
-  if (config_.kind == NormKind::kLayerNorm && mean_.defined()) saved.push_back(mean_);
-  if (rstd_.defined()) saved.push_back(rstd_);
+  if (input.data != nullptr) saved.push_back(input);
+  if (mean.defined()) saved.push_back(mean);
+  if (rstd.defined()) saved.push_back(rstd);
   return saved;
 }
 
@@ -38,42 +38,48 @@ std::vector<Parameter*> Norm::parameters() {
 }
 
 Tensor Norm::forward(TensorView x) {
+  Saved scratch;  // mean and rstd are outputs of the op; dropped here
+  return forward(x, scratch);
+}
+
+Tensor Norm::forward(TensorView x, Saved& saved) {
   WEFT_CHECK(x.shape.cols() == config_.hidden && x.dtype == config_.dtype, config_.name,
              ": input ", x.str(), " must be [rows, ", config_.hidden, "] of ",
              dtype_name(config_.dtype));
   const int64_t rows = x.shape.rows();
-  saved_input_ = x;
+  saved = Saved{};
+  saved.input = x;
   Tensor out(backend_, x.shape, x.dtype);
-  rstd_ = Tensor(backend_, Shape({rows}), DType::kF32);
+  saved.rstd = Tensor(backend_, Shape({rows}), DType::kF32);
   if (config_.kind == NormKind::kLayerNorm) {
-    mean_ = Tensor(backend_, Shape({rows}), DType::kF32);
-    backend_.layer_norm(out, mean_, rstd_, x, gamma_.value, beta_.value, config_.eps);
+    saved.mean = Tensor(backend_, Shape({rows}), DType::kF32);
+    backend_.layer_norm(out, saved.mean, saved.rstd, x, gamma_.value, beta_.value, config_.eps);
   } else {
-    backend_.rms_norm(out, rstd_, x, gamma_.value, config_.eps);
+    backend_.rms_norm(out, saved.rstd, x, gamma_.value, config_.eps);
   }
   return out;
 }
 
-Tensor Norm::backward(TensorView grad_output) {
-  WEFT_CHECK(saved_input_.data != nullptr, config_.name, ": backward called before forward");
-  WEFT_CHECK(grad_output.shape == saved_input_.shape && grad_output.dtype == config_.dtype,
-             config_.name, ": grad_output ", grad_output.str(), " must match the input ",
-             saved_input_.str());
+Tensor Norm::backward(TensorView grad_output, Saved& saved) {
+  WEFT_CHECK(saved.input.data != nullptr, config_.name,
+             ": backward called before forward (its saved state is empty)");
+  const TensorView input = saved.input;
+  WEFT_CHECK(grad_output.shape == input.shape && grad_output.dtype == config_.dtype, config_.name,
+             ": grad_output ", grad_output.str(), " must match the input ", input.str());
   WEFT_CHECK(!config_.sequence_parallel || tp_ != nullptr, config_.name,
              ": sequence_parallel needs the Norm(ParallelContext, ...) constructor (the gradient "
              "reduction runs over the TP group)");
-  Tensor grad_input(backend_, saved_input_.shape, config_.dtype);
+  Tensor grad_input(backend_, input.shape, config_.dtype);
   // gamma's gradient in row 0, beta's in row 1, so that one all-reduce sums both.
   const bool layer_norm = config_.kind == NormKind::kLayerNorm;
   const int64_t h = config_.hidden;
   Tensor deltas(backend_, Shape({layer_norm ? 2 : 1, h}), config_.dtype);
   auto delta = [&](int64_t row) { return deltas.view().rows(row, 1).reshaped(Shape({h})); };
   if (layer_norm) {
-    backend_.layer_norm_backward(grad_input, delta(0), delta(1), grad_output, saved_input_,
-                                 gamma_.value, mean_, rstd_);
+    backend_.layer_norm_backward(grad_input, delta(0), delta(1), grad_output, input, gamma_.value,
+                                 saved.mean, saved.rstd);
   } else {
-    backend_.rms_norm_backward(grad_input, delta(0), grad_output, saved_input_, gamma_.value,
-                               rstd_);
+    backend_.rms_norm_backward(grad_input, delta(0), grad_output, input, gamma_.value, saved.rstd);
   }
   // Each rank saw its own rows only: the gradient is the sum over the TP group.
   if (config_.sequence_parallel && tp_->size() > 1) {
@@ -81,6 +87,7 @@ Tensor Norm::backward(TensorView grad_output) {
   }
   backend_.add(gamma_.grad, gamma_.grad, delta(0));
   if (layer_norm) backend_.add(beta_.grad, beta_.grad, delta(1));
+  saved = Saved{};
   return grad_input;
 }
 

@@ -55,10 +55,6 @@ ParallelAttentionConfig checked(const ParallelAttentionConfig& config, int tp) {
   return c;
 }
 
-TpCommOptions comm_options(const ParallelAttentionConfig& c) {
-  return {c.sequence_parallel, c.tp_comm_overlap};
-}
-
 }  // namespace
 
 ParallelAttention::ParallelAttention(const ParallelContext& ctx,
@@ -154,45 +150,38 @@ AttentionShape ParallelAttention::local_shape(int64_t seq, int64_t batch) const 
   return s;
 }
 
-void ParallelAttention::set_sequence_parallel(bool enabled) {
-  config_.sequence_parallel = enabled;
-  if (qkv_) qkv_->set_sequence_parallel(enabled);
-  proj_->set_sequence_parallel(enabled);
-}
-
-void ParallelAttention::check_input(const TensorView& x, int64_t seq, int64_t batch,
+void ParallelAttention::check_input(const TensorView& x, int64_t seq, int64_t batch, bool sp,
                                     const char* what) const {
   WEFT_CHECK(seq > 0 && batch > 0, config_.name, ": seq (", seq, ") and batch (", batch,
              ") must be positive");
-  if (config_.sequence_parallel) check_sequence_parallel_seq(seq, ctx_.tp.size(), config_.name);
+  if (sp) check_sequence_parallel_seq(seq, ctx_.tp.size(), config_.name);
   check_activation(ctx_.backend, x, config_.hidden, config_.dtype, config_.name, what);
-  const int64_t rows = seq * batch / sequence_shards();
+  const int64_t rows = seq * batch / (sp ? ctx_.tp.size() : 1);
   WEFT_CHECK(x.shape.rows() == rows, config_.name, ": ", what, " ", x.shape.str(), " has ",
              x.shape.rows(), " rows, but seq (", seq, ") x batch (", batch, ")",
-             config_.sequence_parallel ? " / tp" : "", " = ", rows);
+             sp ? " / tp" : "", " = ", rows);
 }
 
-std::vector<TensorView> ParallelAttention::saved_activations() const {
-  std::vector<TensorView> saved;
-  if (!forward_saved_) return saved;
-  if (qkv_) {
-    saved = qkv_->saved_activations();
-  } else {
-    saved.push_back(saved_input_);
+std::vector<TensorView> ParallelAttention::Saved::views() const {
+  std::vector<TensorView> saved = qkv.views();
+  for (const TensorView& v : {input, qkv_act.view(), probs.view(), context.view()}) {
+    if (v.data != nullptr) saved.push_back(v);
   }
-  for (const TensorView& v : {qkv_act_.view(), probs_.view(), context_.view()}) saved.push_back(v);
-  for (const TensorView& v : proj_->saved_activations()) saved.push_back(v);
+  for (const TensorView& v : proj.views()) saved.push_back(v);
   return saved;
 }
 
-Tensor ParallelAttention::project_qkv(TensorView x) {
-  if (qkv_) return qkv_->forward(x);
+Tensor ParallelAttention::project_qkv(TensorView x, bool sp, Saved* saved) {
+  if (qkv_) {
+    if (saved != nullptr) return qkv_->forward(x, saved->qkv);
+    return qkv_->forward(x, sp ? SequenceParallel::kAsConfigured : SequenceParallel::kOff);
+  }
   // Replicated kv: two column projections of one input (gathered once under sequence
   // parallelism), this rank's query heads and its group's key and value.
   Backend& backend = ctx_.backend;
-  const int64_t tokens = x.shape.rows() * sequence_shards(), q_cols = local_heads_ * head_dim_,
-                kv_cols = 2 * head_dim_;
-  saved_input_ = x;
+  const int64_t tokens = x.shape.rows() * (sp ? ctx_.tp.size() : 1),
+                q_cols = local_heads_ * head_dim_, kv_cols = 2 * head_dim_;
+  if (saved != nullptr) saved->input = x;
   const Tensor q(backend, Shape({tokens, q_cols}), config_.dtype);
   const Tensor kv(backend, Shape({tokens, kv_cols}), config_.dtype);
   auto projection = [&](const Parameter& w, const Parameter& b, const Tensor& out) {
@@ -205,7 +194,7 @@ Tensor ParallelAttention::project_qkv(TensorView x) {
     p.out = out;
     return p;
   };
-  column_forward(ctx_, comm_options(config_), x,
+  column_forward(ctx_, {sp, config_.tp_comm_overlap}, x,
                  {projection(q_weight_, q_bias_, q), projection(kv_weight_, kv_bias_, kv)});
   // One group: the query heads, then key and value.
   Tensor qkv(backend, Shape({tokens, q_cols + kv_cols}), config_.dtype);
@@ -214,8 +203,8 @@ Tensor ParallelAttention::project_qkv(TensorView x) {
   return qkv;
 }
 
-Tensor ParallelAttention::project_qkv_backward(TensorView grad_qkv) {
-  if (qkv_) return qkv_->backward(grad_qkv);
+Tensor ParallelAttention::project_qkv_backward(TensorView grad_qkv, Saved& saved) {
+  if (qkv_) return qkv_->backward(grad_qkv, saved.qkv);
   Backend& backend = ctx_.backend;
   const int64_t tokens = grad_qkv.shape.rows(), q_cols = local_heads_ * head_dim_,
                 kv_cols = 2 * head_dim_;
@@ -247,7 +236,9 @@ Tensor ParallelAttention::project_qkv_backward(TensorView grad_qkv) {
   gkv.weight = kv_weight_.value;
   gkv.weight_grad = delta_w;
   if (config_.bias) gkv.bias_grad = delta_b;
-  Tensor grad_input = column_backward(ctx_, comm_options(config_), saved_input_, {gq, gkv});
+  Tensor grad_input =
+      column_backward(ctx_, {saved.sequence_parallel, config_.tp_comm_overlap}, saved.input,
+                      {gq, gkv});
   accumulate_shared_kv_grads(delta, delta_w, delta_b);
   return grad_input;
 }
@@ -269,47 +260,76 @@ void ParallelAttention::accumulate_shared_kv_grads(TensorView delta, TensorView 
   if (config_.bias) add_to(kv_bias_, delta_b);
 }
 
+Tensor ParallelAttention::forward(TensorView x, int64_t seq, int64_t batch, Saved& saved) {
+  saved = Saved{};
+  return run_forward(x, seq, batch, &saved);
+}
+
 Tensor ParallelAttention::forward(TensorView x, int64_t seq, int64_t batch) {
-  check_input(x, seq, batch, "input");
+  return run_forward(x, seq, batch, nullptr);
+}
+
+Tensor ParallelAttention::run_forward(TensorView x, int64_t seq, int64_t batch, Saved* saved) {
+  const bool sp = config_.sequence_parallel;
+  check_input(x, seq, batch, sp, "input");
   Backend& backend = ctx_.backend;
   const AttentionShape shape = local_shape(seq, batch);
-  const TensorView x2d = x.reshaped(Shape({seq * batch / sequence_shards(), config_.hidden}));
+  const TensorView x2d = x.reshaped(Shape({seq * batch / (sp ? ctx_.tp.size() : 1), config_.hidden}));
 
   // Under sequence parallelism the projection gathers the rows: the core attention always sees
   // whole sequences (of this rank's heads), and the output projection scatters them again.
-  qkv_act_ = project_qkv(x2d);
-  if (config_.rotary) backend.rope(qkv_act_, shape, config_.rope_theta, 0, /*inverse=*/false);
-  probs_ = Tensor(backend, Shape({batch, local_heads_, seq, seq}), DType::kF32);
-  context_ = Tensor(backend, Shape({seq * batch, local_heads_ * head_dim_}), config_.dtype);
-  backend.attention(context_, probs_, qkv_act_, shape);
-  Tensor out = proj_->forward(context_);
+  Tensor qkv = project_qkv(x2d, sp, saved);
+  if (config_.rotary) backend.rope(qkv, shape, config_.rope_theta, 0, /*inverse=*/false);
+  // The backend op's saved state for its backward (here the probabilities): kept only when a
+  // backward will use it and the core is not recomputed.
+  Tensor probs(backend, Shape({batch, local_heads_, seq, seq}), DType::kF32);
+  Tensor context(backend, Shape({seq * batch, local_heads_ * head_dim_}), config_.dtype);
+  backend.attention(context, probs, qkv, shape);
+  if (saved == nullptr) {
+    Tensor out = proj_->forward(context);
+    out.reshape(x.shape);
+    return out;
+  }
+  Tensor out = proj_->forward(context, saved->proj);
   out.reshape(x.shape);
-  seq_ = seq;
-  batch_ = batch;
-  forward_saved_ = true;
+  saved->seq = seq;
+  saved->batch = batch;
+  saved->sequence_parallel = sp;
+  saved->qkv_act = std::move(qkv);
+  if (!config_.recompute_core) saved->probs = std::move(probs);
+  saved->context = std::move(context);
   return out;
 }
 
-Tensor ParallelAttention::backward(TensorView grad_output) {
-  WEFT_CHECK(forward_saved_, config_.name,
-             ": backward needs a forward() first (forward_cached saves nothing for backward)");
-  const int64_t tokens = seq_ * batch_ / sequence_shards();
+Tensor ParallelAttention::backward(TensorView grad_output, Saved& saved) {
+  WEFT_CHECK(saved.qkv_act.defined(), config_.name,
+             ": backward needs a forward() first (its saved state is empty; forward_cached saves "
+             "nothing for backward)");
+  const int64_t seq = saved.seq, batch = saved.batch;
+  const int64_t tokens = seq * batch / (saved.sequence_parallel ? ctx_.tp.size() : 1);
   check_activation(ctx_.backend, grad_output, config_.hidden, config_.dtype, config_.name,
                    "grad_output");
   WEFT_CHECK(grad_output.shape.rows() == tokens, config_.name, ": grad_output ",
              grad_output.shape.str(), " has ", grad_output.shape.rows(), " rows, forward had ",
              tokens);
   Backend& backend = ctx_.backend;
-  const AttentionShape shape = local_shape(seq_, batch_);
+  const AttentionShape shape = local_shape(seq, batch);
 
   const Tensor grad_context =
-      proj_->backward(grad_output.reshaped(Shape({tokens, config_.hidden})));
-  Tensor grad_qkv(backend, qkv_act_.shape(), config_.dtype);
-  backend.attention_backward(grad_qkv, grad_context, qkv_act_, probs_, shape);
+      proj_->backward(grad_output.reshaped(Shape({tokens, config_.hidden})), saved.proj);
+  if (!saved.probs.defined()) {
+    // Selective recomputation: the attention core again, from the saved q, k, v.
+    saved.probs = Tensor(backend, Shape({batch, local_heads_, seq, seq}), DType::kF32);
+    Tensor context(backend, saved.context.shape(), config_.dtype);
+    backend.attention(context, saved.probs, saved.qkv_act, shape);
+  }
+  Tensor grad_qkv(backend, saved.qkv_act.shape(), config_.dtype);
+  backend.attention_backward(grad_qkv, grad_context, saved.qkv_act, saved.probs, shape);
   // The rotation is orthogonal: its backward rotates the q and k gradients back.
   if (config_.rotary) backend.rope(grad_qkv, shape, config_.rope_theta, 0, /*inverse=*/true);
-  Tensor grad_input = project_qkv_backward(grad_qkv);
+  Tensor grad_input = project_qkv_backward(grad_qkv, saved);
   grad_input.reshape(grad_output.shape);
+  saved = Saved{};
   return grad_input;
 }
 
@@ -326,26 +346,19 @@ void ParallelAttention::allocate_cache(int64_t batch, int64_t capacity) {
 Tensor ParallelAttention::forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past) {
   WEFT_CHECK(k_cache_.defined(), config_.name, ": forward_cached needs allocate_cache first");
   // Decoding runs on all rows (one new position is not split across ranks).
-  struct SequenceParallelOff {
-    ParallelAttention& layer;
-    bool was;
-    ~SequenceParallelOff() { layer.set_sequence_parallel(was); }
-  } restore{*this, config_.sequence_parallel};
-  set_sequence_parallel(false);
-  check_input(x, seq, batch, "input");
+  check_input(x, seq, batch, /*sequence_parallel=*/false, "input");
   WEFT_CHECK(batch == cache_batch_, config_.name, ": batch (", batch,
              ") differs from the cache's batch (", cache_batch_, ")");
   WEFT_CHECK(past >= 0 && past + seq <= cache_capacity_, config_.name, ": positions [", past, ", ",
              past + seq, ") do not fit the cache's capacity (", cache_capacity_, ")");
   Backend& backend = ctx_.backend;
   const AttentionShape shape = local_shape(seq, batch);
-  forward_saved_ = false;  // the projections' saved inputs now belong to this call
 
-  Tensor qkv = project_qkv(x.reshaped(Shape({seq * batch, config_.hidden})));
+  Tensor qkv = project_qkv(x.reshaped(Shape({seq * batch, config_.hidden})), false, nullptr);
   if (config_.rotary) backend.rope(qkv, shape, config_.rope_theta, past, /*inverse=*/false);
   Tensor context(backend, Shape({seq * batch, local_heads_ * head_dim_}), config_.dtype);
   backend.attention_with_cache(context, k_cache_, v_cache_, qkv, shape, past);
-  Tensor out = proj_->forward(context);
+  Tensor out = proj_->forward(context, SequenceParallel::kOff);
   out.reshape(x.shape);
   return out;
 }

@@ -36,10 +36,6 @@ RowParallelLinearConfig fc2_config(const ParallelMLPConfig& c) {
   return fc2;
 }
 bool is_swiglu(const ParallelMLPConfig& c) { return c.activation == MlpActivation::kSwiGLU; }
-// The communication of SwiGLU's gate and up projections: fc1's (set_sequence_parallel included).
-TpCommOptions column_options(const ColumnParallelLinear& fc1) {
-  return {fc1.config().sequence_parallel, fc1.config().tp_comm_overlap};
-}
 }  // namespace
 
 ParallelMLP::ParallelMLP(const ParallelContext& ctx, const ParallelMLPConfig& config)
@@ -54,29 +50,34 @@ ParallelMLP::ParallelMLP(const ParallelContext& ctx, const ParallelMLPConfig& co
   }
 }
 
-void ParallelMLP::set_sequence_parallel(bool enabled) {
-  fc1_.set_sequence_parallel(enabled);
-  if (up_) up_->set_sequence_parallel(enabled);
-  fc2_.set_sequence_parallel(enabled);
+Tensor ParallelMLP::forward(TensorView input, Saved& saved) {
+  saved = Saved{};
+  return run_forward(input, fc1_.config().sequence_parallel, &saved);
 }
 
-Tensor ParallelMLP::forward(TensorView input) {
+Tensor ParallelMLP::forward(TensorView input, SequenceParallel mode) {
+  return run_forward(
+      input, mode == SequenceParallel::kAsConfigured && fc1_.config().sequence_parallel, nullptr);
+}
+
+Tensor ParallelMLP::run_forward(TensorView input, bool sp, Saved* saved) {
+  const SequenceParallel mode = sp ? SequenceParallel::kAsConfigured : SequenceParallel::kOff;
   if (activation_ == MlpActivation::kGelu) {
-    hidden_ = fc1_.forward(input);
-    return fc2_.forward(hidden_);
+    if (saved == nullptr) return fc2_.forward(fc1_.forward(input, mode), mode);
+    saved->sequence_parallel = sp;
+    saved->hidden = fc1_.forward(input, saved->fc1);
+    return fc2_.forward(saved->hidden, saved->fc2);
   }
   // SwiGLU: gate (fc1) and up are two column projections of one input, run together so that a
   // sequence-parallel input is gathered once for both.
   const ColumnParallelLinearConfig& c = fc1_.config();
   check_activation(ctx_.backend, input, c.in_features, c.dtype, c.name, "input");
-  const bool sp = c.sequence_parallel;
   WEFT_CHECK(!sp || input.shape.rank() >= 2, c.name,
              ": a sequence-parallel input needs a row dimension, got ", input.str());
   const int64_t rows = input.shape.rows() * (sp ? ctx_.tp.size() : 1);
   const int64_t f_local = fc1_.local_out_features();
-  input_ = input;
-  gate_ = Tensor(ctx_.backend, Shape({rows, f_local}), c.dtype);
-  up_out_ = Tensor(ctx_.backend, Shape({rows, f_local}), c.dtype);
+  Tensor gate(ctx_.backend, Shape({rows, f_local}), c.dtype);
+  Tensor up(ctx_.backend, Shape({rows, f_local}), c.dtype);
   auto projection = [](ColumnParallelLinear& layer, const Tensor& out) {
     ColumnProjection p;
     p.weight = layer.weight().value;
@@ -87,23 +88,38 @@ Tensor ParallelMLP::forward(TensorView input) {
     p.out = out;
     return p;
   };
-  column_forward(ctx_, column_options(fc1_),
+  column_forward(ctx_, {sp, c.tp_comm_overlap},
                  input.reshaped(Shape({input.shape.rows(), c.in_features})),
-                 {projection(fc1_, gate_), projection(*up_, up_out_)});
-  hidden_ = Tensor(ctx_.backend, gate_.shape(), gate_.dtype());
-  ctx_.backend.swiglu(hidden_, gate_, up_out_);
-  Tensor out = fc2_.forward(hidden_);
+                 {projection(fc1_, gate), projection(*up_, up)});
+  Tensor hidden(ctx_.backend, gate.shape(), gate.dtype());
+  ctx_.backend.swiglu(hidden, gate, up);
+  Tensor out;
+  if (saved == nullptr) {
+    out = fc2_.forward(hidden, mode);
+  } else {
+    out = fc2_.forward(hidden, saved->fc2);
+    saved->sequence_parallel = sp;
+    saved->input = input;
+    saved->gate = std::move(gate);
+    saved->up = std::move(up);
+    saved->hidden = std::move(hidden);
+  }
   out.reshape(input.shape);
   return out;
 }
 
-Tensor ParallelMLP::backward(TensorView grad_output) {
-  Tensor grad_hidden = fc2_.backward(grad_output);
-  if (activation_ == MlpActivation::kGelu) return fc1_.backward(grad_hidden);
-  WEFT_CHECK(input_.data != nullptr, fc1_.config().name, ": backward called before forward");
-  Tensor grad_gate(ctx_.backend, gate_.shape(), gate_.dtype());
-  Tensor grad_up(ctx_.backend, up_out_.shape(), up_out_.dtype());
-  ctx_.backend.swiglu_backward(grad_gate, grad_up, grad_hidden, gate_, up_out_);
+Tensor ParallelMLP::backward(TensorView grad_output, Saved& saved) {
+  WEFT_CHECK(saved.hidden.defined(), fc1_.config().name,
+             ": backward called before forward (its saved state is empty)");
+  Tensor grad_hidden = fc2_.backward(grad_output, saved.fc2);
+  if (activation_ == MlpActivation::kGelu) {
+    Tensor grad_input = fc1_.backward(grad_hidden, saved.fc1);
+    saved = Saved{};
+    return grad_input;
+  }
+  Tensor grad_gate(ctx_.backend, saved.gate.shape(), saved.gate.dtype());
+  Tensor grad_up(ctx_.backend, saved.up.shape(), saved.up.dtype());
+  ctx_.backend.swiglu_backward(grad_gate, grad_up, grad_hidden, saved.gate, saved.up);
   auto gradient = [](ColumnParallelLinear& layer, const Tensor& grad) {
     ColumnGradient g;
     g.grad = grad;
@@ -112,24 +128,21 @@ Tensor ParallelMLP::backward(TensorView grad_output) {
     if (layer.bias() != nullptr) g.bias_grad = layer.bias()->grad;
     return g;
   };
-  Tensor grad_input =
-      column_backward(ctx_, column_options(fc1_),
-                      input_.reshaped(Shape({input_.shape.rows(), input_.shape.cols()})),
-                      {gradient(fc1_, grad_gate), gradient(*up_, grad_up)});
-  grad_input.reshape(input_.shape);
+  const TensorView input = saved.input;
+  Tensor grad_input = column_backward(ctx_, {saved.sequence_parallel, fc1_.config().tp_comm_overlap},
+                                      input.reshaped(Shape({input.shape.rows(), input.shape.cols()})),
+                                      {gradient(fc1_, grad_gate), gradient(*up_, grad_up)});
+  grad_input.reshape(input.shape);
+  saved = Saved{};
   return grad_input;
 }
 
-std::vector<TensorView> ParallelMLP::saved_activations() const {
-  std::vector<TensorView> saved;
-  if (activation_ == MlpActivation::kGelu) {
-    saved = fc1_.saved_activations();
-  } else {
-    for (const TensorView& v : {input_, gate_.view(), up_out_.view()}) {
-      if (v.data != nullptr) saved.push_back(v);
-    }
+std::vector<TensorView> ParallelMLP::Saved::views() const {
+  std::vector<TensorView> saved = fc1.views();
+  for (const TensorView& v : {input, gate.view(), up.view()}) {
+    if (v.data != nullptr) saved.push_back(v);
   }
-  for (const TensorView& v : fc2_.saved_activations()) saved.push_back(v);
+  for (const TensorView& v : fc2.views()) saved.push_back(v);
   return saved;
 }
 

@@ -32,17 +32,26 @@ std::vector<Parameter*> RowParallelLinear::parameters() {
   return params;
 }
 
-std::vector<TensorView> RowParallelLinear::saved_activations() const {
+std::vector<TensorView> RowParallelLinear::Saved::views() const {
   std::vector<TensorView> saved;
-  if (saved_input_.data != nullptr) saved.push_back(saved_input_);
+  if (input.data != nullptr) saved.push_back(input);
   return saved;
 }
 
-Tensor RowParallelLinear::forward(TensorView input) {
+Tensor RowParallelLinear::forward(TensorView input, Saved& saved) {
+  saved = Saved{};
+  return run_forward(input, config_.sequence_parallel, &saved);
+}
+
+Tensor RowParallelLinear::forward(TensorView input, SequenceParallel mode) {
+  return run_forward(input, mode == SequenceParallel::kAsConfigured && config_.sequence_parallel,
+                     nullptr);
+}
+
+Tensor RowParallelLinear::run_forward(TensorView input, bool sp, Saved* saved) {
   const int64_t k_local = local_in_features();
   check_activation(ctx_.backend, input, config_.input_is_parallel ? k_local : config_.in_features,
                    config_.dtype, config_.name, "input");
-  const bool sp = config_.sequence_parallel;
   const int tp = ctx_.tp.size();
   const int64_t rows = input.shape.rows();
   if (sp) {
@@ -51,11 +60,11 @@ Tensor RowParallelLinear::forward(TensorView input) {
                " across the tensor-parallel size (", tp, "): it must be divisible");
   }
   TensorView x = input.reshaped(Shape({rows, input.shape.cols()}));
+  Tensor scattered;
   if (!config_.input_is_parallel) {
-    scattered_input_ = split_last_dim(ctx_, x);
-    x = scattered_input_;
+    scattered = split_last_dim(ctx_, x);
+    x = scattered;
   }
-  saved_input_ = x;
 
   Tensor out = row_forward(ctx_, {sp, config_.tp_comm_overlap}, x, weight_.value);
   const TensorView out2d = out;
@@ -63,13 +72,19 @@ Tensor RowParallelLinear::forward(TensorView input) {
   Shape out_shape = input.shape.with_dim(-1, config_.out_features);
   if (sp) out_shape = out_shape.with_dim(0, input.shape[0] / tp);
   out.reshape(out_shape);
+  if (saved != nullptr) {
+    saved->input = x;  // the moved tensor keeps its storage: the view stays valid
+    saved->scattered_input = std::move(scattered);
+    saved->sequence_parallel = sp;
+  }
   return out;
 }
 
-Tensor RowParallelLinear::backward(TensorView grad_output) {
-  WEFT_CHECK(saved_input_.data != nullptr, config_.name, ": backward called before forward");
-  const bool sp = config_.sequence_parallel;
-  const int64_t rows = saved_input_.shape.rows() / (sp ? ctx_.tp.size() : 1);
+Tensor RowParallelLinear::backward(TensorView grad_output, Saved& saved) {
+  WEFT_CHECK(saved.input.data != nullptr, config_.name,
+             ": backward called before forward (its saved state is empty)");
+  const bool sp = saved.sequence_parallel;
+  const int64_t rows = saved.input.shape.rows() / (sp ? ctx_.tp.size() : 1);
   check_activation(ctx_.backend, grad_output, config_.out_features, config_.dtype, config_.name,
                    "grad_output");
   WEFT_CHECK(grad_output.shape.rows() == rows, config_.name, ": grad_output ",
@@ -77,13 +92,14 @@ Tensor RowParallelLinear::backward(TensorView grad_output) {
              rows);
   const TensorView grad = grad_output.reshaped(Shape({rows, config_.out_features}));
   Tensor grad_input =
-      row_backward(ctx_, {sp, config_.tp_comm_overlap}, grad, saved_input_, weight_.value,
+      row_backward(ctx_, {sp, config_.tp_comm_overlap}, grad, saved.input, weight_.value,
                    weight_.grad, config_.bias ? bias_.grad.view() : TensorView{});
   Tensor result =
       config_.input_is_parallel ? std::move(grad_input) : gather_last_dim(ctx_, grad_input);
   Shape shape = grad_output.shape.with_dim(-1, result.shape().cols());
   if (sp) shape = shape.with_dim(0, grad_output.shape[0] * ctx_.tp.size());
   result.reshape(shape);
+  saved = Saved{};
   return result;
 }
 

@@ -38,6 +38,7 @@ ParallelAttentionConfig attention_config(const GPTConfig& c, int index) {
   a.output_init_std = c.init_std / std::sqrt(2.0f * static_cast<float>(c.layers));
   a.sequence_parallel = c.sequence_parallel;
   a.tp_comm_overlap = c.tp_comm_overlap;
+  a.recompute_core = c.recompute == Recompute::kSelective;
   return a;
 }
 
@@ -77,17 +78,17 @@ std::vector<Parameter*> TransformerLayer::parameters() {
   return params;
 }
 
-std::vector<TensorView> TransformerLayer::saved_activations() const {
+std::vector<TensorView> TransformerLayer::Saved::views() const {
   std::vector<TensorView> saved;
   auto append = [&](const std::vector<TensorView>& views) {
     saved.insert(saved.end(), views.begin(), views.end());
   };
-  // The layer's own tensors (normed1_, residual1_, normed2_) are among these as the inputs the
+  // The layer's own tensors (normed1, residual1, normed2) are among these as the inputs the
   // sub-layers keep; the dropout masks are not kept at all (Philox draws them again).
-  append(norm1_.saved_activations());
-  append(attention_.saved_activations());
-  append(norm2_.saved_activations());
-  append(mlp_.saved_activations());
+  append(norm1.views());
+  append(attention.views());
+  append(norm2.views());
+  append(mlp.views());
   return saved;
 }
 
@@ -105,43 +106,68 @@ Tensor TransformerLayer::dropped(TensorView x, DropoutRng::Draw* draw, DropoutRn
   return out;
 }
 
+Tensor TransformerLayer::forward(TensorView x, int64_t seq, int64_t batch, DropoutRng& rng,
+                                 Saved& saved) {
+  saved = Saved{};
+  return run_forward(x, seq, batch, rng, &saved);
+}
+
 Tensor TransformerLayer::forward(TensorView x, int64_t seq, int64_t batch, DropoutRng& rng) {
+  return run_forward(x, seq, batch, rng, nullptr);
+}
+
+Tensor TransformerLayer::run_forward(TensorView x, int64_t seq, int64_t batch, DropoutRng& rng,
+                                     Saved* saved) {
   if (config_.sequence_parallel) check_sequence_parallel_seq(seq, tp_.size(), "TransformerLayer");
-  normed1_ = norm1_.forward(x);
-  Tensor attended = attention_.forward(normed1_, seq, batch);
-  if (dropout_active()) attended = dropped(attended, &attention_drop_, rng);
-  residual1_ = Tensor(backend_, x.shape, x.dtype);
-  backend_.add(residual1_, x, attended);
-  normed2_ = norm2_.forward(residual1_);
-  Tensor mlp_out = mlp_.forward(normed2_);
-  if (dropout_active()) mlp_out = dropped(mlp_out, &mlp_drop_, rng);
+  DropoutRng::Draw attention_drop{}, mlp_drop{};
+  Tensor normed1 = saved ? norm1_.forward(x, saved->norm1) : norm1_.forward(x);
+  Tensor attended = saved ? attention_.forward(normed1, seq, batch, saved->attention)
+                          : attention_.forward(normed1, seq, batch);
+  if (dropout_active()) attended = dropped(attended, &attention_drop, rng);
+  Tensor residual1(backend_, x.shape, x.dtype);
+  backend_.add(residual1, x, attended);
+  Tensor normed2 = saved ? norm2_.forward(residual1, saved->norm2) : norm2_.forward(residual1);
+  Tensor mlp_out = saved ? mlp_.forward(normed2, saved->mlp) : mlp_.forward(normed2);
+  if (dropout_active()) mlp_out = dropped(mlp_out, &mlp_drop, rng);
   Tensor out(backend_, x.shape, x.dtype);
-  backend_.add(out, residual1_, mlp_out);
+  backend_.add(out, residual1, mlp_out);
+  if (saved != nullptr) {
+    saved->normed1 = std::move(normed1);
+    saved->residual1 = std::move(residual1);
+    saved->normed2 = std::move(normed2);
+    saved->dropout = dropout_active();
+    saved->attention_drop = attention_drop;
+    saved->mlp_drop = mlp_drop;
+  }
   return out;
 }
 
-Tensor TransformerLayer::backward(TensorView grad_output) {
+Tensor TransformerLayer::backward(TensorView grad_output, Saved& saved) {
+  WEFT_CHECK(saved.normed1.defined(), "TransformerLayer: backward called before forward (its "
+             "saved state is empty)");
   TensorView grad_mlp = grad_output;
   Tensor grad_mlp_dropped;
-  if (dropout_active()) {
+  if (saved.dropout) {
     grad_mlp_dropped = Tensor(backend_, grad_output.shape, grad_output.dtype);
-    backend_.dropout(grad_mlp_dropped, grad_output, config_.dropout, mlp_drop_.seed,
-                     mlp_drop_.offset);
+    backend_.dropout(grad_mlp_dropped, grad_output, config_.dropout, saved.mlp_drop.seed,
+                     saved.mlp_drop.offset);
     grad_mlp = grad_mlp_dropped;
   }
-  Tensor grad_residual1 = norm2_.backward(mlp_.backward(grad_mlp));
+  Tensor grad_residual1 = norm2_.backward(mlp_.backward(grad_mlp, saved.mlp), saved.norm2);
   backend_.add(grad_residual1, grad_residual1, grad_output);
 
   TensorView grad_attention = grad_residual1;
   Tensor grad_attention_dropped;
-  if (dropout_active()) {
+  if (saved.dropout) {
     grad_attention_dropped = Tensor(backend_, grad_residual1.shape(), grad_residual1.dtype());
-    backend_.dropout(grad_attention_dropped, grad_residual1, config_.dropout, attention_drop_.seed,
-                     attention_drop_.offset);
+    backend_.dropout(grad_attention_dropped, grad_residual1, config_.dropout,
+                     saved.attention_drop.seed, saved.attention_drop.offset);
     grad_attention = grad_attention_dropped;
   }
-  Tensor grad_input = norm1_.backward(attention_.backward(grad_attention));
+  Tensor grad_input =
+      norm1_.backward(attention_.backward(grad_attention, saved.attention), saved.norm1);
   backend_.add(grad_input, grad_input, grad_residual1);
+  saved = Saved{};
   return grad_input;
 }
 
@@ -153,13 +179,7 @@ Tensor TransformerLayer::forward_cached(TensorView x, int64_t seq, int64_t batch
   Tensor normed2 = norm2_.forward(residual);
   // Decoding runs on all rows: the MLP without sequence parallelism (the attention does the same
   // in forward_cached).
-  struct SequenceParallelOff {
-    ParallelMLP& mlp;
-    bool was;
-    ~SequenceParallelOff() { mlp.set_sequence_parallel(was); }
-  } restore{mlp_, config_.sequence_parallel};
-  mlp_.set_sequence_parallel(false);
-  Tensor mlp_out = mlp_.forward(normed2);
+  Tensor mlp_out = mlp_.forward(normed2, SequenceParallel::kOff);
   Tensor out(backend_, x.shape, x.dtype);
   backend_.add(out, residual, mlp_out);
   return out;

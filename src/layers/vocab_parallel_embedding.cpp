@@ -40,9 +40,20 @@ VocabParallelEmbedding::VocabParallelEmbedding(const ParallelContext& ctx,
                  RandomFill{Distribution::kNormal, c.seed, 0, 0.0, c.init_std});
 }
 
-Tensor VocabParallelEmbedding::forward(TensorView ids) {
+Tensor VocabParallelEmbedding::forward(TensorView ids, Saved& saved) {
+  saved = Saved{};
+  Tensor out = run_forward(ids, config_.sequence_parallel);
+  saved.ids = ids.reshaped(Shape({ids.numel()}));
+  saved.sequence_parallel = config_.sequence_parallel;
+  return out;
+}
+
+Tensor VocabParallelEmbedding::forward(TensorView ids, SequenceParallel mode) {
+  return run_forward(ids, mode == SequenceParallel::kAsConfigured && config_.sequence_parallel);
+}
+
+Tensor VocabParallelEmbedding::run_forward(TensorView ids, bool sp) {
   check_token_ids(ctx_.backend, ids, config_.vocab_size, config_.name, "ids");
-  const bool sp = config_.sequence_parallel;
   const int tp = ctx_.tp.size();
   const int64_t tokens = ids.numel();
   if (sp) {
@@ -56,7 +67,6 @@ Tensor VocabParallelEmbedding::forward(TensorView ids) {
   const TensorView out2d = out.view().reshaped(Shape({tokens, config_.hidden}));
   const TensorView ids1d = ids.reshaped(Shape({tokens}));
   ctx_.backend.embedding(out2d, ids1d, weight_.value, vocab_start());
-  saved_ids_ = ids1d;
   if (!sp) {
     reduce_from_tp_region_forward(ctx_, out2d);
     return out;
@@ -67,10 +77,11 @@ Tensor VocabParallelEmbedding::forward(TensorView ids) {
   return local;
 }
 
-void VocabParallelEmbedding::backward(TensorView grad_output) {
-  WEFT_CHECK(saved_ids_.data != nullptr, config_.name, ": backward called before forward");
-  const int64_t tokens = saved_ids_.numel();
-  const int shards = config_.sequence_parallel ? ctx_.tp.size() : 1;
+void VocabParallelEmbedding::backward(TensorView grad_output, Saved& saved) {
+  WEFT_CHECK(saved.ids.data != nullptr, config_.name,
+             ": backward called before forward (its saved state is empty)");
+  const int64_t tokens = saved.ids.numel();
+  const int shards = saved.sequence_parallel ? ctx_.tp.size() : 1;
   check_activation(ctx_.backend, grad_output, config_.hidden, config_.dtype, config_.name,
                    "grad_output");
   WEFT_CHECK(grad_output.shape.rows() * shards == tokens, config_.name, ": grad_output ",
@@ -80,29 +91,44 @@ void VocabParallelEmbedding::backward(TensorView grad_output) {
   // reduce_from_tp_region's backward is the identity: the gradient is already replicated.
   // reduce_scatter_rows's is gather_rows.
   Tensor gathered;
-  if (config_.sequence_parallel) gathered = gather_rows(ctx_, grad2d);
-  ctx_.backend.embedding_backward(weight_.grad, saved_ids_,
+  if (saved.sequence_parallel) gathered = gather_rows(ctx_, grad2d);
+  ctx_.backend.embedding_backward(weight_.grad, saved.ids,
                                   gathered.defined() ? gathered.view() : grad2d, vocab_start());
+  saved = Saved{};
 }
 
-std::vector<TensorView> VocabParallelEmbedding::saved_activations() const {
+std::vector<TensorView> VocabParallelEmbedding::Saved::views() const {
   std::vector<TensorView> saved;
-  for (const TensorView& v : {saved_ids_, saved_hidden_}) {
-    if (v.data != nullptr) saved.push_back(v);
-  }
+  if (ids.data != nullptr) saved.push_back(ids);
   return saved;
 }
 
-Tensor VocabParallelEmbedding::lm_head_forward(TensorView hidden) {
+std::vector<TensorView> VocabParallelEmbedding::HeadSaved::views() const {
+  std::vector<TensorView> saved;
+  if (hidden.data != nullptr) saved.push_back(hidden);
+  return saved;
+}
+
+Tensor VocabParallelEmbedding::lm_head_forward(TensorView hidden, HeadSaved& saved) {
+  saved = HeadSaved{};
+  Tensor logits = run_lm_head(hidden, config_.sequence_parallel);
+  // Only this rank's rows are kept under sequence parallelism; backward gathers them again.
+  saved.hidden = hidden.reshaped(Shape({hidden.shape.rows(), config_.hidden}));
+  saved.sequence_parallel = config_.sequence_parallel;
+  return logits;
+}
+
+Tensor VocabParallelEmbedding::lm_head_forward(TensorView hidden, SequenceParallel mode) {
+  return run_lm_head(hidden, mode == SequenceParallel::kAsConfigured && config_.sequence_parallel);
+}
+
+Tensor VocabParallelEmbedding::run_lm_head(TensorView hidden, bool sp) {
   check_activation(ctx_.backend, hidden, config_.hidden, config_.dtype, config_.name,
                    "lm_head input");
-  const bool sp = config_.sequence_parallel;
   WEFT_CHECK(!sp || hidden.shape.rank() >= 2, config_.name,
              ": a sequence-parallel lm_head input needs a row dimension, got ", hidden.str());
   const int64_t rows = hidden.shape.rows(), v_local = local_vocab_size();
   const int64_t tokens = rows * (sp ? ctx_.tp.size() : 1);
-  // Only this rank's rows are kept under sequence parallelism; backward gathers them again.
-  saved_hidden_ = hidden.reshaped(Shape({rows, config_.hidden}));
   // copy_to_tp_region's forward is the identity: the input is replicated (or gathered).
   Shape shape = hidden.shape.with_dim(-1, v_local);
   if (sp) shape = shape.with_dim(0, hidden.shape[0] * ctx_.tp.size());
@@ -110,15 +136,16 @@ Tensor VocabParallelEmbedding::lm_head_forward(TensorView hidden) {
   ColumnProjection p;
   p.weight = weight_.value;
   p.out = logits.view().reshaped(Shape({tokens, v_local}));
-  column_forward(ctx_, {sp, config_.tp_comm_overlap}, saved_hidden_, {p});
+  column_forward(ctx_, {sp, config_.tp_comm_overlap},
+                 hidden.reshaped(Shape({rows, config_.hidden})), {p});
   return logits;
 }
 
-Tensor VocabParallelEmbedding::lm_head_backward(TensorView grad_logits) {
-  WEFT_CHECK(saved_hidden_.data != nullptr, config_.name,
-             ": lm_head_backward called before lm_head_forward");
-  const bool sp = config_.sequence_parallel;
-  const int64_t tokens = saved_hidden_.shape.rows() * (sp ? ctx_.tp.size() : 1),
+Tensor VocabParallelEmbedding::lm_head_backward(TensorView grad_logits, HeadSaved& saved) {
+  WEFT_CHECK(saved.hidden.data != nullptr, config_.name,
+             ": lm_head_backward called before lm_head_forward (its saved state is empty)");
+  const bool sp = saved.sequence_parallel;
+  const int64_t tokens = saved.hidden.shape.rows() * (sp ? ctx_.tp.size() : 1),
                 v_local = local_vocab_size();
   check_activation(ctx_.backend, grad_logits, v_local, config_.dtype, config_.name, "grad_logits");
   WEFT_CHECK(grad_logits.shape.rows() == tokens, config_.name, ": grad_logits ",
@@ -130,10 +157,11 @@ Tensor VocabParallelEmbedding::lm_head_backward(TensorView grad_logits) {
   g.grad = grad_logits.reshaped(Shape({tokens, v_local}));
   g.weight = weight_.value;
   g.weight_grad = weight_.grad;
-  Tensor grad_hidden = column_backward(ctx_, {sp, config_.tp_comm_overlap}, saved_hidden_, {g});
+  Tensor grad_hidden = column_backward(ctx_, {sp, config_.tp_comm_overlap}, saved.hidden, {g});
   Shape shape = grad_logits.shape.with_dim(-1, config_.hidden);
   if (sp) shape = shape.with_dim(0, grad_logits.shape[0] / ctx_.tp.size());
   grad_hidden.reshape(shape);
+  saved = HeadSaved{};
   return grad_hidden;
 }
 

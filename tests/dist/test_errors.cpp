@@ -73,12 +73,20 @@ TEST(Errors, WrongInputShapeAndDtype) {
   expect_error_on_every_rank([&] { layer.forward(wrong_dtype); }, {"bf16", "f32"});
   ColumnParallelLinear fresh(ctx, config);
   Tensor grad = random_tensor(*cpu, Shape({5, 8}), DType::kF32, 3);
-  expect_error_on_every_rank([&] { fresh.backward(grad); }, {"backward called before forward"});
+  ColumnParallelLinear::Saved empty;
+  expect_error_on_every_rank([&] { fresh.backward(grad, empty); },
+                             {"backward called before forward"});
 
   Tensor x = random_tensor(*cpu, Shape({5, 8}), DType::kF32, 4);
-  Tensor y = layer.forward(x);
+  ColumnParallelLinear::Saved saved;
+  Tensor y = layer.forward(x, saved);
   Tensor wrong_rows = random_tensor(*cpu, Shape({6, y.shape().cols()}), DType::kF32, 5);
-  expect_error_on_every_rank([&] { layer.backward(wrong_rows); }, {"6 rows", "5"});
+  expect_error_on_every_rank([&] { layer.backward(wrong_rows, saved); }, {"6 rows", "5"});
+  // A backward consumes its saved state: a second one has nothing to work from.
+  Tensor right_rows = random_tensor(*cpu, Shape({5, y.shape().cols()}), DType::kF32, 6);
+  layer.backward(right_rows, saved);
+  expect_error_on_every_rank([&] { layer.backward(right_rows, saved); },
+                             {"backward called before forward"});
 }
 
 TEST(Errors, FusedActivationWithGatherOutputIsRejected) {

@@ -172,13 +172,14 @@ TEST_P(GptBlocksTest, EmbeddingAndTiedLmHeadForwardBackward) {
   Tensor ids_t = ids_tensor(*cpu_, ids);
 
   // Embedding: y[t] = table[ids[t]] on every rank.
-  Tensor y = emb.forward(ids_t);
+  VocabParallelEmbedding::Saved saved;
+  Tensor y = emb.forward(ids_t, saved);
   ASSERT_EQ(y.shape(), Shape({kTokens, kHidden}));
   std::vector<int64_t> id_rows(ids.begin(), ids.end());
   expect_close(y, gather_rows(table.values, kHidden, id_rows), "embedding output");
 
   Global dy = global(Shape({kTokens, kHidden}), 53);
-  emb.backward(dy.tensor);
+  emb.backward(dy.tensor, saved);
   std::vector<double> d_table(static_cast<size_t>(padded * kHidden), 0.0);
   for (int64_t t = 0; t < kTokens; ++t) {
     for (int64_t c = 0; c < kHidden; ++c)
@@ -187,7 +188,8 @@ TEST_P(GptBlocksTest, EmbeddingAndTiedLmHeadForwardBackward) {
 
   // Tied LM head: logits = h table^T over the padded vocabulary; this rank's columns.
   Global h = global(Shape({kTokens, kHidden}), 54);
-  Tensor logits = emb.lm_head_forward(h.tensor);
+  VocabParallelEmbedding::HeadSaved head_saved;
+  Tensor logits = emb.lm_head_forward(h.tensor, head_saved);
   ASSERT_EQ(logits.shape(), Shape({kTokens, v_local}));
   const std::vector<double> logits_full =
       reference_matmul(h.values, table.values, kTokens, padded, kHidden, false, true);
@@ -196,7 +198,7 @@ TEST_P(GptBlocksTest, EmbeddingAndTiedLmHeadForwardBackward) {
   Global d_logits = global(Shape({kTokens, padded}), 55);
   Tensor d_logits_local = tensor(Shape({kTokens, v_local}),
                                  column_block(d_logits.values, kTokens, padded, v0, v_local));
-  Tensor dh = emb.lm_head_backward(d_logits_local);
+  Tensor dh = emb.lm_head_backward(d_logits_local, head_saved);
   ASSERT_EQ(dh.shape(), Shape({kTokens, kHidden}));
   expect_close(
       dh, reference_matmul(d_logits.values, table.values, kTokens, kHidden, padded, false, false),
@@ -272,11 +274,12 @@ TEST_P(GptBlocksTest, CrossEntropyEqualsPlainLogSoftmax) {
     }
 
     VocabParallelCrossEntropy ce(ctx());
-    const std::vector<float> loss = ce.forward(local_logits, targets_t, v0, k.vocab);
+    VocabParallelCrossEntropy::Saved saved;
+    const std::vector<float> loss = ce.forward(local_logits, targets_t, v0, k.vocab, saved);
     // The loss is computed in f32 from the logits the kernel sees, whatever their dtype.
     EXPECT_LE(max_rel_error(std::vector<double>(loss.begin(), loss.end()), loss_ref), 1e-5)
         << "loss on tp rank " << tp_rank();
-    Tensor grad = ce.backward(grad_loss);
+    Tensor grad = ce.backward(grad_loss, saved);
     ASSERT_EQ(grad.shape(), Shape({kTokens, v_local}));
     const std::vector<double> grad_expected = column_block(grad_ref, kTokens, padded, v0, v_local);
     if (v0 >= k.vocab) {  // a shard wholly in the padding: exactly zero
@@ -477,12 +480,18 @@ class GptAttention : public GptBlocksTest {
 };
 
 TEST_P(GptAttention, ForwardBackwardMatchesUnshardedReference) {
+  int case_index = 0;
   for (AttnCase c :
        {AttnCase{4, 4, false, true}, AttnCase{4, 4, true, true}, AttnCase{4, 2, false, true},
         AttnCase{4, 2, true, true}, AttnCase{4, 1, true, false}}) {
-    SCOPED_TRACE(describe(c));
+    // Every other case recomputes the attention core in backward (selective recomputation):
+    // the same numbers from a saved state without the probabilities.
+    const bool recompute_core = case_index++ % 2 == 1;
+    SCOPED_TRACE(describe(c) + (recompute_core ? " recompute_core" : ""));
     const AttnDims a = dims_of(c);
-    ParallelAttention layer(ctx(), config(c));
+    ParallelAttentionConfig cfg = config(c);
+    cfg.recompute_core = recompute_core;
+    ParallelAttention layer(ctx(), cfg);
     EXPECT_EQ(layer.local_heads(), c.heads / tp());
     EXPECT_EQ(layer.local_kv_heads(), c.kv_heads % tp() == 0 ? c.kv_heads / tp() : 1);
     const AttnWeights w = weights(a, 71);
@@ -512,9 +521,11 @@ TEST_P(GptAttention, ForwardBackwardMatchesUnshardedReference) {
       for (size_t i = 0; i < y.size(); ++i) y[i] += w.b_out.values[i % kHidden];
     }
 
-    Tensor out = layer.forward(x.tensor, kSeq, kBatch);
+    ParallelAttention::Saved saved;
+    Tensor out = layer.forward(x.tensor, kSeq, kBatch, saved);
     ASSERT_EQ(out.shape(), Shape({kTokens, kHidden}));
     expect_close(out, y, "attention output");
+    EXPECT_EQ(saved.probs.defined(), !recompute_core);
 
     // Reference backward.
     const std::vector<double> d_context =
@@ -533,7 +544,7 @@ TEST_P(GptAttention, ForwardBackwardMatchesUnshardedReference) {
     const std::vector<double> dw_out =
         reference_matmul(dy.values, context, kHidden, ctx_cols, kTokens, true, false);
 
-    Tensor grad_x = layer.backward(dy.tensor);
+    Tensor grad_x = layer.backward(dy.tensor, saved);
     ASSERT_EQ(grad_x.shape(), Shape({kTokens, kHidden}));
     expect_close(grad_x, dx, "input grad");
     const std::vector<Parameter*> params = layer.parameters();
@@ -715,7 +726,8 @@ TEST_F(GptBlocksErrors, AttentionInputs) {
   expect_error_on_every_rank([&] { layer.forward(x, 3, 2); }, {"[10, 16]", "= 6"});
   Tensor bf = random_tensor(*cpu_, Shape({6, 16}), DType::kBF16, 2);
   expect_error_on_every_rank([&] { layer.forward(bf, 3, 2); }, {"bf16", "f32"});
-  expect_error_on_every_rank([&] { layer.backward(x); }, {"forward"});
+  ParallelAttention::Saved empty;
+  expect_error_on_every_rank([&] { layer.backward(x, empty); }, {"forward"});
   expect_error_on_every_rank([&] { layer.forward_cached(x, 5, 2, 0); }, {"allocate_cache"});
   layer.allocate_cache(2, 4);
   expect_error_on_every_rank([&] { layer.forward_cached(x, 5, 2, 0); }, {"capacity (4)"});
@@ -747,7 +759,9 @@ TEST_F(GptBlocksErrors, EmbeddingInputs) {
   Tensor short_targets = ids_tensor(*cpu_, {1, 2});
   expect_error_on_every_rank(
       [&] { ce.forward(logits, short_targets, v_local * grid_->tp_rank(), 50); }, {"3 rows"});
-  expect_error_on_every_rank([&] { ce.backward({1.0f}); }, {"backward called before forward"});
+  VocabParallelCrossEntropy::Saved empty;
+  expect_error_on_every_rank([&] { ce.backward({1.0f}, empty); },
+                             {"backward called before forward"});
 }
 
 }  // namespace

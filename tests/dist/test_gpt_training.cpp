@@ -75,8 +75,9 @@ struct Trainer {
   float step(int64_t step) {
     zero_grads(backend, model.parameters());
     load_batch(step);
-    const float loss = model.forward(ids, targets, kSeq, kBatch, rng);
-    model.backward();
+    GPTModel::Saved saved;
+    const float loss = model.forward(ids, targets, kSeq, kBatch, rng, saved);
+    model.backward(saved);
     const float norm = optimizer.grad_norm(ctx.tp);
     optimizer.step(cosine_lr(step + 1, 2, 20, 3e-3f, 3e-4f), clip_coefficient(norm, 1.0f));
     return loss;
@@ -179,8 +180,9 @@ TEST_P(GptTrainingTest, GradientsMatchFiniteDifferences) {
   Trainer t(*cpu_, grid.tp(), config);
   t.load_batch(0);
   zero_grads(*cpu_, t.model.parameters());
-  t.model.forward(t.ids, t.targets, kSeq, kBatch, t.rng);
-  t.model.backward(static_cast<float>(kSeq * kBatch));  // gradient of the summed loss
+  GPTModel::Saved saved;
+  t.model.forward(t.ids, t.targets, kSeq, kBatch, t.rng, saved);
+  t.model.backward(saved, static_cast<float>(kSeq * kBatch));  // gradient of the summed loss
   for (Parameter* p : t.model.parameters()) {
     for (int64_t index : {int64_t{0}, p->value.numel() / 2}) {
       // Every rank nudges its own element `index`: distinct global weights for a shard, one

@@ -130,7 +130,8 @@ TEST_P(LinearTest, ColumnParallelForwardBackward) {
       for (double& v : y) v = reference_gelu(v);
     }
 
-    Tensor out = layer.forward(x.tensor);
+    ColumnParallelLinear::Saved saved;
+    Tensor out = layer.forward(x.tensor, saved);
     if (o.gather_output) {
       ASSERT_EQ(out.shape(), Shape({kTokens, kOut}));
       expect_close(out, y, "gathered output");
@@ -146,7 +147,7 @@ TEST_P(LinearTest, ColumnParallelForwardBackward) {
     }
     Tensor dy_local;
     if (!o.gather_output) dy_local = column_block_tensor(dy, col0, n_local);
-    Tensor dx = layer.backward(o.gather_output ? dy.tensor.view() : dy_local.view());
+    Tensor dx = layer.backward(o.gather_output ? dy.tensor.view() : dy_local.view(), saved);
     ASSERT_EQ(dx.shape(), Shape({kTokens, kIn}));
     expect_close(dx, reference_matmul(d_pre, w.values, kTokens, kIn, kOut, false, false),
                  "input grad");
@@ -194,11 +195,12 @@ TEST_P(LinearTest, RowParallelForwardBackward) {
 
     Tensor x_local;
     if (o.input_is_parallel) x_local = column_block_tensor(x, k0, k_local);
-    Tensor out = layer.forward(o.input_is_parallel ? x_local.view() : x.tensor.view());
+    RowParallelLinear::Saved saved;
+    Tensor out = layer.forward(o.input_is_parallel ? x_local.view() : x.tensor.view(), saved);
     ASSERT_EQ(out.shape(), Shape({kTokens, kIn}));
     expect_close(out, y, "output (after the all-reduce, on every rank)");
 
-    Tensor dx = layer.backward(dy.tensor);
+    Tensor dx = layer.backward(dy.tensor, saved);
     const std::vector<double> dx_full =
         reference_matmul(dy.values, w.values, kTokens, kOut, kIn, false, false);
     if (o.input_is_parallel) {
@@ -248,11 +250,12 @@ TEST_P(LinearTest, MlpForwardBackward) {
   const std::vector<double> y =
       add_row_vector(reference_matmul(h, w2.values, kTokens, hidden, ffn, false, true), b2.values);
 
-  Tensor out = mlp.forward(x.tensor);
+  ParallelMLP::Saved saved;
+  Tensor out = mlp.forward(x.tensor, saved);
   ASSERT_EQ(out.shape(), x.tensor.shape());
   expect_close(out, y, "mlp output");
 
-  Tensor dx = mlp.backward(dy.tensor);
+  Tensor dx = mlp.backward(dy.tensor, saved);
   ASSERT_EQ(dx.shape(), x.tensor.shape());
   const std::vector<double> dh =
       reference_matmul(dy.values, w2.values, kTokens, ffn, hidden, false, false);

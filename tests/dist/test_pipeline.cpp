@@ -1,6 +1,7 @@
-// PipelineModel at TP x PP against one unsharded GPTModel: gradients of every parameter shard,
-// the loss curve of 20 optimizer steps, dropout, evaluation, activation memory and recomputation
-// counts, the Chrome trace, and bad layouts rejected on every rank without a hang.
+// PipelineModel at TP x PP against one unsharded GPTModel: gradients of every parameter shard
+// under each recompute policy, the loss curve of 20 optimizer steps, dropout, evaluation,
+// activation memory and recomputation counts, the Chrome trace, a pipeline of custom (non-GPT)
+// stages, and bad layouts rejected on every rank without a hang.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -82,8 +83,9 @@ struct Reference {
     double loss = 0.0;
     for (int64_t mb = 0; mb < microbatches; ++mb) {
       fill_batch(step * microbatches + mb, ids.as<int32_t>(), targets.as<int32_t>());
-      loss += model.forward(ids, targets, kSeq, kBatch, rng);
-      model.backward(1.0f / static_cast<float>(microbatches));
+      GPTModel::Saved saved;
+      loss += model.forward(ids, targets, kSeq, kBatch, rng, saved);
+      model.backward(saved, 1.0f / static_cast<float>(microbatches));
     }
     return static_cast<float>(loss / static_cast<double>(microbatches));
   }
@@ -152,6 +154,7 @@ std::pair<int64_t, std::vector<int64_t>> layers_for(int pp, int v) {
 struct Options {
   float dropout = 0.0f;
   bool sequence_parallel = false, tp_comm_overlap = false;
+  Recompute recompute = Recompute::kFull;
 };
 
 std::string describe(const std::string& preset, Combo c, ScheduleCase s, Options o) {
@@ -161,6 +164,7 @@ std::string describe(const std::string& preset, Combo c, ScheduleCase s, Options
   if (o.dropout > 0) os << " dropout=" << o.dropout;
   if (o.sequence_parallel) os << " sequence-parallel";
   if (o.tp_comm_overlap) os << " overlap";
+  os << " recompute " << recompute_name(o.recompute);
   return os.str();
 }
 
@@ -175,6 +179,7 @@ void check_gradients(Backend& cpu, const std::string& preset, Combo combo, Sched
   config.dropout = options.dropout;
   config.sequence_parallel = options.sequence_parallel;
   config.tp_comm_overlap = options.tp_comm_overlap;
+  config.recompute = options.recompute;
   const int64_t m = sc.kind == ScheduleKind::kInterleaved ? 4 : 3;
 
   Reference ref(cpu, config);
@@ -200,22 +205,29 @@ void check_gradients(Backend& cpu, const std::string& preset, Combo combo, Sched
   }
   EXPECT_GT(compared, 0);
 
-  // Activation memory and recomputation (v = 1): GPipe holds all m micro-batches and recomputes
-  // all but one per stage; 1F1B holds at most p, p on the first stage, and the last stage never
-  // recomputes.
+  // Activation memory and recomputation (v = 1): GPipe holds all m micro-batches' inputs and
+  // saved states; 1F1B at most p, p on the first stage. Full recomputation re-runs every forward
+  // but the one right before its backward: all but one per stage under GPipe, none on 1F1B's
+  // last stage; the other policies never re-run a forward.
   const PipelineStats& st = model.stats();
   const int p = combo.pp, rank = grid.pp().rank();
+  const bool full = options.recompute == Recompute::kFull;
   EXPECT_EQ(st.forwards, m * sc.virtual_stages);
   EXPECT_EQ(st.backwards, m * sc.virtual_stages);
+  if (!full) EXPECT_EQ(st.recomputes, 0);
   if (sc.kind == ScheduleKind::kGPipe) {
     EXPECT_EQ(st.peak_stored_inputs, m);
-    EXPECT_EQ(st.recomputes, m - 1);
+    EXPECT_EQ(st.peak_saved_states, m);
+    if (full) EXPECT_EQ(st.recomputes, m - 1);
   } else if (sc.kind == ScheduleKind::k1F1B) {
     EXPECT_LE(st.peak_stored_inputs, p);
+    EXPECT_LE(st.peak_saved_states, p);
     if (rank == 0) EXPECT_EQ(st.peak_stored_inputs, std::min<int64_t>(p, m));
-    if (rank == p - 1) EXPECT_EQ(st.recomputes, 0);
+    if (rank == 0) EXPECT_EQ(st.peak_saved_states, std::min<int64_t>(p, m));
+    if (rank == p - 1 && full) EXPECT_EQ(st.recomputes, 0);
   }
   EXPECT_GT(st.peak_stored_bytes, 0);
+  EXPECT_GT(st.peak_saved_bytes, 0);
   EXPECT_GT(st.step_ms, 0.0);
 }
 
@@ -226,8 +238,35 @@ class PipelineGradientTest : public ::testing::TestWithParam<std::string> {
 
 TEST_P(PipelineGradientTest, EveryShardEqualsTheUnshardedModel) {
   for (Combo combo : combos()) {
-    for (ScheduleCase sc : kSchedules) check_gradients(*cpu_, GetParam(), combo, sc);
+    for (ScheduleCase sc : kSchedules) {
+      for (Recompute recompute : {Recompute::kFull, Recompute::kNone, Recompute::kSelective}) {
+        check_gradients(*cpu_, GetParam(), combo, sc, {0.0f, false, false, recompute});
+      }
+    }
   }
+}
+
+// What the policies keep: the same counts of in-flight micro-batches, fewer bytes each as less
+// is kept (counts and bytes, not times).
+TEST(Pipeline, RecomputePoliciesKeepLessActivationMemory) {
+  auto cpu = make_cpu_backend();
+  const Combo combo = combos().back();
+  ParallelGrid grid(world(), combo.tp, combo.pp);
+  std::map<Recompute, PipelineStats> stats;
+  for (Recompute recompute : {Recompute::kNone, Recompute::kSelective, Recompute::kFull}) {
+    GPTConfig config = tiny_config("gpt2");
+    config.recompute = recompute;
+    PipelineModel model(ParallelContext{*cpu, grid.tp()}, grid.pp(), config, ScheduleKind::kGPipe);
+    DropoutRng rng(1, 0);
+    model.train_step(loader_for_step(0, 4), 4, kSeq, kBatch, 1.0f, rng);
+    stats[recompute] = model.stats();
+    EXPECT_EQ(stats[recompute].peak_saved_states, 4);
+  }
+  EXPECT_LT(stats[Recompute::kSelective].peak_saved_bytes, stats[Recompute::kNone].peak_saved_bytes);
+  EXPECT_LT(stats[Recompute::kFull].peak_saved_bytes,
+            stats[Recompute::kSelective].peak_saved_bytes);
+  EXPECT_EQ(stats[Recompute::kNone].recomputes, 0);
+  EXPECT_EQ(stats[Recompute::kFull].recomputes, 3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, PipelineGradientTest, ::testing::Values("gpt2", "llama"),
@@ -239,6 +278,9 @@ TEST(Pipeline, DropoutMasksMatchTheUnshardedModelAfterRecomputation) {
   // 1F1B recomputes on every stage but the last: the masks must be drawn again identically.
   check_gradients(*cpu, "gpt2", combo, {ScheduleKind::k1F1B, 1}, {0.1f});
   check_gradients(*cpu, "gpt2", combo, {ScheduleKind::kInterleaved, 2}, {0.1f});
+  // Without recomputation each micro-batch's saved masks (their draws) are its own.
+  check_gradients(*cpu, "gpt2", combo, {ScheduleKind::k1F1B, 1},
+                  {0.1f, false, false, Recompute::kNone});
 }
 
 // Stage boundaries carry this rank's seq / tp rows under sequence parallelism.
@@ -356,6 +398,161 @@ TEST(Pipeline, ChromeTraceHasATrackPerRankAndTheBubbleIsMeasured) {
     std::remove(path.c_str());
   }
   world().barrier();
+}
+
+// A pipeline stage that is not a GPT: `count` ParallelMLPs (global indices first..), the last
+// stage ending in the loss mean((y - targets)^2) / 2. What the executor needs, and no more.
+class MlpStackStage : public Stage {
+ public:
+  struct State : Stage::State {
+    std::vector<ParallelMLP::Saved> mlps;
+    std::vector<Tensor> activations;  // the outputs that later MLPs take as input
+    Tensor output;
+    TensorView targets;
+    int64_t bytes() const override {
+      std::vector<TensorView> views;
+      for (const auto& m : mlps) {
+        for (const TensorView& v : m.views()) views.push_back(v);
+      }
+      return distinct_bytes(views);
+    }
+  };
+
+  static constexpr int64_t kHidden = 16;
+
+  MlpStackStage(const ParallelContext& ctx, int first, int count, bool last)
+      : ctx_(ctx), last_(last) {
+    for (int k = first; k < first + count; ++k) {
+      ParallelMLPConfig config;
+      config.hidden = kHidden;
+      config.ffn_hidden = 2 * kHidden;
+      config.init_std = config.output_init_std = 0.3f;
+      config.name = "mlps." + std::to_string(k);
+      mlps_.push_back(std::make_unique<ParallelMLP>(ctx, config));
+    }
+  }
+
+  TensorSpec input_spec(int64_t seq, int64_t batch) const override {
+    return {Shape({seq * batch, kHidden}), DType::kF32};
+  }
+  TensorSpec target_spec(int64_t seq, int64_t batch) const override {
+    return input_spec(seq, batch);
+  }
+  TensorSpec output_spec(int64_t seq, int64_t batch) const override {
+    return input_spec(seq, batch);
+  }
+  std::unique_ptr<Stage::State> new_state() const override { return std::make_unique<State>(); }
+
+  Tensor forward(TensorView input, TensorView targets, int64_t, int64_t, DropoutRng&,
+                 Stage::State* state, float* loss) override {
+    State* st = state ? &dynamic_cast<State&>(*state) : nullptr;
+    if (st) st->mlps.resize(mlps_.size());
+    Tensor current;
+    TensorView x = input;
+    for (size_t k = 0; k < mlps_.size(); ++k) {
+      Tensor y = st ? mlps_[k]->forward(x, st->mlps[k]) : mlps_[k]->forward(x);
+      if (st && current.defined()) st->activations.push_back(std::move(current));
+      current = std::move(y);
+      x = current;
+    }
+    if (!last_) return current;
+    const std::vector<double> y = to_host(ctx_.backend, current), t = to_host(ctx_.backend, targets);
+    double sum = 0.0;
+    for (size_t i = 0; i < y.size(); ++i) sum += 0.5 * (y[i] - t[i]) * (y[i] - t[i]);
+    *loss = static_cast<float>(sum / static_cast<double>(y.size()));
+    if (st) {
+      st->output = std::move(current);
+      st->targets = targets;
+    }
+    return Tensor();
+  }
+
+  Tensor backward(TensorView grad_output, float loss_scale, Stage::State& state) override {
+    State& st = dynamic_cast<State&>(state);
+    Tensor grad;
+    TensorView upstream = grad_output;
+    if (last_) {
+      const std::vector<double> y = to_host(ctx_.backend, st.output),
+                                t = to_host(ctx_.backend, st.targets);
+      std::vector<float> g(y.size());
+      for (size_t i = 0; i < y.size(); ++i) {
+        g[i] = static_cast<float>((y[i] - t[i]) * loss_scale / static_cast<double>(y.size()));
+      }
+      grad = Tensor(ctx_.backend, st.output.shape(), DType::kF32);
+      ctx_.backend.copy(grad, TensorView{g.data(), grad.shape(), DType::kF32, Device::cpu()});
+      upstream = grad;
+    }
+    for (size_t k = mlps_.size(); k-- > 0;) {
+      grad = mlps_[k]->backward(upstream, st.mlps[k]);
+      upstream = grad;
+    }
+    return grad;
+  }
+
+  std::vector<Parameter*> parameters() override {
+    std::vector<Parameter*> params;
+    for (auto& m : mlps_) {
+      for (Parameter* p : m->parameters()) params.push_back(p);
+    }
+    return params;
+  }
+
+ private:
+  ParallelContext ctx_;
+  bool last_;
+  std::vector<std::unique_ptr<ParallelMLP>> mlps_;
+};
+
+// Two stages of two MLPs each (TP over the rest of the world) against the four MLPs unsharded
+// on every rank: loss and every gradient shard, with GPipe and 1F1B.
+TEST(Pipeline, ACustomStagePipelineEqualsTheUnshardedComputation) {
+  if (world().size() % 2 != 0) GTEST_SKIP() << "needs two pipeline stages";
+  auto cpu = make_cpu_backend();
+  ParallelGrid grid(world(), world().size() / 2, 2);
+  constexpr int64_t kMicro = 4;
+  auto load = [&](int64_t mb, TensorView input, TensorView targets) {
+    cpu->fill_random(input, RandomFill{Distribution::kNormal, 100 + static_cast<uint64_t>(mb)});
+    cpu->fill_random(targets, RandomFill{Distribution::kNormal, 200 + static_cast<uint64_t>(mb)});
+  };
+
+  auto self = make_self_communicator();
+  MlpStackStage whole(ParallelContext{*cpu, *self}, 0, 4, true);
+  zero_grads(*cpu, whole.parameters());
+  double expected = 0.0;
+  DropoutRng unused(0, 0);
+  for (int64_t mb = 0; mb < kMicro; ++mb) {
+    Tensor x(*cpu, Shape({kSeq * kBatch, MlpStackStage::kHidden}), DType::kF32);
+    Tensor t(*cpu, x.shape(), DType::kF32);
+    load(mb, x, t);
+    MlpStackStage::State state;
+    float loss = 0.0f;
+    whole.forward(x, t, kSeq, kBatch, unused, &state, &loss);
+    whole.backward(TensorView{}, 1.0f / kMicro, state);
+    expected += loss / kMicro;
+  }
+
+  const int stage = grid.pp().rank();
+  MlpStackStage mine(ParallelContext{*cpu, grid.tp()}, 2 * stage, 2, stage == 1);
+  PipelineExecutor executor(*cpu, grid.pp(), {&mine});
+  for (ScheduleKind kind : {ScheduleKind::kGPipe, ScheduleKind::k1F1B}) {
+    SCOPED_TRACE(schedule_name(kind));
+    zero_grads(*cpu, mine.parameters());
+    const float loss = executor.run(build_pipeline_schedule(kind, 2, kMicro), load, kSeq, kBatch,
+                                    1.0f, unused, /*timed=*/false);
+    EXPECT_NEAR(loss, expected, 1e-5 * expected);
+    for (Parameter* p : mine.parameters()) {
+      Parameter* r = nullptr;
+      for (Parameter* q : whole.parameters()) {
+        if (q->name == p->name) r = q;
+      }
+      ASSERT_NE(r, nullptr) << p->name;
+      EXPECT_LE(max_rel_error(to_host(*cpu, p->grad), reference_shard(*cpu, *p, r->grad)), 1e-5)
+          << p->name;
+    }
+    const PipelineStats& st = executor.stats();
+    EXPECT_EQ(st.peak_saved_states, kind == ScheduleKind::kGPipe ? kMicro : 2 - stage);
+    EXPECT_FALSE(st.timed);
+  }
 }
 
 // Runs fn, expects a weft::Error whose text contains every needle, then meets every rank at a

@@ -282,24 +282,26 @@ TEST_P(SequenceParallelTest, ColumnAndRowLinearEqualThePlainLayers) {
              dy = random(Shape({kSeq, kBatch, kIn}), 32);
       const bool sp = mode.sequence_parallel;
       Tensor x_in = own_rows(x, sp), dy_in = own_rows(dy, sp);
-      Tensor h_ref = col_ref.forward(x);
-      Tensor y_ref = row_ref.forward(h_ref);
-      Tensor h = col.forward(x_in);
+      ColumnParallelLinear::Saved col_ref_saved, col_saved;
+      RowParallelLinear::Saved row_ref_saved, row_saved;
+      Tensor h_ref = col_ref.forward(x, col_ref_saved);
+      Tensor y_ref = row_ref.forward(h_ref, row_ref_saved);
+      Tensor h = col.forward(x_in, col_saved);
       expect_close(h, h_ref, "column output (all rows)");
-      Tensor y = row.forward(h);
+      Tensor y = row.forward(h, row_saved);
       expect_close(y, own_rows(y_ref, sp), "row output");
+      // Activation memory: the column layer keeps only its own rows of the input.
+      EXPECT_EQ(col_saved.bytes(),
+                (tokens / (sp ? tp() : 1) * kIn + (gelu ? tokens * kOut / tp() : 0)) * 4);
 
-      Tensor dh_ref = row_ref.backward(dy);
-      Tensor dx_ref = col_ref.backward(dh_ref);
-      Tensor dh = row.backward(dy_in);
+      Tensor dh_ref = row_ref.backward(dy, row_ref_saved);
+      Tensor dx_ref = col_ref.backward(dh_ref, col_ref_saved);
+      Tensor dh = row.backward(dy_in, row_saved);
       expect_close(dh, dh_ref, "row input grad (all rows)");
-      Tensor dx = col.backward(dh);
+      Tensor dx = col.backward(dh, col_saved);
       expect_close(dx, own_rows(dx_ref, sp), "column input grad");
       expect_same_grads(col.parameters(), col_ref.parameters(), "column");
       expect_same_grads(row.parameters(), row_ref.parameters(), "row");
-      // Activation memory: the column layer keeps only its own rows of the input.
-      EXPECT_EQ(col.saved_activation_bytes(),
-                (tokens / (sp ? tp() : 1) * kIn + (gelu ? tokens * kOut / tp() : 0)) * 4);
     }
   }
 }
@@ -320,12 +322,13 @@ TEST_P(SequenceParallelTest, NormGradientsAreSummedOverTheSequenceShards) {
     Norm norm(ctx(), config);
     Tensor x = random(Shape({kRows * tp(), kHidden}), 41);
     Tensor dy = random(Shape({kRows * tp(), kHidden}), 42);
-    Tensor y_ref = ref.forward(x);
-    Tensor dx_ref = ref.backward(dy);
+    Norm::Saved ref_saved, saved;
+    Tensor y_ref = ref.forward(x, ref_saved);
+    Tensor dx_ref = ref.backward(dy, ref_saved);
     Tensor x_own = own_rows(x), dy_own = own_rows(dy);
-    Tensor y = norm.forward(x_own);
+    Tensor y = norm.forward(x_own, saved);
     expect_close(y, own_rows(y_ref), "norm output");
-    expect_close(norm.backward(dy_own), own_rows(dx_ref), "norm input grad");
+    expect_close(norm.backward(dy_own, saved), own_rows(dx_ref), "norm input grad");
     expect_same_grads(norm.parameters(), ref.parameters(), "norm");
     if (tp() > 1) {
       // The check above is strong enough to see a missing reduction: one block's share is far
@@ -333,8 +336,9 @@ TEST_P(SequenceParallelTest, NormGradientsAreSummedOverTheSequenceShards) {
       NormConfig plain = config;
       plain.sequence_parallel = false;
       Norm unreduced(ctx(), plain);
-      unreduced.forward(x_own);
-      unreduced.backward(dy_own);
+      Norm::Saved unreduced_saved;
+      unreduced.forward(x_own, unreduced_saved);
+      unreduced.backward(dy_own, unreduced_saved);
       EXPECT_GT(max_rel_error(to_host(*cpu_, unreduced.parameters()[0]->grad),
                               to_host(*cpu_, ref.parameters()[0]->grad)),
                 1e-2);
@@ -359,11 +363,12 @@ TEST_P(SequenceParallelTest, MlpEqualsThePlainMlp) {
       Tensor x = random(Shape({kSeq * kBatch, kHidden}), 51);
       Tensor dy = random(Shape({kSeq * kBatch, kHidden}), 52);
       const bool sp = mode.sequence_parallel;
-      Tensor y_ref = ref.forward(x);
-      Tensor dx_ref = ref.backward(dy);
+      ParallelMLP::Saved ref_saved, saved;
+      Tensor y_ref = ref.forward(x, ref_saved);
+      Tensor dx_ref = ref.backward(dy, ref_saved);
       Tensor x_in = own_rows(x, sp), dy_in = own_rows(dy, sp);
-      expect_close(mlp.forward(x_in), own_rows(y_ref, sp), "mlp output");
-      expect_close(mlp.backward(dy_in), own_rows(dx_ref, sp), "mlp input grad");
+      expect_close(mlp.forward(x_in, saved), own_rows(y_ref, sp), "mlp output");
+      expect_close(mlp.backward(dy_in, saved), own_rows(dx_ref, sp), "mlp input grad");
       expect_same_grads(mlp.parameters(), ref.parameters(), "mlp");
     }
   }
@@ -393,11 +398,13 @@ TEST_P(SequenceParallelTest, AttentionEqualsThePlainAttention) {
       Tensor x = random(Shape({kSeq * kBatch, kHidden}), 61);
       Tensor dy = random(Shape({kSeq * kBatch, kHidden}), 62);
       const bool sp = mode.sequence_parallel;
-      Tensor y_ref = ref.forward(x, kSeq, kBatch);
-      Tensor dx_ref = ref.backward(dy);
+      ParallelAttention::Saved ref_saved, saved;
+      Tensor y_ref = ref.forward(x, kSeq, kBatch, ref_saved);
+      Tensor dx_ref = ref.backward(dy, ref_saved);
       Tensor x_in = own_rows(x, sp), dy_in = own_rows(dy, sp);
-      expect_close(attention.forward(x_in, kSeq, kBatch), own_rows(y_ref, sp), "attention output");
-      expect_close(attention.backward(dy_in), own_rows(dx_ref, sp), "attention input grad");
+      expect_close(attention.forward(x_in, kSeq, kBatch, saved), own_rows(y_ref, sp),
+                   "attention output");
+      expect_close(attention.backward(dy_in, saved), own_rows(dx_ref, sp), "attention input grad");
       expect_same_grads(attention.parameters(), ref.parameters(), "attention");
     }
   }
@@ -419,15 +426,19 @@ TEST_P(SequenceParallelTest, EmbeddingAndLmHeadEqualThePlainOnes) {
     Tensor ids(*cpu_, Shape({kSeq * kBatch}), DType::kI32);
     for (int64_t t = 0; t < ids.numel(); ++t) ids.as<int32_t>()[t] = int32_t((t * 7 + 3) % kVocab);
     const bool sp = mode.sequence_parallel;
-    expect_close(emb.forward(ids), own_rows(ref.forward(ids), sp), "embedding output");
+    VocabParallelEmbedding::Saved ref_saved, saved;
+    expect_close(emb.forward(ids, saved), own_rows(ref.forward(ids, ref_saved), sp),
+                 "embedding output");
     Tensor dy = random(Shape({kSeq * kBatch, kHidden}), 71);
-    ref.backward(dy);
-    emb.backward(own_rows(dy, sp));
+    ref.backward(dy, ref_saved);
+    emb.backward(own_rows(dy, sp), saved);
     Tensor h = random(Shape({kSeq * kBatch, kHidden}), 72), h_in = own_rows(h, sp);
-    expect_close(emb.lm_head_forward(h_in), ref.lm_head_forward(h), "lm head logits (all rows)");
+    VocabParallelEmbedding::HeadSaved ref_head, head;
+    expect_close(emb.lm_head_forward(h_in, head), ref.lm_head_forward(h, ref_head),
+                 "lm head logits (all rows)");
     Tensor dlogits = random(Shape({kSeq * kBatch, ref.local_vocab_size()}), 73 + tp_rank());
-    expect_close(emb.lm_head_backward(dlogits), own_rows(ref.lm_head_backward(dlogits), sp),
-                 "lm head input grad");
+    expect_close(emb.lm_head_backward(dlogits, head),
+                 own_rows(ref.lm_head_backward(dlogits, ref_head), sp), "lm head input grad");
     expect_same_grads(emb.parameters(), ref.parameters(), "embedding");
   }
 }
@@ -476,8 +487,9 @@ class SequenceParallelModelTest : public SequenceParallelTest {
     float step(Backend& backend, int64_t s) {
       zero_grads(backend, model.parameters());
       fill_batch(ids, targets, s);
-      const float loss = model.forward(ids, targets, kSeq, kBatch, rng);
-      model.backward();
+      GPTModel::Saved saved;
+      const float loss = model.forward(ids, targets, kSeq, kBatch, rng, saved);
+      model.backward(saved);
       const float norm = optimizer.grad_norm(ctx.tp);
       optimizer.step(cosine_lr(s + 1, 2, 20, 3e-3f, 3e-4f), clip_coefficient(norm, 1.0f));
       return loss;
@@ -501,11 +513,13 @@ TEST_P(SequenceParallelModelTest, LossAndEveryGradientEqualThePlainModel) {
       Run ref(*cpu_, grid_->tp(), plain), run(*cpu_, grid_->tp(), config);
       fill_batch(ref.ids, ref.targets, 0);
       fill_batch(run.ids, run.targets, 0);
-      const float loss_ref = ref.model.forward(ref.ids, ref.targets, kSeq, kBatch, ref.rng);
-      const float loss = run.model.forward(run.ids, run.targets, kSeq, kBatch, run.rng);
+      GPTModel::Saved ref_saved, saved;
+      const float loss_ref =
+          ref.model.forward(ref.ids, ref.targets, kSeq, kBatch, ref.rng, ref_saved);
+      const float loss = run.model.forward(run.ids, run.targets, kSeq, kBatch, run.rng, saved);
       EXPECT_NEAR(loss, loss_ref, 1e-5 * std::abs(loss_ref));
-      ref.model.backward();
-      run.model.backward();
+      ref.model.backward(ref_saved);
+      run.model.backward(saved);
       expect_same_grads(run.model.parameters(), ref.model.parameters(), "model");
     }
   }
@@ -573,24 +587,41 @@ TEST_P(SequenceParallelModelTest, ActivationMemoryMatchesOurSavedSet) {
   // per rank. Without sequence parallelism: the two norm inputs, the QKV and fc1 inputs (2sbh
   // each: 8sbh replicated), q/k/v (6sbh/t), the attention output (2sbh/t), the GeLU input and
   // output (8sbh/t each), the f32 softmax (4 a s^2 b / t) and the LayerNorms' f32 mean and rstd
-  // (16 sb). With it, all of it / t.
+  // (16 sb). With it, all of it / t. Selective recomputation keeps all but the softmax; full
+  // recomputation of a one-layer stage keeps its input (2sbh, / t with sequence parallelism).
   const int64_t s = 16, b = 2, h = 32, a = 4, t = tp();
-  for (bool sp : {false, true}) {
-    SCOPED_TRACE(sp ? "sequence parallel" : "tensor parallel only");
-    GPTConfig config = tiny_config("gpt2", tp(), {sp, false});
-    config.hidden = h;
-    config.heads = a;
-    config.max_seq = s;
-    config.dtype = DType::kBF16;
-    config.finalize(tp());
-    TransformerLayer layer(ctx(), config, 0);
-    DropoutRng rng(1, tp_rank());
-    Tensor x = random(Shape({s * b / (sp ? t : 1), h}), 81, DType::kBF16);
-    Tensor y = layer.forward(x, s, b, rng);
-    const int64_t sbh = s * b * h;
-    const int64_t expected = sp ? (32 * sbh + 4 * a * s * s * b + 16 * s * b) / t
-                                : 8 * sbh + 24 * sbh / t + 4 * a * s * s * b / t + 16 * s * b;
-    EXPECT_EQ(layer.saved_activation_bytes(), expected);
+  for (Recompute recompute : {Recompute::kNone, Recompute::kSelective, Recompute::kFull}) {
+    for (bool sp : {false, true}) {
+      SCOPED_TRACE(std::string(sp ? "sequence parallel" : "tensor parallel only") + " recompute " +
+                   recompute_name(recompute));
+      GPTConfig config = tiny_config("gpt2", tp(), {sp, false});
+      config.hidden = h;
+      config.heads = a;
+      config.max_seq = s;
+      config.dtype = DType::kBF16;
+      config.recompute = recompute;
+      config.finalize(tp());
+      DropoutRng rng(1, tp_rank());
+      Tensor x = random(Shape({s * b / (sp ? t : 1), h}), 81, DType::kBF16);
+      const int64_t sbh = s * b * h, softmax = 4 * a * s * s * b / t;
+      int64_t expected = sp ? (32 * sbh + 16 * s * b) / t + softmax
+                            : 8 * sbh + 24 * sbh / t + softmax + 16 * s * b;
+      if (recompute == Recompute::kSelective) expected -= softmax;
+      if (recompute == Recompute::kFull) {
+        // A middle pipeline stage of one layer.
+        GPTModel stage(ctx(), config, GPTStageLayout{0, 1, false, false});
+        GPTModel::Saved saved;
+        Tensor y = stage.forward_stage(x, TensorView{}, s, b, rng, saved);
+        EXPECT_EQ(saved.bytes(), 2 * sbh / (sp ? t : 1));
+        stage.recompute(saved);  // then everything, as without recomputation
+        EXPECT_EQ(saved.bytes(), expected + softmax);
+        continue;
+      }
+      TransformerLayer layer(ctx(), config, 0);
+      TransformerLayer::Saved saved;
+      Tensor y = layer.forward(x, s, b, rng, saved);
+      EXPECT_EQ(saved.bytes(), expected);
+    }
   }
 }
 
