@@ -9,22 +9,18 @@
 
 namespace weft {
 
-struct ParallelAttentionConfig {
+// sequence_parallel: input and output are this rank's rows, seq / tp positions of every sequence
+// (linear.hpp); the QKV projection gathers them, the output projection reduce-scatters; seq
+// divisible by tp. tp_comm_overlap: the projections' communication overlaps their GEMMs.
+struct ParallelAttentionConfig : ParallelConfig {
   int64_t hidden = 0;
   int64_t heads = 0;     // divisible by the TP size
   int64_t kv_heads = 0;  // 0: = heads (multi-head); fewer: grouped-query. Divides heads.
   bool bias = true;      // biases of the QKV and output projections
   bool rotary = false;   // rotary position embedding on q and k
   float rope_theta = 10000.0f;
-  DType dtype = DType::kF32;
   std::string name = "attention";
-  uint64_t seed = 1234;
-  float init_std = 0.02f;
   float output_init_std = 0.02f;  // GPT-2 scales the output projection by 1/sqrt(2 * layers)
-  // Input and output are this rank's rows, seq / tp positions of every sequence (linear.hpp); the
-  // QKV projection gathers them, the output projection reduce-scatters. seq divisible by tp.
-  bool sequence_parallel = false;
-  bool tp_comm_overlap = false;  // overlap the projections' communication with their GEMMs
   // Selective recomputation (Korthikanti et al. 2022): a forward keeps q, k, v and the context
   // but not the attention core's [batch, heads, seq, seq] state; backward recomputes it.
   bool recompute_core = false;

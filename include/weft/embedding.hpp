@@ -6,26 +6,23 @@
 #include <vector>
 
 #include "weft/mappings.hpp"
+#include "weft/parallel_config.hpp"
 #include "weft/parameter.hpp"
 
 namespace weft {
 
-struct VocabParallelEmbeddingConfig {
+// sequence_parallel: the embedding's output and the LM head's input are this rank's rows (dim 0
+// split across TP, mappings.hpp): forward reduce-scatters the looked-up rows instead of
+// all-reducing them and backward all-gathers the gradient; the head all-gathers its input rows
+// before its GEMM and reduce-scatters the input gradient. tp_comm_overlap: the head's
+// communication overlaps its GEMMs.
+struct VocabParallelEmbeddingConfig : ParallelConfig {
   int64_t vocab_size = 0;  // real vocabulary; the table is padded (see padded_vocab_size)
   int64_t hidden = 0;
   // The padded vocabulary is a multiple of pad_multiple * tp (Megatron's
   // make-vocab-size-divisible-by), so every rank holds an equal, aligned share.
   int64_t pad_multiple = 128;
-  DType dtype = DType::kF32;
   std::string name = "embedding";
-  uint64_t seed = 1234;
-  float init_std = 0.02f;
-  // The embedding's output and the LM head's input are this rank's rows (dim 0 split across TP,
-  // mappings.hpp): forward reduce-scatters the looked-up rows instead of all-reducing them and
-  // backward all-gathers the gradient; the head all-gathers its input rows before its GEMM and
-  // reduce-scatters the input gradient.
-  bool sequence_parallel = false;
-  bool tp_comm_overlap = false;  // overlap the head's communication with its GEMMs
 };
 
 // Padded size for a vocabulary at a TP size: the smallest multiple of pad_multiple * tp that holds

@@ -26,7 +26,11 @@ enum class Recompute {
 Recompute parse_recompute(const std::string& name);
 const char* recompute_name(Recompute recompute);
 
-struct GPTConfig {
+// dtype, seed, init_std, sequence_parallel and tp_comm_overlap (ParallelConfig) pass down to
+// every layer whole. Sequence parallelism: the norms, dropout and residuals run on this rank's
+// seq / tp positions, the all-reduces become all-gather / reduce-scatter pairs; training sequence
+// lengths must be divisible by tp; KV-cache decoding runs without it.
+struct GPTConfig : ParallelConfig {
   int64_t vocab_size = 256;
   int64_t max_seq = 256;  // longest sequence (size of the learned position table, KV caches)
   int64_t layers = 2;
@@ -42,15 +46,6 @@ struct GPTConfig {
   float dropout = 0.0f;  // on embeddings and on each residual branch (replicated regions)
   float norm_eps = 1e-5f;
   int64_t vocab_pad_multiple = 128;
-  DType dtype = DType::kF32;
-  uint64_t seed = 1234;
-  float init_std = 0.02f;
-  // Sequence parallelism (Korthikanti et al. 2022): the norms, dropout and residuals run on this
-  // rank's seq / tp positions, the all-reduces become all-gather / reduce-scatter pairs. Training
-  // sequence lengths must be divisible by tp; KV-cache decoding runs without it.
-  bool sequence_parallel = false;
-  // Overlap the tensor-parallel communication with the GEMMs (overlap.hpp).
-  bool tp_comm_overlap = false;
   Recompute recompute = Recompute::kNone;
 
   // "gpt2": pre-LN, LayerNorm, learned positions, GeLU, multi-head, biases.

@@ -28,13 +28,16 @@
 #include <vector>
 
 #include "weft/mappings.hpp"
+#include "weft/parallel_config.hpp"
 #include "weft/parameter.hpp"
 
 namespace weft {
 
 enum class Activation { kNone, kGelu };
 
-struct ColumnParallelLinearConfig {
+// dtype, seed, init_std (weights ~ N(0, init_std); the bias starts at zero, as in Megatron),
+// sequence_parallel and tp_comm_overlap come from ParallelConfig.
+struct ColumnParallelLinearConfig : ParallelConfig {
   int64_t in_features = 0;
   int64_t out_features = 0;  // global; divisible by the TP size
   bool bias = true;
@@ -44,13 +47,9 @@ struct ColumnParallelLinearConfig {
   bool skip_bias_add = false;
   // Applied to the local output inside the GEMM epilogue (not with gather_output/skip_bias_add).
   Activation activation = Activation::kNone;
-  // Input (and input gradient) are this rank's rows; see above. Not with gather_output.
-  bool sequence_parallel = false;
-  bool tp_comm_overlap = false;
-  DType dtype = DType::kF32;
+  // sequence_parallel: input (and input gradient) are this rank's rows; see above. Not with
+  // gather_output.
   std::string name = "column_linear";
-  uint64_t seed = 1234;
-  float init_std = 0.02f;  // weights ~ N(0, init_std); bias starts at zero (Megatron)
 };
 
 // W split along out_features (dim 0): each rank computes its output columns from the full input.
@@ -91,7 +90,7 @@ class ColumnParallelLinear {
   Parameter weight_, bias_;
 };
 
-struct RowParallelLinearConfig {
+struct RowParallelLinearConfig : ParallelConfig {
   int64_t in_features = 0;  // global; divisible by the TP size
   int64_t out_features = 0;
   bool bias = true;
@@ -99,13 +98,8 @@ struct RowParallelLinearConfig {
   // without gather_output). When false the layer takes the full input and keeps its own slice.
   bool input_is_parallel = true;
   bool skip_bias_add = false;
-  // Output (and output gradient) are this rank's rows; see above.
-  bool sequence_parallel = false;
-  bool tp_comm_overlap = false;
-  DType dtype = DType::kF32;
+  // sequence_parallel: output (and output gradient) are this rank's rows; see above.
   std::string name = "row_linear";
-  uint64_t seed = 1234;
-  float init_std = 0.02f;
 };
 
 // W split along in_features (dim 1): each rank multiplies its slice of the input features, then

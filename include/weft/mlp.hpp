@@ -13,19 +13,15 @@ enum class MlpActivation {
   kSwiGLU,  // LLaMA: (silu(x Wg^T) * (x Wu^T)) W2^T
 };
 
-struct ParallelMLPConfig {
+// sequence_parallel: input and output are this rank's rows (linear.hpp); SwiGLU's gate and up
+// share one gather. tp_comm_overlap: the layers' communication overlaps their GEMMs.
+struct ParallelMLPConfig : ParallelConfig {
   int64_t hidden = 0;
   MlpActivation activation = MlpActivation::kGelu;
   int64_t ffn_hidden = 0;  // 4 * hidden in GPT-2; divisible by the TP size
   bool bias = true;
-  DType dtype = DType::kF32;
   std::string name = "mlp";
-  uint64_t seed = 1234;
-  float init_std = 0.02f;
   float output_init_std = 0.02f;  // fc2; GPT-2 scales it by 1/sqrt(2 * layers)
-  // Input and output are this rank's rows (linear.hpp); SwiGLU's gate and up share one gather.
-  bool sequence_parallel = false;
-  bool tp_comm_overlap = false;  // overlap the layers' communication with their GEMMs
 };
 
 // One all-reduce forward (after fc2) and one backward per column layer; the activation runs on

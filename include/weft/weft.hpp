@@ -21,6 +21,7 @@
 #include "weft/norm.hpp"
 #include "weft/optimizer.hpp"
 #include "weft/overlap.hpp"
+#include "weft/parallel_config.hpp"
 #include "weft/parameter.hpp"
 #include "weft/partition.hpp"
 #include "weft/pipeline.hpp"

@@ -101,11 +101,12 @@ GPTModel::GPTModel(const ParallelContext& ctx, const GPTConfig& config, GPTStage
              layout_.first_layer + layout_.layers, ") are outside the model's ", config_.layers,
              " layers");
   if (layout_.has_embedding || layout_.has_head) {
-    embedding_ = std::make_unique<VocabParallelEmbedding>(
-        ctx,
-        VocabParallelEmbeddingConfig{config_.vocab_size, config_.hidden, config_.vocab_pad_multiple,
-                                     config_.dtype, "embedding", config_.seed, config_.init_std,
-                                     config_.sequence_parallel, config_.tp_comm_overlap});
+    VocabParallelEmbeddingConfig e;
+    e.parallel() = config_.parallel();
+    e.vocab_size = config_.vocab_size;
+    e.hidden = config_.hidden;
+    e.pad_multiple = config_.vocab_pad_multiple;
+    embedding_ = std::make_unique<VocabParallelEmbedding>(ctx, e);
   }
   if (layout_.has_embedding && !config_.rotary) {
     positions_ = std::make_unique<Parameter>(

@@ -69,15 +69,11 @@ ParallelAttention::ParallelAttention(const ParallelContext& ctx,
   if (c.kv_heads % tp == 0) {
     local_kv_heads_ = c.kv_heads / tp;
     ColumnParallelLinearConfig qkv;
+    qkv.parallel() = c.parallel();
     qkv.in_features = c.hidden;
     qkv.out_features = (c.heads + 2 * c.kv_heads) * d;
     qkv.bias = c.bias;
-    qkv.dtype = c.dtype;
     qkv.name = c.name + ".qkv";
-    qkv.seed = c.seed;
-    qkv.init_std = c.init_std;
-    qkv.sequence_parallel = c.sequence_parallel;
-    qkv.tp_comm_overlap = c.tp_comm_overlap;
     qkv_ = std::make_unique<ColumnParallelLinear>(ctx, qkv);
   } else {
     local_kv_heads_ = 1;
@@ -113,16 +109,13 @@ ParallelAttention::ParallelAttention(const ParallelContext& ctx,
   }
 
   RowParallelLinearConfig proj;
+  proj.parallel() = c.parallel();
   proj.in_features = c.heads * d;
   proj.out_features = c.hidden;
   proj.bias = c.bias;
   proj.input_is_parallel = true;
-  proj.dtype = c.dtype;
   proj.name = c.name + ".proj";
-  proj.seed = c.seed;
   proj.init_std = c.output_init_std;
-  proj.sequence_parallel = c.sequence_parallel;
-  proj.tp_comm_overlap = c.tp_comm_overlap;
   proj_ = std::make_unique<RowParallelLinear>(ctx, proj);
 }
 

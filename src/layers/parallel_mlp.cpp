@@ -9,30 +9,23 @@ namespace {
 ColumnParallelLinearConfig column_config(const ParallelMLPConfig& c, const std::string& suffix,
                                          Activation activation) {
   ColumnParallelLinearConfig fc;
+  fc.parallel() = c.parallel();
   fc.in_features = c.hidden;
   fc.out_features = c.ffn_hidden;
   fc.bias = c.bias;
   fc.activation = activation;
-  fc.dtype = c.dtype;
   fc.name = c.name + suffix;
-  fc.seed = c.seed;
-  fc.init_std = c.init_std;
-  fc.sequence_parallel = c.sequence_parallel;
-  fc.tp_comm_overlap = c.tp_comm_overlap;
   return fc;
 }
 RowParallelLinearConfig fc2_config(const ParallelMLPConfig& c) {
   RowParallelLinearConfig fc2;
+  fc2.parallel() = c.parallel();
   fc2.in_features = c.ffn_hidden;
   fc2.out_features = c.hidden;
   fc2.bias = c.bias;
   fc2.input_is_parallel = true;
-  fc2.dtype = c.dtype;
   fc2.name = c.name + ".fc2";
-  fc2.seed = c.seed;
   fc2.init_std = c.output_init_std;
-  fc2.sequence_parallel = c.sequence_parallel;
-  fc2.tp_comm_overlap = c.tp_comm_overlap;
   return fc2;
 }
 bool is_swiglu(const ParallelMLPConfig& c) { return c.activation == MlpActivation::kSwiGLU; }

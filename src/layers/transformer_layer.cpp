@@ -23,38 +23,30 @@ NormConfig norm_config(const GPTConfig& c, int tp, const std::string& name) {
 
 ParallelAttentionConfig attention_config(const GPTConfig& c, int index) {
   ParallelAttentionConfig a;
+  a.parallel() = c.parallel();
   a.hidden = c.hidden;
   a.heads = c.heads;
   a.kv_heads = c.kv_heads;
   a.bias = c.bias;
   a.rotary = c.rotary;
   a.rope_theta = c.rope_theta;
-  a.dtype = c.dtype;
   a.name = layer_name(index) + ".attention";
-  a.seed = c.seed;
-  a.init_std = c.init_std;
   // GPT-2: residual projections scaled by 1/sqrt(2 * layers) so the residual stream's variance
   // does not grow with depth.
   a.output_init_std = c.init_std / std::sqrt(2.0f * static_cast<float>(c.layers));
-  a.sequence_parallel = c.sequence_parallel;
-  a.tp_comm_overlap = c.tp_comm_overlap;
   a.recompute_core = c.recompute == Recompute::kSelective;
   return a;
 }
 
 ParallelMLPConfig mlp_config(const GPTConfig& c, int index) {
   ParallelMLPConfig m;
+  m.parallel() = c.parallel();
   m.hidden = c.hidden;
   m.ffn_hidden = c.ffn_hidden;
   m.activation = c.activation;
   m.bias = c.bias;
-  m.dtype = c.dtype;
   m.name = layer_name(index) + ".mlp";
-  m.seed = c.seed;
-  m.init_std = c.init_std;
   m.output_init_std = c.init_std / std::sqrt(2.0f * static_cast<float>(c.layers));
-  m.sequence_parallel = c.sequence_parallel;
-  m.tp_comm_overlap = c.tp_comm_overlap;
   return m;
 }
 }  // namespace
