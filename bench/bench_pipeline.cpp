@@ -4,10 +4,11 @@
 // What it measures: PipelineModel::train_step (forward, backward, recomputation, p2p and the tied
 // embedding sum; no optimizer) at pp = the number of ranks and tp = 1, for GPipe, 1F1B and
 // interleaved 1F1B (v = 2) with m in {p, 2p, 4p, 8p} micro-batches, each with no activation
-// recomputation (--recompute none) and with full recomputation (1F1B also selective). The baseline beside it is the
-// same model unpipelined on one rank (rank 0; the others wait), running the same micro-batches.
-// Each iteration starts after a barrier and its time is the slowest rank's (MPI_MAX); iteration
-// counts are fixed (Google Benchmark's adaptive count would differ between ranks and hang).
+// recomputation (--recompute none) and with full recomputation (1F1B also selective). The baseline
+// beside it is the same model unpipelined on one rank (rank 0; the others wait), running the same
+// micro-batches. Each iteration starts after a barrier and its time is the slowest rank's
+// (MPI_MAX); iteration counts are fixed (Google Benchmark's adaptive count would differ between
+// ranks and hang).
 //   tokens/s = m x seq x micro-batch / step time
 //   bubble   = 1 - compute / step time on each rank (compute: forward, backward, recompute),
 //              averaged over the pipeline ranks ("bubble_max": the worst rank)
@@ -78,9 +79,9 @@ double slowest(double mine) {
 }
 
 void bm_pipeline(benchmark::State& state, const Env& env, ScheduleKind kind, int v,
-                 weft::Recompute recompute, int64_t m) {
+                 weft::Recompute policy, int64_t m) {
   weft::GPTConfig config = bench_config();
-  config.recompute = recompute;
+  config.recompute = policy;
   weft::PipelineModel model(weft::ParallelContext{*env.backend, env.grid->tp()}, env.grid->pp(),
                             config, kind, v);
   model.set_timing(true);  // the bubble needs each action's time
@@ -213,8 +214,8 @@ int run(int argc, char** argv) {
   benchmark::AddCustomContext("backend", cpu->name());
 
   using weft::Recompute;
-  std::vector<Series> series{{"1 rank", "BM_SingleRank/", ScheduleKind::k1F1B, 1,
-                              Recompute::kNone, false}};
+  std::vector<Series> series{
+      {"1 rank", "BM_SingleRank/", ScheduleKind::k1F1B, 1, Recompute::kNone, false}};
   for (auto [kind, v] : {std::pair{ScheduleKind::kGPipe, 1}, std::pair{ScheduleKind::k1F1B, 1},
                          std::pair{ScheduleKind::kInterleaved, 2}}) {
     for (Recompute r : {Recompute::kNone, Recompute::kSelective, Recompute::kFull}) {

@@ -64,7 +64,8 @@ class VocabParallelEmbedding {
   // vocab_start() + j. The full logits are never gathered. Sequence parallel: the input is this
   // rank's rows [tokens / tp, hidden], the logits are for all tokens.
   Tensor lm_head_forward(TensorView hidden, HeadSaved& saved);
-  Tensor lm_head_forward(TensorView hidden, SequenceParallel mode = SequenceParallel::kAsConfigured);
+  Tensor lm_head_forward(TensorView hidden,
+                         SequenceParallel mode = SequenceParallel::kAsConfigured);
   // grad_logits [tokens, local_vocab_size()] -> grad of the hidden input (all-reduced across TP,
   // or reduce-scattered to this rank's rows); accumulates into the table gradient as backward().
   Tensor lm_head_backward(TensorView grad_logits, HeadSaved& saved);

@@ -19,7 +19,7 @@ namespace weft {
 // What a training forward keeps for its backward (Korthikanti et al. 2022).
 enum class Recompute {
   kNone,       // every layer's activations: no recomputation
-  kSelective,  // all but the attention core's [batch, heads, seq, seq] state, recomputed in backward
+  kSelective,  // all but the attention core's [batch, heads, seq, seq] state (recomputed)
   kFull,       // only a model (or pipeline stage) input: backward re-runs the whole forward first
 };
 // "none", "selective" or "full"; weft::Error naming the accepted names.
@@ -144,7 +144,7 @@ class GPTModel : public Stage {
     TensorView position_ids;
     std::vector<Tensor> activations;  // the embedding's output, then each layer's but the last
     std::vector<TransformerLayer::Saved> layers;
-    Tensor final_input;               // the last layer's output (the final norm's input)
+    Tensor final_input;  // the last layer's output (the final norm's input)
     Norm::Saved final_norm;
     Tensor final_hidden;
     VocabParallelEmbedding::HeadSaved head;
@@ -191,8 +191,8 @@ class GPTModel : public Stage {
   TensorSpec target_spec(int64_t seq, int64_t batch) const override;
   TensorSpec output_spec(int64_t seq, int64_t batch) const override;
   std::unique_ptr<State> new_state() const override { return std::make_unique<Saved>(); }
-  Tensor forward(TensorView input, TensorView targets, int64_t seq, int64_t batch,
-                 DropoutRng& rng, State* state, float* loss) override;
+  Tensor forward(TensorView input, TensorView targets, int64_t seq, int64_t batch, DropoutRng& rng,
+                 State* state, float* loss) override;
   void recompute(State& state) override;
   Tensor backward(TensorView grad_output, float loss_scale, State& state) override;
   // The token table on a stage with the embedding or the head.

@@ -58,7 +58,7 @@ class ColumnParallelLinear {
  public:
   // What one forward keeps for its backward.
   struct Saved {
-    TensorView input;     // the caller's input (this rank's rows under sequence parallelism)
+    TensorView input;      // the caller's input (this rank's rows under sequence parallelism)
     Tensor preactivation;  // GeLU input, when activation is kGelu
     bool sequence_parallel = false;
     // The saved tensors (views; the input's among them), and their distinct bytes.
@@ -108,7 +108,7 @@ class RowParallelLinear {
  public:
   // What one forward keeps for its backward.
   struct Saved {
-    TensorView input;       // [tokens, in_features / tp]: a view of the caller's input, or of
+    TensorView input;        // [tokens, in_features / tp]: a view of the caller's input, or of
     Tensor scattered_input;  // this rank's slice of it when !input_is_parallel
     bool sequence_parallel = false;
     std::vector<TensorView> views() const;

@@ -197,7 +197,8 @@ struct PipelineStats {
 // rank without the first stage `input` is scratch of the targets' spec, never read). Called only
 // on ranks holding the first or last virtual stage, once per micro-batch per step, in schedule
 // order; it must depend on the index alone (the same on every TP rank).
-using PipelineLoader = std::function<void(int64_t microbatch, TensorView input, TensorView targets)>;
+using PipelineLoader =
+    std::function<void(int64_t microbatch, TensorView input, TensorView targets)>;
 
 // Runs schedules over this rank's chunks: chunk c is virtual stage c x p + rank (p = pp.size()),
 // v = chunks.size() of them. Knows the stages only through the Stage interface.

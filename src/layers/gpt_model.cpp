@@ -218,7 +218,8 @@ std::vector<Parameter*> GPTModel::shared_parameters() {
 
 int64_t GPTModel::dropout_draws_per_token() const {
   if (!training_ || config_.dropout <= 0.0f) return 0;
-  return config_.hidden * ((layout_.has_embedding ? 1 : 0) + 2 * static_cast<int64_t>(layers_.size()));
+  return config_.hidden *
+         ((layout_.has_embedding ? 1 : 0) + 2 * static_cast<int64_t>(layers_.size()));
 }
 
 Tensor GPTModel::forward_stage(TensorView input, TensorView targets, int64_t seq, int64_t batch,
@@ -298,10 +299,10 @@ Tensor GPTModel::run_stage(TensorView input, TensorView targets, int64_t seq, in
   Tensor logits = saved ? embedding_->lm_head_forward(final_hidden, saved->head)
                         : embedding_->lm_head_forward(final_hidden);
   const std::vector<float> losses =
-      saved ? cross_entropy_.forward(logits, targets, embedding_->vocab_start(),
-                                     config_.vocab_size, saved->cross_entropy)
-            : cross_entropy_.forward(logits, targets, embedding_->vocab_start(),
-                                     config_.vocab_size);
+      saved
+          ? cross_entropy_.forward(logits, targets, embedding_->vocab_start(), config_.vocab_size,
+                                   saved->cross_entropy)
+          : cross_entropy_.forward(logits, targets, embedding_->vocab_start(), config_.vocab_size);
   double sum = 0.0;
   for (float l : losses) sum += l;
   const float mean = static_cast<float>(sum / static_cast<double>(losses.size()));
@@ -322,8 +323,7 @@ Tensor GPTModel::backward_stage(TensorView grad_output, float loss_scale, Saved&
   Tensor grad;
   TensorView upstream = grad_output;  // the gradient flowing into the next layer down
   if (layout_.has_head) {
-    const std::vector<float> grad_loss(saved.tokens,
-                                       loss_scale / static_cast<float>(saved.tokens));
+    const std::vector<float> grad_loss(saved.tokens, loss_scale / static_cast<float>(saved.tokens));
     grad = embedding_->lm_head_backward(cross_entropy_.backward(grad_loss, saved.cross_entropy),
                                         saved.head);
     grad = final_norm_->backward(grad, saved.final_norm);
@@ -359,7 +359,8 @@ Tensor GPTModel::backward_stage(TensorView grad_output, float loss_scale, Saved&
 }
 
 void GPTModel::recompute(Saved& saved) {
-  WEFT_CHECK(saved.needs_recompute(), "GPTModel: recompute needs the saved state of a forward "
+  WEFT_CHECK(saved.needs_recompute(),
+             "GPTModel: recompute needs the saved state of a forward "
              "under Recompute::kFull that was not recomputed yet");
   // The forward again from the kept input, keeping everything this time.
   Saved full;

@@ -151,8 +151,8 @@ void ParallelAttention::check_input(const TensorView& x, int64_t seq, int64_t ba
   check_activation(ctx_.backend, x, config_.hidden, config_.dtype, config_.name, what);
   const int64_t rows = seq * batch / (sp ? ctx_.tp.size() : 1);
   WEFT_CHECK(x.shape.rows() == rows, config_.name, ": ", what, " ", x.shape.str(), " has ",
-             x.shape.rows(), " rows, but seq (", seq, ") x batch (", batch, ")",
-             sp ? " / tp" : "", " = ", rows);
+             x.shape.rows(), " rows, but seq (", seq, ") x batch (", batch, ")", sp ? " / tp" : "",
+             " = ", rows);
 }
 
 std::vector<TensorView> ParallelAttention::Saved::views() const {
@@ -229,9 +229,8 @@ Tensor ParallelAttention::project_qkv_backward(TensorView grad_qkv, Saved& saved
   gkv.weight = kv_weight_.value;
   gkv.weight_grad = delta_w;
   if (config_.bias) gkv.bias_grad = delta_b;
-  Tensor grad_input =
-      column_backward(ctx_, {saved.sequence_parallel, config_.tp_comm_overlap}, saved.input,
-                      {gq, gkv});
+  Tensor grad_input = column_backward(ctx_, {saved.sequence_parallel, config_.tp_comm_overlap},
+                                      saved.input, {gq, gkv});
   accumulate_shared_kv_grads(delta, delta_w, delta_b);
   return grad_input;
 }
@@ -267,7 +266,8 @@ Tensor ParallelAttention::run_forward(TensorView x, int64_t seq, int64_t batch, 
   check_input(x, seq, batch, sp, "input");
   Backend& backend = ctx_.backend;
   const AttentionShape shape = local_shape(seq, batch);
-  const TensorView x2d = x.reshaped(Shape({seq * batch / (sp ? ctx_.tp.size() : 1), config_.hidden}));
+  const TensorView x2d =
+      x.reshaped(Shape({seq * batch / (sp ? ctx_.tp.size() : 1), config_.hidden}));
 
   // Under sequence parallelism the projection gathers the rows: the core attention always sees
   // whole sequences (of this rank's heads), and the output projection scatters them again.

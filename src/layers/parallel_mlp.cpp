@@ -122,9 +122,10 @@ Tensor ParallelMLP::backward(TensorView grad_output, Saved& saved) {
     return g;
   };
   const TensorView input = saved.input;
-  Tensor grad_input = column_backward(ctx_, {saved.sequence_parallel, fc1_.config().tp_comm_overlap},
-                                      input.reshaped(Shape({input.shape.rows(), input.shape.cols()})),
-                                      {gradient(fc1_, grad_gate), gradient(*up_, grad_up)});
+  Tensor grad_input =
+      column_backward(ctx_, {saved.sequence_parallel, fc1_.config().tp_comm_overlap},
+                      input.reshaped(Shape({input.shape.rows(), input.shape.cols()})),
+                      {gradient(fc1_, grad_gate), gradient(*up_, grad_up)});
   grad_input.reshape(input.shape);
   saved = Saved{};
   return grad_input;

@@ -135,7 +135,8 @@ Tensor TransformerLayer::run_forward(TensorView x, int64_t seq, int64_t batch, D
 }
 
 Tensor TransformerLayer::backward(TensorView grad_output, Saved& saved) {
-  WEFT_CHECK(saved.normed1.defined(), "TransformerLayer: backward called before forward (its "
+  WEFT_CHECK(saved.normed1.defined(),
+             "TransformerLayer: backward called before forward (its "
              "saved state is empty)");
   TensorView grad_mlp = grad_output;
   Tensor grad_mlp_dropped;

@@ -95,10 +95,9 @@ Tensor VocabParallelCrossEntropy::backward(const std::vector<float>& grad_loss, 
   Tensor grad_logits(backend, saved_logits.shape, saved_logits.dtype);
   const Shape shape2d({tokens, saved_logits.shape.cols()});
   const TensorView sum_exp = saved.sum_exp.view().rows(0, 1).reshaped(Shape({tokens}));
-  backend.vocab_cross_entropy_backward(grad_logits.view().reshaped(shape2d),
-                                       saved_logits.reshaped(shape2d), saved.row_max, sum_exp,
-                                       saved.targets, grad_loss_device, saved.vocab_start,
-                                       saved.vocab_size);
+  backend.vocab_cross_entropy_backward(
+      grad_logits.view().reshaped(shape2d), saved_logits.reshaped(shape2d), saved.row_max, sum_exp,
+      saved.targets, grad_loss_device, saved.vocab_start, saved.vocab_size);
   saved = Saved{};
   return grad_logits;
 }

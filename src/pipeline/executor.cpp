@@ -20,14 +20,10 @@ double PipelineStats::bubble_fraction() const {
 }
 
 PipelineExecutor::PipelineExecutor(Backend& backend, Communicator& pp, std::vector<Stage*> chunks)
-    : backend_(backend),
-      pp_(pp),
-      chunks_(std::move(chunks)),
-      stages_(pp.size()),
-      rank_(pp.rank()) {
+    : backend_(backend), pp_(pp), chunks_(std::move(chunks)), stages_(pp.size()), rank_(pp.rank()) {
   WEFT_CHECK(!chunks_.empty(), "PipelineExecutor: a rank needs at least one stage");
-  WEFT_CHECK(stages_ == 1 || pp.buffer_device() == backend.device().kind, "PipelineExecutor: ",
-             pp.name(), " communicator moves ",
+  WEFT_CHECK(stages_ == 1 || pp.buffer_device() == backend.device().kind,
+             "PipelineExecutor: ", pp.name(), " communicator moves ",
              pp.buffer_device() == DeviceKind::kCpu ? "host" : "GPU", " buffers but the backend (",
              backend.name(), ") computes elsewhere");
   if (stages_ > 1) ends_ = pp.split(rank_ == 0 || rank_ == stages_ - 1 ? 0 : 1, rank_);
@@ -49,12 +45,12 @@ std::vector<int64_t> PipelineExecutor::gather_dropout_draws() {
     const TensorView send{mine.data(), Shape({v}), DType::kI32, Device::cpu()};
     const TensorView recv{all.data(), Shape({v * stages_}), DType::kI32, Device::cpu()};
     if (pp_.buffer_device() == DeviceKind::kCpu) {
-      pp_.all_gather(recv, send, backend_.stream());
+      pp_.all_gather(send, recv, backend_.stream());
       backend_.synchronize();
     } else {  // staged through the device
       Tensor send_d(backend_, send.shape, DType::kI32), recv_d(backend_, recv.shape, DType::kI32);
       backend_.copy(send_d, send);
-      pp_.all_gather(recv_d, send_d, backend_.stream());
+      pp_.all_gather(send_d, recv_d, backend_.stream());
       backend_.copy(recv, recv_d);
       backend_.synchronize();
     }
@@ -96,8 +92,7 @@ float PipelineExecutor::run(const PipelineSchedule& schedule, const PipelineLoad
                             int64_t seq, int64_t batch, float loss_scale, DropoutRng& rng,
                             bool timed, PipelineTrace* trace) {
   using K = PipelineAction::Kind;
-  const int p = stages_, v = static_cast<int>(chunks_.size()), S = p * v,
-            m = schedule.microbatches;
+  const int p = stages_, v = static_cast<int>(chunks_.size()), S = p * v, m = schedule.microbatches;
   WEFT_CHECK(schedule.stages == p && schedule.virtual_stages == v, "PipelineExecutor: a schedule ",
              "for ", schedule.stages, " x ", schedule.virtual_stages, " stages, the executor has ",
              p, " x ", v);
@@ -119,7 +114,8 @@ float PipelineExecutor::run(const PipelineSchedule& schedule, const PipelineLoad
   std::vector<uint64_t> before(static_cast<size_t>(S) + 1, 0);  // draws of the stages before s
   for (int s = 0; s < S; ++s) {
     before[static_cast<size_t>(s) + 1] =
-        before[static_cast<size_t>(s)] + static_cast<uint64_t>(draws[static_cast<size_t>(s)] * tokens);
+        before[static_cast<size_t>(s)] +
+        static_cast<uint64_t>(draws[static_cast<size_t>(s)] * tokens);
   }
   const uint64_t per_microbatch = before[static_cast<size_t>(S)];
   const uint64_t base_replicated = rng.replicated_offset(), base_sharded = rng.sharded_offset();
@@ -252,9 +248,8 @@ float PipelineExecutor::run(const PipelineSchedule& schedule, const PipelineLoad
         grad_output = store.grads(c).at(mb);
       }
       Tensor grad_input;
-      observer.action(&PipelineStats::backward_ms, "backward", label("B", mb, c), "", [&] {
-        grad_input = stage.backward(grad_output, grad_scale, state);
-      });
+      observer.action(&PipelineStats::backward_ms, "backward", label("B", mb, c), "",
+                      [&] { grad_input = stage.backward(grad_output, grad_scale, state); });
       ++stats_.backwards;
       store.drop_state(c, mb);
       store.grads(c).erase(mb);

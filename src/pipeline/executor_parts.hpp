@@ -173,8 +173,8 @@ class RoundTracker {
         }
       }
     }
-    WEFT_ASSERT(false, "pipeline: the ", gradient ? "gradient" : "input", " of mb", mb, " c",
-                chunk, " was never received");
+    WEFT_ASSERT(false, "pipeline: the ", gradient ? "gradient" : "input", " of mb", mb, " c", chunk,
+                " was never received");
   }
 
   void complete_all() {

@@ -239,7 +239,10 @@ class PipelineGradientTest : public ::testing::TestWithParam<std::string> {
 TEST_P(PipelineGradientTest, EveryShardEqualsTheUnshardedModel) {
   for (Combo combo : combos()) {
     for (ScheduleCase sc : kSchedules) {
+      // Every policy on gpt2; llama (grouped-query, rotary) where its attention core differs:
+      // kept whole (full recomputation re-runs it) or recomputed (selective).
       for (Recompute recompute : {Recompute::kFull, Recompute::kNone, Recompute::kSelective}) {
+        if (GetParam() == "llama" && recompute == Recompute::kNone) continue;
         check_gradients(*cpu_, GetParam(), combo, sc, {0.0f, false, false, recompute});
       }
     }
@@ -262,7 +265,8 @@ TEST(Pipeline, RecomputePoliciesKeepLessActivationMemory) {
     stats[recompute] = model.stats();
     EXPECT_EQ(stats[recompute].peak_saved_states, 4);
   }
-  EXPECT_LT(stats[Recompute::kSelective].peak_saved_bytes, stats[Recompute::kNone].peak_saved_bytes);
+  EXPECT_LT(stats[Recompute::kSelective].peak_saved_bytes,
+            stats[Recompute::kNone].peak_saved_bytes);
   EXPECT_LT(stats[Recompute::kFull].peak_saved_bytes,
             stats[Recompute::kSelective].peak_saved_bytes);
   EXPECT_EQ(stats[Recompute::kNone].recomputes, 0);
@@ -456,7 +460,8 @@ class MlpStackStage : public Stage {
       x = current;
     }
     if (!last_) return current;
-    const std::vector<double> y = to_host(ctx_.backend, current), t = to_host(ctx_.backend, targets);
+    const std::vector<double> y = to_host(ctx_.backend, current),
+                              t = to_host(ctx_.backend, targets);
     double sum = 0.0;
     for (size_t i = 0; i < y.size(); ++i) sum += 0.5 * (y[i] - t[i]) * (y[i] - t[i]);
     *loss = static_cast<float>(sum / static_cast<double>(y.size()));
