@@ -3,12 +3,14 @@
 // and files of kinds weft rejects.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "common/temp_dir.hpp"
+#include "weft/data.hpp"
 #include "weft/error.hpp"
 #include "weft/tokenizer.hpp"
 
@@ -302,6 +304,72 @@ TEST(Tokenizer, RejectsBrokenFiles) {
   other["model"]["merges"].erase(other["model"]["merges"].end() - 1);
   EXPECT_NE(load(other).fingerprint(), from_file.fingerprint());
   EXPECT_EQ(load(tiny_tokenizer()).fingerprint(), from_file.fingerprint());
+}
+
+// TextDataset with a tokenizer: the ids are the tokenizer's, cached beside the text and reused
+// only for the same text and tokenizer.
+TEST(Tokenizer, DatasetTokenisesOnceIntoACache) {
+  testing::TempDir dir;
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "hello world, aaa " + std::to_string(i) + "\n";
+  const std::string path = dir.write("text.txt", text);
+  const Tokenizer t = load(tiny_tokenizer());
+  const std::vector<int32_t> ids = t.encode(text);
+  const std::string cache = TextDataset::token_cache_path(path, t);
+  EXPECT_EQ(cache.rfind(path + ".", 0), 0u) << cache;
+
+  const TextDataset first(path, t, 0.0);
+  EXPECT_FALSE(first.from_cache());
+  EXPECT_TRUE(std::filesystem::exists(cache));
+  ASSERT_EQ(first.size(), static_cast<int64_t>(ids.size()));
+  // A window of the whole split is the encoding itself, shifted by one for the targets.
+  const int64_t seq = first.size() - 1;
+  std::vector<int32_t> x(seq, -1), y(seq, -1);
+  first.batch(false, 1, 0, seq, 1, x.data(), y.data());
+  EXPECT_EQ(x, std::vector<int32_t>(ids.begin(), ids.end() - 1));
+  EXPECT_EQ(y, std::vector<int32_t>(ids.begin() + 1, ids.end()));
+
+  const TextDataset second(path, t, 0.0);
+  EXPECT_TRUE(second.from_cache());
+  EXPECT_EQ(second.size(), first.size());
+  std::vector<int32_t> x2(seq, -1), y2(seq, -1);
+  second.batch(false, 1, 0, seq, 1, x2.data(), y2.data());
+  EXPECT_EQ(x2, x);
+
+  // A changed text of the same size tokenises again (and rewrites the cache).
+  std::string changed = text;
+  changed[0] = 'j';
+  dir.write("text.txt", changed);
+  const TextDataset third(path, t, 0.0);
+  EXPECT_FALSE(third.from_cache());
+  EXPECT_EQ(third.size(), static_cast<int64_t>(t.encode(changed).size()));
+  EXPECT_TRUE(TextDataset(path, t, 0.0).from_cache());
+  // Another tokenizer has its own cache file.
+  json j = tiny_tokenizer();
+  j["model"]["merges"].erase(j["model"]["merges"].begin() + 5);  // no "a a"
+  const Tokenizer other = load(j);
+  EXPECT_NE(TextDataset::token_cache_path(path, other), cache);
+  const TextDataset fourth(path, other, 0.0);
+  EXPECT_FALSE(fourth.from_cache());
+  EXPECT_GT(fourth.size(), third.size());
+  // A cut cache file is not trusted.
+  const std::string cut = TextDataset::token_cache_path(path, other);
+  std::filesystem::resize_file(cut, std::filesystem::file_size(cut) - 4);
+  EXPECT_FALSE(TextDataset(path, other, 0.0).from_cache());
+}
+
+TEST(Tokenizer, DatasetTooShortNamesTokensAndTokenizer) {
+  testing::TempDir dir;
+  const std::string path = dir.write("short.txt", "hello hello");  // hello, Ġ, hello
+  try {
+    TextDataset(path, load(tiny_tokenizer()), 0.5);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    for (const char* part : {"short.txt", "tokenises to 3 tokens", "tiny.json", "needs at least"}) {
+      EXPECT_NE(m.find(part), std::string::npos) << part << " missing from: " << m;
+    }
+  }
 }
 
 }  // namespace
