@@ -3,10 +3,13 @@
 Trains a byte-level BPE tokenizer (vocabulary 2000) with `tokenizers` on a Debian text, saves its
 tokenizer.json, encodes several other texts with it (English licences, GnuPG's help in German,
 French, Russian, Greek, Japanese and Chinese, and a text of edge cases), and has weft's checker
-compare its own ids with these on the whole of each text, and decode(encode(x)) with x.
+compare its own ids with these on the whole of each text, and decode(encode(x)) with x; then
+the ids on two of the texts with the pre-tokenizer's add_prefix_space on, and both checks with
+its use_regex off.
 
     python tokenizer_reference.py CHECKER WORKDIR
 """
+import json
 import pathlib
 import subprocess
 import sys
@@ -62,15 +65,38 @@ def main() -> int:
 
     texts = [(pathlib.Path(p).name, pathlib.Path(p).read_text(encoding="utf-8")) for p in TEXTS]
     texts.append(("edge-cases", EDGE_CASES))
-    args = [checker, str(tokenizer_json)]
+    failed = check([checker], tokenizer, tokenizer_json, texts, work / "plain")
+
+    # The pre-tokenizer's options, on two of the texts: a space put before each stretch of text
+    # between added tokens, and no pattern (each such stretch one word).
+    spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    some = [t for t in texts if t[0] in ("help.de.txt", "edge-cases")]
+    for name, option, value in [("prefix-space", "add_prefix_space", True),
+                                ("no-regex", "use_regex", False)]:
+        spec["pre_tokenizer"][option] = value
+        variant_json = work / f"tokenizer-{name}.json"
+        variant_json.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        spec["pre_tokenizer"][option] = not value
+        variant = Tokenizer.from_file(str(variant_json))
+        print(f"variant: pre_tokenizer.{option} = {value}")
+        # A prefix space is text the decoder gives back: only the ids are compared there.
+        command = [checker, "--ids-only"] if option == "add_prefix_space" else [checker]
+        failed |= check(command, variant, variant_json, some, work / name)
+    return 1 if failed else 0
+
+
+def check(command, tokenizer, tokenizer_json, texts, folder):
+    """Writes each text and `tokenizer`'s ids for it, and runs weft's checker on them all."""
+    folder.mkdir(exist_ok=True)
+    args = command + [str(tokenizer_json)]
     for name, text in texts:
         ids = tokenizer.encode(text, add_special_tokens=False).ids
-        text_path, ids_path = work / f"{name}.text", work / f"{name}.ids"
+        text_path, ids_path = folder / f"{name}.text", folder / f"{name}.ids"
         text_path.write_bytes(text.encode("utf-8"))
         ids_path.write_text(" ".join(map(str, ids)) + "\n")
         args += [str(text_path), str(ids_path)]
     sys.stdout.flush()
-    return subprocess.run(args, check=False).returncode
+    return subprocess.run(args, check=False).returncode != 0
 
 
 if __name__ == "__main__":
