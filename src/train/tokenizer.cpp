@@ -197,7 +197,8 @@ struct Tokenizer::Impl {
   std::unordered_map<uint64_t, MergeEntry> merges;  // (left id, right id) -> rank, merged id
   std::vector<AddedToken> added;
   std::unordered_map<int32_t, size_t> added_by_id;
-  std::array<int32_t, 256> byte_id{};  // id of each byte's one-character token, -1 if none
+  std::array<bool, 256> added_starts{};  // bytes an added token begins with
+  std::array<int32_t, 256> byte_id{};    // id of each byte's one-character token, -1 if none
   std::optional<int32_t> unk_id;
   bool fuse_unk = false;
   bool ignore_merges = false;
@@ -365,6 +366,7 @@ void Tokenizer::Impl::load_added_tokens(const json& list) {
       reject(where + ".id", t.at("id"), "another added token has this id");
     }
     added_by_id[token.id] = added.size();
+    added_starts[static_cast<unsigned char>(token.content[0])] = true;
     vocab_size = std::max<int64_t>(vocab_size, static_cast<int64_t>(token.id) + 1);
     added.push_back(std::move(token));
   }
@@ -506,6 +508,10 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   size_t at = 0;
   while (at < text.size() && !t.added.empty()) {
     // The longest added token starting here (leftmost-longest, as `tokenizers` matches them).
+    if (!t.added_starts[static_cast<unsigned char>(text[at])]) {
+      ++at;
+      continue;
+    }
     const AddedToken* best = nullptr;
     for (const AddedToken& a : t.added) {
       if (text.compare(at, a.content.size(), a.content) == 0 &&
