@@ -29,3 +29,4 @@
 #include "weft/shape.hpp"
 #include "weft/stage.hpp"
 #include "weft/tensor.hpp"
+#include "weft/tokenizer.hpp"
