@@ -91,7 +91,7 @@ class ParallelAttention {
   int64_t seq_ = 0, batch_ = 0;
   bool forward_saved_ = false;
   Tensor qkv_act_;  // after rotary: what the attention saw
-  Tensor probs_;
+  Tensor lse_;      // per query row's log-sum-exp [batch, heads, seq]: backward recomputes probs
   Tensor context_;  // attention output, the output projection's saved input
 
   int64_t cache_batch_ = 0, cache_capacity_ = 0;

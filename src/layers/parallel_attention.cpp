@@ -180,7 +180,7 @@ std::vector<TensorView> ParallelAttention::saved_activations() const {
   } else {
     saved.push_back(saved_input_);
   }
-  for (const TensorView& v : {qkv_act_.view(), probs_.view(), context_.view()}) saved.push_back(v);
+  for (const TensorView& v : {qkv_act_.view(), lse_.view(), context_.view()}) saved.push_back(v);
   for (const TensorView& v : proj_->saved_activations()) saved.push_back(v);
   return saved;
 }
@@ -279,9 +279,9 @@ Tensor ParallelAttention::forward(TensorView x, int64_t seq, int64_t batch) {
   // whole sequences (of this rank's heads), and the output projection scatters them again.
   qkv_act_ = project_qkv(x2d);
   if (config_.rotary) backend.rope(qkv_act_, shape, config_.rope_theta, 0, /*inverse=*/false);
-  probs_ = Tensor(backend, Shape({batch, local_heads_, seq, seq}), DType::kF32);
+  lse_ = Tensor(backend, Shape({batch, local_heads_, seq}), DType::kF32);
   context_ = Tensor(backend, Shape({seq * batch, local_heads_ * head_dim_}), config_.dtype);
-  backend.attention(context_, probs_, qkv_act_, shape);
+  backend.attention(context_, lse_, qkv_act_, shape);
   Tensor out = proj_->forward(context_);
   out.reshape(x.shape);
   seq_ = seq;
@@ -305,7 +305,7 @@ Tensor ParallelAttention::backward(TensorView grad_output) {
   const Tensor grad_context =
       proj_->backward(grad_output.reshaped(Shape({tokens, config_.hidden})));
   Tensor grad_qkv(backend, qkv_act_.shape(), config_.dtype);
-  backend.attention_backward(grad_qkv, grad_context, qkv_act_, probs_, shape);
+  backend.attention_backward(grad_qkv, grad_context, qkv_act_, lse_, shape);
   // The rotation is orthogonal: its backward rotates the q and k gradients back.
   if (config_.rotary) backend.rope(grad_qkv, shape, config_.rope_theta, 0, /*inverse=*/true);
   Tensor grad_input = project_qkv_backward(grad_qkv);

@@ -572,8 +572,8 @@ TEST_P(SequenceParallelModelTest, ActivationMemoryMatchesOurSavedSet) {
   // One gpt2 layer in bf16 (2-byte activations), multi-head: what forward keeps for backward,
   // per rank. Without sequence parallelism: the two norm inputs, the QKV and fc1 inputs (2sbh
   // each: 8sbh replicated), q/k/v (6sbh/t), the attention output (2sbh/t), the GeLU input and
-  // output (8sbh/t each), the f32 softmax (4 a s^2 b / t) and the LayerNorms' f32 mean and rstd
-  // (16 sb). With it, all of it / t.
+  // output (8sbh/t each), the attention's f32 log-sum-exp per query row (4 a s b / t; no s^2
+  // softmax) and the LayerNorms' f32 mean and rstd (16 sb). With it, all of it / t.
   const int64_t s = 16, b = 2, h = 32, a = 4, t = tp();
   for (bool sp : {false, true}) {
     SCOPED_TRACE(sp ? "sequence parallel" : "tensor parallel only");
@@ -588,8 +588,8 @@ TEST_P(SequenceParallelModelTest, ActivationMemoryMatchesOurSavedSet) {
     Tensor x = random(Shape({s * b / (sp ? t : 1), h}), 81, DType::kBF16);
     Tensor y = layer.forward(x, s, b, rng);
     const int64_t sbh = s * b * h;
-    const int64_t expected = sp ? (32 * sbh + 4 * a * s * s * b + 16 * s * b) / t
-                                : 8 * sbh + 24 * sbh / t + 4 * a * s * s * b / t + 16 * s * b;
+    const int64_t expected = sp ? (32 * sbh + 4 * a * s * b + 16 * s * b) / t
+                                : 8 * sbh + 24 * sbh / t + 4 * a * s * b / t + 16 * s * b;
     EXPECT_EQ(layer.saved_activation_bytes(), expected);
   }
 }
