@@ -7,13 +7,14 @@
 // Measured exactly: TransformerLayer::saved_activation_bytes() after one bf16 forward, the bytes
 // of the distinct tensors its norms, attention and MLP keep for backward (their inputs included).
 // Our saved set differs from the paper's assumptions, so our own closed form is
-//   tensor parallel alone   s b h (8 + 24/t + 4 a s / (h t)) + 16 s b
-//   + sequence parallel     (s b h / t) (32 + 4 a s / h) + 16 s b / t
+//   tensor parallel alone   s b h (8 + 24/t) + 4 a s b / t + 16 s b
+//   + sequence parallel     (s b h / t) 32 + 4 a s b / t + 16 s b / t
 // - No dropout masks: weft draws them again in backward from Philox (seed, offset), so the paper's
 //   two 1-byte residual masks (2 s b h, in its 10 and 34) are not kept.
-// - No attention dropout: the paper keeps its mask (a s^2 b) and output (2 a s^2 b). We keep the
-//   softmax probabilities in f32 (4 a s^2 b where the paper has 2 a s^2 b in 16 bits): 4 a s^2 b
-//   in place of 5 a s^2 b in all.
+// - Nothing quadratic in s: the paper keeps the softmax (2 a s^2 b) and its dropout mask and
+//   output (3 a s^2 b). weft has no attention dropout, and its attention saves only each query
+//   row's f32 log-sum-exp (4 a s b / t per rank) and recomputes the probabilities in backward
+//   (FlashAttention): 4 a s b in place of 5 a s^2 b.
 // - The LayerNorms' f32 mean and rstd, 8 s b bytes per norm, which the paper leaves out.
 // The rest is the same: the two norm inputs, the QKV and fc1 inputs (2 s b h each, replicated
 // without sequence parallelism), q, k, v (6 s b h / t), the attention output (2 s b h / t) and the
@@ -79,8 +80,8 @@ int run(int argc, char** argv) {
       }
       measured[sp ? 1 : 0] = layer.saved_activation_bytes();
     }
-    const double ours_tp = sbh * (8 + 24.0 / t + 4.0 * a * s / (h * t)) + 16 * sb;
-    const double ours_sp = sbh / t * (32 + 4.0 * a * s / h) + 16 * sb / t;
+    const double ours_tp = sbh * (8 + 24.0 / t) + 4.0 * a * sb / t + 16 * sb;
+    const double ours_sp = sbh / t * 32 + 4.0 * a * sb / t + 16 * sb / t;
     const double paper_tp = sbh * (10 + 24.0 / t + 5.0 * a * s / (h * t));
     const double paper_sp = sbh / t * (34 + 5.0 * a * s / h);
     if (world->rank() == 0) {
