@@ -11,6 +11,8 @@
 // the activations' dtype where oneDNN has a native kernel for it on this CPU, else in f32; the
 // softmax steps are SIMD loops. Nothing grows with seq^2, and every sum runs in an order fixed by
 // the shapes, so results do not depend on the thread count.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -18,7 +20,6 @@
 #include <limits>
 #include <memory>
 #include <mutex>
-#include <omp.h>
 #include <type_traits>
 #include <vector>
 
@@ -79,7 +80,7 @@ WEFT_SIMD_CLONES float max_of(const float* x, int64_t n) {
 inline float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;  // below, 2^k would leave the normal range; NaN stays NaN
   const float k = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;       // x - k ln2, two parts
+  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;      // x - k ln2, two parts
   float q = 1.9875691500e-4f;
   q = q * r + 1.3981999507e-3f;
   q = q * r + 8.3334519073e-3f;
@@ -193,8 +194,8 @@ struct KvPanels {
 
 // Gathers the keys and values of the `len` positions of qkv into panels [batch, kv_heads, len, d].
 template <typename Tc, typename T>
-KvPanels<Tc> gather_kv(std::vector<Tc>& k, std::vector<Tc>& v, const T* qkv,
-                       const AttentionDims& d, int64_t len, int64_t row_stride, int64_t pos_stride) {
+KvPanels<Tc> gather_kv(std::vector<Tc>& k, std::vector<Tc>& v, const T* qkv, const AttentionDims& d,
+                       int64_t len, int64_t row_stride, int64_t pos_stride) {
   const int64_t D = d.head_dim, panels = d.batch * d.kv_heads;
   k.resize(static_cast<size_t>(panels * len * D));
   v.resize(k.size());
@@ -221,7 +222,8 @@ void flash_forward(OneDnn& dnn, T* out, float* lse, const T* qkv, const Attentio
   const OneThreadWhenSmall threads(B * H * S * (past + S) * D);
 #pragma omp parallel
   {
-    std::vector<Tc> q(kQueryBlock * D), p16(std::is_same_v<Tc, float> ? 0 : kQueryBlock * kKeyBlock);
+    std::vector<Tc> q(kQueryBlock * D),
+        p16(std::is_same_v<Tc, float> ? 0 : kQueryBlock * kKeyBlock);
     std::vector<float> s(kQueryBlock * kKeyBlock), o(kQueryBlock * D), m(kQueryBlock),
         l(kQueryBlock);
     // The last query blocks (most keys) first, so the dynamic schedule ends balanced.
@@ -231,8 +233,7 @@ void flash_forward(OneDnn& dnn, T* out, float* lse, const T* qkv, const Attentio
         const int64_t qb = q_blocks - 1 - task / (B * H), bh = task % (B * H);
         const int64_t b = bh / H, h = bh % H, g = h / d.q_per_group;
         const int64_t i0 = qb * kQueryBlock, mq = std::min(kQueryBlock, S - i0);
-        gather_rows(q.data(), qkv + (i0 * B + b) * d.qkv_cols + d.q_col(h), mq, D,
-                    B * d.qkv_cols);
+        gather_rows(q.data(), qkv + (i0 * B + b) * d.qkv_cols + d.q_col(h), mq, D, B * d.qkv_cols);
         const Tc* k_panel = kv.k + (b * d.kv_heads + g) * kv.stride;
         const Tc* v_panel = kv.v + (b * d.kv_heads + g) * kv.stride;
         std::fill(o.begin(), o.begin() + mq * D, 0.0f);
