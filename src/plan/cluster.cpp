@@ -301,10 +301,10 @@ Cluster calibrate_from_samples(const std::vector<GemmRate>& gemms,
 
 Cluster calibrate_cluster(const std::string& bench_gemm_json, const std::string& collectives_json,
                           double memory_bandwidth_gbps, double memory_gib) {
-  // GEMMs: bench_gemm's weft rows BM_GemmCpu/weft/<dtype>/T<tokens>_h<h>_tp<tp>/<op>, the best
-  // repetition of each.
+  // GEMMs: bench_gemm's weft rows BM_GemmCpu/weft/<dtype>/T<tokens>_h<h>_tp<tp>/<op>[/real_time],
+  // the best repetition of each.
   const nlohmann::json gemm = read_json(bench_gemm_json);
-  const std::regex name(R"(BM_Gemm\w+/weft/(\w+)/T(\d+)_h(\d+)_tp(\d+)/(\w+))");
+  const std::regex name(R"(BM_Gemm\w+/weft/(\w+)/T(\d+)_h(\d+)_tp(\d+)/(\w+)(/real_time)?)");
   std::map<std::string, GemmRate> best;  // by name
   for (const nlohmann::json& b : runs(gemm, bench_gemm_json)) {
     std::smatch match;

@@ -238,7 +238,7 @@ TEST(Plan, CalibrationRecoversPeakCurveAndLink) {
         first = false;
       }
     }
-    gemm << R"(, {"name": "BM_GemmCpu/weft/bf16/T2048_h2048_tp1/fc1_fwd", "GFLOP/s": )"
+    gemm << R"(, {"name": "BM_GemmCpu/weft/bf16/T2048_h2048_tp1/fc1_fwd/real_time", "GFLOP/s": )"
          << 400 * 2048 / 2176.0 << "}";
     gemm << R"(, {"name": "BM_GemmCpu/weft/f32/T2048_h64_tp1/fc1_fwd", "run_type": "aggregate",)"
          << R"( "GFLOP/s": 1}]})";
