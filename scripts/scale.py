@@ -76,10 +76,16 @@ def family(p):
     return "+".join(parts) if parts else "one rank"
 
 
+def micro_batch_for(a, lay, global_batch):
+    """--micro-batch, made smaller where needed for at least pp micro-batches per replica."""
+    per_replica = global_batch // lay["dp"]
+    return max(1, min(a.micro_batch, per_replica // lay["pp"]))
+
+
 def run_point(a, mode, lay, base, build, out, peak_gflops, recompute_flag):
     ranks = lay["tp"] * lay["pp"] * lay["dp"]
     m, global_batch = model_for(mode, a.preset, lay["tp"], lay["pp"], lay["dp"], base)
-    mb = min(a.micro_batch, global_batch // lay["dp"])
+    mb = micro_batch_for(a, lay, global_batch)
     threads = max(1, a.cores // ranks)
     name = (f"{mode}-r{ranks}-tp{lay['tp']}pp{lay['pp']}dp{lay['dp']}-{lay['schedule']}"
             f"{'-sp' if lay['sp'] else ''}{'-overlap' if lay['overlap'] else ''}")
@@ -242,7 +248,7 @@ def plot(points, meta, out):
         axes[1][col].set_ylabel("efficiency vs 1 rank (ideal 1.0: same cores)")
         axes[1][col].axhline(1.0, color="gray", lw=0.5)
         axes[1][col].set_xlabel("ranks")
-        axes[1][col].set_xticks([1, 2, 4, 8])
+        axes[1][col].set_xticks(sorted({p["ranks"] for p in points}))
         axes[0][col].legend(fontsize=8)
     fig.suptitle(note, fontsize=9)
     fig.tight_layout()
@@ -376,11 +382,14 @@ def main():
                 for lay in layouts(r):
                     if a.max_points and len(points) >= a.max_points:
                         break
-                    m, _ = model_for(mode, a.preset, lay["tp"], lay["pp"], lay["dp"],
-                                     base if mode == "strong" else weak_base)
-                    if m["layers"] % (lay["pp"] * lay["v"]) or m["heads"] % lay["tp"]:
-                        print(f"  skipped {mode} {lay}: layers {m['layers']}, heads {m['heads']}"
-                              f" do not divide", flush=True)
+                    m, gb = model_for(mode, a.preset, lay["tp"], lay["pp"], lay["dp"],
+                                      base if mode == "strong" else weak_base)
+                    mb = micro_batch_for(a, lay, gb)
+                    micro_batches = gb // (lay["dp"] * mb)
+                    if (m["layers"] % (lay["pp"] * lay["v"]) or m["heads"] % lay["tp"] or
+                            gb % (lay["dp"] * mb) or (lay["v"] > 1 and micro_batches % lay["pp"])):
+                        print(f"  skipped {mode} {lay}: layers {m['layers']}, heads {m['heads']}, "
+                              f"{micro_batches} micro-batches do not divide", flush=True)
                         continue
                     p = run_point(a, mode, lay, base if mode == "strong" else weak_base, build,
                                   out, peak, recompute_flag)
