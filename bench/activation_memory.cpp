@@ -10,18 +10,20 @@
 // (TransformerLayer::Saved::bytes(): its norms', attention's and MLP's, their inputs included;
 // under full recomputation GPTModel::Saved::bytes() of a one-layer pipeline stage).
 // Our saved set differs from the paper's assumptions, so our own closed form is
-//   tensor parallel alone   s b h (8 + 24/t + 4 a s / (h t)) + 16 s b
-//   + sequence parallel     (s b h / t) (32 + 4 a s / h) + 16 s b / t
+//   tensor parallel alone   s b h (8 + 24/t) + 4 a s b / t + 16 s b   selective: - 2 s b h / t
+//   + sequence parallel     (s b h / t) 32 + 4 a s b / t + 16 s b / t selective: - 2 s b h / t
+// (selective recomputation drops the attention output, the core's forward re-run in backward)
 // - No dropout masks: weft draws them again in backward from Philox (seed, offset), so the paper's
 //   two 1-byte residual masks (2 s b h, in its 10 and 34) are not kept.
-// - No attention dropout: the paper keeps its mask (a s^2 b) and output (2 a s^2 b). We keep the
-//   softmax probabilities in f32 (4 a s^2 b where the paper has 2 a s^2 b in 16 bits): 4 a s^2 b
-//   in place of 5 a s^2 b in all.
+// - Nothing quadratic in s: the paper keeps the softmax (2 a s^2 b) and its dropout mask and
+//   output (3 a s^2 b). weft has no attention dropout, and its attention saves only each query
+//   row's f32 log-sum-exp (4 a s b / t per rank) and recomputes the probabilities in backward
+//   (FlashAttention): 4 a s b in place of 5 a s^2 b.
 // - The LayerNorms' f32 mean and rstd, 8 s b bytes per norm, which the paper leaves out.
 // The rest is the same: the two norm inputs, the QKV and fc1 inputs (2 s b h each, replicated
 // without sequence parallelism), q, k, v (6 s b h / t), the attention output (2 s b h / t) and the
 // GeLU's input and output (8 + 8 s b h / t), split by heads or columns. Selective recomputation
-// drops the softmax (4 a s^2 b / t) and keeps the rest.
+// drops the attention output (2 s b h / t) and keeps the rest.
 //
 // Run with as many ranks as the largest TP size (here 1, 2 and 4 from one run of 4 ranks):
 //   OMP_NUM_THREADS=1 mpirun -np 4 build/bin/activation_memory [seq batch hidden heads]
@@ -104,11 +106,13 @@ int run(int argc, char** argv) {
         }
         measured[sp ? 1 : 0] = bytes;
       }
-      // The attention core's share: ours keeps the f32 softmax, the paper 5 a s^2 b.
-      const double core_ours = recompute == weft::Recompute::kNone ? 4.0 * a * s / (h * t) : 0.0;
+      // The attention core's share: ours keeps the f32 log-sum-exp (4 a s b / t), and selective
+      // recomputation drops the attention output (2 s b h / t); the paper drops its 5 a s^2 b / t.
+      const bool selective = recompute == weft::Recompute::kSelective;
+      const double context = selective ? 0.0 : 2.0 * sbh / t;
       const double core_paper = recompute == weft::Recompute::kNone ? 5.0 * a * s / (h * t) : 0.0;
-      double ours_tp = sbh * (8 + 24.0 / t + core_ours) + 16 * sb;
-      double ours_sp = sbh / t * (32 + core_ours * t) + 16 * sb / t;
+      double ours_tp = sbh * (8 + 22.0 / t) + context + 4.0 * a * sb / t + 16 * sb;
+      double ours_sp = sbh / t * 30 + context + 4.0 * a * sb / t + 16 * sb / t;
       double paper_tp = sbh * (10 + 24.0 / t + core_paper);
       double paper_sp = sbh / t * (34 + core_paper * t);
       if (recompute == weft::Recompute::kFull) {  // the input of each layer: 2 s b h (/ t)

@@ -6,7 +6,8 @@
 //   BM_GemmCuda/weft/...  make_cuda_backend(0)->gemm      BM_GemmCuda/cublaslt/... cublasLtMatmul
 // The raw primitive is created once, outside the timed loop; only its execution is timed. The
 // CUDA pairs (bf16 in, f32 accumulate, bf16 out; timed with CUDA events) are registered only in a
-// CUDA build with a visible GPU. Shapes, at tokens = 2048 (CUDA also 8192 with hidden 8192), for
+// CUDA build with a visible GPU. Shapes, at tokens = 2048 (CPU hidden 128 to 2048; CUDA hidden
+// 1024, 2048 and, at tokens 8192, 8192), for
 // hidden h and tensor-parallel size tp, row-major, C = op(A) op(B):
 //   qkv_fwd   [tokens x h]      * [3h/tp x h]^T      (ColumnParallelLinear forward)
 //   fc1_fwd   [tokens x h]      * [4h/tp x h]^T
@@ -333,7 +334,8 @@ int main(int argc, char** argv) {
     std::vector<Pair> pairs;
     std::unique_ptr<Backend> cpu = weft::make_cpu_backend();
     for (DType dtype : {DType::kF32, DType::kBF16}) {
-      for (int64_t h : {1024, 2048}) {
+      // The small sizes give the layout planner's efficiency curve (weft_plan --calibrate).
+      for (int64_t h : {128, 256, 512, 1024, 2048}) {
         for (int64_t tp : {1, 2}) {
           for (const GemmShape& s : layer_gemms(kTokens, h, tp)) {
             Pair p{"BM_GemmCpu", "weft", "onednn", shape_key(dtype, kTokens, h, tp, s), s};

@@ -6,6 +6,7 @@
 // (LayerNorm, GeLU, biases, multi-head) and "llama" (RMSNorm, rotary, SwiGLU, grouped-query
 // attention with kv_heads = heads / 2, no biases), at these sizes (tokens = seq * batch):
 //   cpu:  f32 and bf16, small:  hidden 512, 8 heads (llama: 4 kv heads), seq 256, batch 2
+//                       long:   gpt2 only, hidden 512, 8 heads, seq 512 and 1024, batch 1
 //   cuda: bf16, medium: hidden 2048, 16 heads, seq 2048, batch 1
 //               large:  hidden 4096, 32 heads, seq 2048, batch 1
 // The CUDA cases are registered only in a CUDA build with a visible GPU (on every rank).
@@ -45,6 +46,12 @@
 //   gemm_calls        GEMMs per step and rank.
 //   gemm_flops_pct    100 * GEMM FLOPs (all ranks) / the layer FLOPs above: the counted work
 //                     the GEMMs do; the attention core, which is not a GEMM, is the remainder.
+//   attn_share_pct    100 * wall time inside Backend::attention + attention_backward / step time.
+//   attn_GFLOP/s      the attention core's counted FLOPs (6 b h s^2 d: QK^T and PV forward, four
+//                     products backward, causal; the backward's recomputation not counted) / the
+//                     time inside it, mean over ranks.
+//   attn_vs_gemm_pct  100 * attn_GFLOP/s / gemm_GFLOP/s: the fused attention's rate as a share of
+//                     the same layer's GEMM rate at the same dtype.
 // After the run rank 0 prints a summary table (best of rounds or repetitions for throughput,
 // median GEMM share).
 //
@@ -180,6 +187,7 @@ void bm_layer(benchmark::State& state, const LayerCase& c, const Target& target)
   const bool separate_timing = !timed.device().is_cpu();
   timed.set_timing(!separate_timing);
   double slowest_total = 0.0, own_total = 0.0, gemm_seconds = 0.0, gemm_flops = 0.0;
+  double attn_seconds = 0.0, attn_flops = 0.0;
   int64_t gemm_calls = 0;
   const auto timed_step = [&](bool measured) {
     timed.reset();
@@ -195,6 +203,8 @@ void bm_layer(benchmark::State& state, const LayerCase& c, const Target& target)
       gemm_seconds += timed.gemm_seconds();
       gemm_flops += timed.gemm_flops();
       gemm_calls = timed.gemm_calls();
+      attn_seconds += timed.attention_seconds();
+      attn_flops += timed.attention_flops();
     }
   };
   for (auto _ : state) timed_step(true);
@@ -215,6 +225,12 @@ void bm_layer(benchmark::State& state, const LayerCase& c, const Target& target)
   state.counters["gemm_calls"] = static_cast<double>(gemm_calls);
   state.counters["gemm_flops_pct"] =
       100.0 * all_reduce_double(gemm_flops / steps, MPI_SUM) / flops_per_step;
+  const double gemm_rate = gemm_flops / gemm_seconds, attn_rate = attn_flops / attn_seconds;
+  state.counters["attn_share_pct"] =
+      all_reduce_double(100.0 * attn_seconds / own_total, MPI_SUM) / n;
+  state.counters["attn_GFLOP/s"] = all_reduce_double(attn_rate * 1e-9, MPI_SUM) / n;
+  state.counters["attn_vs_gemm_pct"] =
+      all_reduce_double(100.0 * attn_rate / gemm_rate, MPI_SUM) / n;
   state.counters["tp"] = n;
   state.counters["tokens"] = static_cast<double>(tokens);
 }
@@ -252,6 +268,12 @@ std::vector<LayerCase> cpu_cases() {
       cases.push_back({"cpu", "small", preset, dtype, 512, 8, llama ? 4 : 0, 256, 2, 10, ""});
     }
   }
+  // Long sequences, where the attention core is most of the step.
+  for (int64_t seq : {512, 1024}) {
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      cases.push_back({"cpu", "long", "gpt2", dtype, 512, 8, 0, seq, 1, 10, ""});
+    }
+  }
   return cases;
 }
 
@@ -268,20 +290,23 @@ void print_summary(const weft::bench::CollectingReporter& reporter,
                    const std::vector<LayerCase>& cases, int tp) {
   std::printf(
       "\nTransformerLayer forward + backward, tp %d (throughput: best of rounds or "
-      "repetitions; GEMM share: median)\n",
+      "repetitions; GEMM and attention columns: median)\n",
       tp);
-  std::printf("%-5s %-6s %-6s %-5s %6s %5s %5s %4s %12s %10s %10s %10s\n", "dev", "size", "preset",
-              "dtype", "hidden", "seq", "batch", "reps", "tokens/s", "GFLOP/s", "GEMM %",
-              "GEMM GF/s");
+  std::printf("%-5s %-6s %-6s %-5s %6s %5s %5s %4s %12s %10s %10s %10s %8s %10s %11s\n", "dev",
+              "size", "preset", "dtype", "hidden", "seq", "batch", "reps", "tokens/s", "GFLOP/s",
+              "GEMM %", "GEMM GF/s", "attn %", "attn GF/s", "attn/GEMM %");
   for (const LayerCase& c : cases) {
     const double tokens = reporter.max(c.name, "tokens_per_s");
     if (tokens < 0) continue;  // filtered out or failed
-    std::printf("%-5s %-6s %-6s %-5s %6lld %5lld %5lld %4zu %12.0f %10.1f %10.1f %10.1f\n",
-                c.device.c_str(), c.size.c_str(), c.preset.c_str(), weft::dtype_name(c.dtype),
-                static_cast<long long>(c.hidden), static_cast<long long>(c.seq),
-                static_cast<long long>(c.batch), reporter.values(c.name, "tokens_per_s").size(),
-                tokens, reporter.max(c.name, "GFLOP/s"), reporter.median(c.name, "gemm_share_pct"),
-                reporter.median(c.name, "gemm_GFLOP/s"));
+    std::printf(
+        "%-5s %-6s %-6s %-5s %6lld %5lld %5lld %4zu %12.0f %10.1f %10.1f %10.1f %8.1f %10.1f "
+        "%11.1f\n",
+        c.device.c_str(), c.size.c_str(), c.preset.c_str(), weft::dtype_name(c.dtype),
+        static_cast<long long>(c.hidden), static_cast<long long>(c.seq),
+        static_cast<long long>(c.batch), reporter.values(c.name, "tokens_per_s").size(), tokens,
+        reporter.max(c.name, "GFLOP/s"), reporter.median(c.name, "gemm_share_pct"),
+        reporter.median(c.name, "gemm_GFLOP/s"), reporter.median(c.name, "attn_share_pct"),
+        reporter.median(c.name, "attn_GFLOP/s"), reporter.median(c.name, "attn_vs_gemm_pct"));
   }
 }
 

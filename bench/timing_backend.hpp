@@ -1,6 +1,6 @@
 // TimingBackend: a weft::Backend that forwards every call to a wrapped backend and measures the
-// wall time spent inside gemm(), so that a benchmark can split a layer's time exactly into GEMM
-// and everything else.
+// wall time spent inside gemm() and inside the fused attention (forward and backward), so that a
+// benchmark can split a layer's time exactly into GEMM, attention and everything else.
 //
 // On a device with asynchronous streams (CUDA) each gemm() is bracketed by stream
 // synchronizations: the host first waits for the work queued before the GEMM (which is not
@@ -37,12 +37,19 @@ class TimingBackend final : public Backend {
     gemm_seconds_ = 0.0;
     gemm_flops_ = 0.0;
     gemm_calls_ = 0;
+    attention_seconds_ = 0.0;
+    attention_flops_ = 0.0;
   }
   // Since the last reset(): wall time inside gemm() (only while timing is on), and the calls and
   // FLOPs (2 m n k each) of every gemm().
   double gemm_seconds() const { return gemm_seconds_; }
   double gemm_flops() const { return gemm_flops_; }
   int64_t gemm_calls() const { return gemm_calls_; }
+  // The same for attention() and attention_backward(), counting the causal products a model
+  // counts (recomputation in backward excluded): QK^T and PV forward, 2 b h s^2 d FLOPs; dV, dP,
+  // dQ and dK backward, 4 b h s^2 d.
+  double attention_seconds() const { return attention_seconds_; }
+  double attention_flops() const { return attention_flops_; }
 
   // 2 m n k of C = op(A) op(B), op(A) m x k (stored k x m when transpose_a), C m x n.
   static double flops(const GemmArgs& args) {
@@ -82,13 +89,7 @@ class TimingBackend final : public Backend {
       inner_.gemm(args);
       return;
     }
-    const bool async = !inner_.device().is_cpu();
-    if (async) inner_.synchronize();
-    const auto start = std::chrono::steady_clock::now();
-    inner_.gemm(args);
-    if (async) inner_.synchronize();
-    gemm_seconds_ +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    gemm_seconds_ += timed([&] { inner_.gemm(args); });
   }
 
   void add(TensorView out, TensorView a, TensorView b) override { inner_.add(out, a, b); }
@@ -120,13 +121,24 @@ class TimingBackend final : public Backend {
     inner_.rms_norm_backward(grad_in, grad_gamma, grad_out, in, gamma, rstd);
   }
 
-  void attention(TensorView out, TensorView probs, TensorView qkv,
+  void attention(TensorView out, TensorView lse, TensorView qkv,
                  const AttentionShape& shape) override {
-    inner_.attention(out, probs, qkv, shape);
+    attention_flops_ += 2.0 * causal_products(shape);
+    if (!timing_) {
+      inner_.attention(out, lse, qkv, shape);
+      return;
+    }
+    attention_seconds_ += timed([&] { inner_.attention(out, lse, qkv, shape); });
   }
   void attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
-                          TensorView probs, const AttentionShape& shape) override {
-    inner_.attention_backward(grad_qkv, grad_out, qkv, probs, shape);
+                          TensorView lse, const AttentionShape& shape) override {
+    attention_flops_ += 4.0 * causal_products(shape);
+    if (!timing_) {
+      inner_.attention_backward(grad_qkv, grad_out, qkv, lse, shape);
+      return;
+    }
+    attention_seconds_ +=
+        timed([&] { inner_.attention_backward(grad_qkv, grad_out, qkv, lse, shape); });
   }
   void attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache, TensorView qkv,
                             const AttentionShape& shape, int64_t past) override {
@@ -179,11 +191,29 @@ class TimingBackend final : public Backend {
   }
 
  private:
+  // b h s^2 d: the FLOPs of one causal product (s^2 / 2 of the s^2 d multiply-adds, 2 FLOPs each).
+  static double causal_products(const AttentionShape& s) {
+    return static_cast<double>(s.batch * s.heads * s.head_dim) * static_cast<double>(s.seq) *
+           static_cast<double>(s.seq);
+  }
+  // Seconds that fn took; on an asynchronous device the queued work is waited for before and after.
+  template <typename Fn>
+  double timed(Fn&& fn) {
+    const bool async = !inner_.device().is_cpu();
+    if (async) inner_.synchronize();
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    if (async) inner_.synchronize();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+
   Backend& inner_;
   bool timing_ = true;
   double gemm_seconds_ = 0.0;
   double gemm_flops_ = 0.0;
   int64_t gemm_calls_ = 0;
+  double attention_seconds_ = 0.0;
+  double attention_flops_ = 0.0;
 };
 
 }  // namespace weft::bench

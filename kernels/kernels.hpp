@@ -132,16 +132,17 @@ void launch_rms_norm_backward(T* grad_in, T* grad_gamma, const T* grad_out, cons
                               CudaStreamHandle stream);
 
 // attention.cu. Causal attention over Megatron's grouped qkv layout, with `dims` from
-// check_attention*_args. The scores of one query row live in shared memory: attended positions
-// are limited to kAttentionMaxKeys and head_dim to kAttentionMaxHeadDim (weft::Error beyond).
-constexpr int64_t kAttentionMaxKeys = 8192;
+// check_attention*_args: keys stream through shared memory in tiles with an online softmax, so
+// seq has no limit; head_dim is limited to kAttentionMaxHeadDim (weft::Error beyond). lse
+// [batch, heads, seq] f32 is each query's log-sum-exp, from which the backward recomputes the
+// probabilities.
 constexpr int64_t kAttentionMaxHeadDim = 1024;
 template <typename T>
-void launch_attention(T* out, float* probs, const T* qkv, const AttentionDims& dims,
+void launch_attention(T* out, float* lse, const T* qkv, const AttentionDims& dims,
                       CudaStreamHandle stream);
 // grad_qkv must not alias qkv.
 template <typename T>
-void launch_attention_backward(T* grad_qkv, const T* grad_out, const T* qkv, const float* probs,
+void launch_attention_backward(T* grad_qkv, const T* grad_out, const T* qkv, const float* lse,
                                const AttentionDims& dims, CudaStreamHandle stream);
 // k_cache, v_cache: [batch, kv_heads, capacity, head_dim].
 template <typename T>

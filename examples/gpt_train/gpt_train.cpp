@@ -5,6 +5,7 @@
 //   mpirun -np 4 build/bin/gpt_train --tp 2 --pp 2 --schedule 1f1b --global-batch 16 ...
 //
 // Rank 0 prints one line per step; --log-json writes one JSON object per step per line.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <optional>
 #include <vector>
 
+#include "common/auto_layout.hpp"
 #include "common/flags.hpp"
 #include "common/launch.hpp"
 #include "weft/checkpoint.hpp"
@@ -30,7 +32,7 @@ using weft::TensorView;
 struct Args {
   std::string preset = "gpt2", dtype = "f32", backend = "cpu", data, log_json, save, load, trace;
   std::string tokenizer;
-  std::string schedule = "1f1b", recompute = "none";
+  std::string schedule = "1f1b", recompute = "none", layout = "manual", cluster;
   int64_t tp = 1, pp = 1, virtual_stages = 1, layers = 2, hidden = 128, heads = 4, kv_heads = 0;
   int64_t seq_len = 64;
   bool sequence_parallel = false, tp_comm_overlap = false;
@@ -57,6 +59,11 @@ weft::examples::Flags make_flags(Args& a) {
   f.add("recompute", &a.recompute,
         "activation recomputation: none, selective (the attention core) or full (keep only each "
         "pipeline stage's input)");
+  f.add("layout", &a.layout,
+        "manual (the flags), or auto: the layout planner picks tp, pp, micro-batch, virtual "
+        "stages, sequence parallelism and overlap for the ranks at hand");
+  f.add("cluster", &a.cluster,
+        "with --layout auto: a cluster file or built-in name (default: a quick calibration here)");
   f.add("trace", &a.trace, "write a Chrome/Perfetto trace of the pipeline to this file");
   f.add("layers", &a.layers, "transformer layers");
   f.add("hidden", &a.hidden, "hidden size");
@@ -164,7 +171,62 @@ void report_pipeline(const Args& a, weft::PipelineModel& model, const weft::Para
   if (!a.trace.empty()) std::printf("  trace written to %s\n", a.trace.c_str());
 }
 
-int train(const Args& a, weft::Communicator& mpi_world) {
+// --layout auto: asks the planner for the fastest layout gpt_train can run on these ranks, prints
+// it and the runner-up, and returns the flags set to it and its predicted step time.
+Args auto_layout(Args a, weft::Communicator& world, double* predicted_s) {
+  namespace plan = weft::plan;
+  WEFT_CHECK(a.backend == "cpu" || !a.cluster.empty(), "--layout auto with --backend ", a.backend,
+             " needs --cluster (a cluster file or a "
+             "built-in such as h100-80g-dgx): the quick calibration measures the CPU");
+  weft::GPTConfig config = weft::GPTConfig::preset(a.preset);
+  if (!a.load.empty()) {
+    config = weft::read_checkpoint_info(a.load).config;
+  } else {
+    config.vocab_size = weft::TextDataset::kVocabSize;
+    config.layers = a.layers;
+    config.hidden = a.hidden;
+    config.heads = a.heads;
+    if (a.kv_heads != 0) config.kv_heads = a.kv_heads;
+  }
+  config.finalize(1);
+  plan::Training t;
+  t.model = weft::examples::shape_of(config, a.seq_len);
+  t.gpus = world.size();
+  t.global_batch = a.global_batch > 0 ? a.global_batch : a.micro_batch * world.size();
+  t.bf16 = a.dtype == "bf16";
+  const plan::Cluster cluster = a.cluster.empty() ? weft::examples::quick_calibration(world)
+                                : a.cluster.find(".json") != std::string::npos
+                                    ? plan::load_cluster_file(a.cluster)
+                                    : plan::builtin_cluster(a.cluster);
+  const std::vector<plan::Prediction> ranked = weft::examples::runnable_layouts(t, cluster);
+  WEFT_CHECK(!ranked.empty(), "--layout auto: no layout of ", world.size(),
+             " ranks fits this model (see weft_plan for the reasons)");
+  const plan::Layout& l = ranked.front().layout;
+  if (world.rank() == 0) {
+    std::printf(
+        "layout auto (cluster %s, %zu layouts fit):\n  chosen     %-34s predicted %.1f ms "
+        "per step\n",
+        cluster.name.c_str(), ranked.size(), plan::layout_name(l).c_str(),
+        ranked.front().step_time_s * 1e3);
+    if (ranked.size() > 1) {
+      std::printf("  runner-up  %-34s predicted %.1f ms per step\n",
+                  plan::layout_name(ranked[1].layout).c_str(), ranked[1].step_time_s * 1e3);
+    }
+  }
+  a.tp = l.tp;
+  a.pp = l.pp;
+  a.micro_batch = l.micro_batch;
+  a.global_batch = t.global_batch;
+  a.virtual_stages = l.virtual_stages;
+  a.schedule = l.virtual_stages > 1 ? "interleaved" : "1f1b";
+  a.sequence_parallel = l.sequence_parallel;
+  a.tp_comm_overlap = l.tp_comm_overlap;
+  a.recompute = weft::plan::recompute_name(l.recompute);
+  *predicted_s = ranked.front().step_time_s;
+  return a;
+}
+
+int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
   WEFT_CHECK(!a.data.empty(), "--data FILE is required (any text file)");
   WEFT_CHECK(a.steps > 0 && a.micro_batch > 0 && a.seq_len > 1, "--steps (", a.steps,
              "), --micro-batch (", a.micro_batch, ") must be positive and --seq-len (", a.seq_len,
@@ -276,6 +338,7 @@ int train(const Args& a, weft::Communicator& mpi_world) {
     }
   }
 
+  std::vector<double> step_ms;  // for --layout auto's measured-vs-predicted line
   const int64_t tokens = a.seq_len * a.micro_batch;
   std::vector<int32_t> ids_host(tokens), targets_host(tokens);
   // Micro-batch `mb` of the batch starting at window `first`: each data-parallel rank reads its
@@ -342,6 +405,18 @@ int train(const Args& a, weft::Communicator& mpi_world) {
         if (mfu > 0) line["mfu"] = mfu;
         log_json << line.dump() << "\n" << std::flush;
       }
+      step_ms.push_back(ms);
+      // After the first steps (the first one warms up): measured beside the planner's prediction.
+      if (predicted_s > 0 && (step_ms.size() == 4 || step == a.steps) && step_ms.size() > 1) {
+        std::vector<double> later(step_ms.begin() + 1, step_ms.end());
+        std::sort(later.begin(), later.end());
+        std::printf(
+            "layout auto: measured %.1f ms per step (median of steps 2-%zu), predicted "
+            "%.1f ms (%+.0f%%)\n",
+            later[later.size() / 2], step_ms.size(), predicted_s * 1e3,
+            100.0 * (predicted_s * 1e3 / later[later.size() / 2] - 1));
+        predicted_s = 0;
+      }
     }
     if (a.eval_interval > 0 && (step % a.eval_interval == 0 || step == a.steps)) {
       const float val = model.evaluate(loader(true, grid.dp_rank() * a.eval_batches),
@@ -375,6 +450,15 @@ int main(int argc, char** argv) {
                                         std::printf("%s", flags.usage().c_str());
                                       return 0;
                                     }
-                                    return train(args, world);
+                                    if (args.layout == "auto") {
+                                      double predicted_s = 0;
+                                      const Args chosen = auto_layout(args, world, &predicted_s);
+                                      return train(chosen, world, predicted_s);
+                                    }
+                                    WEFT_CHECK(args.layout == "manual",
+                                               "--layout must be manual "
+                                               "or auto, got '",
+                                               args.layout, "'");
+                                    return train(args, world, 0.0);
                                   });
 }

@@ -21,8 +21,10 @@ struct ParallelAttentionConfig : ParallelConfig {
   float rope_theta = 10000.0f;
   std::string name = "attention";
   float output_init_std = 0.02f;  // GPT-2 scales the output projection by 1/sqrt(2 * layers)
-  // Selective recomputation (Korthikanti et al. 2022): a forward keeps q, k, v and the context
-  // but not the attention core's [batch, heads, seq, seq] state; backward recomputes it.
+  // Selective recomputation. The core's own saved state is already O(batch heads seq) (a
+  // log-sum-exp per query row, not Korthikanti et al.'s seq^2 softmax), so what is left to drop is
+  // the core's output: a forward keeps q, k, v and the log-sum-exp, and backward re-runs the core
+  // forward for the output projection's input (2 s b h / t bytes saved for one attention pass).
   bool recompute_core = false;
 };
 
@@ -41,10 +43,12 @@ class ParallelAttention {
     ColumnParallelLinear::Saved qkv;  // kv_heads divisible by tp: the QKV projection's
     TensorView input;                 // replicated kv: the projections' input (a view)
     Tensor qkv_act;                   // after rotary: what the attention core saw
-    // The attention core's own saved state (the backend op's output for its backward); left
-    // empty by a recompute_core forward and rebuilt in backward.
-    Tensor probs;
-    Tensor context;  // the core's output, the output projection's input
+    // The attention core's own saved state: each query row's f32 log-sum-exp [batch, heads,
+    // seq], from which the backend's backward recomputes the probabilities.
+    Tensor lse;
+    // The core's output, the output projection's input; left empty by a recompute_core forward
+    // (proj.input then empty too) and rebuilt in backward.
+    Tensor context;
     RowParallelLinear::Saved proj;
     int64_t seq = 0, batch = 0;
     bool sequence_parallel = false;

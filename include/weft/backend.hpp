@@ -148,13 +148,16 @@ class Backend {
   virtual void rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out,
                                  TensorView in, TensorView gamma, TensorView rstd) = 0;
 
-  // Causal softmax attention. qkv [seq*batch, shape.qkv_cols()], out [seq*batch, heads*head_dim],
-  // probs [batch, heads, seq, seq] f32: the softmax, saved for backward (entries above the
-  // diagonal are 0). grad_qkv has qkv's layout and is written.
-  virtual void attention(TensorView out, TensorView probs, TensorView qkv,
+  // Causal softmax attention, FlashAttention-style: qkv [seq*batch, shape.qkv_cols()], out
+  // [seq*batch, heads*head_dim], lse [batch, heads, seq] f32: each query's log-sum-exp (natural
+  // log) of its scaled scores over the keys it sees. The backward recomputes the probabilities
+  // from qkv and lse tile by tile (and each row's sum of P dP from them, in f32: the stored 16-bit
+  // out is too coarse for that difference), so the saved state is O(batch * heads * seq) and seq
+  // has no limit beyond memory. grad_qkv has qkv's layout and is written.
+  virtual void attention(TensorView out, TensorView lse, TensorView qkv,
                          const AttentionShape& shape) = 0;
   virtual void attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
-                                  TensorView probs, const AttentionShape& shape) = 0;
+                                  TensorView lse, const AttentionShape& shape) = 0;
   // Inference with a KV cache: stores the keys and values of qkv (the `shape.seq` positions
   // starting at absolute position `past`) into k_cache/v_cache [batch, kv_heads, capacity,
   // head_dim], then attends each query to every cached position up to its own.

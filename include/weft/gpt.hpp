@@ -19,7 +19,7 @@ namespace weft {
 // What a training forward keeps for its backward (Korthikanti et al. 2022).
 enum class Recompute {
   kNone,       // every layer's activations: no recomputation
-  kSelective,  // all but the attention core's [batch, heads, seq, seq] state (recomputed)
+  kSelective,  // all but the attention core's output (its forward re-run in backward)
   kFull,       // only a model (or pipeline stage) input: backward re-runs the whole forward first
 };
 // "none", "selective" or "full"; weft::Error naming the accepted names.
@@ -85,7 +85,7 @@ class TransformerLayer {
 
   // x [seq * batch, hidden], rows ordered (position, batch); must stay alive until backward.
   // Sequence parallel: x and the result are this rank's rows [seq * batch / tp, hidden].
-  // Under Recompute::kSelective the attention core is left out of `saved`.
+  // Under Recompute::kSelective the attention core's output is left out of `saved`.
   Tensor forward(TensorView x, int64_t seq, int64_t batch, DropoutRng& rng, Saved& saved);
   // The same numbers (and dropout draws), keeping nothing.
   Tensor forward(TensorView x, int64_t seq, int64_t batch, DropoutRng& rng);

@@ -251,9 +251,9 @@ class PipelineExecutor {
 //   optimizer.step(lr, clip_coefficient(model.grad_norm(), max_norm));
 //
 // Activation memory follows config.recompute: each in-flight micro-batch's forward keeps its own
-// saved state (GPTModel::Saved), so nothing is recomputed under kNone, only the attention core
-// under kSelective; under kFull a chunk keeps each micro-batch's *stage input* and re-runs its
-// forward before B(mb) unless that backward comes right after F(mb) (Megatron's
+// saved state (GPTModel::Saved), so nothing is recomputed under kNone, only the attention core's
+// forward under kSelective; under kFull a chunk keeps each micro-batch's *stage input* and re-runs
+// its forward before B(mb) unless that backward comes right after F(mb) (Megatron's
 // --recompute-granularity full): with 1F1B nearly every micro-batch on every stage but the last
 // (about +1/3 of the compute, forward = 1 and backward = 2 units), with GPipe all but one
 // micro-batch per chunk. stats() counts them.

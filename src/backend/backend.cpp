@@ -302,36 +302,36 @@ AttentionDims check_attention_shape(const AttentionShape& shape, const char* op)
   return d;
 }
 
-AttentionDims check_attention_args(const TensorView& out, const TensorView& probs,
+AttentionDims check_attention_args(const TensorView& out, const TensorView& lse,
                                    const TensorView& qkv, const AttentionShape& shape,
                                    Device device) {
   const char* op = "attention";
   check_on_device(out, device, op, "out");
-  check_on_device(probs, device, op, "probs");
+  check_on_device(lse, device, op, "lse");
   check_on_device(qkv, device, op, "qkv");
   const AttentionDims d = check_attention_shape(shape, op);
   check_floating(qkv, op, "qkv");
   check_matrix(qkv, d.tokens, d.qkv_cols, qkv.dtype, op, "qkv");
   check_matrix(out, d.tokens, d.out_cols, qkv.dtype, op, "out");
-  check_vector(probs, d.batch * d.heads * d.seq * d.seq, DType::kF32, op, "probs");
+  check_vector(lse, d.batch * d.heads * d.seq, DType::kF32, op, "lse");
   return d;
 }
 
 AttentionDims check_attention_backward_args(const TensorView& grad_qkv, const TensorView& grad_out,
-                                            const TensorView& qkv, const TensorView& probs,
+                                            const TensorView& qkv, const TensorView& lse,
                                             const AttentionShape& shape, Device device) {
   const char* op = "attention_backward";
   check_on_device(grad_qkv, device, op, "grad_qkv");
   check_on_device(grad_out, device, op, "grad_out");
   check_on_device(qkv, device, op, "qkv");
-  check_on_device(probs, device, op, "probs");
+  check_on_device(lse, device, op, "lse");
   const AttentionDims d = check_attention_shape(shape, op);
   check_floating(qkv, op, "qkv");
   check_matrix(qkv, d.tokens, d.qkv_cols, qkv.dtype, op, "qkv");
   check_matrix(grad_qkv, d.tokens, d.qkv_cols, qkv.dtype, op, "grad_qkv");
   check_matrix(grad_out, d.tokens, d.out_cols, qkv.dtype, op, "grad_out");
   WEFT_CHECK(grad_qkv.data != qkv.data, op, ": grad_qkv must not alias qkv (backward reads qkv)");
-  check_vector(probs, d.batch * d.heads * d.seq * d.seq, DType::kF32, op, "probs");
+  check_vector(lse, d.batch * d.heads * d.seq, DType::kF32, op, "lse");
   return d;
 }
 

@@ -76,13 +76,13 @@ struct AttentionDims {
 
 // Positive counts, heads divisible by kv_heads, a finite scale. `op` prefixes the messages.
 AttentionDims check_attention_shape(const AttentionShape& shape, const char* op);
-// qkv [tokens, qkv_cols] floating; out [tokens, heads * head_dim] of qkv's dtype; probs f32 with
-// batch * heads * seq * seq elements.
-AttentionDims check_attention_args(const TensorView& out, const TensorView& probs,
+// qkv [tokens, qkv_cols] floating; out [tokens, heads * head_dim] of qkv's dtype; lse f32 with
+// batch * heads * seq elements.
+AttentionDims check_attention_args(const TensorView& out, const TensorView& lse,
                                    const TensorView& qkv, const AttentionShape& shape,
                                    Device device);
 AttentionDims check_attention_backward_args(const TensorView& grad_qkv, const TensorView& grad_out,
-                                            const TensorView& qkv, const TensorView& probs,
+                                            const TensorView& qkv, const TensorView& lse,
                                             const AttentionShape& shape, Device device);
 // Caches [batch, kv_heads, capacity, head_dim] of qkv's dtype; past >= 0 and past + seq <=
 // capacity. The capacity is k_cache.shape[2].

@@ -157,7 +157,7 @@ void ParallelAttention::check_input(const TensorView& x, int64_t seq, int64_t ba
 
 std::vector<TensorView> ParallelAttention::Saved::views() const {
   std::vector<TensorView> saved = qkv.views();
-  for (const TensorView& v : {input, qkv_act.view(), probs.view(), context.view()}) {
+  for (const TensorView& v : {input, qkv_act.view(), lse.view(), context.view()}) {
     if (v.data != nullptr) saved.push_back(v);
   }
   for (const TensorView& v : proj.views()) saved.push_back(v);
@@ -273,11 +273,11 @@ Tensor ParallelAttention::run_forward(TensorView x, int64_t seq, int64_t batch, 
   // whole sequences (of this rank's heads), and the output projection scatters them again.
   Tensor qkv = project_qkv(x2d, sp, saved);
   if (config_.rotary) backend.rope(qkv, shape, config_.rope_theta, 0, /*inverse=*/false);
-  // The backend op's saved state for its backward (here the probabilities): kept only when a
-  // backward will use it and the core is not recomputed.
-  Tensor probs(backend, Shape({batch, local_heads_, seq, seq}), DType::kF32);
+  // The backend op saves each query row's log-sum-exp for its backward, which recomputes the
+  // probabilities from it (FlashAttention): nothing of size seq^2 is ever kept.
+  Tensor lse(backend, Shape({batch, local_heads_, seq}), DType::kF32);
   Tensor context(backend, Shape({seq * batch, local_heads_ * head_dim_}), config_.dtype);
-  backend.attention(context, probs, qkv, shape);
+  backend.attention(context, lse, qkv, shape);
   if (saved == nullptr) {
     Tensor out = proj_->forward(context);
     out.reshape(x.shape);
@@ -289,8 +289,12 @@ Tensor ParallelAttention::run_forward(TensorView x, int64_t seq, int64_t batch, 
   saved->batch = batch;
   saved->sequence_parallel = sp;
   saved->qkv_act = std::move(qkv);
-  if (!config_.recompute_core) saved->probs = std::move(probs);
-  saved->context = std::move(context);
+  saved->lse = std::move(lse);
+  if (config_.recompute_core) {
+    saved->proj.input = TensorView{};  // the context is dropped; backward recomputes it
+  } else {
+    saved->context = std::move(context);
+  }
   return out;
 }
 
@@ -308,16 +312,18 @@ Tensor ParallelAttention::backward(TensorView grad_output, Saved& saved) {
   Backend& backend = ctx_.backend;
   const AttentionShape shape = local_shape(seq, batch);
 
+  if (!saved.context.defined()) {
+    // Selective recomputation: the attention output again, from the saved q, k, v, for the
+    // output projection's backward (the recomputed log-sum-exp equals the saved one).
+    saved.context = Tensor(backend, Shape({seq * batch, local_heads_ * head_dim_}), config_.dtype);
+    Tensor lse(backend, saved.lse.shape(), DType::kF32);
+    backend.attention(saved.context, lse, saved.qkv_act, shape);
+    saved.proj.input = saved.context.view();
+  }
   const Tensor grad_context =
       proj_->backward(grad_output.reshaped(Shape({tokens, config_.hidden})), saved.proj);
-  if (!saved.probs.defined()) {
-    // Selective recomputation: the attention core again, from the saved q, k, v.
-    saved.probs = Tensor(backend, Shape({batch, local_heads_, seq, seq}), DType::kF32);
-    Tensor context(backend, saved.context.shape(), config_.dtype);
-    backend.attention(context, saved.probs, saved.qkv_act, shape);
-  }
   Tensor grad_qkv(backend, saved.qkv_act.shape(), config_.dtype);
-  backend.attention_backward(grad_qkv, grad_context, saved.qkv_act, saved.probs, shape);
+  backend.attention_backward(grad_qkv, grad_context, saved.qkv_act, saved.lse, shape);
   // The rotation is orthogonal: its backward rotates the q and k gradients back.
   if (config_.rotary) backend.rope(grad_qkv, shape, config_.rope_theta, 0, /*inverse=*/true);
   Tensor grad_input = project_qkv_backward(grad_qkv, saved);

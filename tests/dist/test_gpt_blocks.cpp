@@ -485,7 +485,7 @@ TEST_P(GptAttention, ForwardBackwardMatchesUnshardedReference) {
        {AttnCase{4, 4, false, true}, AttnCase{4, 4, true, true}, AttnCase{4, 2, false, true},
         AttnCase{4, 2, true, true}, AttnCase{4, 1, true, false}}) {
     // Every other case recomputes the attention core in backward (selective recomputation):
-    // the same numbers from a saved state without the probabilities.
+    // the same numbers from a saved state without the attention output.
     const bool recompute_core = case_index++ % 2 == 1;
     SCOPED_TRACE(describe(c) + (recompute_core ? " recompute_core" : ""));
     const AttnDims a = dims_of(c);
@@ -525,7 +525,9 @@ TEST_P(GptAttention, ForwardBackwardMatchesUnshardedReference) {
     Tensor out = layer.forward(x.tensor, kSeq, kBatch, saved);
     ASSERT_EQ(out.shape(), Shape({kTokens, kHidden}));
     expect_close(out, y, "attention output");
-    EXPECT_EQ(saved.probs.defined(), !recompute_core);
+    EXPECT_TRUE(saved.lse.defined());
+    EXPECT_EQ(saved.lse.shape(), Shape({kBatch, layer.local_heads(), kSeq}));
+    EXPECT_EQ(saved.context.defined(), !recompute_core);
 
     // Reference backward.
     const std::vector<double> d_context =

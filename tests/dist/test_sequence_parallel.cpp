@@ -586,8 +586,9 @@ TEST_P(SequenceParallelModelTest, ActivationMemoryMatchesOurSavedSet) {
   // One gpt2 layer in bf16 (2-byte activations), multi-head: what forward keeps for backward,
   // per rank. Without sequence parallelism: the two norm inputs, the QKV and fc1 inputs (2sbh
   // each: 8sbh replicated), q/k/v (6sbh/t), the attention output (2sbh/t), the GeLU input and
-  // output (8sbh/t each), the f32 softmax (4 a s^2 b / t) and the LayerNorms' f32 mean and rstd
-  // (16 sb). With it, all of it / t. Selective recomputation keeps all but the softmax; full
+  // output (8sbh/t each), the attention's f32 log-sum-exp per query row (4 a s b / t; no s^2
+  // softmax) and the LayerNorms' f32 mean and rstd (16 sb). With it, all of it / t. Selective
+  // recomputation keeps all but the attention output (2sbh/t, recomputed in backward); full
   // recomputation of a one-layer stage keeps its input (2sbh, / t with sequence parallelism).
   const int64_t s = 16, b = 2, h = 32, a = 4, t = tp();
   for (Recompute recompute : {Recompute::kNone, Recompute::kSelective, Recompute::kFull}) {
@@ -603,10 +604,10 @@ TEST_P(SequenceParallelModelTest, ActivationMemoryMatchesOurSavedSet) {
       config.finalize(tp());
       DropoutRng rng(1, tp_rank());
       Tensor x = random(Shape({s * b / (sp ? t : 1), h}), 81, DType::kBF16);
-      const int64_t sbh = s * b * h, softmax = 4 * a * s * s * b / t;
-      int64_t expected = sp ? (32 * sbh + 16 * s * b) / t + softmax
-                            : 8 * sbh + 24 * sbh / t + softmax + 16 * s * b;
-      if (recompute == Recompute::kSelective) expected -= softmax;
+      const int64_t sbh = s * b * h;
+      int64_t expected = sp ? (32 * sbh + 4 * a * s * b + 16 * s * b) / t
+                            : 8 * sbh + 24 * sbh / t + 4 * a * s * b / t + 16 * s * b;
+      if (recompute == Recompute::kSelective) expected -= 2 * sbh / t;
       if (recompute == Recompute::kFull) {
         // A middle pipeline stage of one layer.
         GPTModel stage(ctx(), config, GPTStageLayout{0, 1, false, false});

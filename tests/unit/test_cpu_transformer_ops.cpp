@@ -2,6 +2,7 @@
 // written here, each backward against central differences of its forward, plus the properties
 // (KV cache equals full attention, rope's inverse is its transpose, dropout masks, padded vocab).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -267,53 +268,61 @@ struct Layout {
 };
 
 struct AttnRef {
-  Vec out, probs, grad_qkv;
+  Vec out, lse, grad_qkv;
 };
 
+// The straightforward attention in double: each query row's softmax over its keys in full.
 AttnRef reference_attention(const Vec& qkv, const Vec& dout, const AttentionShape& s) {
   const Layout L{s.heads, s.kv_heads, s.head_dim};
   const int64_t S = s.seq, B = s.batch, H = s.heads, D = s.head_dim, C = L.cols();
   const double scale = s.scale != 0.0f ? s.scale : 1.0 / std::sqrt(static_cast<double>(D));
   AttnRef r;
   r.out.assign(S * B * H * D, 0.0);
-  r.probs.assign(B * H * S * S, 0.0);
+  r.lse.assign(B * H * S, 0.0);
   r.grad_qkv.assign(S * B * C, 0.0);
-  auto x = [&](int64_t pos, int64_t b, int64_t col) { return qkv[(pos * B + b) * C + col]; };
+  auto x = [&](int64_t pos, int64_t b, int64_t col) { return &qkv[(pos * B + b) * C + col]; };
+  auto dot_d = [&](const double* a, const double* b) {
+    double sc = 0.0;
+    for (int64_t c = 0; c < D; ++c) sc += a[c] * b[c];
+    return sc;
+  };
+  Vec p(S), dp(S);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t i = 0; i < S; ++i) {
-        Vec p(i + 1);
+        const double* qi = x(i, b, L.q(h));
         double mx = -1e300;
         for (int64_t j = 0; j <= i; ++j) {
-          double sc = 0.0;
-          for (int64_t c = 0; c < D; ++c) sc += x(i, b, L.q(h) + c) * x(j, b, L.k(h) + c);
-          p[j] = scale * sc;
+          p[j] = scale * dot_d(qi, x(j, b, L.k(h)));
           mx = std::max(mx, p[j]);
         }
         double sum = 0.0;
-        for (double& v : p) sum += (v = std::exp(v - mx));
-        for (double& v : p) v /= sum;
+        for (int64_t j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
+        r.lse[(b * H + h) * S + i] = mx + std::log(sum);
+        double* o = &r.out[(i * B + b) * H * D + h * D];
         for (int64_t j = 0; j <= i; ++j) {
-          r.probs[((b * H + h) * S + i) * S + j] = p[j];
-          for (int64_t c = 0; c < D; ++c) {
-            r.out[(i * B + b) * H * D + h * D + c] += p[j] * x(j, b, L.v(h) + c);
-          }
+          p[j] /= sum;
+          const double* vj = x(j, b, L.v(h));
+          for (int64_t c = 0; c < D; ++c) o[c] += p[j] * vj[c];
         }
         if (dout.empty()) continue;
         // dP_j = dout_i . v_j; dS_j = P_j (dP_j - sum_k P_k dP_k).
         const double* go = &dout[(i * B + b) * H * D + h * D];
-        Vec dp(i + 1);
         double pdp = 0.0;
         for (int64_t j = 0; j <= i; ++j) {
-          for (int64_t c = 0; c < D; ++c) dp[j] += go[c] * x(j, b, L.v(h) + c);
+          dp[j] = dot_d(go, x(j, b, L.v(h)));
           pdp += p[j] * dp[j];
         }
+        double* gq = &r.grad_qkv[(i * B + b) * C + L.q(h)];
         for (int64_t j = 0; j <= i; ++j) {
           const double ds = p[j] * (dp[j] - pdp) * scale;
+          const double* kj = x(j, b, L.k(h));
+          double* gk = &r.grad_qkv[(j * B + b) * C + L.k(h)];
+          double* gv = &r.grad_qkv[(j * B + b) * C + L.v(h)];
           for (int64_t c = 0; c < D; ++c) {
-            r.grad_qkv[(i * B + b) * C + L.q(h) + c] += ds * x(j, b, L.k(h) + c);
-            r.grad_qkv[(j * B + b) * C + L.k(h) + c] += ds * x(i, b, L.q(h) + c);
-            r.grad_qkv[(j * B + b) * C + L.v(h) + c] += p[j] * go[c];
+            gq[c] += ds * kj[c];
+            gk[c] += ds * qi[c];
+            gv[c] += p[j] * go[c];
           }
         }
       }
@@ -339,30 +348,73 @@ const AttentionShape kAttentionCases[] = {
     attn_shape(7, 2, 3, 3, 16, 0.3f),  // multi-head, explicit scale
     attn_shape(6, 2, 4, 1, 8),         // multi-query
     attn_shape(1, 4, 2, 2, 4),         // one position
+    attn_shape(300, 2, 4, 2, 16),      // several tiles, partial last tiles (odd length)
 };
+
+// The tiled kernels against the reference at lengths of many tiles (and partial tiles).
+const AttentionShape kLongAttentionCases[] = {
+    attn_shape(1027, 1, 2, 1, 16),  // odd length, multi-query
+    attn_shape(4096, 1, 1, 1, 8),   // 32 x 32 key and query tiles
+};
+
+void expect_attention_matches_reference(Backend& be, const AttentionShape& s, DType dt) {
+  SCOPED_TRACE(::testing::Message() << dtype_name(dt) << " seq " << s.seq << " batch " << s.batch
+                                    << " heads " << s.heads << "/" << s.kv_heads << " d "
+                                    << s.head_dim);
+  const int64_t tokens = s.seq * s.batch;
+  Tensor qkv = random_tensor(be, Shape({tokens, s.qkv_cols()}), dt, 61);
+  Tensor dout = random_tensor(be, Shape({tokens, s.heads * s.head_dim}), dt, 62);
+  Tensor out = poisoned(be, Shape({tokens, s.heads * s.head_dim}), dt);
+  Tensor lse = poisoned(be, Shape({s.batch, s.heads, s.seq}), DType::kF32);
+  be.attention(out, lse, qkv, s);
+  const AttnRef ref = reference_attention(to_host(be, qkv), to_host(be, dout), s);
+  EXPECT_LE(max_rel_error(to_host(be, out), ref.out), tolerance(dt));
+  EXPECT_LE(max_rel_error(to_host(be, lse), ref.lse), tolerance(dt));
+
+  Tensor grad_qkv = poisoned(be, Shape({tokens, s.qkv_cols()}), dt);
+  be.attention_backward(grad_qkv, dout, qkv, lse, s);
+  EXPECT_LE(max_rel_error(to_host(be, grad_qkv), ref.grad_qkv), tolerance(dt));
+}
 
 TEST(TransformerAttention, ForwardAndBackwardMatchReference) {
   auto be = cpu();
   for (const AttentionShape& s : kAttentionCases) {
-    for (DType dt : kDtypes) {
-      SCOPED_TRACE(::testing::Message()
-                   << dtype_name(dt) << " seq " << s.seq << " batch " << s.batch << " heads "
-                   << s.heads << "/" << s.kv_heads << " d " << s.head_dim);
-      const int64_t tokens = s.seq * s.batch;
-      Tensor qkv = random_tensor(*be, Shape({tokens, s.qkv_cols()}), dt, 61);
-      Tensor dout = random_tensor(*be, Shape({tokens, s.heads * s.head_dim}), dt, 62);
-      Tensor out = poisoned(*be, Shape({tokens, s.heads * s.head_dim}), dt);
-      Tensor probs = poisoned(*be, Shape({s.batch, s.heads, s.seq, s.seq}), DType::kF32);
-      be->attention(out, probs, qkv, s);
-      const AttnRef ref = reference_attention(to_host(*be, qkv), to_host(*be, dout), s);
-      EXPECT_LE(max_rel_error(to_host(*be, out), ref.out), tolerance(dt));
-      EXPECT_LE(max_rel_error(to_host(*be, probs), ref.probs), dt == DType::kF32 ? 1e-5 : 1e-2);
-
-      Tensor grad_qkv = poisoned(*be, Shape({tokens, s.qkv_cols()}), dt);
-      be->attention_backward(grad_qkv, dout, qkv, probs, s);
-      EXPECT_LE(max_rel_error(to_host(*be, grad_qkv), ref.grad_qkv), tolerance(dt));
-    }
+    for (DType dt : kDtypes) expect_attention_matches_reference(*be, s, dt);
   }
+}
+
+TEST(TransformerAttention, LongSequencesMatchReference) {
+  auto be = cpu();
+  for (const AttentionShape& s : kLongAttentionCases) {
+    for (DType dt : {DType::kF32, DType::kBF16}) expect_attention_matches_reference(*be, s, dt);
+  }
+}
+
+// Every sum runs in an order fixed by the shapes: one thread and two give the same bits.
+TEST(TransformerAttention, ResultsDoNotDependOnTheThreadCount) {
+  auto be = cpu();
+  const AttentionShape s = attn_shape(300, 2, 4, 2, 16);
+  const int64_t tokens = s.seq * s.batch, out_cols = s.heads * s.head_dim;
+  Tensor qkv = random_tensor(*be, Shape({tokens, s.qkv_cols()}), DType::kF32, 63);
+  Tensor dout = random_tensor(*be, Shape({tokens, out_cols}), DType::kF32, 64);
+  std::vector<Vec> results;
+  for (int threads : {1, 2}) {
+    const int before = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    Tensor out = poisoned(*be, Shape({tokens, out_cols}), DType::kF32);
+    Tensor lse = poisoned(*be, Shape({s.batch, s.heads, s.seq}), DType::kF32);
+    Tensor grad_qkv = poisoned(*be, Shape({tokens, s.qkv_cols()}), DType::kF32);
+    be->attention(out, lse, qkv, s);
+    be->attention_backward(grad_qkv, dout, qkv, lse, s);
+    omp_set_num_threads(before);
+    Vec all = to_host(*be, out);
+    for (const Tensor* t : {&lse, &grad_qkv}) {
+      const Vec v = to_host(*be, *t);
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    results.push_back(std::move(all));
+  }
+  EXPECT_TRUE(results[0] == results[1]);
 }
 
 TEST(TransformerAttention, BackwardIsTheDerivativeOfTheForward) {
@@ -373,15 +425,15 @@ TEST(TransformerAttention, BackwardIsTheDerivativeOfTheForward) {
     Tensor qkv = random_tensor(*be, Shape({tokens, s.qkv_cols()}), DType::kF32, 71);
     Tensor w = random_tensor(*be, Shape({tokens, out_cols}), DType::kF32, 72);
     Tensor out = poisoned(*be, Shape({tokens, out_cols}), DType::kF32);
-    Tensor probs = poisoned(*be, Shape({s.batch, s.heads, s.seq, s.seq}), DType::kF32);
+    Tensor lse = poisoned(*be, Shape({s.batch, s.heads, s.seq}), DType::kF32);
     const Vec wh = to_host(*be, w);
     const Vec fd = numeric_gradient(qkv, [&] {
-      be->attention(out, probs, qkv, s);
+      be->attention(out, lse, qkv, s);
       return dot(to_host(*be, out), wh);
     });
-    be->attention(out, probs, qkv, s);
+    be->attention(out, lse, qkv, s);
     Tensor grad_qkv = poisoned(*be, Shape({tokens, s.qkv_cols()}), DType::kF32);
-    be->attention_backward(grad_qkv, w, qkv, probs, s);
+    be->attention_backward(grad_qkv, w, qkv, lse, s);
     EXPECT_LE(max_rel_error(to_host(*be, grad_qkv), fd), kFdTolerance);
   }
 }
@@ -396,8 +448,8 @@ TEST(TransformerAttention, CachedPrefillThenSingleStepsEqualFullAttention) {
       const int64_t capacity = S + 2;
       Tensor qkv = random_tensor(*be, Shape({S * B, full.qkv_cols()}), dt, 81);
       Tensor expected = poisoned(*be, Shape({S * B, out_cols}), dt);
-      Tensor probs = poisoned(*be, Shape({B, full.heads, S, S}), DType::kF32);
-      be->attention(expected, probs, qkv, full);
+      Tensor lse = poisoned(*be, Shape({B, full.heads, S}), DType::kF32);
+      be->attention(expected, lse, qkv, full);
 
       const Shape cache_shape({B, full.kv_heads, capacity, full.head_dim});
       Tensor k_cache = poisoned(*be, cache_shape, dt), v_cache = poisoned(*be, cache_shape, dt);
@@ -877,16 +929,19 @@ TEST(TransformerErrors, BadArgumentsThrowNamingTheValues) {
 
   AttentionShape s = attn_shape(2, 2, 6, 4, 4);
   Tensor qkv(*be, Shape({4, 48}), f32), out(*be, Shape({4, 24}), f32);
-  Tensor probs(*be, Shape({2, 6, 2, 2}), f32);
-  EXPECT_WEFT_ERROR(be->attention(out, probs, qkv, s), "heads 6", "kv_heads 4");
+  Tensor lse(*be, Shape({2, 6, 2}), f32);
+  EXPECT_WEFT_ERROR(be->attention(out, lse, qkv, s), "heads 6", "kv_heads 4");
   EXPECT_WEFT_ERROR(be->rope(qkv, s, 1e4f, 0, false), "rope", "heads 6", "kv_heads 4");
   s = attn_shape(2, 2, 4, 2, 4);  // qkv_cols = 2 * 4 * 4 = 32
   Tensor qkv32(*be, Shape({4, 32}), f32), out16(*be, Shape({4, 16}), f32);
-  Tensor probs16(*be, Shape({2, 4, 2, 2}), f32);
-  EXPECT_WEFT_ERROR(be->attention(out16, probs16, qkv, s), "attention", "qkv", "[4, 32]");
-  EXPECT_WEFT_ERROR(be->attention(out16, row4, qkv32, s), "probs", "32 elements");
-  EXPECT_WEFT_ERROR(be->attention_backward(qkv, out16, qkv32, probs16, s), "attention_backward",
+  Tensor lse16(*be, Shape({2, 4, 2}), f32);
+  EXPECT_WEFT_ERROR(be->attention(out16, lse16, qkv, s), "attention", "qkv", "[4, 32]");
+  EXPECT_WEFT_ERROR(be->attention(out16, row4, qkv32, s), "lse", "16 elements");
+  EXPECT_WEFT_ERROR(be->attention_backward(qkv, out16, qkv32, lse16, s), "attention_backward",
                     "grad_qkv", "[4, 32]");
+  Tensor grad32(*be, Shape({4, 32}), f32);
+  EXPECT_WEFT_ERROR(be->attention_backward(grad32, out16, qkv32, row4, s), "attention_backward",
+                    "lse", "16 elements");
   Tensor cache(*be, Shape({2, 2, 3, 4}), f32);
   EXPECT_WEFT_ERROR(be->attention_with_cache(out16, cache, cache, qkv32, s, 2),
                     "attention_with_cache", "[2, 4)", "capacity 3");

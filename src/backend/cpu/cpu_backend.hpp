@@ -46,8 +46,9 @@ class CpuBackend final : public Backend {
   void layer_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_beta, TensorView grad_out, TensorView in, TensorView gamma, TensorView mean, TensorView rstd) override;
   void rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma, float eps) override;
   void rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out, TensorView in, TensorView gamma, TensorView rstd) override;
-  void attention(TensorView out, TensorView probs, TensorView qkv, const AttentionShape& shape) override;
-  void attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv, TensorView probs, const AttentionShape& shape) override;
+  // Attention: cpu_attention.cpp.
+  void attention(TensorView out, TensorView lse, TensorView qkv, const AttentionShape& shape) override;
+  void attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv, TensorView lse, const AttentionShape& shape) override;
   void attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache, TensorView qkv, const AttentionShape& shape, int64_t past) override;
   void rope(TensorView qkv, const AttentionShape& shape, float theta, int64_t position_offset, bool inverse) override;
   void embedding(TensorView out, TensorView ids, TensorView table, int64_t vocab_start) override;

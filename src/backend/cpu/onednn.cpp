@@ -2,11 +2,13 @@
 // fused post-ops; when the GeLU input must be kept for backward, the matmul writes it and an
 // eltwise primitive reads it back; the bias gradient is one extra pass over A. A 16-bit matmul
 // that oneDNN cannot run natively on this CPU (f16 without AVX512-FP16; bf16 on AVX2-only parts
-// such as some AMD EPYC VMs) is computed in f32 and rounded back.
+// such as some AMD EPYC VMs) is computed in f32 and rounded back. The fused kernels' tile products
+// have their own cache behind a lock, since those kernels call from every OpenMP thread.
 #include "backend/cpu/onednn.hpp"
 
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <tuple>
 #include <unordered_map>
@@ -37,6 +39,15 @@ dnnl::memory::data_type to_dnnl(DType dtype) {
 // Everything that changes the primitive; alpha and beta are baked into its attributes.
 using MatmulKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, int, int, bool, bool, float,
                              float>;  // m n k ta tb in_dt out_dt bias gelu alpha beta
+
+using TileKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, float, float, int>;
+
+// A tile product's primitive and its operands' descriptors. The scratchpad is the caller's
+// (user mode), so that threads running the same primitive never share one.
+struct TilePrimitive {
+  dnnl::matmul matmul;
+  dnnl::memory::desc a, b, c, scratchpad;
+};
 
 template <typename T>
 std::vector<float> widen(const TensorView& v) {
@@ -69,6 +80,64 @@ struct OneDnn::Impl {
   // Per dtype: false once oneDNN said it has no kernel for it on this CPU (asked once).
   std::map<int, bool> native_matmul;
   std::map<int, bool> native_gelu;
+  std::mutex tile_mutex;
+  std::map<TileKey, TilePrimitive> tiles;
+  std::map<int, bool> native_tile;  // per dtype, asked once
+
+  bool tile_supported(DType dtype) {
+    if (dtype == DType::kF32) return true;
+    std::lock_guard<std::mutex> lock(tile_mutex);
+    const int dt = static_cast<int>(dtype);
+    auto it = native_tile.find(dt);
+    if (it != native_tile.end()) return it->second;
+    bool ok = true;
+    try {
+      Tile probe;
+      probe.m = probe.n = probe.k = 16;
+      probe.dtype = dtype;
+      tile_primitive_locked(probe);
+    } catch (const dnnl::error& e) {
+      if (e.status != dnnl_unimplemented) throw;
+      ok = false;
+    }
+    return native_tile[dt] = ok;
+  }
+  const TilePrimitive& tile_primitive_locked(const Tile& t) {
+    const TileKey key{t.m, t.n, t.k, t.ta, t.tb, t.alpha, t.beta, static_cast<int>(t.dtype)};
+    auto it = tiles.find(key);
+    if (it != tiles.end()) return it->second;
+    using dims = dnnl::memory::dims;
+    const auto dt = to_dnnl(t.dtype);
+    TilePrimitive p;
+    p.a = dnnl::memory::desc(dims{t.m, t.k}, dt, t.ta ? dims{1, t.m} : dims{t.k, 1});
+    p.b = dnnl::memory::desc(dims{t.k, t.n}, dt, t.tb ? dims{1, t.k} : dims{t.n, 1});
+    p.c = dnnl::memory::desc(dims{t.m, t.n}, dnnl::memory::data_type::f32, dims{t.n, 1});
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    if (t.alpha != 1.0f) attr.set_output_scales(0, {t.alpha});
+    dnnl::post_ops ops;
+    if (t.beta != 0.0f) ops.append_sum(t.beta);
+    attr.set_post_ops(ops);
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(p.a, p.b, p.c), attr, engine);
+    p.scratchpad = pd.scratchpad_desc();
+    p.matmul = dnnl::matmul(pd);
+    return tiles.emplace(key, std::move(p)).first->second;
+  }
+  void tile(const Tile& t, const void* a, const void* b, float* c) {
+    const TilePrimitive* p;
+    {
+      std::lock_guard<std::mutex> lock(tile_mutex);
+      p = &tile_primitive_locked(t);  // std::map nodes stay put
+    }
+    thread_local std::vector<char> scratch;
+    if (scratch.size() < p->scratchpad.get_size()) scratch.resize(p->scratchpad.get_size());
+    dnnl::stream stream(engine);  // one per call: never shared between threads
+    p->matmul.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(p->a, engine, const_cast<void*>(a))},
+                               {DNNL_ARG_WEIGHTS, dnnl::memory(p->b, engine, const_cast<void*>(b))},
+                               {DNNL_ARG_DST, dnnl::memory(p->c, engine, c)},
+                               {DNNL_ARG_SCRATCHPAD, dnnl::memory(p->scratchpad, engine,
+                                                                  scratch.data())}});
+  }
 
   dnnl::memory::desc flat(int64_t n, DType dtype) {
     return dnnl::memory::desc({n}, to_dnnl(dtype), dnnl::memory::format_tag::a);
@@ -311,6 +380,20 @@ bool OneDnn::gelu_backward(TensorView grad_in, TensorView grad_out, TensorView i
   if (input.numel() == 0 || !impl_->gelu_supported(input.dtype)) return false;
   impl_->gelu_backward(grad_in, grad_out, input);
   return true;
+}
+
+DType OneDnn::tile_dtype(DType dtype) {
+  return impl_->tile_supported(dtype) ? dtype : DType::kF32;
+}
+
+void OneDnn::tile_matmul(const Tile& tile, const void* a, const void* b, float* c) {
+  if (tile.m == 0 || tile.n == 0) return;
+  try {
+    impl_->tile(tile, a, b, c);
+  } catch (const dnnl::error& e) {
+    WEFT_THROW(ErrorCode::kDnnl, "oneDNN tile matmul failed for m=", tile.m, " n=", tile.n,
+               " k=", tile.k, " (", dtype_name(tile.dtype), "): ", e.what());
+  }
 }
 
 void OneDnn::matmul(const GemmArgs& args) {

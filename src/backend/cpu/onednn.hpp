@@ -1,4 +1,5 @@
-// OneDnn: the CPU backend's oneDNN primitives (matmul with epilogues, GeLU), cached per shape.
+// OneDnn: the CPU backend's oneDNN primitives (matmul with epilogues, GeLU, the tile products of
+// the fused kernels), cached per shape.
 #pragma once
 
 #include <memory>
@@ -17,6 +18,21 @@ class OneDnn {
   // kernel for the dtype, so the caller uses its scalar loop.
   bool gelu(TensorView out, TensorView in);
   bool gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input);
+
+  // One product of the fused kernels' tiles (attention): c = alpha * op(a) op(b) + beta * c with
+  // op(a) [m, k] and op(b) [k, n]; a is stored [m, k] ([k, m] when ta), b [k, n] ([n, k] when tb),
+  // both dense row-major in `dtype`; c is dense row-major f32 [m, n].
+  struct Tile {
+    int64_t m = 0, n = 0, k = 0;
+    bool ta = false, tb = false;
+    float alpha = 1.0f, beta = 0.0f;
+    DType dtype = DType::kF32;
+  };
+  // Safe to call from the threads of an OpenMP region: each call then runs on its own thread.
+  void tile_matmul(const Tile& tile, const void* a, const void* b, float* c);
+  // The dtype tiles of `dtype` activations are multiplied in: itself when oneDNN has a native
+  // matmul for it on this CPU, else f32 (the caller converts).
+  DType tile_dtype(DType dtype);
   std::string version() const;
 
  private:

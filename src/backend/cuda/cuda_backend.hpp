@@ -119,10 +119,10 @@ class CudaBackend final : public Backend {
                 float eps) override;
   void rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out,
                          TensorView in, TensorView gamma, TensorView rstd) override;
-  void attention(TensorView out, TensorView probs, TensorView qkv,
+  void attention(TensorView out, TensorView lse, TensorView qkv,
                  const AttentionShape& shape) override;
   void attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
-                          TensorView probs, const AttentionShape& shape) override;
+                          TensorView lse, const AttentionShape& shape) override;
   void attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache, TensorView qkv,
                             const AttentionShape& shape, int64_t past) override;
   void rope(TensorView qkv, const AttentionShape& shape, float theta, int64_t position_offset,

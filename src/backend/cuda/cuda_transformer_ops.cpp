@@ -89,24 +89,24 @@ void CudaBackend::rms_norm_backward(TensorView grad_in, TensorView grad_gamma, T
 
 // ---- attention ----
 
-void CudaBackend::attention(TensorView out, TensorView probs, TensorView qkv,
+void CudaBackend::attention(TensorView out, TensorView lse, TensorView qkv,
                             const AttentionShape& shape) {
-  const AttentionDims dims = check_attention_args(out, probs, qkv, shape, device());
+  const AttentionDims dims = check_attention_args(out, lse, qkv, shape, device());
   DeviceGuard guard(device_);
   dispatch_storage(qkv.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    launch_attention<T>(out.as<T>(), probs.as<float>(), qkv.as<T>(), dims, current_->get());
+    launch_attention<T>(out.as<T>(), lse.as<float>(), qkv.as<T>(), dims, current_->get());
   });
 }
 
 void CudaBackend::attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
-                                     TensorView probs, const AttentionShape& shape) {
+                                     TensorView lse, const AttentionShape& shape) {
   const AttentionDims dims =
-      check_attention_backward_args(grad_qkv, grad_out, qkv, probs, shape, device());
+      check_attention_backward_args(grad_qkv, grad_out, qkv, lse, shape, device());
   DeviceGuard guard(device_);
   dispatch_storage(qkv.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    launch_attention_backward<T>(grad_qkv.as<T>(), grad_out.as<T>(), qkv.as<T>(), probs.as<float>(),
+    launch_attention_backward<T>(grad_qkv.as<T>(), grad_out.as<T>(), qkv.as<T>(), lse.as<float>(),
                                  dims, current_->get());
   });
 }

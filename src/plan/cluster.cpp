@@ -1,0 +1,356 @@
+// Clusters for the planner: the built-in DGX descriptions, JSON cluster files, and "this
+// machine" calibrated from weft's own bench_gemm and bench_collectives JSON.
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+
+#include "weft/error.hpp"
+#include "weft/plan.hpp"
+
+namespace weft::plan {
+
+void Cluster::check() const {
+  const std::pair<const char*, double> fields[] = {
+      {"peak_tflops_bf16", peak_tflops_bf16},
+      {"peak_tflops_f32", peak_tflops_f32},
+      {"gemm_efficiency_max", gemm_efficiency_max},
+      {"memory_gib", memory_gib},
+      {"memory_bandwidth_gbps", memory_bandwidth_gbps},
+      {"devices_per_node", static_cast<double>(devices_per_node)},
+      {"intra_node.bandwidth_gbps", intra_node.bandwidth_gbps},
+      {"inter_node.bandwidth_gbps", inter_node.bandwidth_gbps}};
+  for (const auto& [field, value] : fields) {
+    WEFT_CHECK(std::isfinite(value) && value > 0, "cluster '", name, "': ", field, " (", value,
+               ") must be positive");
+  }
+  const std::pair<const char*, double> non_negative[] = {
+      {"gemm_half_dim", gemm_half_dim},
+      {"intra_node.latency_us", intra_node.latency_us},
+      {"inter_node.latency_us", inter_node.latency_us},
+      {"tp_overlap_efficiency", tp_overlap_efficiency}};
+  for (const auto& [field, value] : non_negative) {
+    WEFT_CHECK(std::isfinite(value) && value >= 0, "cluster '", name, "': ", field, " (", value,
+               ") must not be negative");
+  }
+  WEFT_CHECK(gemm_efficiency_max <= 1 && tp_overlap_efficiency <= 1, "cluster '", name,
+             "': gemm_efficiency_max (", gemm_efficiency_max, ") and tp_overlap_efficiency (",
+             tp_overlap_efficiency, ") are fractions, at most 1");
+}
+
+// Hardware facts from the vendors' data sheets; link bandwidths are the bus bandwidths
+// nccl-tests reports on these systems (per GPU), latencies per ring step. One GEMM efficiency
+// curve per GPU generation: the share of peak a Megatron-era GEMM reaches (large shapes about
+// 0.75 on A100 and H100 with cuBLAS(Lt); half of it at a smallest dimension of about 100).
+std::vector<std::string> builtin_cluster_names() {
+  return {"a100-80g-dgx", "h100-80g-dgx", "v100-32g-dgx2"};
+}
+
+Cluster builtin_cluster(const std::string& name) {
+  Cluster c;
+  c.name = name;
+  if (name == "a100-80g-dgx") {
+    c.description = "DGX A100 80GB: 8 A100 SXM per node, NVSwitch (NVLink 3), 8x HDR 200 Gb/s";
+    c.peak_tflops_bf16 = 312;  // dense bf16/fp16 tensor cores
+    c.peak_tflops_f32 = 156;   // TF32 tensor cores
+    c.gemm_efficiency_max = 0.75;
+    c.gemm_half_dim = 96;
+    c.memory_gib = 80;
+    c.memory_bandwidth_gbps = 0.8 * 2039;  // HBM2e 2039 GB/s, element-wise kernels reach ~80%
+    c.devices_per_node = 8;
+    c.intra_node = {230, 3};  // NVLink 3 all-reduce busbw
+    c.inter_node = {23, 10};  // one 200 Gb/s HDR port per GPU
+    c.tp_overlap_efficiency = 0.8;
+  } else if (name == "h100-80g-dgx") {
+    c.description = "DGX H100: 8 H100 SXM per node, NVSwitch (NVLink 4), 8x NDR 400 Gb/s";
+    c.peak_tflops_bf16 = 989;
+    c.peak_tflops_f32 = 494.7;    // TF32
+    c.gemm_efficiency_max = 0.8;  // best cuBLASLt bf16 matmul about 795 TFLOP/s
+    c.gemm_half_dim = 128;
+    c.memory_gib = 80;
+    c.memory_bandwidth_gbps = 0.8 * 3350;
+    c.devices_per_node = 8;
+    c.intra_node = {370, 3};        // NVLink 4 all-gather / reduce-scatter busbw
+    c.inter_node = {46, 10};        // one 400 Gb/s NDR port per GPU
+    c.tp_overlap_efficiency = 0.8;  // Flux hides about 80% of the all-gather
+  } else if (name == "v100-32g-dgx2") {
+    c.description = "DGX-2H: 16 V100 SXM3 32GB per node, NVSwitch (NVLink 2), 8x EDR 100 Gb/s";
+    c.peak_tflops_bf16 = 125;  // fp16 tensor cores (V100 has no bf16; mixed precision is fp16)
+    c.peak_tflops_f32 = 15.7;
+    c.gemm_efficiency_max = 0.75;
+    c.gemm_half_dim = 96;
+    c.memory_gib = 32;
+    c.memory_bandwidth_gbps = 0.8 * 900;
+    c.devices_per_node = 16;
+    c.intra_node = {120, 3};
+    c.inter_node = {5.5, 10};  // 8 x 100 Gb/s per 16 GPUs
+    c.tp_overlap_efficiency = 0.8;
+  } else {
+    std::string known;
+    for (const std::string& n : builtin_cluster_names()) known += " " + n;
+    WEFT_THROW(ErrorCode::kInvalidArgument, "unknown cluster '", name, "': built-ins are", known,
+               ", this-machine (with --calibrate DIR), or a JSON file");
+  }
+  c.check();
+  return c;
+}
+
+namespace {
+
+double number_field(const nlohmann::json& j, const std::string& key, const std::string& origin) {
+  WEFT_CHECK(j.contains(key), "cluster file ", origin, ": missing field '", key, "'");
+  WEFT_CHECK(j.at(key).is_number(), "cluster file ", origin, ": field '", key,
+             "' must be a number, got ", j.at(key).dump());
+  const double v = j.at(key).get<double>();
+  WEFT_CHECK(v >= 0, "cluster file ", origin, ": field '", key, "' (", v, ") must not be negative");
+  return v;
+}
+
+Link link_field(const nlohmann::json& j, const std::string& key, const std::string& origin) {
+  WEFT_CHECK(j.contains(key) && j.at(key).is_object(), "cluster file ", origin,
+             ": missing object '", key, "' {bandwidth_gbps, latency_us}");
+  return {number_field(j.at(key), "bandwidth_gbps", origin + " " + key),
+          number_field(j.at(key), "latency_us", origin + " " + key)};
+}
+
+}  // namespace
+
+Cluster cluster_from_json(const std::string& json_text, const std::string& origin) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(json_text);
+  } catch (const nlohmann::json::exception& e) {
+    WEFT_THROW(ErrorCode::kInvalidArgument, "cluster file ", origin,
+               " is not valid JSON: ", e.what());
+  }
+  WEFT_CHECK(j.is_object(), "cluster file ", origin, ": expected a JSON object");
+  Cluster c;
+  c.name = j.value("name", origin);
+  c.description = j.value("description", "");
+  c.peak_tflops_bf16 = number_field(j, "peak_tflops_bf16", origin);
+  c.peak_tflops_f32 = number_field(j, "peak_tflops_f32", origin);
+  c.gemm_efficiency_max = number_field(j, "gemm_efficiency_max", origin);
+  c.gemm_half_dim = number_field(j, "gemm_half_dim", origin);
+  c.memory_gib = number_field(j, "memory_gib", origin);
+  c.memory_bandwidth_gbps = number_field(j, "memory_bandwidth_gbps", origin);
+  const double devices = number_field(j, "devices_per_node", origin);
+  WEFT_CHECK(devices == std::floor(devices), "cluster file ", origin, ": devices_per_node (",
+             devices, ") must be a whole number");
+  c.devices_per_node = static_cast<int64_t>(devices);
+  c.intra_node = link_field(j, "intra_node", origin);
+  c.inter_node = link_field(j, "inter_node", origin);
+  c.tp_overlap_efficiency = number_field(j, "tp_overlap_efficiency", origin);
+  if (j.contains("shared_node")) {
+    WEFT_CHECK(j.at("shared_node").is_boolean(), "cluster file ", origin,
+               ": shared_node must be true or false");
+    c.shared_node = j.at("shared_node").get<bool>();
+  }
+  c.check();
+  return c;
+}
+
+Cluster load_cluster_file(const std::string& path) {
+  std::ifstream in(path);
+  WEFT_CHECK(in.good(), "cannot read cluster file '", path, "'");
+  std::stringstream text;
+  text << in.rdbuf();
+  return cluster_from_json(text.str(), path);
+}
+
+std::string cluster_to_json(const Cluster& c) {
+  nlohmann::json j{
+      {"name", c.name},
+      {"description", c.description},
+      {"peak_tflops_bf16", c.peak_tflops_bf16},
+      {"peak_tflops_f32", c.peak_tflops_f32},
+      {"gemm_efficiency_max", c.gemm_efficiency_max},
+      {"gemm_half_dim", c.gemm_half_dim},
+      {"memory_gib", c.memory_gib},
+      {"memory_bandwidth_gbps", c.memory_bandwidth_gbps},
+      {"devices_per_node", c.devices_per_node},
+      {"intra_node",
+       {{"bandwidth_gbps", c.intra_node.bandwidth_gbps}, {"latency_us", c.intra_node.latency_us}}},
+      {"inter_node",
+       {{"bandwidth_gbps", c.inter_node.bandwidth_gbps}, {"latency_us", c.inter_node.latency_us}}},
+      {"tp_overlap_efficiency", c.tp_overlap_efficiency},
+      {"shared_node", c.shared_node}};
+  return j.dump(2);
+}
+
+// ---------------------------------------------------------------- calibration
+
+namespace {
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  WEFT_CHECK(in.good(), "calibration: cannot read '", path, "'");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    WEFT_THROW(ErrorCode::kInvalidArgument, "calibration: '", path,
+               "' is not valid JSON: ", e.what());
+  }
+  return {};
+}
+
+// The per-iteration rows of a Google Benchmark JSON file (not the mean/median aggregates, not
+// failed runs).
+std::vector<nlohmann::json> runs(const nlohmann::json& j, const std::string& path) {
+  WEFT_CHECK(j.contains("benchmarks") && j.at("benchmarks").is_array(), "calibration: '", path,
+             "' has no benchmarks array (Google Benchmark JSON expected)");
+  std::vector<nlohmann::json> out;
+  for (const nlohmann::json& b : j.at("benchmarks")) {
+    if (b.value("run_type", "iteration") != "iteration" || b.value("error_occurred", false)) {
+      continue;
+    }
+    out.push_back(b);
+  }
+  return out;
+}
+
+}  // namespace
+
+Cluster calibrate_from_samples(const std::vector<GemmRate>& gemms,
+                               const std::vector<CollectiveSample>& collectives,
+                               double memory_bandwidth_gbps, double memory_gib,
+                               const std::string& description) {
+  Cluster c;
+  c.name = "this-machine";
+  c.description = description;
+  c.shared_node = true;
+  c.memory_gib = memory_gib;
+  c.memory_bandwidth_gbps = memory_bandwidth_gbps;
+  c.devices_per_node = 1024;  // every rank on this node
+  c.tp_overlap_efficiency = 0.5;
+
+  // Fit rate(d) = A d / (d + d_half), relative errors weighing every shape alike: for each d_half
+  // on a grid the best A is a closed-form least squares. A is this machine's peak (efficiency 1
+  // at large d), slightly above the best rate measured.
+  std::vector<GemmRate> f32, bf16;
+  for (const GemmRate& g : gemms) (g.bf16 ? bf16 : f32).push_back(g);
+  WEFT_CHECK(!f32.empty(), "calibration: no f32 GEMM rates measured");
+  auto fit = [](const std::vector<GemmRate>& pts, double half, double* residual) {
+    double num = 0, den = 0;  // minimise sum ((A x - y) / y)^2
+    for (const GemmRate& g : pts) {
+      const double x = g.smallest_dim / (g.smallest_dim + half) / g.gflops;
+      num += x;
+      den += x * x;
+    }
+    const double a = num / den;
+    *residual = 0;
+    for (const GemmRate& g : pts) {
+      const double r = a * g.smallest_dim / (g.smallest_dim + half) / g.gflops - 1;
+      *residual += r * r;
+    }
+    return a;
+  };
+  double best_residual = std::numeric_limits<double>::infinity();
+  for (double half = 0; half <= 4096; half += 1) {
+    double residual = 0;
+    const double a = fit(f32, half, &residual);
+    if (residual < best_residual - 1e-15) {
+      best_residual = residual;
+      c.peak_tflops_f32 = a / 1e3;
+      c.gemm_half_dim = half;
+    }
+  }
+  double ignored = 0;
+  c.peak_tflops_bf16 =
+      bf16.empty() ? c.peak_tflops_f32 : fit(bf16, c.gemm_half_dim, &ignored) / 1e3;
+  c.gemm_efficiency_max = 1;
+
+  // Collectives: time = steps x latency + factor x bytes / bandwidth, least squares relative to
+  // each time (small and large messages weigh alike).
+  double a11 = 0, a12 = 0, a22 = 0, r1 = 0, r2 = 0;
+  for (const CollectiveSample& s : collectives) {
+    const double n = static_cast<double>(s.n);
+    // The model's own steps and factor: the time of 1 byte-per-bandwidth and 1 latency.
+    const double steps = collective_time_s(s.kind, 0, s.n, Link{1, 1e6});
+    const double factor = collective_time_s(s.kind, 1e9, s.n, Link{1, 0});
+    WEFT_CHECK(n >= 2 && s.seconds > 0 && s.bytes > 0,
+               "calibration: a collective sample needs "
+               "n >= 2 (",
+               n, "), bytes (", s.bytes, ") and seconds (", s.seconds, ") > 0");
+    const double x1 = steps / s.seconds, x2 = factor * s.bytes / s.seconds;
+    a11 += x1 * x1;
+    a12 += x1 * x2;
+    a22 += x2 * x2;
+    r1 += x1;
+    r2 += x2;
+  }
+  if (collectives.empty()) {
+    c.intra_node = {memory_bandwidth_gbps, 0};
+  } else {
+    const double det = a11 * a22 - a12 * a12;
+    double alpha = det > 0 ? (r1 * a22 - r2 * a12) / det : -1;
+    double inv_bw = det > 0 ? (a11 * r2 - a12 * r1) / det : 0;
+    if (alpha < 0 || inv_bw <= 0) {  // one size, or a degenerate fit: bandwidth alone
+      alpha = 0;
+      inv_bw = r2 / a22;
+    }
+    c.intra_node = {1e-9 / inv_bw, alpha * 1e6};
+  }
+  c.inter_node = c.intra_node;
+  c.check();
+  return c;
+}
+
+Cluster calibrate_cluster(const std::string& bench_gemm_json, const std::string& collectives_json,
+                          double memory_bandwidth_gbps, double memory_gib) {
+  // GEMMs: bench_gemm's weft rows BM_GemmCpu/weft/<dtype>/T<tokens>_h<h>_tp<tp>/<op>[/real_time],
+  // the best repetition of each.
+  const nlohmann::json gemm = read_json(bench_gemm_json);
+  const std::regex name(R"(BM_Gemm\w+/weft/(\w+)/T(\d+)_h(\d+)_tp(\d+)/(\w+)(/real_time)?)");
+  std::map<std::string, GemmRate> best;  // by name
+  for (const nlohmann::json& b : runs(gemm, bench_gemm_json)) {
+    std::smatch match;
+    const std::string n = b.value("name", "");
+    if (!std::regex_match(n, match, name) || !b.contains("GFLOP/s")) continue;
+    const double tokens = std::stod(match[2]), h = std::stod(match[3]), tp = std::stod(match[4]);
+    const std::string op = match[5];
+    const double wide = (op == "qkv_fwd" ? 3 : 4) * h / tp;  // the split dimension
+    GemmRate& g = best[n];
+    g.bf16 = match[1] == "bf16";
+    g.smallest_dim = std::min({tokens, h, wide});
+    g.gflops = std::max(g.gflops, b.at("GFLOP/s").get<double>());
+  }
+  std::vector<GemmRate> rates;
+  for (const auto& [n, g] : best) rates.push_back(g);
+  WEFT_CHECK(!rates.empty(), "calibration: '", bench_gemm_json,
+             "' holds no weft GEMM rows (run bench_gemm)");
+
+  // Collectives: bench_collectives' MPI rows.
+  const nlohmann::json coll = read_json(collectives_json);
+  const int64_t n =
+      coll.contains("context") ? std::stoll(coll.at("context").value("ranks", "0")) : 0;
+  WEFT_CHECK(n >= 2, "calibration: '", collectives_json, "' was measured on ", n,
+             " rank(s); run bench_collectives on 2 or more");
+  std::vector<CollectiveSample> samples;
+  for (const nlohmann::json& b : runs(coll, collectives_json)) {
+    const std::string nm = b.value("name", "");
+    if (nm.find("/mpi/") == std::string::npos || !b.contains("size")) continue;
+    CollectiveSample s;
+    s.kind = nm.rfind("BM_AllReduce", 0) == 0   ? Collective::kAllReduce
+             : nm.rfind("BM_AllGather", 0) == 0 ? Collective::kAllGather
+                                                : Collective::kReduceScatter;
+    s.bytes = b.at("size").get<double>();
+    s.n = n;
+    const std::string unit = b.value("time_unit", "ns");
+    s.seconds = b.at("real_time").get<double>() * (unit == "us"   ? 1e-6
+                                                   : unit == "ms" ? 1e-3
+                                                   : unit == "s"  ? 1.0
+                                                                  : 1e-9);
+    samples.push_back(s);
+  }
+  WEFT_CHECK(samples.size() >= 2, "calibration: '", collectives_json,
+             "' holds fewer than 2 MPI collective rows");
+  return calibrate_from_samples(
+      rates, samples, memory_bandwidth_gbps, memory_gib,
+      "this machine, calibrated from " + bench_gemm_json + " and " + collectives_json);
+}
+
+}  // namespace weft::plan
