@@ -27,8 +27,9 @@ using weft::Tensor;
 using weft::TensorView;
 
 struct Args {
-  std::string preset = "gpt2", dtype = "f32", backend = "cpu", data, log_json, save, load, trace;
+  std::string preset = "gpt2", dtype = "f32", data, log_json, save, load, trace;
   std::string schedule = "1f1b";
+  weft::examples::EngineFlags engine;  // --backend, --comm
   int64_t tp = 1, pp = 1, virtual_stages = 1, layers = 2, hidden = 128, heads = 4, kv_heads = 0;
   int64_t seq_len = 64;
   bool sequence_parallel = false, tp_comm_overlap = false;
@@ -70,7 +71,7 @@ weft::examples::Flags make_flags(Args& a) {
   f.add("seed", &a.seed, "seed of initialization, data order and dropout");
   f.add("dtype", &a.dtype, "f32 or bf16 (compute; master weights stay f32)");
   f.add("dropout", &a.dropout, "dropout probability");
-  f.add("backend", &a.backend, "cpu (MPI + oneDNN) or cuda (NCCL + cuBLASLt)");
+  a.engine.add_to(f);
   f.add("data", &a.data, "text file to train on (byte-level tokens)");
   f.add("log-json", &a.log_json, "write one JSON object per step to this file (rank 0)");
   f.add("save", &a.save, "save a checkpoint to this directory at the end");
@@ -162,9 +163,9 @@ int train(const Args& a, weft::Communicator& mpi_world) {
              ") at least 2");
   WEFT_CHECK(a.save_interval == 0 || !a.save.empty(), "--save-interval needs --save DIR");
 
-  weft::examples::Launch launch = weft::examples::launch(a.backend, mpi_world);
-  weft::Backend& backend = *launch.backend;
-  weft::ParallelGrid grid(*launch.world, static_cast<int>(a.tp), static_cast<int>(a.pp));
+  const weft::Runtime runtime = weft::examples::launch(a.engine, mpi_world);
+  weft::Backend& backend = *runtime.backend;
+  weft::ParallelGrid grid(*runtime.world, static_cast<int>(a.tp), static_cast<int>(a.pp));
   const weft::ScheduleKind schedule = weft::parse_schedule(a.schedule);
   WEFT_CHECK(a.virtual_stages == 1 || (a.virtual_stages > 1 && a.pp > 1), "--virtual-stages (",
              a.virtual_stages, ") must be 1, or more than 1 with --pp > 1");
@@ -235,7 +236,7 @@ int train(const Args& a, weft::Communicator& mpi_world) {
         mpi_world.size(), grid.tp_size(), grid.pp_size(), static_cast<long long>(dp),
         weft::schedule_name(schedule), static_cast<long long>(a.virtual_stages),
         config.sequence_parallel ? ", sequence parallel" : "",
-        config.tp_comm_overlap ? ", TP comm overlap" : "", backend.name().c_str(),
+        config.tp_comm_overlap ? ", TP comm overlap" : "", runtime.description.c_str(),
         static_cast<long long>(global_batch), static_cast<long long>(a.seq_len),
         static_cast<long long>(micro_batches), static_cast<long long>(a.micro_batch),
         a.data.c_str(), static_cast<long long>(data.size()));
@@ -287,7 +288,7 @@ int train(const Args& a, weft::Communicator& mpi_world) {
         weft::all_reduce_scalar(grid.dp(), backend, loss, weft::ReduceOp::kSum) /
         static_cast<float>(dp);
     const double ms = weft::all_reduce_scalar(
-        *launch.world, backend,
+        *runtime.world, backend,
         std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - start).count(),
         weft::ReduceOp::kMax);
     const double tokens_per_s = tokens_per_step / (ms / 1e3);

@@ -1,7 +1,9 @@
 // Communicator: collectives and point-to-point over a group of ranks. Moves bytes, no math
-// beyond the reduction. Implementations: MPI (host buffers), NCCL (GPU buffers), self (one rank).
+// beyond the reduction. Implementations: MPI (host buffers), NCCL (GPU buffers), MPI staged
+// through pinned host memory (GPU buffers, ranks may share a GPU), self (one rank).
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -38,7 +40,7 @@ class Communicator {
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  virtual std::string name() const = 0;  // "mpi", "nccl", "self"
+  virtual std::string name() const = 0;  // "mpi", "nccl", "mpi-staged", "self"
   // The device kind whose memory this communicator's buffers must live in.
   virtual DeviceKind buffer_device() const = 0;
 
@@ -116,5 +118,14 @@ std::unique_ptr<Communicator> make_self_communicator();
 // An NCCL communicator over the same ranks as `bootstrap` (the unique id is broadcast through it),
 // with GPU buffers on `device`. Throws weft::Error when weft was built without CUDA.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device);
+// A communicator over the same ranks as `host` (collective: it keeps a split of it) that moves GPU
+// buffers on `device` by staging them through pinned host memory: each operation copies the
+// device buffer to the host on the caller's stream (after the work queued there), runs `host`'s
+// operation on the copy and copies the result back; every call returns with its device writes
+// complete, like MPI's. Slower than NCCL, but ranks may share a GPU, which NCCL refuses. Large
+// buffers travel in chunks of `staging_bytes` (0: 4 MiB). Named "<host>-staged" ("mpi-staged").
+// Throws weft::Error when weft was built without CUDA or `device` does not exist.
+std::unique_ptr<Communicator> make_staged_communicator(Communicator& host, int device,
+                                                       size_t staging_bytes = 0);
 
 }  // namespace weft

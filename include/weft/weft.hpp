@@ -25,5 +25,6 @@
 #include "weft/partition.hpp"
 #include "weft/pipeline.hpp"
 #include "weft/rng.hpp"
+#include "weft/runtime.hpp"
 #include "weft/shape.hpp"
 #include "weft/tensor.hpp"
