@@ -1,7 +1,8 @@
 // The engine of the distributed tests and the worlds they share, set up once by dist_main.cpp.
-// WEFT_TEST_BACKEND=cpu|cuda (default cpu) picks the engine for every test: the same layer,
-// model, sequence-parallel, overlap and pipeline tests run on oneDNN + MPI or on a GPU + NCCL
-// (or the staged communicator when the ranks share a GPU), as weft::make_runtime chooses.
+// WEFT_TEST_BACKEND=cpu|cuda|cpu-staged (default cpu) picks the engine for every test: the same
+// layer, model, sequence-parallel, overlap and pipeline tests run on oneDNN + MPI or on a GPU +
+// NCCL (or the staged communicator when the ranks share a GPU), as weft::make_runtime chooses;
+// cpu-staged runs the CPU engine with its world through the staged communicator over host memory.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -19,8 +20,6 @@ namespace weft::testing {
 Communicator& world();
 // MPI over all ranks with host buffers: for the tests' own bookkeeping (names, verdicts).
 Communicator& host_world();
-// "cpu" or "cuda".
-const std::string& engine_name();
 // A fresh backend of the engine (on the GPU the runtime picked).
 std::unique_ptr<Backend> make_test_backend();
 // A group of this rank alone on the engine: the unsharded references.

@@ -10,6 +10,7 @@
 #include <cstdlib>
 
 #include "dist/dist_env.hpp"
+#include "dist/host_staging_engine.hpp"
 
 namespace weft::testing {
 namespace {
@@ -56,7 +57,6 @@ class EngineEnvironment : public ::testing::Environment {
 
 Communicator& world() { return *g_runtime.world; }
 Communicator& host_world() { return *g_host_world; }
-const std::string& engine_name() { return g_engine; }
 
 std::unique_ptr<Backend> make_test_backend() {
   const Device device = g_runtime.backend->device();
@@ -87,15 +87,23 @@ int main(int argc, char** argv) {
       wt::g_engine = engine;
     }
     // Every rank reads the same environment, so every rank stops here alike.
-    if (wt::g_engine != "cpu" && wt::g_engine != "cuda") {
+    if (wt::g_engine != "cpu" && wt::g_engine != "cuda" && wt::g_engine != "cpu-staged") {
       if (rank == 0) {
-        std::fprintf(stderr, "WEFT_TEST_BACKEND must be cpu or cuda, got '%s'\n",
+        std::fprintf(stderr, "WEFT_TEST_BACKEND must be cpu, cuda or cpu-staged, got '%s'\n",
                      wt::g_engine.c_str());
       }
       return 2;
     }
-    const bool available = wt::g_engine == "cpu" || weft::cuda_on_every_rank(*wt::g_host_world);
-    if (available) {
+    const bool available = wt::g_engine != "cuda" || weft::cuda_on_every_rank(*wt::g_host_world);
+    if (wt::g_engine == "cpu-staged") {
+      // The CPU engine with its world through the staged communicator, over host memory with
+      // deferred copies and 1 KiB chunks: the GPU path's staging logic under every test.
+      wt::g_runtime = weft::make_runtime("cpu", *wt::g_host_world);
+      wt::g_runtime.world = weft::make_staged_communicator(
+          wt::g_host_world->split(0, rank), std::make_shared<wt::DeferredHostEngine>(), 1024);
+      wt::g_runtime.description = "cpu + mpi-staged (host memory, deferred copies, 1 KiB chunks)";
+      if (rank == 0) std::printf("dist tests on %s\n", wt::g_runtime.description.c_str());
+    } else if (available) {
       wt::g_runtime = weft::make_runtime(wt::g_engine, *wt::g_host_world);
       if (rank == 0) std::printf("dist tests on %s\n", wt::g_runtime.description.c_str());
     }

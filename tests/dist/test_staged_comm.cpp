@@ -10,50 +10,12 @@
 #include <limits>
 #include <vector>
 
-#include "comm/staged_communicator.hpp"
 #include "common/test_util.hpp"
 #include "dist/dist_env.hpp"
+#include "dist/host_staging_engine.hpp"
 
 namespace weft::testing {
 namespace {
-
-// A copy engine whose "device" is host memory and whose copies are queued, like a stream's, and
-// run only at synchronize(): a staged communicator that hands a staging buffer to MPI, or returns,
-// before synchronizing would send or leave stale bytes, and the exact comparisons below fail.
-// Fresh staging memory is filled with 0xff bytes (NaN in every float format).
-class DeferredHostEngine final : public StagingEngine {
- public:
-  Device device() const override { return Device::cpu(); }
-  void* allocate_host(size_t bytes) override {
-    ++allocations;
-    void* ptr = std::malloc(bytes);
-    if (ptr == nullptr) throw std::bad_alloc();
-    std::memset(ptr, 0xff, bytes);
-    return ptr;
-  }
-  void free_host(void* ptr) noexcept override { std::free(ptr); }
-  void to_host(void* host, const void* device, size_t bytes, Stream&) override {
-    queue_.push_back({host, device, bytes});
-  }
-  void to_device(void* device, const void* host, size_t bytes, Stream&) override {
-    queue_.push_back({device, host, bytes});
-  }
-  void synchronize(Stream&) override {
-    for (const Copy& c : queue_) std::memcpy(c.dst, c.src, c.bytes);
-    queue_.clear();
-  }
-  void synchronize_device() override { synchronize(host_stream()); }
-
-  int allocations = 0;
-
- private:
-  struct Copy {
-    void* dst;
-    const void* src;
-    size_t bytes;
-  };
-  std::vector<Copy> queue_;
-};
 
 // Staging areas: one that holds every buffer below whole, and two that cut them into chunks
 // (16 f32 elements; one element per chunk, the smallest possible).
