@@ -25,15 +25,16 @@ class PendingGroup {
   // only inside MPI calls (a rendezvous transfer of a large message stalls until the receiver
   // calls into MPI), so overlapped code calls this between its chunks of compute.
   virtual bool test() = 0;
-  // MPI, self: the transfers are complete on return. NCCL: work queued afterwards on the stream
-  // passed to send/recv runs after them (the host does not block).
+  // MPI, self: the transfers are complete on return (staged: and copied to the device). NCCL:
+  // work queued afterwards on the stream passed to send/recv runs after them (the host does not
+  // block).
   virtual void wait() = 0;
 };
 
 // Collectives are called by every rank of the group in the same order with matching shapes and
 // dtypes; arguments are checked before anything is sent, so a bad call throws weft::Error on the
 // rank that made it instead of hanging or corrupting the peers. Work is queued on `stream`
-// (NCCL) or completes before return (MPI, self).
+// (NCCL) or completes before return (MPI, staged, self).
 class Communicator {
  public:
   virtual ~Communicator() = default;
