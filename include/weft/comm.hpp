@@ -1,7 +1,9 @@
 // Communicator: collectives and point-to-point over a group of ranks. Moves bytes, no math
-// beyond the reduction. Implementations: MPI (host buffers), NCCL (GPU buffers), self (one rank).
+// beyond the reduction. Implementations: MPI (host buffers), NCCL (GPU buffers), MPI staged
+// through pinned host memory (GPU buffers, ranks may share a GPU), self (one rank).
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -23,22 +25,23 @@ class PendingGroup {
   // only inside MPI calls (a rendezvous transfer of a large message stalls until the receiver
   // calls into MPI), so overlapped code calls this between its chunks of compute.
   virtual bool test() = 0;
-  // MPI, self: the transfers are complete on return. NCCL: work queued afterwards on the stream
-  // passed to send/recv runs after them (the host does not block).
+  // MPI, self: the transfers are complete on return (staged: and copied to the device). NCCL:
+  // work queued afterwards on the stream passed to send/recv runs after them (the host does not
+  // block).
   virtual void wait() = 0;
 };
 
 // Collectives are called by every rank of the group in the same order with matching shapes and
 // dtypes; arguments are checked before anything is sent, so a bad call throws weft::Error on the
 // rank that made it instead of hanging or corrupting the peers. Work is queued on `stream`
-// (NCCL) or completes before return (MPI, self).
+// (NCCL) or completes before return (MPI, staged, self).
 class Communicator {
  public:
   virtual ~Communicator() = default;
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  virtual std::string name() const = 0;  // "mpi", "nccl", "self"
+  virtual std::string name() const = 0;  // "mpi", "nccl", "mpi-staged", "self"
   // The device kind whose memory this communicator's buffers must live in.
   virtual DeviceKind buffer_device() const = 0;
 
@@ -116,5 +119,14 @@ std::unique_ptr<Communicator> make_self_communicator();
 // An NCCL communicator over the same ranks as `bootstrap` (the unique id is broadcast through it),
 // with GPU buffers on `device`. Throws weft::Error when weft was built without CUDA.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device);
+// A communicator over the same ranks as `host` (collective: it keeps a split of it) that moves GPU
+// buffers on `device` by staging them through pinned host memory: each operation copies the
+// device buffer to the host on the caller's stream (after the work queued there), runs `host`'s
+// operation on the copy and copies the result back; every call returns with its device writes
+// complete, like MPI's. Slower than NCCL, but ranks may share a GPU, which NCCL refuses. Large
+// buffers travel in chunks of `staging_bytes` (0: 4 MiB). Named "<host>-staged" ("mpi-staged").
+// Throws weft::Error when weft was built without CUDA or `device` does not exist.
+std::unique_ptr<Communicator> make_staged_communicator(Communicator& host, int device,
+                                                       size_t staging_bytes = 0);
 
 }  // namespace weft

@@ -25,6 +25,7 @@
 #include "weft/partition.hpp"
 #include "weft/pipeline.hpp"
 #include "weft/rng.hpp"
+#include "weft/runtime.hpp"
 #include "weft/shape.hpp"
 #include "weft/tensor.hpp"
 #include "weft/tokenizer.hpp"

@@ -1,4 +1,5 @@
-// Communicator collectives and p2p over MPI, checked exactly on rank-valued buffers.
+// Communicator collectives and p2p on the test engine's communicator (MPI; NCCL or staged on a
+// GPU), checked exactly on rank-valued buffers.
 #include <gtest/gtest.h>
 
 #include "common/test_util.hpp"
@@ -9,17 +10,12 @@ namespace {
 
 class CommTest : public ::testing::TestWithParam<DType> {
  protected:
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend();
+  std::unique_ptr<Backend> cpu_ = make_test_backend();  // the engine's (WEFT_TEST_BACKEND)
   Stream& stream() { return cpu_->stream(); }
 
   // Small integers: exact in every dtype, so every comparison below is exact.
   Tensor filled(int64_t n, std::function<double(int64_t)> value) {
-    std::vector<float> host(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) host[i] = static_cast<float>(value(i));
-    Tensor f32(*cpu_, Shape({n}), DType::kF32), out(*cpu_, Shape({n}), GetParam());
-    std::copy(host.begin(), host.end(), f32.as<float>());
-    cpu_->convert(out, f32);
-    return out;
+    return from_host(*cpu_, Shape({n}), GetParam(), [&](int64_t i) { return value(i); });
   }
   Tensor poisoned(int64_t n) {
     Tensor t(*cpu_, Shape({n}), GetParam());

@@ -1,4 +1,4 @@
-// Entry points of the CUDA backend and NCCL communicator for a build without CUDA.
+// Entry points of the CUDA backend and the GPU communicators for a build without CUDA.
 #include "weft/backend.hpp"
 #include "weft/comm.hpp"
 #include "weft/error.hpp"
@@ -14,6 +14,11 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
 
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, int device) {
   WEFT_THROW(ErrorCode::kInvalidArgument, "NCCL communicator on cuda:", device,
+             " requested, but weft was built without CUDA (no nvcc found at configure time)");
+}
+
+std::unique_ptr<Communicator> make_staged_communicator(Communicator&, int device, size_t) {
+  WEFT_THROW(ErrorCode::kInvalidArgument, "staged communicator on cuda:", device,
              " requested, but weft was built without CUDA (no nvcc found at configure time)");
 }
 
