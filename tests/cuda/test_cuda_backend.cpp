@@ -2,6 +2,7 @@
 // streams and events, and the errors bad calls raise.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -28,6 +29,32 @@ TEST_F(CudaBackendTest, AllocationIsAligned) {
     cuda().deallocate(ptr);
   }
   cuda().deallocate(nullptr);  // a no-op
+}
+
+// A recycled block is poisoned (WEFT_POISON_ALLOCATIONS=1, set for this binary by CMake) on the
+// allocating stream: after its previous owner's last write and before its new owner's first. A
+// poison on another stream (the legacy default stream does not wait for weft's non-blocking
+// streams) could land after the new owner's fill and leave NaN behind.
+TEST_F(CudaBackendTest, PoisonIsOrderedOnTheAllocatingStream) {
+  auto side = cuda().create_stream(StreamPriority::kNormal);
+  Stream& original = cuda().stream();
+  cuda().set_stream(*side);
+  const Shape shape({2048, 2048});
+  for (int round = 0; round < 8; ++round) {
+    SCOPED_TRACE(round);
+    {
+      Tensor previous(cuda(), shape, DType::kF32);
+      cuda().fill(previous, 1.0f);  // still running when its block is handed out again
+    }
+    Tensor fresh(cuda(), shape, DType::kF32);
+    cuda().fill(fresh, 2.0f);
+    const std::vector<float> values = floats_of(fresh);
+    const size_t wrong = static_cast<size_t>(
+        std::count_if(values.begin(), values.end(), [](float v) { return v != 2.0f; }));
+    EXPECT_EQ(wrong, 0u) << "elements not 2 after the fill";
+  }
+  cuda().synchronize();
+  cuda().set_stream(original);
 }
 
 TEST_F(CudaBackendTest, CopyRoundTrip) {

@@ -191,7 +191,11 @@ void* CudaBackend::allocate(size_t bytes) {
     block_sizes_[ptr] = rounded;
   }
   if (poison_allocations()) {
-    WEFT_CHECK_CUDA(cudaMemset(ptr, 0xff, bytes), "poisoning ", bytes, " bytes");
+    // On the current stream, the one that orders this block's reuse: after the previous owner's
+    // last use and before the new tensor's first writer. (cudaMemset would run on the legacy
+    // default stream, which does not synchronize with weft's non-blocking streams.)
+    WEFT_CHECK_CUDA(cudaMemsetAsync(ptr, 0xff, bytes, current_->get()), "poisoning ", bytes,
+                    " bytes");
   }
   return ptr;
 }
