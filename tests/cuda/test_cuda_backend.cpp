@@ -240,6 +240,9 @@ TEST_F(CudaBackendTest, StreamsAndEvents) {
   auto normal = cuda().create_stream(StreamPriority::kNormal);
   auto event = cuda().create_event();
   Stream& original = cuda().stream();
+  // `out` was poisoned on the original stream: the high-priority stream's write must follow it.
+  event->record(original);
+  event->wait(*high);
 
   cuda().set_stream(*high);
   cuda().add(out, a, a);  // out = 2a on the high-priority stream
