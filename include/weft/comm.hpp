@@ -17,7 +17,10 @@ enum class ReduceOp { kSum, kMax, kMin };
 // must not be read; the communicator and (NCCL) the stream passed to send/recv must outlive it.
 class PendingGroup {
  public:
-  // An unwaited group is completed here (errors are logged, never thrown).
+  // An unwaited group is completed here as wait() completes it (errors are logged, never
+  // thrown), so that its buffers may be freed right after, also while an exception unwinds. MPI
+  // blocks until the transfers are done (the peers posted theirs: a ring step's partners did
+  // before their own compute); NCCL orders the stream passed to send/recv after them.
   virtual ~PendingGroup() = default;
   // Advances the transfers without blocking and says whether they are complete. MPI moves data
   // only inside MPI calls (a rendezvous transfer of a large message stalls until the receiver

@@ -188,11 +188,20 @@ class NcclPendingGroup final : public PendingGroup {
  public:
   NcclPendingGroup(int device, cudaEvent_t done, cudaStream_t compute)
       : device_(device), done_(done), compute_(compute) {}
-  // The transfers are already queued: nothing to complete. (Their buffers are freed with
-  // cudaFree, which waits for the device.)
+  // Completes an unwaited group as wait() would: the compute stream waits for the transfers, so
+  // that its later work, and the reuse of the group's buffers once their tensors are freed (the
+  // caching allocator orders reuse by that stream), follows them. This matters after an
+  // exception (overlap.cpp's consume or produce threw): the buffers go back to the cache while
+  // NCCL may still write them. The host does not block, so an error cannot hang here.
   ~NcclPendingGroup() override {
     try {
       DeviceGuard guard(device_);
+      if (!waited_) {
+        const cudaError_t status = cudaStreamWaitEvent(compute_, done_, 0);
+        if (status != cudaSuccess) {
+          WEFT_LOG(kError, "completing an unwaited NCCL group: ", cudaGetErrorString(status));
+        }
+      }
       const cudaError_t status = cudaEventDestroy(done_);
       if (status != cudaSuccess) {
         WEFT_LOG(kError, "cudaEventDestroy: ", cudaGetErrorString(status));
