@@ -166,19 +166,46 @@ void NcclCommunicator::issue(const P2p& op, cudaStream_t stream) {
   }
 }
 
-void NcclCommunicator::group_start() {
-  WEFT_CHECK_NCCL(ncclGroupStart());
-  ++group_depth_;
-}
+namespace {
+
+// One NCCL group around the issue of a weft group's sends and receives. The destructor ends a
+// group that end() did not, so a throwing issue() never leaves the thread inside an open NCCL
+// group (where every later NCCL call of the thread would be deferred, never launched).
+class NcclGroupGuard {
+ public:
+  NcclGroupGuard() { WEFT_CHECK_NCCL(ncclGroupStart()); }
+  ~NcclGroupGuard() {
+    if (open_) ncclGroupEnd();  // unwinding: the group's own error is the one reported
+  }
+  NcclGroupGuard(const NcclGroupGuard&) = delete;
+  NcclGroupGuard& operator=(const NcclGroupGuard&) = delete;
+  // Launches the group's operations.
+  void end(ncclComm_t comm) {
+    open_ = false;
+    WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm));
+  }
+
+ private:
+  bool open_ = true;
+};
+
+}  // namespace
+
+// A weft group only counts its depth and collects the sends and receives: NCCL's group is opened
+// at the outermost end, around their issue, so no exception between group_start and group_end
+// (a bad buffer, a throwing caller) can leave the thread inside an NCCL group.
+void NcclCommunicator::group_start() { ++group_depth_; }
 
 void NcclCommunicator::group_end() {
   WEFT_CHECK(group_depth_ > 0, "group_end without a matching group_start");
-  DeviceGuard guard(device_);
+  if (--group_depth_ > 0) return;
   std::vector<P2p> posted;
-  if (--group_depth_ == 0) posted.swap(posted_);
-  // Issued inside the outermost NCCL group, so they still start together at its end.
+  posted.swap(posted_);
+  if (posted.empty()) return;
+  DeviceGuard guard(device_);
+  NcclGroupGuard group;
   for (const P2p& op : posted) issue(op, op.handle);
-  WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm_));
+  group.end(comm_);
 }
 
 namespace {
@@ -262,16 +289,10 @@ std::unique_ptr<PendingGroup> NcclCommunicator::group_end_async() {
   std::vector<P2p> posted;
   posted.swap(posted_);
   for (const P2p& op : posted) {
-    if (op.handle != posted.front().handle) {
-      ncclGroupEnd();  // nothing was issued into it: close it before reporting
-      WEFT_THROW(ErrorCode::kInvalidArgument,
-                 "nccl group_end_async: the sends and receives of a group must use one stream");
-    }
+    WEFT_CHECK(op.handle == posted.front().handle,
+               "nccl group_end_async: the sends and receives of a group must use one stream");
   }
-  if (posted.empty()) {
-    WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm_));
-    return completed_group();
-  }
+  if (posted.empty()) return completed_group();
   if (comm_stream_ == nullptr) {
     comm_stream_ = std::make_unique<CudaStream>(device_, StreamPriority::kHigh);
   }
@@ -289,10 +310,12 @@ std::unique_ptr<PendingGroup> NcclCommunicator::group_end_async() {
     cudaEventDestroy(ready);
     return status;
   }();
-  if (ordered != cudaSuccess) ncclGroupEnd();
   WEFT_CHECK_CUDA(ordered, "ordering the communication stream after the compute stream");
-  for (const P2p& op : posted) issue(op, comm);
-  WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm_));
+  {
+    NcclGroupGuard group;
+    for (const P2p& op : posted) issue(op, comm);
+    group.end(comm_);
+  }
   WEFT_CHECK_CUDA(cudaEventRecord(done, comm));
   return pending;
 }

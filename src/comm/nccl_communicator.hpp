@@ -44,7 +44,8 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t prepare(const char* op, Stream& stream, const TensorView& a,
                        const TensorView* b = nullptr) const;
 
-  // A send or receive posted inside a group. They are issued at the outermost group end, on the
+  // A send or receive posted inside a group. They are issued at the outermost group end, inside
+  // one NCCL group opened there (collectives called inside a weft group run at once), on the
   // caller's stream (group_end) or on comm_stream_ (group_end_async), which is only known then.
   struct P2p {
     bool send;

@@ -78,6 +78,34 @@ TEST_F(NcclTest, SplitAndBarrier) {
   nccl().barrier();
 }
 
+// NCCL's own group is opened only around the issue at the outermost end, and closed by a guard
+// when that throws: a group that ends in an error, or that an exception abandons before its end,
+// leaves the thread outside any NCCL group, so later collectives are launched, not deferred.
+TEST_F(NcclTest, AFailedOrAbandonedGroupDoesNotHoldBackLaterCollectives) {
+  Tensor host = random_host({64, 32}, DType::kF32, 604);
+  const std::vector<unsigned char> expected = bytes_of(host);
+  Tensor send = to_device(host);
+  auto other = cuda().create_stream(StreamPriority::kNormal);
+
+  Tensor unused = poisoned_device({64, 32}, DType::kF32);
+  nccl().group_start();
+  nccl().send(send, 0, cuda().stream());
+  nccl().recv(unused, 0, *other);
+  EXPECT_THROW(nccl().group_end_async(), Error);  // two streams in one async group
+  Tensor recv = poisoned_device({64, 32}, DType::kF32);
+  nccl().all_reduce(send, recv, ReduceOp::kSum, cuda().stream());
+  EXPECT_TRUE(bitwise_equal(bytes_of(recv), expected)) << "after a failed group end";
+
+  // An exception between group_start and group_end: the caller never ends the group.
+  auto abandoned = make_nccl_communicator(*bootstrap_, 0);
+  abandoned->group_start();
+  Tensor on_host = random_host({64, 32}, DType::kF32, 605);
+  EXPECT_THROW(abandoned->send(on_host, 0, cuda().stream()), Error);  // a host buffer
+  Tensor recv2 = poisoned_device({64, 32}, DType::kF32);
+  nccl().all_reduce(send, recv2, ReduceOp::kSum, cuda().stream());
+  EXPECT_TRUE(bitwise_equal(bytes_of(recv2), expected)) << "while another group is left open";
+}
+
 TEST_F(NcclTest, HostBuffersAreRejected) {
   Tensor host = random_host({4, 4}, DType::kF32, 603);
   EXPECT_THROW(nccl().all_reduce(host, host, ReduceOp::kSum, cuda().stream()), Error);
