@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/device_memory.hpp"
 #include "weft/error.hpp"
 #include "weft/log.hpp"
 
@@ -49,19 +50,7 @@ const char* last_error(ncclComm_t comm) {
 
 }  // namespace
 
-void NcclCommunicator::DeviceFree::operator()(void* ptr) const noexcept {
-  if (ptr == nullptr) return;
-  try {
-    DeviceGuard guard(device);
-    const cudaError_t status = cudaFree(ptr);
-    if (status != cudaSuccess) WEFT_LOG(kError, "cudaFree: ", cudaGetErrorString(status));
-  } catch (...) {
-    // Destructor path: a failure to select the device or to log is dropped.
-  }
-}
-
-NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device)
-    : comm_(comm), device_(device), barrier_buffer_(nullptr, DeviceFree{device}) {
+NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device) : comm_(comm), device_(device) {
   ncclResult_t status = ncclCommUserRank(comm_, &rank_);
   if (status == ncclSuccess) status = ncclCommCount(comm_, &size_);
   if (status != ncclSuccess) {
@@ -78,6 +67,8 @@ NcclCommunicator::~NcclCommunicator() {
       WEFT_LOG(kError, "ncclCommDestroy: ", ncclGetErrorString(status), " (", last_error(comm_),
                ")");
     }
+    // After the barrier's last all-reduce, in its stream's order.
+    if (barrier_buffer_ != nullptr) pool_free(barrier_buffer_, barrier_stream_->get());
   } catch (const std::exception& e) {
     try {
       WEFT_LOG(kError, "NCCL communicator on cuda:", device_, " not destroyed: ", e.what());
@@ -335,15 +326,14 @@ void NcclCommunicator::barrier() {
   DeviceGuard guard(device_);
   if (barrier_stream_ == nullptr) {
     barrier_stream_ = std::make_unique<CudaStream>(device_, StreamPriority::kNormal);
-    void* buffer = nullptr;
-    WEFT_CHECK_CUDA(cudaMalloc(&buffer, sizeof(float)), "barrier buffer on cuda:", device_);
-    barrier_buffer_.reset(buffer);
-    WEFT_CHECK_CUDA(cudaMemsetAsync(buffer, 0, sizeof(float), barrier_stream_->get()));
+    barrier_buffer_ = pool_allocate(device_, sizeof(float), barrier_stream_->get(), "barrier");
+    WEFT_CHECK_CUDA(
+        cudaMemsetAsync(barrier_buffer_, 0, sizeof(float), barrier_stream_->get()));
   }
   // Work queued on this device before the barrier completes first, as the contract says.
   WEFT_CHECK_CUDA(cudaDeviceSynchronize(), "barrier: completing queued work");
-  WEFT_CHECK_NCCL(ncclAllReduce(barrier_buffer_.get(), barrier_buffer_.get(), 1, ncclFloat32,
-                                ncclSum, comm_, barrier_stream_->get()),
+  WEFT_CHECK_NCCL(ncclAllReduce(barrier_buffer_, barrier_buffer_, 1, ncclFloat32, ncclSum, comm_,
+                                barrier_stream_->get()),
                   "barrier: ", last_error(comm_));
   barrier_stream_->synchronize();
 }

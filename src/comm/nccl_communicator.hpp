@@ -64,14 +64,10 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<CudaStream> comm_stream_;
   int rank_ = 0;
   int size_ = 0;
-  // cudaFree on the buffer's device; logs, never throws.
-  struct DeviceFree {
-    int device;
-    void operator()(void* ptr) const noexcept;
-  };
-  // barrier(): a private stream and a one-float device buffer, made on first use.
+  // barrier(): a private stream and a one-float device buffer (from the pool, in that stream's
+  // order, so that freeing it never waits for the device), made on first use.
   std::unique_ptr<CudaStream> barrier_stream_;
-  std::unique_ptr<void, DeviceFree> barrier_buffer_;
+  void* barrier_buffer_ = nullptr;
 };
 
 }  // namespace weft

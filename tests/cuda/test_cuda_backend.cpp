@@ -2,8 +2,13 @@
 // streams and events, and the errors bad calls raise.
 #include <gtest/gtest.h>
 
+#include <cuda_runtime.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <thread>
 #include <vector>
 
 #include "cuda_test_util.hpp"
@@ -54,6 +59,60 @@ TEST_F(CudaBackendTest, PoisonIsOrderedOnTheAllocatingStream) {
     EXPECT_EQ(wrong, 0u) << "elements not 2 after the fill";
   }
   cuda().synchronize();
+  cuda().set_stream(original);
+}
+
+// Holds a stream until *flag is set: a stand-in for a receive that waits for its peer.
+void CUDART_CB hold_until_set(void* flag) {
+  auto* released = static_cast<std::atomic<bool>*>(flag);
+  while (!released->load()) std::this_thread::yield();
+}
+
+// Allocation, free (tensors, cuBLASLt workspace, kernel scratch) and the out-of-memory retry
+// never wait for other streams: with a stream held busy (as by a pipeline's receive waiting for a
+// peer that itself waits for this rank), they all return. cudaMalloc/cudaFree would block until
+// the watchdog released the stream.
+TEST_F(CudaBackendTest, MemoryNeverWaitsForOtherStreams) {
+  auto busy = cuda().create_stream(StreamPriority::kNormal);
+  std::atomic<bool> released{false}, finished{false}, blocked{false};
+  ASSERT_EQ(cudaLaunchHostFunc(static_cast<cudaStream_t>(busy->native_handle()), hold_until_set,
+                               &released),
+            cudaSuccess);
+  std::thread watchdog([&] {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!finished.load() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (!finished.load()) blocked = true;
+    released = true;
+  });
+  for (int i = 0; i < 4; ++i) {
+    Tensor t(cuda(), Shape({1024, 1024}), DType::kF32);  // freed and reused in stream order
+    cuda().fill(t, 1.0f);
+  }
+  Stream& original = cuda().stream();
+  auto other = cuda().create_stream(StreamPriority::kNormal);
+  cuda().set_stream(*other);  // a new stream's cuBLASLt workspace
+  Tensor a = poisoned_device({64, 32}, DType::kF32), c = poisoned_device({64, 64}, DType::kF32);
+  cuda().fill(a, 0.5f);
+  GemmArgs g;
+  g.a = a;
+  g.b = a;
+  g.transpose_b = true;
+  g.c = c;
+  cuda().gemm(g);
+  Tensor total = poisoned_device({1}, DType::kF32);
+  cuda().sum_squares(total, a);  // kernel scratch
+  // Far more than any GPU holds: the retry trims the pool and fails cleanly.
+  EXPECT_THROW({ Tensor huge(cuda(), Shape({int64_t{1} << 40}), DType::kF32); }, Error);
+  finished = true;
+  watchdog.join();
+  EXPECT_FALSE(blocked.load()) << "an allocation or free waited for the held stream";
+  busy->synchronize();
+  EXPECT_EQ(floats_of(total)[0], 0.25f * 64 * 32);
+  a = Tensor();  // freed on `other`, still current
+  c = Tensor();
+  total = Tensor();
   cuda().set_stream(original);
 }
 

@@ -19,7 +19,7 @@
 // sum_columns kernels for the bias gradient. It is taken when
 //   - the GELU aux leading dimension n is not a multiple of 8 (cuBLASLt requires it),
 //   - the bias, bias_grad or aux pointer is not 16-byte aligned (we do not trust every kernel to
-//     handle less; cudaMalloc'd buffers are 256-byte aligned),
+//     handle less; fresh device allocations are 256-byte aligned),
 //   - kBiasGrad with alpha != 1 (whether BGRADB scales the bias gradient by alpha is not
 //     documented; our contract is the unscaled sum),
 //   - cuBLASLt's heuristic returns no algorithm for the fused epilogue, with any status (BGRADB is
