@@ -2,7 +2,11 @@
 // stream; make_nccl_communicator bootstraps it through another communicator (the unique id).
 #include "comm/nccl_communicator.hpp"
 
+#include <chrono>
 #include <cstring>
+#include <exception>
+#include <string>
+#include <thread>
 #include <utility>
 
 #include "backend/cuda/cuda_check.hpp"
@@ -59,13 +63,29 @@ NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device) : comm_(comm), d
   }
 }
 
+// ncclCommDestroy completes the operations queued on the communicator first, so after an error
+// it can wait forever: for a peer that failed, or that is itself waiting for this rank. The
+// communicator is aborted instead (its kernels stop, nothing waits) while an exception unwinds
+// the stack (whatever threw, the ranks may now be out of step) and when NCCL reports an
+// asynchronous error, so that a failing rank gets to report its error and end the job.
 NcclCommunicator::~NcclCommunicator() {
   try {
     DeviceGuard guard(device_);
-    const ncclResult_t status = ncclCommDestroy(comm_);
-    if (status != ncclSuccess) {
-      WEFT_LOG(kError, "ncclCommDestroy: ", ncclGetErrorString(status), " (", last_error(comm_),
-               ")");
+    if (!aborted_) {
+      ncclResult_t async = ncclSuccess;
+      const ncclResult_t queried = ncclCommGetAsyncError(comm_, &async);
+      if (std::uncaught_exceptions() > 0) {
+        abort_comm("destroyed while an exception unwinds the stack");
+      } else if (queried != ncclSuccess || async != ncclSuccess) {
+        abort_comm(ncclGetErrorString(queried != ncclSuccess ? queried : async));
+      }
+    }
+    if (!aborted_) {
+      const ncclResult_t status = ncclCommDestroy(comm_);
+      if (status != ncclSuccess) {
+        WEFT_LOG(kError, "ncclCommDestroy: ", ncclGetErrorString(status), " (",
+                 last_error(comm_), ")");
+      }
     }
     // After the barrier's last all-reduce, in its stream's order.
     if (barrier_buffer_ != nullptr) pool_free(barrier_buffer_, barrier_stream_->get());
@@ -77,8 +97,52 @@ NcclCommunicator::~NcclCommunicator() {
   }
 }
 
+void NcclCommunicator::abort_comm(const char* why) noexcept {
+  if (aborted_) return;
+  aborted_ = true;
+  try {
+    WEFT_LOG(kWarning, "aborting the NCCL communicator (rank ", rank_, " of ", size_, " on cuda:",
+             device_, "): ", why);
+  } catch (...) {
+  }
+  const ncclResult_t status = ncclCommAbort(comm_);
+  comm_ = nullptr;
+  if (status != ncclSuccess) {
+    try {
+      WEFT_LOG(kError, "ncclCommAbort: ", ncclGetErrorString(status));
+    } catch (...) {
+    }
+  }
+}
+
+void NcclCommunicator::check_health(const char* op) {
+  if (aborted_) {
+    WEFT_THROW(ErrorCode::kNccl, "nccl ", op,
+               ": the communicator was aborted after an earlier error");
+  }
+  ncclResult_t async = ncclSuccess;
+  WEFT_CHECK_NCCL(ncclCommGetAsyncError(comm_, &async), "nccl ", op,
+                  ": querying asynchronous errors");
+  if (async == ncclSuccess) return;
+  const std::string message = last_error(comm_);  // before the abort frees the communicator
+  abort_comm(ncclGetErrorString(async));
+  WEFT_THROW(ErrorCode::kNccl, "nccl ", op, ": asynchronous NCCL error ", ncclGetErrorString(async),
+             " (", message, "); the communicator was aborted");
+}
+
+void NcclCommunicator::wait_polling(cudaStream_t stream, const char* op) {
+  for (;;) {
+    const cudaError_t status = cudaStreamQuery(stream);
+    if (status == cudaSuccess) return;
+    if (status != cudaErrorNotReady) WEFT_CHECK_CUDA(status, "nccl ", op, ": waiting for NCCL");
+    check_health(op);
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
 cudaStream_t NcclCommunicator::prepare(const char* op, Stream& stream, const TensorView& a,
-                                       const TensorView* b) const {
+                                       const TensorView* b) {
+  check_health(op);
   WEFT_CHECK(a.device == Device::cuda(device_), "nccl ", op, ": buffer ", a.str(),
              " is not on cuda:", device_, ", this communicator's device");
   if (b != nullptr) {
@@ -194,6 +258,7 @@ void NcclCommunicator::group_end() {
   posted.swap(posted_);
   if (posted.empty()) return;
   DeviceGuard guard(device_);
+  check_health("group_end");
   NcclGroupGuard group;
   for (const P2p& op : posted) issue(op, op.handle);
   group.end(comm_);
@@ -204,13 +269,13 @@ namespace {
 // group_end_async's transfers, after which `done_` was recorded on the communication stream.
 class NcclPendingGroup final : public PendingGroup {
  public:
-  NcclPendingGroup(int device, cudaEvent_t done, cudaStream_t compute)
-      : device_(device), done_(done), compute_(compute) {}
+  NcclPendingGroup(NcclCommunicator& comm, int device, cudaEvent_t done, cudaStream_t compute)
+      : comm_(comm), device_(device), done_(done), compute_(compute) {}
   // Completes an unwaited group as wait() would: the compute stream waits for the transfers, so
   // that its later work, and the reuse of the group's buffers once their tensors are freed (the
-  // caching allocator orders reuse by that stream), follows them. This matters after an
-  // exception (overlap.cpp's consume or produce threw): the buffers go back to the cache while
-  // NCCL may still write them. The host does not block, so an error cannot hang here.
+  // backend frees and reuses memory in that stream's order), follows them. This matters after an
+  // exception (overlap.cpp's consume or produce threw): the buffers are freed while NCCL may
+  // still write them. The host does not block, so an error cannot hang here.
   ~NcclPendingGroup() override {
     try {
       DeviceGuard guard(device_);
@@ -232,7 +297,10 @@ class NcclPendingGroup final : public PendingGroup {
   bool test() override {
     if (waited_) return true;
     const cudaError_t status = cudaEventQuery(done_);
-    if (status == cudaErrorNotReady) return false;
+    if (status == cudaErrorNotReady) {
+      comm_.check_health("test of a pending group");  // fail rather than be polled forever
+      return false;
+    }
     WEFT_CHECK_CUDA(status, "querying a pending NCCL group");
     return true;
   }
@@ -245,6 +313,7 @@ class NcclPendingGroup final : public PendingGroup {
   }
 
  private:
+  NcclCommunicator& comm_;
   int device_;
   cudaEvent_t done_;
   cudaStream_t compute_;
@@ -284,6 +353,7 @@ std::unique_ptr<PendingGroup> NcclCommunicator::group_end_async() {
                "nccl group_end_async: the sends and receives of a group must use one stream");
   }
   if (posted.empty()) return completed_group();
+  check_health("group_end_async");
   if (comm_stream_ == nullptr) {
     comm_stream_ = std::make_unique<CudaStream>(device_, StreamPriority::kHigh);
   }
@@ -293,7 +363,7 @@ std::unique_ptr<PendingGroup> NcclCommunicator::group_end_async() {
   const cudaError_t made = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
   if (made != cudaSuccess) cudaEventDestroy(ready);
   WEFT_CHECK_CUDA(made);
-  auto pending = std::make_unique<NcclPendingGroup>(device_, done, compute);  // owns `done`
+  auto pending = std::make_unique<NcclPendingGroup>(*this, device_, done, compute);  // owns `done`
   // `ready` may be destroyed right after the wait is queued: CUDA keeps it until it completes.
   const cudaError_t ordered = [&] {
     cudaError_t status = cudaEventRecord(ready, compute);
@@ -315,6 +385,7 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
   // A negative color would be NCCL_SPLIT_NOCOLOR, a rank in no group; our API has no such rank.
   WEFT_CHECK(color >= 0, "nccl split: color must be >= 0, got ", color);
   DeviceGuard guard(device_);
+  check_health("split");
   ncclComm_t child = nullptr;
   WEFT_CHECK_NCCL(ncclCommSplit(comm_, color, key, &child, nullptr), "split(color ", color,
                   ", key ", key, "): ", last_error(comm_));
@@ -324,18 +395,21 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
 
 void NcclCommunicator::barrier() {
   DeviceGuard guard(device_);
+  check_health("barrier");
   if (barrier_stream_ == nullptr) {
     barrier_stream_ = std::make_unique<CudaStream>(device_, StreamPriority::kNormal);
     barrier_buffer_ = pool_allocate(device_, sizeof(float), barrier_stream_->get(), "barrier");
     WEFT_CHECK_CUDA(
         cudaMemsetAsync(barrier_buffer_, 0, sizeof(float), barrier_stream_->get()));
   }
-  // Work queued on this device before the barrier completes first, as the contract says.
+  // Work queued on this device before the barrier completes first, as the contract says. (This
+  // wait cannot poll: it covers streams weft does not know. Queued NCCL work that waits for a
+  // failed peer holds it until that peer's rank ends the job.)
   WEFT_CHECK_CUDA(cudaDeviceSynchronize(), "barrier: completing queued work");
   WEFT_CHECK_NCCL(ncclAllReduce(barrier_buffer_, barrier_buffer_, 1, ncclFloat32, ncclSum, comm_,
                                 barrier_stream_->get()),
                   "barrier: ", last_error(comm_));
-  barrier_stream_->synchronize();
+  wait_polling(barrier_stream_->get(), "barrier");
 }
 
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device) {

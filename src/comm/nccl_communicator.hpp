@@ -31,6 +31,11 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key) override;
   void barrier() override;
 
+  // Throws weft::Error when the communicator is no longer usable: NCCL reports an asynchronous
+  // error on it (a lost connection, a failed peer; it is aborted first), or it was aborted
+  // before. Called before anything is queued and while weft waits on NCCL work.
+  void check_health(const char* op);
+
  protected:
   void do_all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) override;
   void do_all_gather(TensorView send, TensorView recv, Stream& stream) override;
@@ -40,9 +45,16 @@ class NcclCommunicator final : public Communicator {
   void do_recv(TensorView buffer, int peer, Stream& stream) override;
 
  private:
-  // The stream's cudaStream_t, after checking that `views` live on this communicator's device.
+  // The stream's cudaStream_t, after checking that `views` live on this communicator's device
+  // and that the communicator is healthy.
   cudaStream_t prepare(const char* op, Stream& stream, const TensorView& a,
-                       const TensorView* b = nullptr) const;
+                       const TensorView* b = nullptr);
+  // ncclCommAbort, once: NCCL's kernels of this communicator stop instead of waiting for their
+  // peers, and its resources are freed without waiting for them. Logs `why`; never throws.
+  void abort_comm(const char* why) noexcept;
+  // Returns once the work queued on `stream` is done, checking the communicator's health
+  // meanwhile, so that an asynchronous NCCL error fails the wait instead of hanging it.
+  void wait_polling(cudaStream_t stream, const char* op);
 
   // A send or receive posted inside a group. They are issued at the outermost group end, inside
   // one NCCL group opened there (collectives called inside a weft group run at once), on the
@@ -57,6 +69,7 @@ class NcclCommunicator final : public Communicator {
   void issue(const P2p& op, cudaStream_t stream);
 
   ncclComm_t comm_ = nullptr;
+  bool aborted_ = false;  // comm_ is gone
   int device_;
   int group_depth_ = 0;
   std::vector<P2p> posted_;

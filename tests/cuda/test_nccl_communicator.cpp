@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cuda_test_util.hpp"
@@ -104,6 +106,40 @@ TEST_F(NcclTest, AFailedOrAbandonedGroupDoesNotHoldBackLaterCollectives) {
   Tensor recv2 = poisoned_device({64, 32}, DType::kF32);
   nccl().all_reduce(send, recv2, ReduceOp::kSum, cuda().stream());
   EXPECT_TRUE(bitwise_equal(bytes_of(recv2), expected)) << "while another group is left open";
+}
+
+// A communicator destroyed while an exception unwinds the stack is aborted, not destroyed:
+// ncclCommDestroy would first complete its queued operations, which after an error on one rank may
+// wait forever for a peer. (A peer that really waits needs two GPUs; here the abort path runs, is
+// logged, and leaves the process able to use NCCL.) Without an exception it is destroyed.
+TEST_F(NcclTest, ACommunicatorDestroyedDuringUnwindingIsAborted) {
+  struct Failure : std::runtime_error {
+    Failure() : std::runtime_error("failure") {}
+  };
+  Tensor host = random_host({32, 16}, DType::kF32, 606);
+  const std::vector<unsigned char> expected = bytes_of(host);
+  Tensor send = to_device(host);
+  Tensor recv = poisoned_device({32, 16}, DType::kF32);
+
+  ::testing::internal::CaptureStderr();
+  { make_nccl_communicator(*bootstrap_, 0)->barrier(); }
+  std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(log.find("aborting"), std::string::npos) << log;
+
+  ::testing::internal::CaptureStderr();
+  try {
+    auto doomed = make_nccl_communicator(*bootstrap_, 0);
+    doomed->all_reduce(send, recv, ReduceOp::kSum, cuda().stream());
+    throw Failure();
+  } catch (const Failure&) {
+  }
+  log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find("aborting the NCCL communicator"), std::string::npos) << log;
+  EXPECT_NE(log.find("exception"), std::string::npos) << log;
+
+  Tensor after = poisoned_device({32, 16}, DType::kF32);
+  nccl().all_reduce(send, after, ReduceOp::kSum, cuda().stream());
+  EXPECT_TRUE(bitwise_equal(bytes_of(after), expected));
 }
 
 TEST_F(NcclTest, HostBuffersAreRejected) {

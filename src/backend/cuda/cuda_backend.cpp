@@ -3,6 +3,7 @@
 #include "backend/cuda/cuda_backend.hpp"
 
 #include <cstring>
+#include <exception>
 #include <utility>
 
 #include "backend/backend_checks.hpp"
@@ -148,7 +149,12 @@ CudaBackend::CudaBackend(int device) : device_(device) {
 // Never blocks either: the default stream's workspace is freed in stream order by ~CudaStream,
 // the cuBLASLt descriptors are host objects, and the pool keeps its memory for the process (a
 // trim here could only give back what no stream uses, and is left to out-of-memory retries).
-CudaBackend::~CudaBackend() = default;
+// cublasLtDestroy may synchronize the device (cuBLAS documents that cublasDestroy does): while an
+// exception unwinds, queued NCCL work may wait for a failed peer, so the handle is then left to
+// the process.
+CudaBackend::~CudaBackend() {
+  if (std::uncaught_exceptions() > 0) (void)matmul_.release();
+}
 
 void* CudaBackend::allocate(size_t bytes) {
   if (bytes == 0) return nullptr;
