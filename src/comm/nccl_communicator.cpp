@@ -69,6 +69,7 @@ NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device) : comm_(comm), d
 // the stack (whatever threw, the ranks may now be out of step) and when NCCL reports an
 // asynchronous error, so that a failing rank gets to report its error and end the job.
 NcclCommunicator::~NcclCommunicator() {
+  release_block_groups();
   try {
     DeviceGuard guard(device_);
     if (!aborted_) {

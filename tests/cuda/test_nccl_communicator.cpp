@@ -78,6 +78,13 @@ TEST_F(NcclTest, SplitAndBarrier) {
 
   child->barrier();
   nccl().barrier();
+
+  Communicator& block = nccl().block_group(1);  // split once, then shared
+  EXPECT_EQ(&nccl().block_group(1), &block);
+  EXPECT_EQ(block.name(), "nccl");
+  Tensor again = poisoned_device({8, 16}, DType::kF32);
+  block.all_reduce(send, again, ReduceOp::kSum, cuda().stream());
+  EXPECT_TRUE(bitwise_equal(bytes_of(again), bytes_of(host)));
 }
 
 // NCCL's own group is opened only around the issue at the outermost end, and closed by a guard

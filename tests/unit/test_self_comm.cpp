@@ -165,6 +165,14 @@ TEST_F(SelfCommTest, AFailedGroupLeavesNothingBehind) {
   EXPECT_EQ(bytes_of(b_in), bytes_of(b));
 }
 
+TEST_F(SelfCommTest, BlockGroupIsMadeOnceAndShared) {
+  Communicator& group = comm_->block_group(1);
+  EXPECT_EQ(&comm_->block_group(1), &group);
+  EXPECT_EQ(group.size(), 1);
+  EXPECT_WEFT_ERROR(comm_->block_group(2), "block_group", "2", "size 1");
+  EXPECT_WEFT_ERROR(comm_->block_group(0), "block_group", "0");
+}
+
 TEST_F(SelfCommTest, SplitGivesAWorkingWorldOfOne) {
   auto sub = comm_->split(3, 7);
   ASSERT_NE(sub, nullptr);
