@@ -73,6 +73,28 @@ void CUDART_CB hold_until_set(void* flag) {
 // peer that itself waits for this rank), they all return. cudaMalloc/cudaFree would block until
 // the watchdog released the stream.
 TEST_F(CudaBackendTest, MemoryNeverWaitsForOtherStreams) {
+  // Tensors freed and reused, a GEMM (the stream's cuBLASLt workspace) and sum_squares (kernel
+  // scratch) on the current stream; returns sum_squares of 64 x 32 halves.
+  auto run_ops = [&] {
+    for (int i = 0; i < 4; ++i) {
+      Tensor t(cuda(), Shape({1024, 1024}), DType::kF32);
+      cuda().fill(t, 1.0f);
+    }
+    Tensor a = poisoned_device({64, 32}, DType::kF32), c = poisoned_device({64, 64}, DType::kF32);
+    cuda().fill(a, 0.5f);
+    GemmArgs g;
+    g.a = a;
+    g.b = a;
+    g.transpose_b = true;
+    g.c = c;
+    cuda().gemm(g);
+    Tensor total = poisoned_device({1}, DType::kF32);
+    cuda().sum_squares(total, a);
+    return total;
+  };
+  // Kernels, cuBLASLt's plan and the pool made beforehand: lazy loading is not under test.
+  EXPECT_EQ(floats_of(run_ops())[0], 0.25f * 64 * 32);
+
   auto busy = cuda().create_stream(StreamPriority::kNormal);
   std::atomic<bool> released{false}, finished{false}, blocked{false};
   ASSERT_EQ(cudaLaunchHostFunc(static_cast<cudaStream_t>(busy->native_handle()), hold_until_set,
@@ -86,23 +108,10 @@ TEST_F(CudaBackendTest, MemoryNeverWaitsForOtherStreams) {
     if (!finished.load()) blocked = true;
     released = true;
   });
-  for (int i = 0; i < 4; ++i) {
-    Tensor t(cuda(), Shape({1024, 1024}), DType::kF32);  // freed and reused in stream order
-    cuda().fill(t, 1.0f);
-  }
   Stream& original = cuda().stream();
   auto other = cuda().create_stream(StreamPriority::kNormal);
-  cuda().set_stream(*other);  // a new stream's cuBLASLt workspace
-  Tensor a = poisoned_device({64, 32}, DType::kF32), c = poisoned_device({64, 64}, DType::kF32);
-  cuda().fill(a, 0.5f);
-  GemmArgs g;
-  g.a = a;
-  g.b = a;
-  g.transpose_b = true;
-  g.c = c;
-  cuda().gemm(g);
-  Tensor total = poisoned_device({1}, DType::kF32);
-  cuda().sum_squares(total, a);  // kernel scratch
+  cuda().set_stream(*other);  // a new stream: its workspace is allocated while `busy` is held
+  Tensor total = run_ops();
   // Far more than any GPU holds: the retry trims the pool and fails cleanly.
   EXPECT_THROW({ Tensor huge(cuda(), Shape({int64_t{1} << 40}), DType::kF32); }, Error);
   finished = true;
@@ -110,9 +119,7 @@ TEST_F(CudaBackendTest, MemoryNeverWaitsForOtherStreams) {
   EXPECT_FALSE(blocked.load()) << "an allocation or free waited for the held stream";
   busy->synchronize();
   EXPECT_EQ(floats_of(total)[0], 0.25f * 64 * 32);
-  a = Tensor();  // freed on `other`, still current
-  c = Tensor();
-  total = Tensor();
+  total = Tensor();  // freed on `other`, still current
   cuda().set_stream(original);
 }
 
