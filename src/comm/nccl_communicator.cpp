@@ -84,8 +84,8 @@ NcclCommunicator::~NcclCommunicator() {
     if (!aborted_) {
       const ncclResult_t status = ncclCommDestroy(comm_);
       if (status != ncclSuccess) {
-        WEFT_LOG(kError, "ncclCommDestroy: ", ncclGetErrorString(status), " (",
-                 last_error(comm_), ")");
+        WEFT_LOG(kError, "ncclCommDestroy: ", ncclGetErrorString(status), " (", last_error(comm_),
+                 ")");
       }
     }
     // After the barrier's last all-reduce, in its stream's order.
@@ -102,8 +102,8 @@ void NcclCommunicator::abort_comm(const char* why) noexcept {
   if (aborted_) return;
   aborted_ = true;
   try {
-    WEFT_LOG(kWarning, "aborting the NCCL communicator (rank ", rank_, " of ", size_, " on cuda:",
-             device_, "): ", why);
+    WEFT_LOG(kWarning, "aborting the NCCL communicator (rank ", rank_, " of ", size_,
+             " on cuda:", device_, "): ", why);
   } catch (...) {
   }
   const ncclResult_t status = ncclCommAbort(comm_);
@@ -400,8 +400,7 @@ void NcclCommunicator::barrier() {
   if (barrier_stream_ == nullptr) {
     barrier_stream_ = std::make_unique<CudaStream>(device_, StreamPriority::kNormal);
     barrier_buffer_ = pool_allocate(device_, sizeof(float), barrier_stream_->get(), "barrier");
-    WEFT_CHECK_CUDA(
-        cudaMemsetAsync(barrier_buffer_, 0, sizeof(float), barrier_stream_->get()));
+    WEFT_CHECK_CUDA(cudaMemsetAsync(barrier_buffer_, 0, sizeof(float), barrier_stream_->get()));
   }
   // Work queued on this device before the barrier completes first, as the contract says. (This
   // wait cannot poll: it covers streams weft does not know. Queued NCCL work that waits for a

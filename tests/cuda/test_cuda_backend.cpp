@@ -1,8 +1,7 @@
 // CudaBackend against the CPU backend: copies, conversions, fills, random fills, elementwise ops,
 // streams and events, and the errors bad calls raise.
-#include <gtest/gtest.h>
-
 #include <cuda_runtime.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>

@@ -181,18 +181,19 @@ TEST_P(SequenceParallelTest, RingStepCompletesItsTransferWhenConsumeThrows) {
   auto value = [](int64_t row, int64_t c) { return float(row * cols + c); };
   Tensor local(*cpu_, Shape({rows, cols}), DType::kF32);
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) local.as<float>()[r * cols + c] = value(tp_rank() * rows + r, c);
+    for (int64_t c = 0; c < cols; ++c)
+      local.as<float>()[r * cols + c] = value(tp_rank() * rows + r, c);
   }
   struct ConsumeFailed : std::runtime_error {
     ConsumeFailed() : std::runtime_error("consume failed") {}
   };
   Tensor gathered(*cpu_, Shape({rows * tp(), cols}), DType::kF32);
   cpu_->fill(gathered, NAN);
-  EXPECT_THROW(ring_all_gather_rows(
-                   ctx(), local,
-                   [](int, TensorView, const OverlapProgress&) { throw ConsumeFailed(); },
-                   gathered),
-               ConsumeFailed);
+  EXPECT_THROW(
+      ring_all_gather_rows(
+          ctx(), local, [](int, TensorView, const OverlapProgress&) { throw ConsumeFailed(); },
+          gathered),
+      ConsumeFailed);
   // Step 0 received the previous rank's block while consuming this rank's own.
   const int prev = (tp_rank() + tp() - 1) % tp();
   for (int block : {tp_rank(), prev}) {

@@ -33,8 +33,8 @@ cudaMemPool_t device_pool(int device) {
   uint64_t keep_everything = UINT64_MAX;
   int no = 0;
   const cudaError_t status = [&] {
-    cudaError_t s = cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold,
-                                            &keep_everything);
+    cudaError_t s =
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_everything);
     // A dependency the pool inserts on its own would make one stream wait for another's work
     // (a receive that waits for a peer, say) where nobody asked for it.
     if (s == cudaSuccess) {
