@@ -5,7 +5,7 @@
 # weft_use_gpu_deps PREFIX: unpacks into PREFIX and exports the search paths; sets
 # weft_gpu_deps_note; returns 1 when there is no .gpu-deps/ (the system's libraries are used).
 weft_use_gpu_deps() {
-  local prefix="$1" deps multiarch=x86_64-linux-gnu deb member tool wheel
+  local prefix="$1" deps multiarch=x86_64-linux-gnu deb member tool wheel binary
   deps="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.gpu-deps"
   if ! compgen -G "$deps/debs/*.deb" >/dev/null; then
     weft_gpu_deps_note="no .gpu-deps (scripts/gpu-check --fetch): using the system's libraries"
@@ -39,9 +39,12 @@ weft_use_gpu_deps() {
     if [[ $tool == ninja ]] && command -v ninja >/dev/null; then continue; fi
     wheel=$(compgen -G "$deps/wheels/$tool-*.whl" | head -1) || continue
     python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
-      "$wheel" "$prefix/wheels"
-    chmod +x "$prefix/wheels/$tool/data/bin/"*
-    export PATH="$prefix/wheels/$tool/data/bin:$PATH"
+      "$wheel" "$prefix/wheels/$tool"
+    # cmake's wheel keeps its binaries in cmake/data/bin (beside its modules), ninja's in *.data/scripts.
+    binary=$(find "$prefix/wheels/$tool" -type f -name "$tool" \( -path '*/bin/*' -o -path '*/scripts/*' \) | head -1)
+    [[ -n $binary ]] || continue
+    chmod +x "$(dirname "$binary")"/*
+    export PATH="$(dirname "$binary"):$PATH"
   done
   weft_gpu_deps_note="$(compgen -G "$deps/debs/*.deb" | wc -l) packages from .gpu-deps unpacked in $prefix; cmake $(cmake --version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -1), ninja $(ninja --version 2>/dev/null)"
 }

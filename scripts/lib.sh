@@ -4,7 +4,8 @@
 WEFT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WEFT_BUILD="${WEFT_BUILD:-$WEFT_ROOT/build}"
 WEFT_PACKAGES=(build-essential cmake ninja-build pkg-config libopenmpi-dev openmpi-bin libdnnl-dev
-               libgtest-dev libbenchmark-dev nlohmann-json3-dev ocl-icd-opencl-dev)
+               libgtest-dev libbenchmark-dev nlohmann-json3-dev ocl-icd-opencl-dev
+               libpcre2-dev python3-venv gnupg-l10n)
 
 weft_log() { printf '\033[1m[weft]\033[0m %s\n' "$*" >&2; }
 
