@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -19,7 +20,10 @@ enum class ReduceOp { kSum, kMax, kMin };
 // must not be read; the communicator and (NCCL) the stream passed to send/recv must outlive it.
 class PendingGroup {
  public:
-  // An unwaited group is completed here (errors are logged, never thrown).
+  // An unwaited group is completed here as wait() completes it (errors are logged, never
+  // thrown), so that its buffers may be freed right after, also while an exception unwinds. MPI
+  // blocks until the transfers are done (the peers posted theirs: a ring step's partners did
+  // before their own compute); NCCL orders the stream passed to send/recv after them.
   virtual ~PendingGroup() = default;
   // Advances the transfers without blocking and says whether they are complete. MPI moves data
   // only inside MPI calls (a rendezvous transfer of a large message stalls until the receiver
@@ -70,12 +74,22 @@ class Communicator {
   // Collective: ranks passing the same color form a new communicator, ordered by key (then by
   // rank in this one). Like MPI_Comm_split and ncclCommSplit.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+  // The communicator of this rank's block of `ranks_per_block` consecutive ranks (block b holds
+  // ranks [b * ranks_per_block, (b + 1) * ranks_per_block), in rank order), made by split() on
+  // the first call with that size and shared by every later one, so that layers grouping ranks
+  // alike (replicated KV heads) share one communicator instead of one each. Owned by this
+  // communicator. Collective like split(): every rank calls it with the same sizes in the same
+  // order. ranks_per_block must divide size().
+  Communicator& block_group(int ranks_per_block);
   // Collective: returns when every rank has called it (host-side; completes queued work first).
   virtual void barrier() = 0;
 
  protected:
   // A group that was complete before it was returned.
   static std::unique_ptr<PendingGroup> completed_group();
+  // Destroys the block groups; derived destructors call it first, so that sub-communicators go
+  // before the communicator they were split from.
+  void release_block_groups() noexcept { block_groups_.clear(); }
 
   virtual void do_all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) = 0;
   virtual void do_all_gather(TensorView send, TensorView recv, Stream& stream) = 0;
@@ -87,6 +101,8 @@ class Communicator {
  private:
   void check_buffer(const TensorView& view, const char* what) const;
   void check_peer(int peer, const char* what) const;
+
+  std::map<int, std::unique_ptr<Communicator>> block_groups_;  // by ranks_per_block
 };
 
 const char* reduce_op_name(ReduceOp op);

@@ -77,9 +77,16 @@ class StagedPendingGroup final : public PendingGroup {
         recvs_(std::move(recvs)),
         host_(std::move(host)) {}
 
-  // Completes the transfers (the host group's destructor does) before their blocks are released;
-  // an unwaited group writes nothing to the device, whose buffers may be gone by now.
-  ~StagedPendingGroup() override { host_.reset(); }
+  // Completes an unwaited group as wait() does (PendingGroup's contract): the copies back to the
+  // device are queued on the receives' streams, so a buffer freed after this (stream-ordered) is
+  // written first.
+  ~StagedPendingGroup() override {
+    try {
+      wait();
+    } catch (const std::exception& e) {
+      WEFT_LOG(kError, "completing an unwaited staged group: ", e.what());
+    }
+  }
 
   bool test() override {
     if (done_) return true;

@@ -79,6 +79,8 @@ class StagedCommunicator final : public Communicator {
 
   StagedCommunicator(std::unique_ptr<Communicator> host, std::shared_ptr<StagingPool> pool,
                      size_t staging_bytes);
+  // Block groups (split from this one) go before the host communicator they wrap a split of.
+  ~StagedCommunicator() override { release_block_groups(); }
 
   int rank() const override { return host_->rank(); }
   int size() const override { return host_->size(); }

@@ -115,6 +115,27 @@ TEST_P(CommTest, SplitFormsGroupsByColorOrderedByKey) {
   EXPECT_EQ(r[sub->rank()], rank);
 }
 
+TEST_P(CommTest, BlockGroupsAreMadeOncePerSizeAndShared) {
+  Communicator& comm = world();
+  const int rank = comm.rank(), size = comm.size();
+  for (int n = 1; n <= size; n *= 2) {
+    if (size % n != 0) continue;
+    SCOPED_TRACE(n);
+    Communicator& group = comm.block_group(n);
+    EXPECT_EQ(&comm.block_group(n), &group);  // a second layer asking gets the same one
+    EXPECT_EQ(group.size(), n);
+    EXPECT_EQ(group.rank(), rank % n);
+    const int64_t count = 5;
+    Tensor send = filled(count, [&](int64_t i) { return rank + 1 + i; }), sum = poisoned(count);
+    group.all_reduce(send, sum, ReduceOp::kSum, stream());
+    const int first = rank / n * n;  // ranks first .. first + n - 1 form the block
+    const auto s = to_host(*cpu_, sum);
+    for (int64_t i = 0; i < count; ++i) ASSERT_EQ(s[i], n * (first + 1 + i) + n * (n - 1) / 2);
+  }
+  EXPECT_THROW(comm.block_group(0), Error);
+  EXPECT_THROW(comm.block_group(size + 1), Error);
+}
+
 TEST_P(CommTest, MismatchedBuffersAreRejectedBeforeSending) {
   Communicator& comm = world();
   Tensor a = filled(8, [](int64_t i) { return i + 1; });

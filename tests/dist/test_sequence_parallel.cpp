@@ -10,8 +10,10 @@
 // curves, replicated parameters after training, activation memory, and bad sequence lengths.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 
@@ -157,6 +159,61 @@ TEST_P(SequenceParallelTest, AsyncGroupRingExchangeCompletesAtWait) {
   EXPECT_THROW(comm.group_end_async(), Error);
   comm.group_end();
   comm.group_end();
+}
+
+TEST_P(SequenceParallelTest, AnUnwaitedAsyncGroupIsCompleteWhenDestroyed) {
+  Communicator& comm = grid_->tp();
+  const int next = (tp_rank() + 1) % tp(), prev = (tp_rank() + tp() - 1) % tp();
+  const int64_t n = 1 << 16;  // a rendezvous transfer, as above
+  Tensor send(*cpu_, Shape({n}), DType::kF32);
+  Tensor recv(*cpu_, Shape({n}), DType::kF32);
+  cpu_->fill(recv, NAN);
+  for (int64_t i = 0; i < n; ++i) send.as<float>()[i] = float(tp_rank() * n + i);
+  comm.group_start();
+  comm.send(send, next, cpu_->stream());
+  comm.recv(recv, prev, cpu_->stream());
+  comm.group_end_async().reset();  // destroyed without wait(): the contract completes it
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(recv.as<float>()[i], float(prev * n + i));
+}
+
+// A consume() that throws (on every rank alike) leaves the ring step's transfer complete before
+// the exception leaves ring_all_gather_rows, so the buffers can be freed: the block received
+// meanwhile is whole, and the communicator is in step for the next call.
+TEST_P(SequenceParallelTest, RingStepCompletesItsTransferWhenConsumeThrows) {
+  const int64_t rows = 64, cols = 512;  // 128 KiB blocks: rendezvous transfers
+  auto value = [](int64_t row, int64_t c) { return float(row * cols + c); };
+  Tensor local(*cpu_, Shape({rows, cols}), DType::kF32);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c)
+      local.as<float>()[r * cols + c] = value(tp_rank() * rows + r, c);
+  }
+  struct ConsumeFailed : std::runtime_error {
+    ConsumeFailed() : std::runtime_error("consume failed") {}
+  };
+  Tensor gathered(*cpu_, Shape({rows * tp(), cols}), DType::kF32);
+  cpu_->fill(gathered, NAN);
+  EXPECT_THROW(
+      ring_all_gather_rows(
+          ctx(), local, [](int, TensorView, const OverlapProgress&) { throw ConsumeFailed(); },
+          gathered),
+      ConsumeFailed);
+  // Step 0 received the previous rank's block while consuming this rank's own.
+  const int prev = (tp_rank() + tp() - 1) % tp();
+  for (int block : {tp_rank(), prev}) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t row = block * rows + r;
+        ASSERT_EQ(gathered.as<float>()[row * cols + c], value(row, c)) << "block " << block;
+      }
+    }
+  }
+  Tensor again(*cpu_, Shape({rows * tp(), cols}), DType::kF32);
+  cpu_->fill(again, NAN);
+  ring_all_gather_rows(
+      ctx(), local, [](int, TensorView, const OverlapProgress&) {}, again);
+  for (int64_t i = 0; i < again.numel(); ++i) {
+    ASSERT_EQ(again.as<float>()[i], value(i / cols, i % cols)) << "element " << i;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
