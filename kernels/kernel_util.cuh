@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda_check.hpp"
 #include "weft/log.hpp"
 
 namespace weft {

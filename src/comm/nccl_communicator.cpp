@@ -5,7 +5,7 @@
 #include <cstring>
 #include <utility>
 
-#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda_check.hpp"
 #include "weft/error.hpp"
 #include "weft/log.hpp"
 

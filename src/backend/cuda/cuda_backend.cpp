@@ -6,7 +6,7 @@
 #include <utility>
 
 #include "backend/backend_checks.hpp"
-#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda_check.hpp"
 #include "kernels.hpp"
 #include "weft/error.hpp"
 #include "weft/log.hpp"

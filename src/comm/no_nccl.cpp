@@ -1,0 +1,12 @@
+// The NCCL communicator's entry point for a build without CUDA.
+#include "weft/comm.hpp"
+#include "weft/error.hpp"
+
+namespace weft {
+
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, int device) {
+  WEFT_THROW(ErrorCode::kInvalidArgument, "NCCL communicator on cuda:", device,
+             " requested, but weft was built without CUDA (no nvcc found at configure time)");
+}
+
+}  // namespace weft
