@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <numeric>
+#include <optional>
 #include <vector>
 
 #include "common/flags.hpp"
@@ -17,7 +18,7 @@
 namespace {
 
 struct Args {
-  std::string load, prompt = "The ", backend = "cpu";
+  std::string load, prompt = "The ", backend = "cpu", tokenizer;
   int64_t max_new_tokens = 100, top_k = 0, seed = 1;
   double temperature = 0.0;
 };
@@ -54,7 +55,9 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   Args a;
   weft::examples::Flags flags("gpt_generate", "Generate text from a gpt_train checkpoint.");
   flags.add("load", &a.load, "checkpoint directory written by gpt_train --save");
-  flags.add("prompt", &a.prompt, "text to continue (bytes are tokens)");
+  flags.add("prompt", &a.prompt, "text to continue");
+  flags.add("tokenizer", &a.tokenizer,
+            "Hugging Face tokenizer.json (default: the checkpoint's, else bytes are tokens)");
   flags.add("max-new-tokens", &a.max_new_tokens, "tokens to generate");
   flags.add("temperature", &a.temperature, "0: greedy; otherwise sampling temperature");
   flags.add("top-k", &a.top_k, "sample among the k most likely tokens (0: all)");
@@ -73,6 +76,14 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   }
 
   const weft::CheckpointInfo info = weft::read_checkpoint_info(a.load);
+  std::optional<weft::Tokenizer> tokenizer;
+  const std::string tokenizer_path = a.tokenizer.empty() ? info.tokenizer : a.tokenizer;
+  if (!tokenizer_path.empty()) tokenizer = weft::Tokenizer::from_file(tokenizer_path);
+  const int64_t vocab = tokenizer ? tokenizer->vocab_size() : weft::TextDataset::kVocabSize;
+  WEFT_CHECK(vocab == info.config.vocab_size, "checkpoint ", a.load, " has a vocabulary of ",
+             info.config.vocab_size, " tokens but ",
+             tokenizer ? "tokenizer '" + tokenizer->source() + "'" : std::string("bytes"), " give ",
+             vocab);
   WEFT_CHECK(mpi_world.size() % info.tp == 0, "checkpoint ", a.load,
              " was saved at tensor-parallel size ", info.tp, "; run with a multiple of ", info.tp,
              " ranks, not ", mpi_world.size());
@@ -84,16 +95,20 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   weft::load_checkpoint(a.load, model.parameters(), nullptr, grid, backend);
   model.set_training(false);
 
-  const int64_t prompt_tokens = static_cast<int64_t>(a.prompt.size());
+  std::vector<int32_t> tokens;
+  if (tokenizer) {
+    tokens = tokenizer->encode(a.prompt);
+  } else {
+    for (const char c : a.prompt) tokens.push_back(static_cast<unsigned char>(c));
+  }
+  const int64_t prompt_tokens = static_cast<int64_t>(tokens.size());
   const int64_t capacity = std::min(config.max_seq, prompt_tokens + a.max_new_tokens);
   WEFT_CHECK(prompt_tokens < config.max_seq, "the prompt (", prompt_tokens,
              " tokens) must be shorter than the model's maximum sequence length (", config.max_seq,
              ")");
   model.allocate_cache(1, capacity);
 
-  std::vector<int32_t> tokens(a.prompt.begin(), a.prompt.end());
-  for (int32_t& t : tokens) t = static_cast<unsigned char>(t);
-  std::string text = a.prompt;
+  std::vector<int32_t> generated;
   int64_t past = 0;
   std::vector<int32_t> feed = tokens;  // the prompt first, then one token at a time
   for (int64_t step = 0;
@@ -105,15 +120,17 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
     const std::vector<float> logits = model.next_token_logits(ids, n, 1, past);
     past += n;
     const int32_t next = choose_token(logits.data(), config.vocab_size, a, step);
-    text.push_back(static_cast<char>(next));
+    generated.push_back(next);
     feed.assign(1, next);
   }
   if (mpi_world.rank() == 0) {
+    const std::string text =
+        a.prompt + (tokenizer ? tokenizer->decode(generated)
+                              : std::string(generated.begin(), generated.end()));
     std::printf("%s\n", text.c_str());
-    const int64_t generated = static_cast<int64_t>(text.size()) - prompt_tokens;
-    if (generated < a.max_new_tokens) {
-      std::fprintf(stderr, "(stopped after %lld tokens: the model's context is %lld positions)\n",
-                   static_cast<long long>(generated), static_cast<long long>(config.max_seq));
+    if (static_cast<int64_t>(generated.size()) < a.max_new_tokens) {
+      std::fprintf(stderr, "(stopped after %zu tokens: the model's context is %lld positions)\n",
+                   generated.size(), static_cast<long long>(config.max_seq));
     }
   }
   return 0;

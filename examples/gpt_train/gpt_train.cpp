@@ -11,6 +11,7 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <vector>
 
 #include "common/flags.hpp"
@@ -28,6 +29,7 @@ using weft::TensorView;
 
 struct Args {
   std::string preset = "gpt2", dtype = "f32", backend = "cpu", data, log_json, save, load, trace;
+  std::string tokenizer;
   std::string schedule = "1f1b";
   int64_t tp = 1, pp = 1, virtual_stages = 1, layers = 2, hidden = 128, heads = 4, kv_heads = 0;
   int64_t seq_len = 64;
@@ -71,7 +73,10 @@ weft::examples::Flags make_flags(Args& a) {
   f.add("dtype", &a.dtype, "f32 or bf16 (compute; master weights stay f32)");
   f.add("dropout", &a.dropout, "dropout probability");
   f.add("backend", &a.backend, "cpu (MPI + oneDNN) or cuda (NCCL + cuBLASLt)");
-  f.add("data", &a.data, "text file to train on (byte-level tokens)");
+  f.add("data", &a.data, "text file to train on (its bytes are the tokens without --tokenizer)");
+  f.add("tokenizer", &a.tokenizer,
+        "Hugging Face tokenizer.json (byte-level BPE): tokenises --data once, into a cache file "
+        "next to it, and sets the vocabulary (default: the checkpoint's with --load, else bytes)");
   f.add("log-json", &a.log_json, "write one JSON object per step to this file (rank 0)");
   f.add("save", &a.save, "save a checkpoint to this directory at the end");
   f.add("save-interval", &a.save_interval, "also save every N steps (needs --save)");
@@ -99,7 +104,8 @@ std::string args_json(const Args& a) {
                         {"weight_decay", a.weight_decay},
                         {"clip_grad", a.clip_grad},
                         {"seed", a.seed},
-                        {"data", a.data}}
+                        {"data", a.data},
+                        {"tokenizer", a.tokenizer}}
       .dump();
 }
 
@@ -176,7 +182,10 @@ int train(const Args& a, weft::Communicator& mpi_world) {
   const int64_t micro_batches = global_batch / (a.micro_batch * dp);
 
   weft::GPTConfig config = weft::GPTConfig::preset(a.preset);
-  config.vocab_size = weft::TextDataset::kVocabSize;
+  // Tokens are bytes unless a tokenizer is named (here or by the checkpoint --load resumes).
+  std::optional<weft::Tokenizer> tokenizer;
+  if (!a.tokenizer.empty()) tokenizer = weft::Tokenizer::from_file(a.tokenizer);
+  config.vocab_size = tokenizer ? tokenizer->vocab_size() : weft::TextDataset::kVocabSize;
   config.max_seq = a.seq_len;
   config.layers = a.layers;
   config.hidden = a.hidden;
@@ -193,13 +202,29 @@ int train(const Args& a, weft::Communicator& mpi_world) {
     loaded = weft::read_checkpoint_info(a.load);
     config = loaded.config;  // the checkpoint's model, whatever the flags say
     first_step = loaded.step;
+    if (!tokenizer && !loaded.tokenizer.empty()) {
+      tokenizer = weft::Tokenizer::from_file(loaded.tokenizer);
+    }
+    const int64_t vocab = tokenizer ? tokenizer->vocab_size() : weft::TextDataset::kVocabSize;
+    WEFT_CHECK(config.vocab_size == vocab, "checkpoint ", a.load, " has a vocabulary of ",
+               config.vocab_size, " tokens but ",
+               tokenizer ? "tokenizer '" + tokenizer->source() + "'" : std::string("bytes"),
+               " give ", vocab);
   }
   // How the model runs is this run's choice, not the checkpoint's.
   config.sequence_parallel = a.sequence_parallel;
   config.tp_comm_overlap = a.tp_comm_overlap;
   config.finalize(grid.tp_size());
 
-  const weft::TextDataset data(a.data);
+  const weft::TextDataset data =
+      tokenizer ? weft::TextDataset(a.data, *tokenizer) : weft::TextDataset(a.data);
+  WEFT_CHECK(
+      data.train_size() > a.seq_len && (a.eval_interval == 0 || data.validation_size() > a.seq_len),
+      "--data '", a.data, "' gives ", data.train_size(), " training and ", data.validation_size(),
+      " validation tokens",
+      tokenizer ? " with tokenizer '" + tokenizer->source() + "'" : std::string(" (bytes)"),
+      ": a window of --seq-len + 1 = ", a.seq_len + 1, " tokens must fit in ",
+      a.eval_interval == 0 ? "the training split" : "each split");
   weft::PipelineModel model(weft::ParallelContext{backend, grid.tp()}, grid.pp(), config, schedule,
                             static_cast<int>(a.virtual_stages));
   weft::AdamW optimizer(backend, model.parameters(),
@@ -231,7 +256,7 @@ int train(const Args& a, weft::Communicator& mpi_world) {
     std::printf(
         "  %d ranks: tp=%d pp=%d dp=%lld (%s schedule, %lld virtual stage(s) per rank%s%s), "
         "backend %s\n  global batch %lld x %lld tokens: %lld micro-batch(es) of %lld per "
-        "data-parallel rank; data %s (%lld bytes)\n",
+        "data-parallel rank; data %s (%lld tokens)\n",
         mpi_world.size(), grid.tp_size(), grid.pp_size(), static_cast<long long>(dp),
         weft::schedule_name(schedule), static_cast<long long>(a.virtual_stages),
         config.sequence_parallel ? ", sequence parallel" : "",
@@ -239,6 +264,12 @@ int train(const Args& a, weft::Communicator& mpi_world) {
         static_cast<long long>(global_batch), static_cast<long long>(a.seq_len),
         static_cast<long long>(micro_batches), static_cast<long long>(a.micro_batch),
         a.data.c_str(), static_cast<long long>(data.size()));
+    if (tokenizer) {
+      std::printf("  tokenizer %s: vocabulary %lld; token cache %s %s\n",
+                  tokenizer->source().c_str(), static_cast<long long>(tokenizer->vocab_size()),
+                  weft::TextDataset::token_cache_path(a.data, *tokenizer).c_str(),
+                  data.from_cache() ? "reused" : "written");
+    }
   }
 
   const int64_t tokens = a.seq_len * a.micro_batch;
@@ -264,6 +295,7 @@ int train(const Args& a, weft::Communicator& mpi_world) {
     info.dropout_replicated = rng.replicated_offset();
     info.dropout_sharded = rng.sharded_offset();
     info.run_args = args_json(a);
+    info.tokenizer = tokenizer ? tokenizer->source() : "";
     weft::save_checkpoint(a.save, info, model.parameters(), &optimizer, grid, backend);
     if (leader) {
       std::printf("saved checkpoint at step %lld to %s\n", static_cast<long long>(step),

@@ -1,9 +1,12 @@
-// Training data: byte-level tokens (vocabulary 256) from any text file, split into a training
-// and a validation region, sampled deterministically from a seed.
+// Training data: the tokens of a text file (its bytes, vocabulary 256, or a tokenizer's ids),
+// split into a training and a validation region, sampled deterministically from a seed.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "weft/tokenizer.hpp"
 
 namespace weft {
 
@@ -17,17 +20,30 @@ class TextDataset {
   // shortest window: one input and its target). validation_fraction is in [0, 1).
   explicit TextDataset(const std::string& path, double validation_fraction = 0.05);
 
-  int64_t size() const { return static_cast<int64_t>(bytes_.size()); }
+  // The same with `tokenizer`'s ids as tokens. The text is tokenised once: the ids are cached in
+  // token_cache_path(path, tokenizer) next to it, together with a hash of the text, and reused
+  // while the text is unchanged (a changed text, or another tokenizer, tokenises again; the cache
+  // is written atomically, and a directory that cannot be written only costs the cache). The
+  // too-short error names the tokenizer and the token count.
+  TextDataset(const std::string& path, const Tokenizer& tokenizer,
+              double validation_fraction = 0.05);
+
+  // Where the ids of `path` tokenised by `tokenizer` are cached: path + ".<fingerprint>.tokens".
+  static std::string token_cache_path(const std::string& path, const Tokenizer& tokenizer);
+
+  int64_t size() const { return static_cast<int64_t>(tokens_.size()); }
   int64_t train_size() const { return train_size_; }
   int64_t validation_size() const { return size() - train_size_; }
   const std::string& path() const { return path_; }
+  // Whether the ids came from the token cache rather than from tokenising (tokenizer only).
+  bool from_cache() const { return from_cache_; }
 
   // Fills `ids` and `targets` (host i32 arrays of seq * batch elements each) with micro-batch
   // `index` of the training (or validation) split. Rows are ordered (position, batch): element
   // s * batch + b is position s of sequence b, and targets are the ids shifted by one position
-  // (targets[s * batch + b] is the byte after ids[s * batch + b]). Sequence b is the window of
-  // seq + 1 bytes starting where the Philox draw for (seed, split, index, b) says, uniform over the
-  // split, so every rank and every TP size sees the same data for the same seed. Throws
+  // (targets[s * batch + b] is the token after ids[s * batch + b]). Sequence b is the window of
+  // seq + 1 tokens starting where the Philox draw for (seed, split, index, b) says, uniform over
+  // the split, so every rank and every TP size sees the same data for the same seed. Throws
   // weft::Error when seq + 1 exceeds the split or seq, batch, index are negative.
   void batch(bool validation, uint64_t seed, int64_t index, int64_t seq, int64_t batch,
              int32_t* ids, int32_t* targets) const;
@@ -36,9 +52,12 @@ class TextDataset {
   int64_t window_start(bool validation, uint64_t seed, int64_t index, int64_t seq, int64_t b) const;
 
  private:
+  void split(double validation_fraction, const std::string& unit, const std::string& tokenizer);
+
   std::string path_;
-  std::string bytes_;
+  std::vector<int32_t> tokens_;
   int64_t train_size_ = 0;
+  bool from_cache_ = false;
 };
 
 }  // namespace weft

@@ -18,6 +18,9 @@ struct CheckpointInfo {
   uint64_t dropout_replicated = 0;  // DropoutRng counters
   uint64_t dropout_sharded = 0;
   std::string run_args = "{}";  // the program's own settings, as a JSON object
+  // The tokenizer.json the model's ids mean ("" for bytes). save_checkpoint copies this file into
+  // the checkpoint as tokenizer.json; read_checkpoint_info returns the path of that copy.
+  std::string tokenizer;
 };
 
 // Layout of a checkpoint directory:
@@ -25,6 +28,7 @@ struct CheckpointInfo {
 //                            names) and, with an optimizer, their f32 master weights and moments
 //                            ("<name>.master", ".exp_avg", ".exp_avg_sq"); written by the ranks
 //                            of data-parallel rank 0;
+//   tokenizer.json           a copy of info.tokenizer, when there is one (world rank 0);
 //   manifest.json            written by world rank 0 last, after every shard is on disk: a
 //                            directory without it is not a checkpoint.
 // Collective over grid.world(). `params` are this rank's (a GPTModel's or a PipelineModel's).

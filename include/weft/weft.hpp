@@ -27,3 +27,4 @@
 #include "weft/rng.hpp"
 #include "weft/shape.hpp"
 #include "weft/tensor.hpp"
+#include "weft/tokenizer.hpp"

@@ -114,6 +114,10 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
   }
   world.barrier();  // every shard is on disk before the manifest says so
   if (world.rank() == 0) {
+    // The tokenizer travels with the model, so the checkpoint alone says what its ids mean.
+    if (!info.tokenizer.empty()) {
+      write_file_atomically(dir + "/tokenizer.json", read_file(info.tokenizer));
+    }
     json manifest{{"format", "weft-gpt-checkpoint"},
                   {"version", 1},
                   {"config", config_to_json(info.config)},
@@ -125,6 +129,7 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
                    {{"dropout_replicated", info.dropout_replicated},
                     {"dropout_sharded", info.dropout_sharded}}},
                   {"run_args", json::parse(info.run_args)}};
+    if (!info.tokenizer.empty()) manifest["tokenizer"] = "tokenizer.json";
     write_file_atomically(dir + "/manifest.json", manifest.dump(2) + "\n");
   }
   world.barrier();
@@ -145,6 +150,7 @@ CheckpointInfo read_checkpoint_info(const std::string& dir) {
     info.dropout_replicated = j.at("rng").at("dropout_replicated").get<uint64_t>();
     info.dropout_sharded = j.at("rng").at("dropout_sharded").get<uint64_t>();
     info.run_args = j.at("run_args").dump();
+    if (j.contains("tokenizer")) info.tokenizer = dir + "/" + j.at("tokenizer").get<std::string>();
     return info;
   } catch (const json::exception& e) {
     WEFT_THROW(ErrorCode::kIo, "malformed checkpoint manifest ", path, ": ", e.what());

@@ -68,7 +68,7 @@ inline double max_rel_error(const std::vector<double>& actual,
   return max_diff / max_ref;
 }
 
-// The tolerance DESIGN.md sets for a dtype: f32 at rounding level, 16-bit formats at 1e-2.
+// The tolerance the project sets for a dtype (README, "Tests"): f32 at rounding level, 16-bit formats at 1e-2.
 inline double tolerance(DType dtype) { return dtype == DType::kF32 ? 1e-5 : 1e-2; }
 
 // Rounds every value to what `dtype` can hold (the reference sees the inputs the kernel sees).

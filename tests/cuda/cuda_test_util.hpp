@@ -223,7 +223,7 @@ inline ::testing::AssertionResult within_ulps(const std::vector<unsigned char>& 
 
 inline const char* short_name(DType dtype) { return dtype_name(dtype); }
 
-// fp32 1e-5 to 1e-4, 16-bit formats 1e-2 (DESIGN.md, "Correctness").
+// fp32 1e-5 to 1e-4, 16-bit formats 1e-2 (README, "Tests").
 inline double dtype_rtol(DType dtype, double f32_rtol) {
   return dtype == DType::kF32 ? f32_rtol : 1e-2;
 }
