@@ -9,8 +9,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "backend/cuda/cuda_check.hpp"
-#include "backend/cuda/device_memory.hpp"
+#include "backend/cuda_check.hpp"
+#include "backend/device_memory.hpp"
+#include "weft/log.hpp"
 
 namespace weft {
 namespace kernel {

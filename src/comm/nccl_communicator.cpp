@@ -9,8 +9,8 @@
 #include <thread>
 #include <utility>
 
-#include "backend/cuda/cuda_check.hpp"
-#include "backend/cuda/device_memory.hpp"
+#include "backend/cuda_check.hpp"
+#include "backend/device_memory.hpp"
 #include "weft/error.hpp"
 #include "weft/log.hpp"
 

@@ -3,7 +3,7 @@
 #include <cuda_runtime.h>
 
 #include "backend/cuda/cuda_backend.hpp"
-#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda_check.hpp"
 #include "comm/staged_communicator.hpp"
 #include "weft/log.hpp"
 

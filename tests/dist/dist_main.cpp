@@ -1,13 +1,16 @@
 // main() for the distributed tests: MPI up, the engine WEFT_TEST_BACKEND names, run every test on
 // every rank, agree on the verdict.
 //
-// Only rank 0 prints the usual GoogleTest output; other ranks print their failures alone,
-// prefixed with the rank. The exit code is non-zero on every rank if any rank failed. With the
-// cuda engine and no GPU every test is skipped, or fails under WEFT_REQUIRE_GPU=1.
+// Only rank 0 prints the usual GoogleTest output. With the cuda engine and no GPU every test is
+// skipped, or fails under WEFT_REQUIRE_GPU=1. A failed assertion on any rank ends the whole
+// job at once (fail fast): the rank prints it, prefixed with the rank and the test, and calls
+// MPI_Abort, instead of leaving its peers waiting in the test's next collective until ctest's
+// timeout. The exit code is non-zero on every rank if any rank failed.
 #include <gtest/gtest.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
 #include "dist/dist_env.hpp"
 #include "dist/host_staging_engine.hpp"
@@ -18,20 +21,32 @@ std::unique_ptr<Communicator> g_host_world;
 std::string g_engine = "cpu";
 Runtime g_runtime;
 
-// Prints failed assertions from a rank other than 0 (rank 0 has the default printer).
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
+// Prints a failed assertion with its rank and test, then ends every rank of the job. A failure
+// on one rank often means that rank leaves the test early (ASSERT_*, an exception) while its
+// peers wait in a collective forever; and a failure on every rank would fail the run anyway.
+class FailFast : public ::testing::EmptyTestEventListener {
  public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  explicit FailFast(int rank) : rank_(rank) {}
+  // Kept here: UnitTest::current_test_info() would wait for the lock that GoogleTest holds while
+  // it reports a result.
+  void OnTestStart(const ::testing::TestInfo& test) override {
+    test_ = std::string(test.test_suite_name()) + "." + test.name();
+  }
+  void OnTestEnd(const ::testing::TestInfo&) override { test_ = "(outside a test)"; }
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
-    if (result.failed()) {
-      std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_,
-                   result.file_name() ? result.file_name() : "?", result.line_number(),
-                   result.summary());
-    }
+    if (!result.failed()) return;
+    std::fflush(stdout);
+    std::fprintf(stderr, "[rank %d] %s: %s:%d: Failure\n%s\n", rank_, test_.c_str(),
+                 result.file_name() ? result.file_name() : "?", result.line_number(),
+                 result.summary());
+    std::fprintf(stderr, "[rank %d] failed: aborting every rank (fail fast)\n", rank_);
+    std::fflush(stderr);
+    weft::MpiRuntime::abort(1);
   }
 
  private:
   int rank_;
+  std::string test_ = "(outside a test)";
 };
 
 bool gpu_required() {
@@ -113,10 +128,9 @@ int main(int argc, char** argv) {
     }
     ::testing::AddGlobalTestEnvironment(new wt::EngineEnvironment(available));
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    if (rank != 0) {
-      delete listeners.Release(listeners.default_result_printer());
-      listeners.Append(new wt::RankFailurePrinter(rank));
-    }
+    if (rank != 0) delete listeners.Release(listeners.default_result_printer());
+    // After rank 0's printer, so that its usual failure report comes out first.
+    listeners.Append(new weft::testing::FailFast(rank));
     failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
     // Every rank learns whether any rank failed.
     float local = static_cast<float>(failed), any = 0.0f;

@@ -30,7 +30,7 @@
 #include <cstring>
 #include <string>
 
-#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda_check.hpp"
 #include "kernels.hpp"
 #include "weft/log.hpp"
 

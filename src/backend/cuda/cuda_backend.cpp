@@ -7,8 +7,8 @@
 #include <utility>
 
 #include "backend/backend_checks.hpp"
-#include "backend/cuda/cuda_check.hpp"
-#include "backend/cuda/device_memory.hpp"
+#include "backend/cuda_check.hpp"
+#include "backend/device_memory.hpp"
 #include "kernels.hpp"
 #include "weft/error.hpp"
 #include "weft/log.hpp"

@@ -1,11 +1,11 @@
 // device_pool, pool_allocate, pool_free: weft's stream-ordered device memory (device_memory.hpp).
-#include "backend/cuda/device_memory.hpp"
+#include "backend/device_memory.hpp"
 
 #include <cstdint>
 #include <map>
 #include <mutex>
 
-#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda_check.hpp"
 #include "weft/error.hpp"
 #include "weft/log.hpp"
 
