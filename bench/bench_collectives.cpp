@@ -1,8 +1,9 @@
 // bench_collectives: weft's collectives over a size sweep, in nccl-tests' terms.
 //
 // What it measures: all_reduce (sum; f32 and bf16), all_gather and reduce_scatter (sum, f32),
-// out of place, through make_mpi_world_communicator() on host buffers and, in a CUDA build where
-// every rank of a node has its own GPU, through make_nccl_communicator() on device buffers.
+// out of place, through make_mpi_world_communicator() on host buffers and, in a CUDA build with a
+// GPU on every rank, through the communicator make_runtime("cuda") picks on device buffers (NCCL,
+// or mpi-staged when ranks share a GPU).
 // Sizes run from 16 KiB to 64 MiB in powers of 4. As in nccl-tests, `size` is the full buffer
 // per rank for all_reduce, the gathered output for all_gather and the send input for
 // reduce_scatter, and
@@ -32,6 +33,7 @@
 #include "weft/backend.hpp"
 #include "weft/comm.hpp"
 #include "weft/config.hpp"
+#include "weft/runtime.hpp"
 #include "weft/tensor.hpp"
 
 #if WEFT_HAVE_CUDA
@@ -188,21 +190,18 @@ int run(int argc, char** argv) {
   benchmark::AddCustomContext("mpi_library", weft::bench::mpi_library_version());
 
 #if WEFT_HAVE_CUDA
-  // NCCL needs a GPU of its own on every rank: use it only when each node has enough, decided
-  // by all ranks together so that they register the same benchmarks.
-  std::unique_ptr<Backend> gpu;
-  std::unique_ptr<Communicator> nccl;
-  const int local_rank = weft::bench::gpu_for_every_rank();
-  if (local_rank >= 0) {
-    gpu = weft::make_cuda_backend(local_rank);
-    nccl = weft::make_nccl_communicator(*world, local_rank);
-    transports.push_back({"nccl", nccl.get(), gpu.get()});
+  // The cuda engine's communicator as weft::make_runtime picks it: NCCL when every rank of a node
+  // has a GPU of its own, mpi-staged when they share one. Decided by all ranks together, so that
+  // they register the same benchmarks.
+  weft::Runtime gpu;
+  if (weft::cuda_on_every_rank(*world)) {
+    gpu = weft::make_runtime("cuda", *world);
+    transports.push_back({gpu.world->name(), gpu.world.get(), gpu.backend.get()});
     int version = 0;
     ncclGetVersion(&version);
     benchmark::AddCustomContext("nccl_version", std::to_string(version));
-    benchmark::AddCustomContext("gpu", gpu->name());
-  } else if (rank == 0 && weft::cuda_device_count() > 0) {
-    std::printf("NCCL skipped: the ranks of a node share GPUs; NCCL needs one GPU per rank\n");
+    benchmark::AddCustomContext("gpu", gpu.backend->name());
+    benchmark::AddCustomContext("gpu_runtime", gpu.description);
   }
 #endif
 

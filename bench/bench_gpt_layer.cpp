@@ -86,6 +86,7 @@
 #include "weft/error.hpp"
 #include "weft/gpt.hpp"
 #include "weft/mappings.hpp"
+#include "weft/runtime.hpp"
 #include "weft/tensor.hpp"
 
 #if WEFT_HAVE_CUDA
@@ -358,31 +359,27 @@ int run(int argc, char** argv) {
   benchmark::AddCustomContext("omp_threads", std::to_string(omp_get_max_threads()));
   benchmark::AddCustomContext("mpi_library", weft::bench::mpi_library_version());
 
-  std::unique_ptr<Backend> gpu;
-  std::unique_ptr<Communicator> nccl;
+  weft::Runtime gpu;
 #if WEFT_HAVE_CUDA
-  // A GPU per rank of each node, decided by all ranks together so that they register the same
-  // benchmarks. One rank uses the self communicator (its collectives are never called at tp 1).
-  const int local_rank = weft::bench::gpu_for_every_rank();
-  if (local_rank >= 0) {
-    gpu = weft::make_cuda_backend(local_rank);
-    Communicator* device_tp = self.get();
-    if (world->size() > 1) {
-      nccl = weft::make_nccl_communicator(*world, local_rank);
-      device_tp = nccl.get();
-    }
+  // NCCL only (make_runtime picks it when every rank of a node has a GPU of its own; one rank
+  // gets a one-rank NCCL group whose collectives are never called at tp 1): layer throughput
+  // over the staged communicator would measure the host staging. Decided by all ranks together,
+  // so that they register the same benchmarks.
+  if (weft::cuda_on_every_rank(*world)) gpu = weft::make_runtime("cuda", *world);
+  if (gpu.world != nullptr && gpu.world->name() == "nccl") {
+    Communicator* device_tp = gpu.world.get();
     for (const LayerCase& c : cuda_cases()) {
       cases.push_back(c);
-      targets.push_back(Target{gpu.get(), device_tp});
+      targets.push_back(Target{gpu.backend.get(), device_tp});
     }
     int runtime = 0, nccl_version = 0;
     cudaRuntimeGetVersion(&runtime);
     ncclGetVersion(&nccl_version);
-    benchmark::AddCustomContext("weft_cuda_backend", gpu->name());
+    benchmark::AddCustomContext("weft_cuda_backend", gpu.backend->name());
     benchmark::AddCustomContext("tp_communicator_cuda", device_tp->name());
     benchmark::AddCustomContext("cuda_runtime_version", std::to_string(runtime));
     benchmark::AddCustomContext("nccl_version", std::to_string(nccl_version));
-  } else if (rank == 0 && weft::cuda_device_count() > 0) {
+  } else if (rank == 0 && gpu.world != nullptr) {
     std::printf("CUDA cases skipped: the ranks of a node share GPUs; each rank needs its own\n");
   }
 #endif

@@ -47,6 +47,7 @@
 #include "weft/comm.hpp"
 #include "weft/config.hpp"
 #include "weft/overlap.hpp"
+#include "weft/runtime.hpp"
 #include "weft/tensor.hpp"
 
 namespace {
@@ -250,19 +251,17 @@ int run(int argc, char** argv) {
   }
 
 #if WEFT_HAVE_CUDA
-  // NCCL needs a GPU of its own on every rank: decided by all ranks together, so that they
-  // register the same benchmarks.
-  std::unique_ptr<Backend> gpu;
-  std::unique_ptr<Communicator> nccl;
-  const int local_rank = weft::bench::gpu_for_every_rank();
-  if (local_rank >= 0) {
-    gpu = weft::make_cuda_backend(local_rank);
-    nccl = weft::make_nccl_communicator(*world, local_rank);
-    benchmark::AddCustomContext("gpu", gpu->name());
-    const Transport cuda{"nccl", nccl.get(), gpu.get()};
+  // NCCL only (make_runtime picks it when every rank of a node has a GPU of its own): the
+  // staged communicator has no transfer worth hiding behind a GEMM. Decided by all ranks
+  // together, so that they register the same benchmarks.
+  weft::Runtime gpu;
+  if (weft::cuda_on_every_rank(*world)) gpu = weft::make_runtime("cuda", *world);
+  if (gpu.world != nullptr && gpu.world->name() == "nccl") {
+    benchmark::AddCustomContext("gpu", gpu.backend->name());
+    const Transport cuda{"nccl", gpu.world.get(), gpu.backend.get()};
     rows.push_back({cuda, Op::kAgGemm, Case{"flux", 4096, 12288, 49152, DType::kBF16, 20}});
     rows.push_back({cuda, Op::kGemmRs, Case{"flux", 4096, 49152, 12288, DType::kBF16, 20}});
-  } else if (rank == 0 && weft::cuda_device_count() > 0) {
+  } else if (rank == 0 && gpu.world != nullptr) {
     std::printf("CUDA cases skipped: the ranks of a node share GPUs; NCCL needs one per rank\n");
   }
 #endif

@@ -9,7 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda_check.hpp"
+#include "backend/device_memory.hpp"
 #include "weft/log.hpp"
 
 namespace weft {
@@ -70,25 +71,18 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return block_reduce<true>(v, scratch);
 }
 
-// Temporary device memory for one launcher: allocated and freed in stream order
-// (cudaMallocAsync), so it needs no synchronization and is safe under graph capture.
+// Temporary device memory for one launcher on the current device: allocated and freed in stream
+// order from the pool the device's tensors come from (device_memory.hpp), so it needs no
+// synchronization, and an out-of-memory retry trims the same pool a tensor allocation would.
 class StreamScratch {
  public:
   StreamScratch(size_t bytes, cudaStream_t stream, const char* op) : stream_(stream) {
     if (bytes == 0) return;
-    WEFT_CHECK_CUDA(cudaMallocAsync(&ptr_, bytes, stream_), op, ": allocating ", bytes,
-                    " bytes of scratch");
+    int device = 0;
+    WEFT_CHECK_CUDA(cudaGetDevice(&device), op, ": querying the current device");
+    ptr_ = pool_allocate(device, bytes, stream_, op);
   }
-  ~StreamScratch() {
-    if (ptr_ == nullptr) return;
-    const cudaError_t status = cudaFreeAsync(ptr_, stream_);
-    if (status != cudaSuccess) {
-      try {
-        WEFT_LOG(kError, "freeing kernel scratch: ", cudaGetErrorString(status));
-      } catch (...) {
-      }
-    }
-  }
+  ~StreamScratch() { pool_free(ptr_, stream_); }
   StreamScratch(const StreamScratch&) = delete;
   StreamScratch& operator=(const StreamScratch&) = delete;
 

@@ -9,7 +9,8 @@
 
 #include <cstdint>
 
-#include "backend/backend_checks.hpp"
+#include "backend/attention_dims.hpp"
+#include "backend/dtype_dispatch.hpp"
 #include "weft/backend.hpp"
 #include "weft/dtype.hpp"
 #include "weft/error.hpp"
@@ -21,30 +22,6 @@ struct CUstream_st;
 namespace weft {
 
 using CudaStreamHandle = CUstream_st*;
-
-// Calls f(TypeTag<T>{}) with T the storage type of `dtype`, to pick a launcher instantiation:
-//   dispatch_storage(view.dtype, [&](auto tag) { using T = typename decltype(tag)::type; ... });
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-template <typename F>
-void dispatch_storage(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kF32:
-      f(TypeTag<float>{});
-      return;
-    case DType::kBF16:
-      f(TypeTag<bf16_t>{});
-      return;
-    case DType::kF16:
-      f(TypeTag<f16_t>{});
-      return;
-    case DType::kI32:
-      break;
-  }
-  WEFT_CHECK(false, "this op needs a floating-point dtype, got ", dtype_name(dtype));
-}
 
 // dst[i] = Dst(src[i]), rounding to nearest even.
 template <typename Dst, typename Src>

@@ -6,13 +6,17 @@ WEFT_BUILD="${WEFT_BUILD:-$WEFT_ROOT/build}"
 WEFT_PACKAGES=(build-essential cmake ninja-build pkg-config libopenmpi-dev openmpi-bin libdnnl-dev
                libgtest-dev libbenchmark-dev nlohmann-json3-dev ocl-icd-opencl-dev
                libpcre2-dev python3-venv gnupg-l10n)
+# Only for scripts/levels-diagram (dot renders the build's level graph).
+WEFT_DOC_PACKAGES=(graphviz)
 
 weft_log() { printf '\033[1m[weft]\033[0m %s\n' "$*" >&2; }
 
-# Installs the Debian packages that are not installed yet (needs root and apt-get).
+# Installs the Debian packages that are not installed yet (needs root and apt-get): the given
+# ones, or WEFT_PACKAGES.
 weft_install_deps() {
-  local missing=()
-  for pkg in "${WEFT_PACKAGES[@]}"; do
+  local missing=() wanted=("$@")
+  [ ${#wanted[@]} -gt 0 ] || wanted=("${WEFT_PACKAGES[@]}")
+  for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
       missing+=("$pkg")
   done

@@ -1,9 +1,8 @@
-// Shared start-up of the examples: MPI, the backend and world communicator a flag names, and
+// Shared start-up of the examples: MPI, the backend and world communicator the flags name, and
 // error handling that never leaves a rank waiting.
 #pragma once
 
 #include <cstdio>
-#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -13,36 +12,36 @@
 
 namespace weft::examples {
 
-// This process's rank on its node, from the launcher's environment (Open MPI, Slurm, MPICH).
-inline int local_rank() {
-  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
-    if (const char* v = std::getenv(name)) return std::atoi(v);
-  }
-  return 0;
-}
+// --backend cpu|cuda and --comm auto|mpi|nccl|mpi-staged, as every example takes them.
+struct EngineFlags {
+  std::string backend = "cpu";
+  std::string comm = "auto";
 
-struct Launch {
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<Communicator> nccl;  // set for the cuda backend
-  Communicator* world = nullptr;       // the communicator the layers use (NCCL or MPI)
+  void add_to(Flags& flags) {
+    flags.add("backend", &backend, "cpu (MPI + oneDNN) or cuda (cuBLASLt + NCCL or mpi-staged)");
+    flags.add("comm", &comm,
+              "auto, mpi (cpu), nccl or mpi-staged (cuda; ranks may share a GPU). auto: WEFT_COMM "
+              "if set, else nccl with a GPU per rank, mpi-staged when ranks share one");
+  }
 };
 
-// "cpu": oneDNN + the MPI world. "cuda": GPU local_rank() % GPUs + NCCL over the MPI world.
-inline Launch launch(const std::string& backend_name, Communicator& mpi_world) {
-  Launch l;
-  if (backend_name == "cuda") {
-    const int devices = cuda_device_count();
-    WEFT_CHECK(devices > 0, "--backend cuda, but no GPU is visible");
-    const int device = local_rank() % devices;
-    l.backend = make_cuda_backend(device);
-    l.nccl = make_nccl_communicator(mpi_world, device);
-    l.world = l.nccl.get();
-  } else {
-    WEFT_CHECK(backend_name == "cpu", "--backend must be cpu or cuda, got '", backend_name, "'");
-    l.backend = make_cpu_backend();
-    l.world = &mpi_world;
+// The backend and the world communicator the flags name (weft::make_runtime). Unknown names are a
+// usage error, on every rank alike.
+inline Runtime launch(const EngineFlags& engine, Communicator& mpi_world) {
+  const std::string& b = engine.backend;
+  const std::string& c = engine.comm;
+  if (b != "cpu" && b != "cuda") throw UsageError("--backend must be cpu or cuda, got '" + b + "'");
+  if (c != "auto" && c != "mpi" && c != "nccl" && c != "mpi-staged") {
+    throw UsageError("--comm must be auto, mpi, nccl or mpi-staged, got '" + c + "'");
   }
-  return l;
+  const bool gpu_comm = c == "nccl" || c == "mpi-staged";
+  if (c != "auto" && (b == "cpu") == gpu_comm) {
+    throw UsageError("--comm " + c + " does not run on --backend " + b +
+                     " (cpu takes mpi; cuda takes nccl or mpi-staged)");
+  }
+  RuntimeOptions options;
+  options.comm = c == "mpi" ? "auto" : c;
+  return make_runtime(b, mpi_world, options);
 }
 
 // Runs body(argc, argv, mpi_world) under MPI. A bad command line (the same on every rank) exits

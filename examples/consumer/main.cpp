@@ -6,8 +6,10 @@
 
 int main(int argc, char** argv) {
   weft::MpiRuntime mpi(&argc, &argv);
-  auto world = weft::make_mpi_world_communicator();
-  auto cpu = weft::make_cpu_backend();
+  auto mpi_world = weft::make_mpi_world_communicator();
+  weft::Runtime rt = weft::make_runtime("cpu", *mpi_world);
+  weft::Backend* cpu = rt.backend.get();
+  weft::Communicator* world = rt.world.get();
   weft::ParallelGrid grid(*world, world->size());
 
   weft::ColumnParallelLinearConfig config;
@@ -15,7 +17,7 @@ int main(int argc, char** argv) {
   config.out_features = 16 * grid.tp_size();
   config.gather_output = true;
   weft::ColumnParallelLinear sharded({*cpu, grid.tp()}, config);
-  auto self = weft::make_self_communicator();
+  auto self = rt.make_self();
   weft::ColumnParallelLinear whole({*cpu, *self}, config);  // same seed: same global weights
 
   weft::Tensor x(*cpu, weft::Shape({8, config.in_features}), weft::DType::kF32);

@@ -18,9 +18,10 @@
 namespace {
 
 struct Args {
-  std::string load, prompt = "The ", backend = "cpu", tokenizer;
+  std::string load, prompt = "The ", tokenizer;
   int64_t max_new_tokens = 100, top_k = 0, seed = 1;
   double temperature = 0.0;
+  weft::examples::EngineFlags engine;  // --backend, --comm
 };
 
 // Greedy when temperature is 0; otherwise softmax(logits / temperature) over the top_k largest
@@ -62,7 +63,7 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   flags.add("temperature", &a.temperature, "0: greedy; otherwise sampling temperature");
   flags.add("top-k", &a.top_k, "sample among the k most likely tokens (0: all)");
   flags.add("seed", &a.seed, "sampling seed");
-  flags.add("backend", &a.backend, "cpu or cuda");
+  a.engine.add_to(flags);
   if (!flags.parse(argc, argv)) {
     if (mpi_world.rank() == 0) std::printf("%s", flags.usage().c_str());
     return 0;
@@ -87,9 +88,9 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   WEFT_CHECK(mpi_world.size() % info.tp == 0, "checkpoint ", a.load,
              " was saved at tensor-parallel size ", info.tp, "; run with a multiple of ", info.tp,
              " ranks, not ", mpi_world.size());
-  weft::examples::Launch launch = weft::examples::launch(a.backend, mpi_world);
-  weft::Backend& backend = *launch.backend;
-  weft::ParallelGrid grid(*launch.world, info.tp);
+  const weft::Runtime runtime = weft::examples::launch(a.engine, mpi_world);
+  weft::Backend& backend = *runtime.backend;
+  weft::ParallelGrid grid(*runtime.world, info.tp);
   weft::GPTConfig config = info.config;
   weft::GPTModel model(weft::ParallelContext{backend, grid.tp()}, config);
   weft::load_checkpoint(a.load, model.parameters(), nullptr, grid, backend);

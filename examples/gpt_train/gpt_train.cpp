@@ -30,9 +30,10 @@ using weft::Tensor;
 using weft::TensorView;
 
 struct Args {
-  std::string preset = "gpt2", dtype = "f32", backend = "cpu", data, log_json, save, load, trace;
+  std::string preset = "gpt2", dtype = "f32", data, log_json, save, load, trace;
   std::string tokenizer;
   std::string schedule = "1f1b", recompute = "none", layout = "manual", cluster;
+  weft::examples::EngineFlags engine;  // --backend, --comm
   int64_t tp = 1, pp = 1, virtual_stages = 1, layers = 2, hidden = 128, heads = 4, kv_heads = 0;
   int64_t seq_len = 64;
   bool sequence_parallel = false, tp_comm_overlap = false;
@@ -82,7 +83,7 @@ weft::examples::Flags make_flags(Args& a) {
   f.add("seed", &a.seed, "seed of initialization, data order and dropout");
   f.add("dtype", &a.dtype, "f32 or bf16 (compute; master weights stay f32)");
   f.add("dropout", &a.dropout, "dropout probability");
-  f.add("backend", &a.backend, "cpu (MPI + oneDNN) or cuda (NCCL + cuBLASLt)");
+  a.engine.add_to(f);
   f.add("data", &a.data, "text file to train on (its bytes are the tokens without --tokenizer)");
   f.add("tokenizer", &a.tokenizer,
         "Hugging Face tokenizer.json (byte-level BPE): tokenises --data once, into a cache file "
@@ -175,7 +176,8 @@ void report_pipeline(const Args& a, weft::PipelineModel& model, const weft::Para
 // it and the runner-up, and returns the flags set to it and its predicted step time.
 Args auto_layout(Args a, weft::Communicator& world, double* predicted_s) {
   namespace plan = weft::plan;
-  WEFT_CHECK(a.backend == "cpu" || !a.cluster.empty(), "--layout auto with --backend ", a.backend,
+  WEFT_CHECK(a.engine.backend == "cpu" || !a.cluster.empty(), "--layout auto with --backend ",
+             a.engine.backend,
              " needs --cluster (a cluster file or a "
              "built-in such as h100-80g-dgx): the quick calibration measures the CPU");
   weft::GPTConfig config = weft::GPTConfig::preset(a.preset);
@@ -233,9 +235,9 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
              ") at least 2");
   WEFT_CHECK(a.save_interval == 0 || !a.save.empty(), "--save-interval needs --save DIR");
 
-  weft::examples::Launch launch = weft::examples::launch(a.backend, mpi_world);
-  weft::Backend& backend = *launch.backend;
-  weft::ParallelGrid grid(*launch.world, static_cast<int>(a.tp), static_cast<int>(a.pp));
+  const weft::Runtime runtime = weft::examples::launch(a.engine, mpi_world);
+  weft::Backend& backend = *runtime.backend;
+  weft::ParallelGrid grid(*runtime.world, static_cast<int>(a.tp), static_cast<int>(a.pp));
   const weft::ScheduleKind schedule = weft::parse_schedule(a.schedule);
   WEFT_CHECK(a.virtual_stages == 1 || (a.virtual_stages > 1 && a.pp > 1), "--virtual-stages (",
              a.virtual_stages, ") must be 1, or more than 1 with --pp > 1");
@@ -326,7 +328,7 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
         mpi_world.size(), grid.tp_size(), grid.pp_size(), static_cast<long long>(dp),
         weft::schedule_name(schedule), static_cast<long long>(a.virtual_stages),
         config.sequence_parallel ? ", sequence parallel" : "",
-        config.tp_comm_overlap ? ", TP comm overlap" : "", backend.name().c_str(),
+        config.tp_comm_overlap ? ", TP comm overlap" : "", runtime.description.c_str(),
         static_cast<long long>(global_batch), static_cast<long long>(a.seq_len),
         static_cast<long long>(micro_batches), static_cast<long long>(a.micro_batch),
         a.data.c_str(), static_cast<long long>(data.size()));
@@ -389,7 +391,7 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
         weft::all_reduce_scalar(grid.dp(), backend, loss, weft::ReduceOp::kSum) /
         static_cast<float>(dp);
     const double ms = weft::all_reduce_scalar(
-        *launch.world, backend,
+        *runtime.world, backend,
         std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - start).count(),
         weft::ReduceOp::kMax);
     const double tokens_per_s = tokens_per_step / (ms / 1e3);

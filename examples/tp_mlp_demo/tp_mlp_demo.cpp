@@ -61,7 +61,8 @@ double max_over_ranks(weft::Communicator& world, double value) {
 
 int run(int argc, char** argv, weft::Communicator& mpi_world) {
   int64_t tokens = 512, hidden = 1024, ffn = 0, tp = 0, iters = 5, seed = 1234;
-  std::string dtype_name = "f32", backend_name = "cpu";
+  std::string dtype_name = "f32";
+  weft::examples::EngineFlags engine;
   weft::examples::Flags flags("tp_mlp_demo",
                               "Sharded MLP (column -> GeLU -> row) forward+backward vs unsharded.");
   flags.add("tokens", &tokens, "tokens per batch (sequence x micro-batch)");
@@ -71,7 +72,7 @@ int run(int argc, char** argv, weft::Communicator& mpi_world) {
   flags.add("iters", &iters, "timed iterations");
   flags.add("seed", &seed, "seed of weights and data");
   flags.add("dtype", &dtype_name, "f32 or bf16");
-  flags.add("backend", &backend_name, "cpu (MPI + oneDNN) or cuda (NCCL + cuBLASLt)");
+  engine.add_to(flags);
   if (!flags.parse(argc, argv)) {
     if (mpi_world.rank() == 0) std::printf("%s", flags.usage().c_str());
     return 0;
@@ -82,9 +83,9 @@ int run(int argc, char** argv, weft::Communicator& mpi_world) {
   WEFT_CHECK(iters > 0 && tokens > 0, "--iters (", iters, ") and --tokens (", tokens,
              ") must be positive");
 
-  weft::examples::Launch launch = weft::examples::launch(backend_name, mpi_world);
-  weft::Backend* backend = launch.backend.get();
-  weft::Communicator* world = launch.world;
+  const weft::Runtime runtime = weft::examples::launch(engine, mpi_world);
+  weft::Backend* backend = runtime.backend.get();
+  weft::Communicator* world = runtime.world.get();
   weft::ParallelGrid grid(*world, static_cast<int>(tp));
   auto solo = world->split(world->rank(), 0);  // a group of one: the unsharded reference
 

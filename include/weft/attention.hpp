@@ -101,7 +101,8 @@ class ParallelAttention {
   // Replicated kv (kv_heads < tp): this rank's query heads, and its group's key and value rows,
   // which the kv_group_ ranks all hold (their gradients are summed over kv_group_).
   Parameter q_weight_, q_bias_, kv_weight_, kv_bias_;
-  std::unique_ptr<Communicator> kv_group_;
+  // Owned by the TP communicator (block_group), shared by the layers that group ranks alike.
+  Communicator* kv_group_ = nullptr;
   std::unique_ptr<RowParallelLinear> proj_;
 
   // The KV cache of decoding (inference state, not a forward's saved activations).

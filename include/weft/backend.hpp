@@ -91,16 +91,11 @@ struct AdamWStep {
   float grad_scale = 1.0f;  // multiplies the gradient first (gradient clipping, averaging)
 };
 
-class Backend {
+// Memory (Allocator: device, allocate, deallocate; alignment at least 256 bytes on CUDA and 64 on
+// the CPU), streams and the local math.
+class Backend : public Allocator {
  public:
-  virtual ~Backend() = default;
-
-  virtual Device device() const = 0;
   virtual std::string name() const = 0;  // "cpu (oneDNN 2.6.3)", "cuda:0 (NVIDIA H100 ...)"
-
-  // Memory. Alignment is at least 256 bytes on CUDA and 64 on the CPU.
-  virtual void* allocate(size_t bytes) = 0;
-  virtual void deallocate(void* ptr) noexcept = 0;
 
   // Streams and events. Every op below is queued on the current stream.
   virtual Stream& stream() = 0;

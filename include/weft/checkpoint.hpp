@@ -1,4 +1,4 @@
-// Checkpoint files: safetensors read/write and atomic whole-file writes (for the JSON manifest).
+// Checkpoint files: safetensors read/write (atomic whole-file writes are in file_io.hpp).
 //
 // The safetensors layout (https://github.com/huggingface/safetensors): 8 bytes of little-endian
 // u64 N, then N bytes of UTF-8 JSON, padded with spaces so that N is a multiple of 8, then the raw
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "weft/dtype.hpp"
+#include "weft/file_io.hpp"  // write_file_atomically, read_file
 #include "weft/shape.hpp"
 #include "weft/tensor.hpp"
 
@@ -77,11 +78,5 @@ class SafetensorsReader {
   std::map<std::string, std::string> metadata_;
   std::map<std::string, Entry> entries_;
 };
-
-// Replaces `path` with `contents` atomically (the same temp file, fsync and rename as
-// save_safetensors). Throws weft::Error (kIo) naming the file on failure.
-void write_file_atomically(const std::string& path, const std::string& contents);
-// The whole file as bytes; weft::Error (kIo) naming the path when it cannot be read.
-std::string read_file(const std::string& path);
 
 }  // namespace weft

@@ -1,7 +1,10 @@
 // Communicator: collectives and point-to-point over a group of ranks. Moves bytes, no math
-// beyond the reduction. Implementations: MPI (host buffers), NCCL (GPU buffers), self (one rank).
+// beyond the reduction. Implementations: MPI (host buffers), NCCL (GPU buffers), MPI staged
+// through pinned host memory (GPU buffers, ranks may share a GPU), self (one rank).
 #pragma once
 
+#include <cstddef>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -17,28 +20,32 @@ enum class ReduceOp { kSum, kMax, kMin };
 // must not be read; the communicator and (NCCL) the stream passed to send/recv must outlive it.
 class PendingGroup {
  public:
-  // An unwaited group is completed here (errors are logged, never thrown).
+  // An unwaited group is completed here as wait() completes it (errors are logged, never
+  // thrown), so that its buffers may be freed right after, also while an exception unwinds. MPI
+  // blocks until the transfers are done (the peers posted theirs: a ring step's partners did
+  // before their own compute); NCCL orders the stream passed to send/recv after them.
   virtual ~PendingGroup() = default;
   // Advances the transfers without blocking and says whether they are complete. MPI moves data
   // only inside MPI calls (a rendezvous transfer of a large message stalls until the receiver
   // calls into MPI), so overlapped code calls this between its chunks of compute.
   virtual bool test() = 0;
-  // MPI, self: the transfers are complete on return. NCCL: work queued afterwards on the stream
-  // passed to send/recv runs after them (the host does not block).
+  // MPI, self: the transfers are complete on return (staged: and copied to the device). NCCL:
+  // work queued afterwards on the stream passed to send/recv runs after them (the host does not
+  // block).
   virtual void wait() = 0;
 };
 
 // Collectives are called by every rank of the group in the same order with matching shapes and
 // dtypes; arguments are checked before anything is sent, so a bad call throws weft::Error on the
 // rank that made it instead of hanging or corrupting the peers. Work is queued on `stream`
-// (NCCL) or completes before return (MPI, self).
+// (NCCL) or completes before return (MPI, staged, self).
 class Communicator {
  public:
   virtual ~Communicator() = default;
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  virtual std::string name() const = 0;  // "mpi", "nccl", "self"
+  virtual std::string name() const = 0;  // "mpi", "nccl", "mpi-staged", "self"
   // The device kind whose memory this communicator's buffers must live in.
   virtual DeviceKind buffer_device() const = 0;
 
@@ -67,12 +74,22 @@ class Communicator {
   // Collective: ranks passing the same color form a new communicator, ordered by key (then by
   // rank in this one). Like MPI_Comm_split and ncclCommSplit.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+  // The communicator of this rank's block of `ranks_per_block` consecutive ranks (block b holds
+  // ranks [b * ranks_per_block, (b + 1) * ranks_per_block), in rank order), made by split() on
+  // the first call with that size and shared by every later one, so that layers grouping ranks
+  // alike (replicated KV heads) share one communicator instead of one each. Owned by this
+  // communicator. Collective like split(): every rank calls it with the same sizes in the same
+  // order. ranks_per_block must divide size().
+  Communicator& block_group(int ranks_per_block);
   // Collective: returns when every rank has called it (host-side; completes queued work first).
   virtual void barrier() = 0;
 
  protected:
   // A group that was complete before it was returned.
   static std::unique_ptr<PendingGroup> completed_group();
+  // Destroys the block groups; derived destructors call it first, so that sub-communicators go
+  // before the communicator they were split from.
+  void release_block_groups() noexcept { block_groups_.clear(); }
 
   virtual void do_all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) = 0;
   virtual void do_all_gather(TensorView send, TensorView recv, Stream& stream) = 0;
@@ -84,6 +101,8 @@ class Communicator {
  private:
   void check_buffer(const TensorView& view, const char* what) const;
   void check_peer(int peer, const char* what) const;
+
+  std::map<int, std::unique_ptr<Communicator>> block_groups_;  // by ranks_per_block
 };
 
 const char* reduce_op_name(ReduceOp op);
@@ -116,5 +135,14 @@ std::unique_ptr<Communicator> make_self_communicator();
 // An NCCL communicator over the same ranks as `bootstrap` (the unique id is broadcast through it),
 // with GPU buffers on `device`. Throws weft::Error when weft was built without CUDA.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device);
+// A communicator over the same ranks as `host` (collective: it keeps a split of it) that moves GPU
+// buffers on `device` by staging them through pinned host memory: each operation copies the
+// device buffer to the host on the caller's stream (after the work queued there), runs `host`'s
+// operation on the copy and copies the result back; every call returns with its device writes
+// complete, like MPI's. Slower than NCCL, but ranks may share a GPU, which NCCL refuses. Large
+// buffers travel in chunks of `staging_bytes` (0: 4 MiB). Named "<host>-staged" ("mpi-staged").
+// Throws weft::Error when weft was built without CUDA or `device` does not exist.
+std::unique_ptr<Communicator> make_staged_communicator(Communicator& host, int device,
+                                                       size_t staging_bytes = 0);
 
 }  // namespace weft

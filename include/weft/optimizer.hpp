@@ -56,12 +56,6 @@ class AdamW {
   int64_t steps_ = 0;
 };
 
-// L2 norm of the gradients of `params` over the ranks of `groups` (summed over each group in
-// turn: TP, then PP), every value counted once: each rank's sum of squares is divided by its
-// parameters' replica_count. The squares are summed on the device, with one copy to the host.
-float global_grad_norm(Backend& backend, const std::vector<Parameter*>& params,
-                       const std::vector<Communicator*>& groups);
-
 // Sums every gradient over the data-parallel group and divides by its size (no-op for one rank).
 void average_gradients(Backend& backend, Communicator& data_parallel,
                        const std::vector<Parameter*>& params);

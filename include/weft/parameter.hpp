@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "weft/backend.hpp"
+#include "weft/comm.hpp"
 #include "weft/tensor.hpp"
 
 namespace weft {
@@ -38,5 +39,11 @@ Parameter make_parameter(Backend& backend, std::string name, const Shape& global
 void init_parameter(Backend& backend, Parameter& param, RandomFill fill);
 
 void zero_grads(Backend& backend, const std::vector<Parameter*>& params);
+
+// L2 norm of the gradients of `params` over the ranks of `groups` (summed over each group in
+// turn: TP, then PP), every value counted once: each rank's sum of squares is divided by its
+// parameters' replica_count. The squares are summed on the device, with one copy to the host.
+float global_grad_norm(Backend& backend, const std::vector<Parameter*>& params,
+                       const std::vector<Communicator*>& groups);
 
 }  // namespace weft

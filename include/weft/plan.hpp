@@ -3,8 +3,8 @@
 // communication overlap) on a described cluster, and ranks every layout that fits.
 //
 // Pure arithmetic: nothing here touches a backend or a communicator. The model, term by term with
-// its source, is in src/plan/plan_model.cpp; clusters (built-ins, JSON files, calibration from
-// weft's benchmark JSON) in src/plan/cluster.cpp. All sizes are global (whole model, whole batch)
+// its source, is in src/planner/plan_model.cpp; clusters (built-ins, JSON files, calibration from
+// weft's benchmark JSON) in src/planner/cluster.cpp. All sizes are global (whole model, whole batch)
 // unless a name says "per device". Bad input throws weft::Error naming the value and the rule.
 #pragma once
 

@@ -11,8 +11,6 @@
 
 namespace weft {
 
-class Backend;
-
 enum class DeviceKind { kCpu, kCuda };
 
 struct Device {
@@ -47,12 +45,22 @@ struct TensorView {
   std::string str() const;  // "f32[4, 8]@cpu"
 };
 
-// Owns a buffer allocated by a Backend. Move-only: a copy of the data is an explicit
-// Backend::copy. The Backend must outlive every Tensor it allocated.
+// Where a Tensor's memory comes from. Every Backend (backend.hpp) is one; the core level knows
+// only this interface, so it does not depend on the backends above it.
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  virtual Device device() const = 0;
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* ptr) noexcept = 0;
+};
+
+// Owns a buffer allocated by an Allocator (a Backend). Move-only: a copy of the data is an
+// explicit Backend::copy. The Backend must outlive every Tensor it allocated.
 class Tensor {
  public:
   Tensor() = default;
-  Tensor(Backend& backend, const Shape& shape, DType dtype);
+  Tensor(Allocator& allocator, const Shape& shape, DType dtype);
 
   Tensor(Tensor&&) noexcept = default;
   Tensor& operator=(Tensor&&) noexcept = default;

@@ -26,6 +26,7 @@
 #include "weft/partition.hpp"
 #include "weft/pipeline.hpp"
 #include "weft/rng.hpp"
+#include "weft/runtime.hpp"
 #include "weft/shape.hpp"
 #include "weft/stage.hpp"
 #include "weft/tensor.hpp"

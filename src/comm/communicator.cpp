@@ -47,6 +47,17 @@ std::unique_ptr<PendingGroup> Communicator::group_end_async() {
   return completed_group();
 }
 
+Communicator& Communicator::block_group(int ranks_per_block) {
+  WEFT_CHECK(ranks_per_block > 0 && size() % ranks_per_block == 0, name(),
+             " communicator: block_group of ", ranks_per_block,
+             " ranks must divide the group size ", size());
+  // Every rank asks for the same sizes in the same order, so every rank finds or makes the group
+  // alike: the split is collective.
+  std::unique_ptr<Communicator>& group = block_groups_[ranks_per_block];
+  if (group == nullptr) group = split(rank() / ranks_per_block, rank());
+  return *group;
+}
+
 void Communicator::check_buffer(const TensorView& view, const char* what) const {
   WEFT_CHECK(view.device.kind == buffer_device(), name(), " communicator: ", what, " ", view.str(),
              " is in ", view.device.str(), " memory, but this communicator moves ",

@@ -85,6 +85,7 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
 }
 
 MpiCommunicator::~MpiCommunicator() {
+  release_block_groups();
   if (!pending_.empty()) {
     WEFT_LOG(kError, "MPI communicator destroyed with ", pending_.size(),
              " point-to-point operations still posted (missing group_end)");

@@ -2,10 +2,15 @@
 // stream; make_nccl_communicator bootstraps it through another communicator (the unique id).
 #include "comm/nccl_communicator.hpp"
 
+#include <chrono>
 #include <cstring>
+#include <exception>
+#include <string>
+#include <thread>
 #include <utility>
 
-#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda_check.hpp"
+#include "backend/device_memory.hpp"
 #include "weft/error.hpp"
 #include "weft/log.hpp"
 
@@ -49,19 +54,7 @@ const char* last_error(ncclComm_t comm) {
 
 }  // namespace
 
-void NcclCommunicator::DeviceFree::operator()(void* ptr) const noexcept {
-  if (ptr == nullptr) return;
-  try {
-    DeviceGuard guard(device);
-    const cudaError_t status = cudaFree(ptr);
-    if (status != cudaSuccess) WEFT_LOG(kError, "cudaFree: ", cudaGetErrorString(status));
-  } catch (...) {
-    // Destructor path: a failure to select the device or to log is dropped.
-  }
-}
-
-NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device)
-    : comm_(comm), device_(device), barrier_buffer_(nullptr, DeviceFree{device}) {
+NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device) : comm_(comm), device_(device) {
   ncclResult_t status = ncclCommUserRank(comm_, &rank_);
   if (status == ncclSuccess) status = ncclCommCount(comm_, &size_);
   if (status != ncclSuccess) {
@@ -70,14 +63,33 @@ NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device)
   }
 }
 
+// ncclCommDestroy completes the operations queued on the communicator first, so after an error
+// it can wait forever: for a peer that failed, or that is itself waiting for this rank. The
+// communicator is aborted instead (its kernels stop, nothing waits) while an exception unwinds
+// the stack (whatever threw, the ranks may now be out of step) and when NCCL reports an
+// asynchronous error, so that a failing rank gets to report its error and end the job.
 NcclCommunicator::~NcclCommunicator() {
+  release_block_groups();
   try {
     DeviceGuard guard(device_);
-    const ncclResult_t status = ncclCommDestroy(comm_);
-    if (status != ncclSuccess) {
-      WEFT_LOG(kError, "ncclCommDestroy: ", ncclGetErrorString(status), " (", last_error(comm_),
-               ")");
+    if (!aborted_) {
+      ncclResult_t async = ncclSuccess;
+      const ncclResult_t queried = ncclCommGetAsyncError(comm_, &async);
+      if (std::uncaught_exceptions() > 0) {
+        abort_comm("destroyed while an exception unwinds the stack");
+      } else if (queried != ncclSuccess || async != ncclSuccess) {
+        abort_comm(ncclGetErrorString(queried != ncclSuccess ? queried : async));
+      }
     }
+    if (!aborted_) {
+      const ncclResult_t status = ncclCommDestroy(comm_);
+      if (status != ncclSuccess) {
+        WEFT_LOG(kError, "ncclCommDestroy: ", ncclGetErrorString(status), " (", last_error(comm_),
+                 ")");
+      }
+    }
+    // After the barrier's last all-reduce, in its stream's order.
+    if (barrier_buffer_ != nullptr) pool_free(barrier_buffer_, barrier_stream_->get());
   } catch (const std::exception& e) {
     try {
       WEFT_LOG(kError, "NCCL communicator on cuda:", device_, " not destroyed: ", e.what());
@@ -86,8 +98,52 @@ NcclCommunicator::~NcclCommunicator() {
   }
 }
 
+void NcclCommunicator::abort_comm(const char* why) noexcept {
+  if (aborted_) return;
+  aborted_ = true;
+  try {
+    WEFT_LOG(kWarning, "aborting the NCCL communicator (rank ", rank_, " of ", size_,
+             " on cuda:", device_, "): ", why);
+  } catch (...) {
+  }
+  const ncclResult_t status = ncclCommAbort(comm_);
+  comm_ = nullptr;
+  if (status != ncclSuccess) {
+    try {
+      WEFT_LOG(kError, "ncclCommAbort: ", ncclGetErrorString(status));
+    } catch (...) {
+    }
+  }
+}
+
+void NcclCommunicator::check_health(const char* op) {
+  if (aborted_) {
+    WEFT_THROW(ErrorCode::kNccl, "nccl ", op,
+               ": the communicator was aborted after an earlier error");
+  }
+  ncclResult_t async = ncclSuccess;
+  WEFT_CHECK_NCCL(ncclCommGetAsyncError(comm_, &async), "nccl ", op,
+                  ": querying asynchronous errors");
+  if (async == ncclSuccess) return;
+  const std::string message = last_error(comm_);  // before the abort frees the communicator
+  abort_comm(ncclGetErrorString(async));
+  WEFT_THROW(ErrorCode::kNccl, "nccl ", op, ": asynchronous NCCL error ", ncclGetErrorString(async),
+             " (", message, "); the communicator was aborted");
+}
+
+void NcclCommunicator::wait_polling(cudaStream_t stream, const char* op) {
+  for (;;) {
+    const cudaError_t status = cudaStreamQuery(stream);
+    if (status == cudaSuccess) return;
+    if (status != cudaErrorNotReady) WEFT_CHECK_CUDA(status, "nccl ", op, ": waiting for NCCL");
+    check_health(op);
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
 cudaStream_t NcclCommunicator::prepare(const char* op, Stream& stream, const TensorView& a,
-                                       const TensorView* b) const {
+                                       const TensorView* b) {
+  check_health(op);
   WEFT_CHECK(a.device == Device::cuda(device_), "nccl ", op, ": buffer ", a.str(),
              " is not on cuda:", device_, ", this communicator's device");
   if (b != nullptr) {
@@ -166,19 +222,47 @@ void NcclCommunicator::issue(const P2p& op, cudaStream_t stream) {
   }
 }
 
-void NcclCommunicator::group_start() {
-  WEFT_CHECK_NCCL(ncclGroupStart());
-  ++group_depth_;
-}
+namespace {
+
+// One NCCL group around the issue of a weft group's sends and receives. The destructor ends a
+// group that end() did not, so a throwing issue() never leaves the thread inside an open NCCL
+// group (where every later NCCL call of the thread would be deferred, never launched).
+class NcclGroupGuard {
+ public:
+  NcclGroupGuard() { WEFT_CHECK_NCCL(ncclGroupStart()); }
+  ~NcclGroupGuard() {
+    if (open_) ncclGroupEnd();  // unwinding: the group's own error is the one reported
+  }
+  NcclGroupGuard(const NcclGroupGuard&) = delete;
+  NcclGroupGuard& operator=(const NcclGroupGuard&) = delete;
+  // Launches the group's operations.
+  void end(ncclComm_t comm) {
+    open_ = false;
+    WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm));
+  }
+
+ private:
+  bool open_ = true;
+};
+
+}  // namespace
+
+// A weft group only counts its depth and collects the sends and receives: NCCL's group is opened
+// at the outermost end, around their issue, so no exception between group_start and group_end
+// (a bad buffer, a throwing caller) can leave the thread inside an NCCL group.
+void NcclCommunicator::group_start() { ++group_depth_; }
 
 void NcclCommunicator::group_end() {
   WEFT_CHECK(group_depth_ > 0, "group_end without a matching group_start");
-  DeviceGuard guard(device_);
+  if (--group_depth_ > 0) return;
   std::vector<P2p> posted;
-  if (--group_depth_ == 0) posted.swap(posted_);
-  // Issued inside the outermost NCCL group, so they still start together at its end.
+  posted.swap(posted_);
+  if (posted.empty()) return;
+  DeviceGuard guard(device_);
+  check_health("group_end");
+  NcclGroupGuard group;
   for (const P2p& op : posted) issue(op, op.handle);
-  WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm_));
+  group.end(comm_);
 }
 
 namespace {
@@ -186,13 +270,22 @@ namespace {
 // group_end_async's transfers, after which `done_` was recorded on the communication stream.
 class NcclPendingGroup final : public PendingGroup {
  public:
-  NcclPendingGroup(int device, cudaEvent_t done, cudaStream_t compute)
-      : device_(device), done_(done), compute_(compute) {}
-  // The transfers are already queued: nothing to complete. (Their buffers are freed with
-  // cudaFree, which waits for the device.)
+  NcclPendingGroup(NcclCommunicator& comm, int device, cudaEvent_t done, cudaStream_t compute)
+      : comm_(comm), device_(device), done_(done), compute_(compute) {}
+  // Completes an unwaited group as wait() would: the compute stream waits for the transfers, so
+  // that its later work, and the reuse of the group's buffers once their tensors are freed (the
+  // backend frees and reuses memory in that stream's order), follows them. This matters after an
+  // exception (overlap.cpp's consume or produce threw): the buffers are freed while NCCL may
+  // still write them. The host does not block, so an error cannot hang here.
   ~NcclPendingGroup() override {
     try {
       DeviceGuard guard(device_);
+      if (!waited_) {
+        const cudaError_t status = cudaStreamWaitEvent(compute_, done_, 0);
+        if (status != cudaSuccess) {
+          WEFT_LOG(kError, "completing an unwaited NCCL group: ", cudaGetErrorString(status));
+        }
+      }
       const cudaError_t status = cudaEventDestroy(done_);
       if (status != cudaSuccess) {
         WEFT_LOG(kError, "cudaEventDestroy: ", cudaGetErrorString(status));
@@ -205,7 +298,10 @@ class NcclPendingGroup final : public PendingGroup {
   bool test() override {
     if (waited_) return true;
     const cudaError_t status = cudaEventQuery(done_);
-    if (status == cudaErrorNotReady) return false;
+    if (status == cudaErrorNotReady) {
+      comm_.check_health("test of a pending group");  // fail rather than be polled forever
+      return false;
+    }
     WEFT_CHECK_CUDA(status, "querying a pending NCCL group");
     return true;
   }
@@ -218,6 +314,7 @@ class NcclPendingGroup final : public PendingGroup {
   }
 
  private:
+  NcclCommunicator& comm_;
   int device_;
   cudaEvent_t done_;
   cudaStream_t compute_;
@@ -253,16 +350,11 @@ std::unique_ptr<PendingGroup> NcclCommunicator::group_end_async() {
   std::vector<P2p> posted;
   posted.swap(posted_);
   for (const P2p& op : posted) {
-    if (op.handle != posted.front().handle) {
-      ncclGroupEnd();  // nothing was issued into it: close it before reporting
-      WEFT_THROW(ErrorCode::kInvalidArgument,
-                 "nccl group_end_async: the sends and receives of a group must use one stream");
-    }
+    WEFT_CHECK(op.handle == posted.front().handle,
+               "nccl group_end_async: the sends and receives of a group must use one stream");
   }
-  if (posted.empty()) {
-    WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm_));
-    return completed_group();
-  }
+  if (posted.empty()) return completed_group();
+  check_health("group_end_async");
   if (comm_stream_ == nullptr) {
     comm_stream_ = std::make_unique<CudaStream>(device_, StreamPriority::kHigh);
   }
@@ -272,7 +364,7 @@ std::unique_ptr<PendingGroup> NcclCommunicator::group_end_async() {
   const cudaError_t made = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
   if (made != cudaSuccess) cudaEventDestroy(ready);
   WEFT_CHECK_CUDA(made);
-  auto pending = std::make_unique<NcclPendingGroup>(device_, done, compute);  // owns `done`
+  auto pending = std::make_unique<NcclPendingGroup>(*this, device_, done, compute);  // owns `done`
   // `ready` may be destroyed right after the wait is queued: CUDA keeps it until it completes.
   const cudaError_t ordered = [&] {
     cudaError_t status = cudaEventRecord(ready, compute);
@@ -280,10 +372,12 @@ std::unique_ptr<PendingGroup> NcclCommunicator::group_end_async() {
     cudaEventDestroy(ready);
     return status;
   }();
-  if (ordered != cudaSuccess) ncclGroupEnd();
   WEFT_CHECK_CUDA(ordered, "ordering the communication stream after the compute stream");
-  for (const P2p& op : posted) issue(op, comm);
-  WEFT_CHECK_NCCL(ncclGroupEnd(), last_error(comm_));
+  {
+    NcclGroupGuard group;
+    for (const P2p& op : posted) issue(op, comm);
+    group.end(comm_);
+  }
   WEFT_CHECK_CUDA(cudaEventRecord(done, comm));
   return pending;
 }
@@ -292,6 +386,7 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
   // A negative color would be NCCL_SPLIT_NOCOLOR, a rank in no group; our API has no such rank.
   WEFT_CHECK(color >= 0, "nccl split: color must be >= 0, got ", color);
   DeviceGuard guard(device_);
+  check_health("split");
   ncclComm_t child = nullptr;
   WEFT_CHECK_NCCL(ncclCommSplit(comm_, color, key, &child, nullptr), "split(color ", color,
                   ", key ", key, "): ", last_error(comm_));
@@ -301,19 +396,20 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
 
 void NcclCommunicator::barrier() {
   DeviceGuard guard(device_);
+  check_health("barrier");
   if (barrier_stream_ == nullptr) {
     barrier_stream_ = std::make_unique<CudaStream>(device_, StreamPriority::kNormal);
-    void* buffer = nullptr;
-    WEFT_CHECK_CUDA(cudaMalloc(&buffer, sizeof(float)), "barrier buffer on cuda:", device_);
-    barrier_buffer_.reset(buffer);
-    WEFT_CHECK_CUDA(cudaMemsetAsync(buffer, 0, sizeof(float), barrier_stream_->get()));
+    barrier_buffer_ = pool_allocate(device_, sizeof(float), barrier_stream_->get(), "barrier");
+    WEFT_CHECK_CUDA(cudaMemsetAsync(barrier_buffer_, 0, sizeof(float), barrier_stream_->get()));
   }
-  // Work queued on this device before the barrier completes first, as the contract says.
+  // Work queued on this device before the barrier completes first, as the contract says. (This
+  // wait cannot poll: it covers streams weft does not know. Queued NCCL work that waits for a
+  // failed peer holds it until that peer's rank ends the job.)
   WEFT_CHECK_CUDA(cudaDeviceSynchronize(), "barrier: completing queued work");
-  WEFT_CHECK_NCCL(ncclAllReduce(barrier_buffer_.get(), barrier_buffer_.get(), 1, ncclFloat32,
-                                ncclSum, comm_, barrier_stream_->get()),
+  WEFT_CHECK_NCCL(ncclAllReduce(barrier_buffer_, barrier_buffer_, 1, ncclFloat32, ncclSum, comm_,
+                                barrier_stream_->get()),
                   "barrier: ", last_error(comm_));
-  barrier_stream_->synchronize();
+  wait_polling(barrier_stream_->get(), "barrier");
 }
 
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device) {

@@ -31,6 +31,11 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key) override;
   void barrier() override;
 
+  // Throws weft::Error when the communicator is no longer usable: NCCL reports an asynchronous
+  // error on it (a lost connection, a failed peer; it is aborted first), or it was aborted
+  // before. Called before anything is queued and while weft waits on NCCL work.
+  void check_health(const char* op);
+
  protected:
   void do_all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) override;
   void do_all_gather(TensorView send, TensorView recv, Stream& stream) override;
@@ -40,11 +45,19 @@ class NcclCommunicator final : public Communicator {
   void do_recv(TensorView buffer, int peer, Stream& stream) override;
 
  private:
-  // The stream's cudaStream_t, after checking that `views` live on this communicator's device.
+  // The stream's cudaStream_t, after checking that `views` live on this communicator's device
+  // and that the communicator is healthy.
   cudaStream_t prepare(const char* op, Stream& stream, const TensorView& a,
-                       const TensorView* b = nullptr) const;
+                       const TensorView* b = nullptr);
+  // ncclCommAbort, once: NCCL's kernels of this communicator stop instead of waiting for their
+  // peers, and its resources are freed without waiting for them. Logs `why`; never throws.
+  void abort_comm(const char* why) noexcept;
+  // Returns once the work queued on `stream` is done, checking the communicator's health
+  // meanwhile, so that an asynchronous NCCL error fails the wait instead of hanging it.
+  void wait_polling(cudaStream_t stream, const char* op);
 
-  // A send or receive posted inside a group. They are issued at the outermost group end, on the
+  // A send or receive posted inside a group. They are issued at the outermost group end, inside
+  // one NCCL group opened there (collectives called inside a weft group run at once), on the
   // caller's stream (group_end) or on comm_stream_ (group_end_async), which is only known then.
   struct P2p {
     bool send;
@@ -56,6 +69,7 @@ class NcclCommunicator final : public Communicator {
   void issue(const P2p& op, cudaStream_t stream);
 
   ncclComm_t comm_ = nullptr;
+  bool aborted_ = false;  // comm_ is gone
   int device_;
   int group_depth_ = 0;
   std::vector<P2p> posted_;
@@ -63,14 +77,10 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<CudaStream> comm_stream_;
   int rank_ = 0;
   int size_ = 0;
-  // cudaFree on the buffer's device; logs, never throws.
-  struct DeviceFree {
-    int device;
-    void operator()(void* ptr) const noexcept;
-  };
-  // barrier(): a private stream and a one-float device buffer, made on first use.
+  // barrier(): a private stream and a one-float device buffer (from the pool, in that stream's
+  // order, so that freeing it never waits for the device), made on first use.
   std::unique_ptr<CudaStream> barrier_stream_;
-  std::unique_ptr<void, DeviceFree> barrier_buffer_;
+  void* barrier_buffer_ = nullptr;
 };
 
 }  // namespace weft

@@ -1,10 +1,9 @@
-// Tensor allocation through a Backend, and TensorView slicing.
+// Tensor allocation through an Allocator, and TensorView slicing.
 #include "weft/tensor.hpp"
 
 #include <algorithm>
 #include <utility>
 
-#include "weft/backend.hpp"
 #include "weft/error.hpp"
 
 namespace weft {
@@ -54,13 +53,13 @@ int64_t distinct_bytes(const std::vector<TensorView>& views) {
   return total;
 }
 
-Tensor::Tensor(Backend& backend, const Shape& shape, DType dtype) {
+Tensor::Tensor(Allocator& allocator, const Shape& shape, DType dtype) {
   size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
   // One byte minimum: a zero-sized tensor still has a distinct, freeable address.
-  void* ptr = backend.allocate(bytes == 0 ? 1 : bytes);
-  Backend* owner = &backend;
+  void* ptr = allocator.allocate(bytes == 0 ? 1 : bytes);
+  Allocator* owner = &allocator;
   storage_ = std::shared_ptr<void>(ptr, [owner](void* p) { owner->deallocate(p); });
-  view_ = TensorView{ptr, shape, dtype, backend.device()};
+  view_ = TensorView{ptr, shape, dtype, allocator.device()};
 }
 
 }  // namespace weft

@@ -105,7 +105,7 @@ ParallelAttention::ParallelAttention(const ParallelContext& ctx,
       backend.fill(q_bias_.value, 0.0f);
       backend.fill(kv_bias_.value, 0.0f);
     }
-    kv_group_ = ctx.tp.split(group, rank);
+    kv_group_ = &ctx.tp.block_group(ranks_per_group);  // one per grouping, shared by the layers
   }
 
   RowParallelLinearConfig proj;

@@ -3,7 +3,7 @@
 
 #include "weft/error.hpp"
 #include "weft/mappings.hpp"
-#include "weft/optimizer.hpp"
+#include "weft/parameter.hpp"
 #include "weft/pipeline.hpp"
 
 namespace weft {

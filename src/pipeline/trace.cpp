@@ -4,8 +4,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "weft/checkpoint.hpp"
 #include "weft/error.hpp"
+#include "weft/file_io.hpp"
 #include "weft/pipeline.hpp"
 
 namespace weft {

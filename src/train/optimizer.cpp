@@ -34,29 +34,6 @@ AdamW::AdamW(Backend& backend, std::vector<Parameter*> params, AdamWConfig confi
   }
 }
 
-float global_grad_norm(Backend& backend, const std::vector<Parameter*>& params,
-                       const std::vector<Communicator*>& groups) {
-  const int64_t n = static_cast<int64_t>(params.size());
-  double local = 0.0;
-  if (n > 0) {
-    Tensor squares(backend, Shape({n, 1}), DType::kF32);
-    for (int64_t i = 0; i < n; ++i) {
-      backend.sum_squares(squares.view().rows(i, 1), params[static_cast<size_t>(i)]->grad);
-    }
-    std::vector<float> host(static_cast<size_t>(n));
-    backend.copy(TensorView{host.data(), squares.shape(), DType::kF32, Device::cpu()}, squares);
-    for (int64_t i = 0; i < n; ++i) {
-      local += static_cast<double>(host[static_cast<size_t>(i)]) /
-               params[static_cast<size_t>(i)]->replica_count;
-    }
-  }
-  float total = static_cast<float>(local);
-  for (Communicator* group : groups) {
-    if (group->size() > 1) total = all_reduce_scalar(*group, backend, total, ReduceOp::kSum);
-  }
-  return std::sqrt(total);
-}
-
 float AdamW::grad_norm(Communicator& model_parallel) {
   std::vector<Parameter*> params;
   for (State& s : state_) params.push_back(s.param);

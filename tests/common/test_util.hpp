@@ -1,4 +1,5 @@
-// Test helpers: random tensors, host copies in double, norm-wise relative error, naive references.
+// Test helpers: random tensors, tensors from host values and back in double (on any backend),
+// norm-wise relative error, naive references.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -49,6 +50,46 @@ inline std::vector<double> to_host(Backend& backend, TensorView v) {
     }
   }
   return out;
+}
+
+// A tensor of `backend` (any engine) holding value(i) at flat index i, rounded to `dtype`: written
+// in host memory, then copied over.
+inline Tensor from_host(Backend& backend, const Shape& shape, DType dtype,
+                        const std::function<double(int64_t)>& value) {
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  Tensor host(*cpu, shape, dtype), f32(*cpu, shape, DType::kF32);
+  for (int64_t i = 0; i < shape.numel(); ++i) {
+    if (dtype == DType::kI32) {
+      host.as<int32_t>()[i] = static_cast<int32_t>(value(i));
+    } else {
+      f32.as<float>()[i] = static_cast<float>(value(i));
+    }
+  }
+  if (dtype != DType::kI32) cpu->convert(host, f32);
+  Tensor out(backend, shape, dtype);
+  backend.copy(out, host);
+  return out;
+}
+
+// Element i of a dense view, as a view of one element.
+inline TensorView element(TensorView v, int64_t i) {
+  return TensorView{static_cast<char*>(v.data) + static_cast<size_t>(i) * dtype_size(v.dtype),
+                    Shape({1}), v.dtype, v.device};
+}
+// One f32 element read or written through the backend (host or device memory).
+inline float read_scalar(Backend& backend, TensorView one) {
+  float value = 0.0f;
+  backend.copy(TensorView{&value, Shape({1}), DType::kF32, Device::cpu()}, one);
+  return value;
+}
+inline void write_scalar(Backend& backend, TensorView one, float value) {
+  backend.copy(one, TensorView{&value, Shape({1}), DType::kF32, Device::cpu()});
+}
+
+// A backend tensor of i32 token ids.
+inline Tensor ids_tensor(Backend& backend, const std::vector<int32_t>& ids) {
+  return from_host(backend, Shape({static_cast<int64_t>(ids.size())}), DType::kI32,
+                   [&](int64_t i) { return ids[static_cast<size_t>(i)]; });
 }
 
 // max |actual - expected| / max |expected|: norm-wise, so that entries near zero do not blow up,

@@ -1,8 +1,13 @@
 // CudaBackend against the CPU backend: copies, conversions, fills, random fills, elementwise ops,
 // streams and events, and the errors bad calls raise.
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <thread>
 #include <vector>
 
 #include "cuda_test_util.hpp"
@@ -28,6 +33,93 @@ TEST_F(CudaBackendTest, AllocationIsAligned) {
     cuda().deallocate(ptr);
   }
   cuda().deallocate(nullptr);  // a no-op
+}
+
+// A recycled block is poisoned (WEFT_POISON_ALLOCATIONS=1, set for this binary by CMake) on the
+// allocating stream: after its previous owner's last write and before its new owner's first. A
+// poison on another stream (the legacy default stream does not wait for weft's non-blocking
+// streams) could land after the new owner's fill and leave NaN behind.
+TEST_F(CudaBackendTest, PoisonIsOrderedOnTheAllocatingStream) {
+  auto side = cuda().create_stream(StreamPriority::kNormal);
+  Stream& original = cuda().stream();
+  cuda().set_stream(*side);
+  const Shape shape({2048, 2048});
+  for (int round = 0; round < 8; ++round) {
+    SCOPED_TRACE(round);
+    {
+      Tensor previous(cuda(), shape, DType::kF32);
+      cuda().fill(previous, 1.0f);  // still running when its block is handed out again
+    }
+    Tensor fresh(cuda(), shape, DType::kF32);
+    cuda().fill(fresh, 2.0f);
+    const std::vector<float> values = floats_of(fresh);
+    const size_t wrong = static_cast<size_t>(
+        std::count_if(values.begin(), values.end(), [](float v) { return v != 2.0f; }));
+    EXPECT_EQ(wrong, 0u) << "elements not 2 after the fill";
+  }
+  cuda().synchronize();
+  cuda().set_stream(original);
+}
+
+// Holds a stream until *flag is set: a stand-in for a receive that waits for its peer.
+void CUDART_CB hold_until_set(void* flag) {
+  auto* released = static_cast<std::atomic<bool>*>(flag);
+  while (!released->load()) std::this_thread::yield();
+}
+
+// Allocation, free (tensors, cuBLASLt workspace, kernel scratch) and the out-of-memory retry
+// never wait for other streams: with a stream held busy (as by a pipeline's receive waiting for a
+// peer that itself waits for this rank), they all return. cudaMalloc/cudaFree would block until
+// the watchdog released the stream.
+TEST_F(CudaBackendTest, MemoryNeverWaitsForOtherStreams) {
+  // Tensors freed and reused, a GEMM (the stream's cuBLASLt workspace) and sum_squares (kernel
+  // scratch) on the current stream; returns sum_squares of 64 x 32 halves.
+  auto run_ops = [&] {
+    for (int i = 0; i < 4; ++i) {
+      Tensor t(cuda(), Shape({1024, 1024}), DType::kF32);
+      cuda().fill(t, 1.0f);
+    }
+    Tensor a = poisoned_device({64, 32}, DType::kF32), c = poisoned_device({64, 64}, DType::kF32);
+    cuda().fill(a, 0.5f);
+    GemmArgs g;
+    g.a = a;
+    g.b = a;
+    g.transpose_b = true;
+    g.c = c;
+    cuda().gemm(g);
+    Tensor total = poisoned_device({1}, DType::kF32);
+    cuda().sum_squares(total, a);
+    return total;
+  };
+  // Kernels, cuBLASLt's plan and the pool made beforehand: lazy loading is not under test.
+  EXPECT_EQ(floats_of(run_ops())[0], 0.25f * 64 * 32);
+
+  auto busy = cuda().create_stream(StreamPriority::kNormal);
+  std::atomic<bool> released{false}, finished{false}, blocked{false};
+  ASSERT_EQ(cudaLaunchHostFunc(static_cast<cudaStream_t>(busy->native_handle()), hold_until_set,
+                               &released),
+            cudaSuccess);
+  std::thread watchdog([&] {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!finished.load() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (!finished.load()) blocked = true;
+    released = true;
+  });
+  Stream& original = cuda().stream();
+  auto other = cuda().create_stream(StreamPriority::kNormal);
+  cuda().set_stream(*other);  // a new stream: its workspace is allocated while `busy` is held
+  Tensor total = run_ops();
+  // Far more than any GPU holds: the retry trims the pool and fails cleanly.
+  EXPECT_THROW({ Tensor huge(cuda(), Shape({int64_t{1} << 40}), DType::kF32); }, Error);
+  finished = true;
+  watchdog.join();
+  EXPECT_FALSE(blocked.load()) << "an allocation or free waited for the held stream";
+  busy->synchronize();
+  EXPECT_EQ(floats_of(total)[0], 0.25f * 64 * 32);
+  total = Tensor();  // freed on `other`, still current
+  cuda().set_stream(original);
 }
 
 TEST_F(CudaBackendTest, CopyRoundTrip) {
@@ -213,6 +305,9 @@ TEST_F(CudaBackendTest, StreamsAndEvents) {
   auto normal = cuda().create_stream(StreamPriority::kNormal);
   auto event = cuda().create_event();
   Stream& original = cuda().stream();
+  // `out` was poisoned on the original stream: the high-priority stream's write must follow it.
+  event->record(original);
+  event->wait(*high);
 
   cuda().set_stream(*high);
   cuda().add(out, a, a);  // out = 2a on the high-priority stream

@@ -7,11 +7,32 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/cublaslt_matmul.hpp"
 #include "cuda_test_util.hpp"
 #include "weft/error.hpp"
 
 namespace weft::test {
 namespace {
+
+// The heuristic's answer decides the plan, no GPU needed: a fused epilogue without an algorithm
+// runs unfused whatever status the heuristic gave (NOT_SUPPORTED, INVALID_VALUE, ...); only the
+// plain GEMM without one is an error.
+TEST(CudaGemmHeuristic, AnyFailureForAFusedEpilogueFallsBackToUnfused) {
+  const cublasStatus_t ok = CUBLAS_STATUS_SUCCESS;
+  EXPECT_EQ(heuristic_outcome(ok, 1, ok, true), HeuristicOutcome::kUseAlgorithm);
+  EXPECT_EQ(heuristic_outcome(ok, 1, ok, false), HeuristicOutcome::kUseAlgorithm);
+  for (cublasStatus_t failure :
+       {CUBLAS_STATUS_NOT_SUPPORTED, CUBLAS_STATUS_INVALID_VALUE, CUBLAS_STATUS_ARCH_MISMATCH,
+        CUBLAS_STATUS_INTERNAL_ERROR, CUBLAS_STATUS_ALLOC_FAILED}) {
+    SCOPED_TRACE(cublasLtGetStatusString(failure));
+    EXPECT_EQ(heuristic_outcome(failure, 0, ok, true), HeuristicOutcome::kRunUnfused);
+    EXPECT_EQ(heuristic_outcome(ok, 1, failure, true), HeuristicOutcome::kRunUnfused);
+    EXPECT_EQ(heuristic_outcome(failure, 0, ok, false), HeuristicOutcome::kFail);
+    EXPECT_EQ(heuristic_outcome(ok, 1, failure, false), HeuristicOutcome::kFail);
+  }
+  EXPECT_EQ(heuristic_outcome(ok, 0, ok, true), HeuristicOutcome::kRunUnfused);  // no result
+  EXPECT_EQ(heuristic_outcome(ok, 0, ok, false), HeuristicOutcome::kFail);
+}
 
 struct GemmCase {
   DType ab;

@@ -40,6 +40,24 @@ TEST_F(OverlapTest, NcclAsyncGroupIsOrderedByEventsAroundTheComputeStream) {
   EXPECT_TRUE(nccl().group_end_async()->test());
 }
 
+// A group destroyed without wait() (as when overlap.cpp's consume throws) is completed by its
+// destructor: the compute stream is ordered after the transfers, so a copy queued right after
+// reads the received data, and the buffers may go back to the cache.
+TEST_F(OverlapTest, AnUnwaitedNcclGroupOrdersTheComputeStreamWhenDestroyed) {
+  Tensor host = random_host({2048, 2048}, DType::kF32, 905);  // 16 MiB: a transfer that takes time
+  const std::vector<unsigned char> expected = bytes_of(host);
+  Stream& stream = cuda().stream();
+  Tensor staged = to_device(host);
+  Tensor received = poisoned_device({2048, 2048}, DType::kF32);
+  Tensor after = poisoned_device({2048, 2048}, DType::kF32);
+  nccl().group_start();
+  nccl().send(staged, 0, stream);
+  nccl().recv(received, 0, stream);
+  nccl().group_end_async().reset();  // never waited
+  cuda().copy(after, received);
+  EXPECT_TRUE(bitwise_equal(bytes_of(after), expected));
+}
+
 TEST_F(OverlapTest, FusedOpsOnTheGpuEqualTheCpu) {
   auto self = make_self_communicator();
   const ParallelContext gpu{cuda(), nccl()}, host{cpu(), *self};

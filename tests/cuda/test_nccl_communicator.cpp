@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cuda_test_util.hpp"
@@ -76,6 +78,75 @@ TEST_F(NcclTest, SplitAndBarrier) {
 
   child->barrier();
   nccl().barrier();
+
+  Communicator& block = nccl().block_group(1);  // split once, then shared
+  EXPECT_EQ(&nccl().block_group(1), &block);
+  EXPECT_EQ(block.name(), "nccl");
+  Tensor again = poisoned_device({8, 16}, DType::kF32);
+  block.all_reduce(send, again, ReduceOp::kSum, cuda().stream());
+  EXPECT_TRUE(bitwise_equal(bytes_of(again), bytes_of(host)));
+}
+
+// NCCL's own group is opened only around the issue at the outermost end, and closed by a guard
+// when that throws: a group that ends in an error, or that an exception abandons before its end,
+// leaves the thread outside any NCCL group, so later collectives are launched, not deferred.
+TEST_F(NcclTest, AFailedOrAbandonedGroupDoesNotHoldBackLaterCollectives) {
+  Tensor host = random_host({64, 32}, DType::kF32, 604);
+  const std::vector<unsigned char> expected = bytes_of(host);
+  Tensor send = to_device(host);
+  auto other = cuda().create_stream(StreamPriority::kNormal);
+
+  Tensor unused = poisoned_device({64, 32}, DType::kF32);
+  nccl().group_start();
+  nccl().send(send, 0, cuda().stream());
+  nccl().recv(unused, 0, *other);
+  EXPECT_THROW(nccl().group_end_async(), Error);  // two streams in one async group
+  Tensor recv = poisoned_device({64, 32}, DType::kF32);
+  nccl().all_reduce(send, recv, ReduceOp::kSum, cuda().stream());
+  EXPECT_TRUE(bitwise_equal(bytes_of(recv), expected)) << "after a failed group end";
+
+  // An exception between group_start and group_end: the caller never ends the group.
+  auto abandoned = make_nccl_communicator(*bootstrap_, 0);
+  abandoned->group_start();
+  Tensor on_host = random_host({64, 32}, DType::kF32, 605);
+  EXPECT_THROW(abandoned->send(on_host, 0, cuda().stream()), Error);  // a host buffer
+  Tensor recv2 = poisoned_device({64, 32}, DType::kF32);
+  nccl().all_reduce(send, recv2, ReduceOp::kSum, cuda().stream());
+  EXPECT_TRUE(bitwise_equal(bytes_of(recv2), expected)) << "while another group is left open";
+}
+
+// A communicator destroyed while an exception unwinds the stack is aborted, not destroyed:
+// ncclCommDestroy would first complete its queued operations, which after an error on one rank may
+// wait forever for a peer. (A peer that really waits needs two GPUs; here the abort path runs, is
+// logged, and leaves the process able to use NCCL.) Without an exception it is destroyed.
+TEST_F(NcclTest, ACommunicatorDestroyedDuringUnwindingIsAborted) {
+  struct Failure : std::runtime_error {
+    Failure() : std::runtime_error("failure") {}
+  };
+  Tensor host = random_host({32, 16}, DType::kF32, 606);
+  const std::vector<unsigned char> expected = bytes_of(host);
+  Tensor send = to_device(host);
+  Tensor recv = poisoned_device({32, 16}, DType::kF32);
+
+  ::testing::internal::CaptureStderr();
+  { make_nccl_communicator(*bootstrap_, 0)->barrier(); }
+  std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(log.find("aborting"), std::string::npos) << log;
+
+  ::testing::internal::CaptureStderr();
+  try {
+    auto doomed = make_nccl_communicator(*bootstrap_, 0);
+    doomed->all_reduce(send, recv, ReduceOp::kSum, cuda().stream());
+    throw Failure();
+  } catch (const Failure&) {
+  }
+  log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find("aborting the NCCL communicator"), std::string::npos) << log;
+  EXPECT_NE(log.find("exception"), std::string::npos) << log;
+
+  Tensor after = poisoned_device({32, 16}, DType::kF32);
+  nccl().all_reduce(send, after, ReduceOp::kSum, cuda().stream());
+  EXPECT_TRUE(bitwise_equal(bytes_of(after), expected));
 }
 
 TEST_F(NcclTest, HostBuffersAreRejected) {

@@ -1,4 +1,5 @@
-// Communicator collectives and p2p over MPI, checked exactly on rank-valued buffers.
+// Communicator collectives and p2p on the test engine's communicator (MPI; NCCL or staged on a
+// GPU), checked exactly on rank-valued buffers.
 #include <gtest/gtest.h>
 
 #include "common/test_util.hpp"
@@ -9,17 +10,12 @@ namespace {
 
 class CommTest : public ::testing::TestWithParam<DType> {
  protected:
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend();
+  std::unique_ptr<Backend> cpu_ = make_test_backend();  // the engine's (WEFT_TEST_BACKEND)
   Stream& stream() { return cpu_->stream(); }
 
   // Small integers: exact in every dtype, so every comparison below is exact.
   Tensor filled(int64_t n, std::function<double(int64_t)> value) {
-    std::vector<float> host(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) host[i] = static_cast<float>(value(i));
-    Tensor f32(*cpu_, Shape({n}), DType::kF32), out(*cpu_, Shape({n}), GetParam());
-    std::copy(host.begin(), host.end(), f32.as<float>());
-    cpu_->convert(out, f32);
-    return out;
+    return from_host(*cpu_, Shape({n}), GetParam(), [&](int64_t i) { return value(i); });
   }
   Tensor poisoned(int64_t n) {
     Tensor t(*cpu_, Shape({n}), GetParam());
@@ -117,6 +113,27 @@ TEST_P(CommTest, SplitFormsGroupsByColorOrderedByKey) {
   const auto r = to_host(*cpu_, recv);
   for (int i = 0; i + 1 < sub->size(); ++i) EXPECT_GT(r[i], r[i + 1]);  // descending world rank
   EXPECT_EQ(r[sub->rank()], rank);
+}
+
+TEST_P(CommTest, BlockGroupsAreMadeOncePerSizeAndShared) {
+  Communicator& comm = world();
+  const int rank = comm.rank(), size = comm.size();
+  for (int n = 1; n <= size; n *= 2) {
+    if (size % n != 0) continue;
+    SCOPED_TRACE(n);
+    Communicator& group = comm.block_group(n);
+    EXPECT_EQ(&comm.block_group(n), &group);  // a second layer asking gets the same one
+    EXPECT_EQ(group.size(), n);
+    EXPECT_EQ(group.rank(), rank % n);
+    const int64_t count = 5;
+    Tensor send = filled(count, [&](int64_t i) { return rank + 1 + i; }), sum = poisoned(count);
+    group.all_reduce(send, sum, ReduceOp::kSum, stream());
+    const int first = rank / n * n;  // ranks first .. first + n - 1 form the block
+    const auto s = to_host(*cpu_, sum);
+    for (int64_t i = 0; i < count; ++i) ASSERT_EQ(s[i], n * (first + 1 + i) + n * (n - 1) / 2);
+  }
+  EXPECT_THROW(comm.block_group(0), Error);
+  EXPECT_THROW(comm.block_group(size + 1), Error);
 }
 
 TEST_P(CommTest, MismatchedBuffersAreRejectedBeforeSending) {

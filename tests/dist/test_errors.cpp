@@ -8,23 +8,6 @@
 namespace weft::testing {
 namespace {
 
-// Runs fn, expects a weft::Error whose text contains every needle, then meets every rank at a
-// barrier: a rank that had hung in a collective would never get there.
-template <typename Fn>
-void expect_error_on_every_rank(Fn&& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected weft::Error";
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    for (const std::string& needle : needles) {
-      EXPECT_NE(what.find(needle), std::string::npos) << "'" << needle << "' missing in: " << what;
-    }
-    EXPECT_EQ(e.rank(), world().rank()) << "the error must say which rank raised it";
-  }
-  world().barrier();
-}
-
 TEST(Errors, WorldNotDivisibleByTpTimesPp) {
   const int n = world().size();
   expect_error_on_every_rank([&] { ParallelGrid grid(world(), n + 1); },
@@ -35,7 +18,7 @@ TEST(Errors, WorldNotDivisibleByTpTimesPp) {
 }
 
 TEST(Errors, OutputFeaturesNotDivisibleByTp) {
-  auto cpu = make_cpu_backend();
+  auto cpu = make_test_backend();
   const int tp = world().size();
   if (tp == 1) GTEST_SKIP() << "every size divides by 1";
   ParallelGrid grid(world(), tp);
@@ -59,7 +42,7 @@ TEST(Errors, OutputFeaturesNotDivisibleByTp) {
 }
 
 TEST(Errors, WrongInputShapeAndDtype) {
-  auto cpu = make_cpu_backend();
+  auto cpu = make_test_backend();
   ParallelGrid grid(world(), world().size());
   ParallelContext ctx{*cpu, grid.tp()};
   ColumnParallelLinearConfig config;
@@ -90,8 +73,8 @@ TEST(Errors, WrongInputShapeAndDtype) {
 }
 
 TEST(Errors, FusedActivationWithGatherOutputIsRejected) {
-  auto cpu = make_cpu_backend();
-  auto self = make_self_communicator();
+  auto cpu = make_test_backend();
+  auto self = make_test_self();
   ColumnParallelLinearConfig config;
   config.in_features = 4;
   config.out_features = 4;

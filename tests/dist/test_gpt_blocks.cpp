@@ -55,34 +55,10 @@ std::vector<int64_t> iota(int64_t begin, int64_t count) {
   return v;
 }
 
-// A host tensor holding `values` in `dtype`.
+// A tensor of `backend` holding `values` in `dtype`.
 Tensor from_values(Backend& backend, const Shape& shape, DType dtype,
                    const std::vector<double>& values) {
-  Tensor t(backend, shape, dtype);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float f = static_cast<float>(values[i]);
-    switch (dtype) {
-      case DType::kF32:
-        t.as<float>()[i] = f;
-        break;
-      case DType::kBF16:
-        t.as<bf16_t>()[i] = float_to_bf16(f);
-        break;
-      case DType::kF16:
-        t.as<f16_t>()[i] = float_to_f16(f);
-        break;
-      case DType::kI32:
-        t.as<int32_t>()[i] = static_cast<int32_t>(values[i]);
-        break;
-    }
-  }
-  return t;
-}
-
-Tensor ids_tensor(Backend& backend, const std::vector<int32_t>& ids) {
-  Tensor t(backend, Shape({static_cast<int64_t>(ids.size())}), DType::kI32);
-  for (size_t i = 0; i < ids.size(); ++i) t.as<int32_t>()[i] = ids[i];
-  return t;
+  return from_host(backend, shape, dtype, [&](int64_t i) { return values[i]; });
 }
 
 // Deterministic ids in [0, vocab) with both ends and a repeat (embedding backward must add up).
@@ -133,7 +109,7 @@ class GptBlocksTest : public ::testing::TestWithParam<std::tuple<int, DType>> {
         << what << " on tp rank " << tp_rank() << " of " << tp();
   }
 
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend();
+  std::unique_ptr<Backend> cpu_ = make_test_backend();  // the engine WEFT_TEST_BACKEND names
   std::unique_ptr<ParallelGrid> grid_;
 };
 
@@ -220,7 +196,7 @@ TEST_P(GptBlocksTest, EmbeddingInitIsTheSameGlobalTableAtEveryTpSize) {
   config.dtype = dtype();
   config.seed = 5;
   VocabParallelEmbedding emb(ctx(), config);
-  auto self = make_self_communicator();
+  auto self = make_test_self();
   VocabParallelEmbedding ref(ParallelContext{*cpu_, *self}, config);
   // The real rows agree bit for bit; only the padding beyond row 52 exists at tp 4 alone.
   const std::vector<double> full = to_host(*cpu_, ref.weight().value);
@@ -582,7 +558,7 @@ TEST_P(GptAttention, InitIsTheSameGlobalTensorAtEveryTpSize) {
     ParallelAttentionConfig cfg = config(c);
     cfg.seed = 99;
     ParallelAttention layer(ctx(), cfg);
-    auto self = make_self_communicator();
+    auto self = make_test_self();
     ParallelAttention ref(ParallelContext{*cpu_, *self}, cfg);  // TP=1: one QKV tensor
     const std::vector<Parameter*> params = layer.parameters(), ref_params = ref.parameters();
     ASSERT_EQ(ref_params.size(), 4u);
@@ -661,27 +637,12 @@ INSTANTIATE_TEST_SUITE_P(TpAndDType, GptAttention,
 // ---------------------------------------------------------------------------------------------
 // Bad input: a weft::Error naming the values on every rank, and no rank left in a collective.
 
-template <typename Fn>
-void expect_error_on_every_rank(Fn&& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected weft::Error";
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    for (const std::string& needle : needles) {
-      EXPECT_NE(what.find(needle), std::string::npos) << "'" << needle << "' missing in: " << what;
-    }
-    EXPECT_EQ(e.rank(), world().rank()) << "the error must say which rank raised it";
-  }
-  world().barrier();
-}
-
 class GptBlocksErrors : public ::testing::Test {
  protected:
   void SetUp() override { grid_ = std::make_unique<ParallelGrid>(world(), world().size()); }
   int tp() const { return grid_->tp_size(); }
   ParallelContext ctx() { return ParallelContext{*cpu_, grid_->tp()}; }
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend();
+  std::unique_ptr<Backend> cpu_ = make_test_backend();  // the engine WEFT_TEST_BACKEND names
   std::unique_ptr<ParallelGrid> grid_;
 };
 

@@ -60,7 +60,9 @@ struct Trainer {
         rng(this->config.seed, tp.rank()),
         data(text_file()),
         ids(backend, Shape({kSeq * kBatch}), DType::kI32),
-        targets(backend, Shape({kSeq * kBatch}), DType::kI32) {}
+        targets(backend, Shape({kSeq * kBatch}), DType::kI32),
+        ids_host(static_cast<size_t>(kSeq * kBatch)),
+        targets_host(ids_host.size()) {}
 
   static GPTConfig finalized(GPTConfig c, int tp) {
     c.finalize(tp);
@@ -68,7 +70,10 @@ struct Trainer {
   }
 
   void load_batch(int64_t index) {
-    data.batch(false, 7, index, kSeq, kBatch, ids.as<int32_t>(), targets.as<int32_t>());
+    data.batch(false, 7, index, kSeq, kBatch, ids_host.data(), targets_host.data());
+    backend.copy(ids, TensorView{ids_host.data(), ids.shape(), DType::kI32, Device::cpu()});
+    backend.copy(targets,
+                 TensorView{targets_host.data(), targets.shape(), DType::kI32, Device::cpu()});
   }
 
   // One optimizer step on micro-batch `step`; returns the loss.
@@ -91,11 +96,12 @@ struct Trainer {
   DropoutRng rng;
   TextDataset data;
   Tensor ids, targets;
+  std::vector<int32_t> ids_host, targets_host;  // a batch is written here, then copied over
 };
 
 class GptTrainingTest : public ::testing::TestWithParam<std::string> {
  protected:
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend();
+  std::unique_ptr<Backend> cpu_ = make_test_backend();  // the engine WEFT_TEST_BACKEND names
 };
 
 TEST_P(GptTrainingTest, LossCurveIsTheSameAtEveryTpSize) {
@@ -149,8 +155,8 @@ TEST_P(GptTrainingTest, ResumedRunEqualsUninterruptedRun) {
   // Every rank needs the directory name rank 0 made.
   std::vector<char> name(64, 0);
   std::copy(dir.begin(), dir.end(), name.begin());
-  world().broadcast(TensorView{name.data(), Shape({16}), DType::kF32, Device::cpu()}, 0,
-                    host_stream());
+  host_world().broadcast(TensorView{name.data(), Shape({16}), DType::kF32, Device::cpu()}, 0,
+                         host_stream());
   dir = std::string(name.data());
   std::vector<float> resumed;
   {
@@ -187,16 +193,17 @@ TEST_P(GptTrainingTest, GradientsMatchFiniteDifferences) {
     for (int64_t index : {int64_t{0}, p->value.numel() / 2}) {
       // Every rank nudges its own element `index`: distinct global weights for a shard, one
       // weight for a replicated parameter. The loss changes by the sum of their gradients.
-      float* w = p->value.as<float>() + index;
-      const float original = *w, h = 1e-2f;
-      *w = original + h;
+      const TensorView w = element(p->value, index);
+      const float original = read_scalar(*cpu_, w), h = 1e-2f;
+      write_scalar(*cpu_, w, original + h);
       const double up = t.model.forward(t.ids, t.targets, kSeq, kBatch, t.rng);
-      *w = original - h;
+      write_scalar(*cpu_, w, original - h);
       const double down = t.model.forward(t.ids, t.targets, kSeq, kBatch, t.rng);
-      *w = original;
+      write_scalar(*cpu_, w, original);
       const double numeric = (up - down) * kSeq * kBatch / (2.0 * h);
       const double analytic = all_reduce_scalar(
-          grid.tp(), *cpu_, p->grad.as<float>()[index] / p->replica_count, ReduceOp::kSum);
+          grid.tp(), *cpu_, read_scalar(*cpu_, element(p->grad, index)) / p->replica_count,
+          ReduceOp::kSum);
       EXPECT_NEAR(numeric, analytic, 2e-2 * std::max(1.0, std::abs(analytic)))
           << p->name << "[" << index << "]";
     }
@@ -209,11 +216,7 @@ TEST_P(GptTrainingTest, KvCacheGenerationEqualsFullRecomputation) {
   for (int64_t s = 0; s < 3; ++s) t.step(s);
   t.model.set_training(false);
   const std::vector<int32_t> prompt{'I', 't', ' ', 'w'};
-  auto to_device = [&](const std::vector<int32_t>& host) {
-    Tensor ids(*cpu_, Shape({static_cast<int64_t>(host.size())}), DType::kI32);
-    std::copy(host.begin(), host.end(), ids.as<int32_t>());
-    return ids;
-  };
+  auto to_device = [&](const std::vector<int32_t>& host) { return ids_tensor(*cpu_, host); };
   auto argmax = [](const std::vector<float>& v) {
     return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
   };
@@ -244,7 +247,7 @@ INSTANTIATE_TEST_SUITE_P(Presets, GptTrainingTest, ::testing::Values("gpt2", "ll
                          [](const auto& info) { return info.param; });
 
 TEST(GptDropoutRng, ReplicatedDrawsAgreeAndShardedDrawsDifferAcrossTpRanks) {
-  auto cpu = make_cpu_backend();
+  auto cpu = make_test_backend();
   ParallelGrid grid(world(), world().size());
   DropoutRng rng(5, grid.tp_rank());
   const DropoutRng::Draw replicated = rng.replicated(100), sharded = rng.sharded(100);
@@ -282,11 +285,11 @@ TEST(GptErrors, BadConfigurationsAreRejectedWithTheirValues) {
   EXPECT_THROW(kv.finalize(1), Error);
   EXPECT_THROW(GPTConfig::preset("bert"), Error);
 
-  auto cpu = make_cpu_backend();
+  auto cpu = make_test_backend();
   ParallelGrid grid(world(), tp);
   Trainer t(*cpu, grid.tp(), tiny_config("gpt2"));
-  Tensor long_ids(*cpu, Shape({(kSeq + 1) * kBatch}), DType::kI32);
-  std::fill_n(long_ids.as<int32_t>(), long_ids.numel(), 65);
+  Tensor long_ids =
+      from_host(*cpu, Shape({(kSeq + 1) * kBatch}), DType::kI32, [](int64_t) { return 65; });
   try {
     t.model.forward(long_ids, long_ids, kSeq + 1, kBatch, t.rng);
     ADD_FAILURE() << "expected weft::Error";

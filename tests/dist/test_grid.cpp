@@ -9,12 +9,13 @@ namespace {
 
 // World ranks of the members of `comm`, in its rank order.
 std::vector<int> members(Communicator& comm, int world_rank) {
-  float mine = static_cast<float>(world_rank);
-  std::vector<float> all(static_cast<size_t>(comm.size()), NAN);
-  comm.all_gather(TensorView{&mine, Shape({1}), DType::kF32, Device::cpu()},
-                  TensorView{all.data(), Shape({comm.size()}), DType::kF32, Device::cpu()},
-                  host_stream());
-  return std::vector<int>(all.begin(), all.end());
+  std::unique_ptr<Backend> backend = make_test_backend();
+  Tensor mine = from_host(*backend, Shape({1}), DType::kF32, [&](int64_t) { return world_rank; });
+  Tensor all(*backend, Shape({comm.size()}), DType::kF32);
+  backend->fill(all, NAN);
+  comm.all_gather(mine, all, backend->stream());
+  const std::vector<double> values = to_host(*backend, all);
+  return std::vector<int>(values.begin(), values.end());
 }
 
 TEST(ParallelGrid, MegatronRankOrderAndAxisGroups) {

@@ -88,7 +88,7 @@ class LinearTest : public ::testing::TestWithParam<std::tuple<int, DType>> {
     EXPECT_LE(err, tol()) << what << " on tp rank " << tp_rank() << " of " << tp();
   }
 
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend();
+  std::unique_ptr<Backend> cpu_ = make_test_backend();  // the engine WEFT_TEST_BACKEND names
   std::unique_ptr<ParallelGrid> grid_;
 };
 
@@ -295,7 +295,7 @@ TEST_P(LinearTest, InitializationIsTheSameGlobalTensorAtEveryTpSize) {
   row.seed = 77;
   RowParallelLinear row_layer(ctx(), row);
 
-  auto self = make_self_communicator();
+  auto self = make_test_self();
   ParallelContext unsharded{*cpu_, *self};
   ColumnParallelLinear col_ref(unsharded, column);
   RowParallelLinear row_ref(unsharded, row);

@@ -19,13 +19,12 @@ class MappingTest : public ::testing::TestWithParam<int> {
   int tp_rank() const { return grid_->tp_rank(); }
 
   Tensor from_values(const Shape& shape, std::function<double(int64_t, int64_t)> value) {
-    Tensor t(*cpu_, shape, DType::kF32);
     const int64_t cols = shape.cols();
-    for (int64_t i = 0; i < shape.numel(); ++i) t.as<float>()[i] = float(value(i / cols, i % cols));
-    return t;
+    return from_host(*cpu_, shape, DType::kF32,
+                     [&](int64_t i) { return value(i / cols, i % cols); });
   }
 
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend();
+  std::unique_ptr<Backend> cpu_ = make_test_backend();  // the engine WEFT_TEST_BACKEND names
   std::unique_ptr<ParallelGrid> grid_;
 };
 
@@ -38,10 +37,11 @@ TEST_P(MappingTest, AllReduceHalvesSumOverTheGroup) {
       from_values(Shape({3, 5}), [&](int64_t r, int64_t c) { return tp_rank() * 2 + r + c; });
   reduce_from_tp_region_forward(ctx(), x);
   const int t = tp();
+  const auto gv = to_host(*cpu_, g), xv = to_host(*cpu_, x);
   for (int64_t r = 0; r < 3; ++r) {
     for (int64_t c = 0; c < 5; ++c) {
-      ASSERT_EQ(g.as<float>()[r * 5 + c], t * (t + 1) / 2 + t * r * c);
-      ASSERT_EQ(x.as<float>()[r * 5 + c], t * (t - 1) + t * (r + c));
+      ASSERT_EQ(gv[r * 5 + c], t * (t + 1) / 2 + t * r * c);
+      ASSERT_EQ(xv[r * 5 + c], t * (t - 1) + t * (r + c));
     }
   }
 }
@@ -51,9 +51,10 @@ TEST_P(MappingTest, SplitKeepsOwnColumnsAndGatherRestoresThem) {
   Tensor full = from_values(Shape({rows, cols}), [](int64_t r, int64_t c) { return 100 * r + c; });
   Tensor local = split_last_dim(ctx(), full);
   ASSERT_EQ(local.shape(), Shape({rows, local_cols}));
+  const auto lv = to_host(*cpu_, local);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < local_cols; ++c) {
-      ASSERT_EQ(local.as<float>()[r * local_cols + c], 100 * r + tp_rank() * local_cols + c);
+      ASSERT_EQ(lv[r * local_cols + c], 100 * r + tp_rank() * local_cols + c);
     }
   }
   Tensor back = gather_last_dim(ctx(), local);  // gather is split's backward, and vice versa
@@ -67,9 +68,10 @@ TEST_P(MappingTest, GatherPlacesRankBlocksSideBySide) {
                              [&](int64_t r, int64_t c) { return 1000 * tp_rank() + 10 * r + c; });
   Tensor full = gather_last_dim(ctx(), local);
   ASSERT_EQ(full.shape(), Shape({2, 3, 2 * tp()}));
+  const auto fv = to_host(*cpu_, full);
   for (int64_t r = 0; r < 6; ++r) {
     for (int64_t c = 0; c < 2 * tp(); ++c) {
-      ASSERT_EQ(full.as<float>()[r * 2 * tp() + c], 1000 * (c / 2) + 10 * r + c % 2);
+      ASSERT_EQ(fv[r * 2 * tp() + c], 1000 * (c / 2) + 10 * r + c % 2);
     }
   }
   Tensor mine = split_last_dim(ctx(), full);

@@ -35,7 +35,7 @@ GPTConfig tiny_config(const std::string& preset, int64_t layers = 4) {
 }
 
 // Micro-batch `index`: kBatch windows of an English text, rows ordered (position, batch).
-void fill_batch(int64_t index, int32_t* ids, int32_t* targets) {
+void fill_batch_host(int64_t index, int32_t* ids, int32_t* targets) {
   static const std::string text =
       "It was the best of times, it was the worst of times, it was the age of wisdom, it was the "
       "age of foolishness, it was the epoch of belief, it was the epoch of incredulity.";
@@ -50,9 +50,17 @@ void fill_batch(int64_t index, int32_t* ids, int32_t* targets) {
   }
 }
 
-PipelineModel::BatchLoader loader_for_step(int64_t step, int64_t microbatches) {
-  return [step, microbatches](int64_t mb, TensorView ids, TensorView targets) {
-    fill_batch(step * microbatches + mb, ids.as<int32_t>(), targets.as<int32_t>());
+// Micro-batch `index` into `backend`'s ids and targets (written on the host, then copied).
+void fill_batch(Backend& backend, int64_t index, TensorView ids, TensorView targets) {
+  std::vector<int32_t> ids_host(static_cast<size_t>(ids.numel())), targets_host(ids_host.size());
+  fill_batch_host(index, ids_host.data(), targets_host.data());
+  backend.copy(ids, TensorView{ids_host.data(), ids.shape, DType::kI32, Device::cpu()});
+  backend.copy(targets, TensorView{targets_host.data(), targets.shape, DType::kI32, Device::cpu()});
+}
+
+PipelineModel::BatchLoader loader_for_step(Backend& backend, int64_t step, int64_t microbatches) {
+  return [&backend, step, microbatches](int64_t mb, TensorView ids, TensorView targets) {
+    fill_batch(backend, step * microbatches + mb, ids, targets);
   };
 }
 
@@ -64,7 +72,7 @@ GPTConfig finalized(GPTConfig c, int tp) {
 // The unsharded model (tp = 1, pp = 1) over a world of one, built from the same seed.
 struct Reference {
   Reference(Backend& backend, const GPTConfig& config)
-      : self(make_self_communicator()),
+      : self(make_test_self()),
         ctx{backend, *self},
         model(ctx, plain(config)),
         rng(config.seed, 0),
@@ -82,7 +90,7 @@ struct Reference {
     zero_grads(ctx.backend, model.parameters());
     double loss = 0.0;
     for (int64_t mb = 0; mb < microbatches; ++mb) {
-      fill_batch(step * microbatches + mb, ids.as<int32_t>(), targets.as<int32_t>());
+      fill_batch(ctx.backend, step * microbatches + mb, ids, targets);
       GPTModel::Saved saved;
       loss += model.forward(ids, targets, kSeq, kBatch, rng, saved);
       model.backward(saved, 1.0f / static_cast<float>(microbatches));
@@ -188,7 +196,7 @@ void check_gradients(Backend& cpu, const std::string& preset, Combo combo, Sched
   PipelineModel model(ParallelContext{cpu, grid.tp()}, grid.pp(), config, sc.kind,
                       sc.virtual_stages, counts);
   DropoutRng rng(config.seed, grid.tp_rank());
-  const float loss = model.train_step(loader_for_step(0, m), m, kSeq, kBatch, 1.0f, rng);
+  const float loss = model.train_step(loader_for_step(cpu, 0, m), m, kSeq, kBatch, 1.0f, rng);
   EXPECT_NEAR(loss, ref_loss, 1e-5 * std::abs(ref_loss));
   EXPECT_EQ(rng.replicated_offset(), ref.rng.replicated_offset())
       << "the dropout counters advance as one model's";
@@ -233,7 +241,7 @@ void check_gradients(Backend& cpu, const std::string& preset, Combo combo, Sched
 
 class PipelineGradientTest : public ::testing::TestWithParam<std::string> {
  protected:
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend();
+  std::unique_ptr<Backend> cpu_ = make_test_backend();  // the engine WEFT_TEST_BACKEND names
 };
 
 TEST_P(PipelineGradientTest, EveryShardEqualsTheUnshardedModel) {
@@ -261,7 +269,7 @@ TEST(Pipeline, RecomputePoliciesKeepLessActivationMemory) {
     config.recompute = recompute;
     PipelineModel model(ParallelContext{*cpu, grid.tp()}, grid.pp(), config, ScheduleKind::kGPipe);
     DropoutRng rng(1, 0);
-    model.train_step(loader_for_step(0, 4), 4, kSeq, kBatch, 1.0f, rng);
+    model.train_step(loader_for_step(*cpu, 0, 4), 4, kSeq, kBatch, 1.0f, rng);
     stats[recompute] = model.stats();
     EXPECT_EQ(stats[recompute].peak_saved_states, 4);
   }
@@ -277,7 +285,7 @@ INSTANTIATE_TEST_SUITE_P(Presets, PipelineGradientTest, ::testing::Values("gpt2"
                          [](const auto& info) { return info.param; });
 
 TEST(Pipeline, DropoutMasksMatchTheUnshardedModelAfterRecomputation) {
-  auto cpu = make_cpu_backend();
+  auto cpu = make_test_backend();
   const Combo combo = combos().back();
   // 1F1B recomputes on every stage but the last: the masks must be drawn again identically.
   check_gradients(*cpu, "gpt2", combo, {ScheduleKind::k1F1B, 1}, {0.1f});
@@ -289,7 +297,7 @@ TEST(Pipeline, DropoutMasksMatchTheUnshardedModelAfterRecomputation) {
 
 // Stage boundaries carry this rank's seq / tp rows under sequence parallelism.
 TEST(Pipeline, SequenceParallelAndOverlappedStagesEqualTheUnshardedModel) {
-  auto cpu = make_cpu_backend();
+  auto cpu = make_test_backend();
   for (Combo combo : combos()) {
     if (combo.tp == 1 && world().size() > 1) continue;  // nothing to shard
     check_gradients(*cpu, "llama", combo, {ScheduleKind::k1F1B, 1}, {0.1f, true, false});
@@ -298,7 +306,7 @@ TEST(Pipeline, SequenceParallelAndOverlappedStagesEqualTheUnshardedModel) {
 }
 
 TEST(Pipeline, EvaluateEqualsTheUnshardedForward) {
-  auto cpu = make_cpu_backend();
+  auto cpu = make_test_backend();
   const Combo combo = combos().back();
   ParallelGrid grid(world(), combo.tp, combo.pp);
   const auto [layers, counts] = layers_for(combo.pp, 2);
@@ -308,19 +316,19 @@ TEST(Pipeline, EvaluateEqualsTheUnshardedForward) {
   ref.model.set_training(false);
   double expected = 0.0;
   for (int64_t mb = 0; mb < 4; ++mb) {
-    fill_batch(mb, ref.ids.as<int32_t>(), ref.targets.as<int32_t>());
+    fill_batch(*cpu, mb, ref.ids, ref.targets);
     expected += ref.model.forward(ref.ids, ref.targets, kSeq, kBatch, ref.rng) / 4.0;
   }
   PipelineModel model(ParallelContext{*cpu, grid.tp()}, grid.pp(), config,
                       ScheduleKind::kInterleaved, 2, counts);
-  const float loss = model.evaluate(loader_for_step(0, 4), 4, kSeq, kBatch);
+  const float loss = model.evaluate(loader_for_step(*cpu, 0, 4), 4, kSeq, kBatch);
   EXPECT_NEAR(loss, expected, 1e-5 * expected);
 }
 
 // 20 optimizer steps (AdamW, clipping at norm 1, cosine LR) at tp=2 pp=2 on 4 ranks (the largest
 // of (1,1), (1,2), (2,2) the world allows) with each schedule give the tp=1 pp=1 loss curve.
 TEST(Pipeline, LossCurveEqualsTheUnshardedCurve) {
-  auto cpu = make_cpu_backend();
+  auto cpu = make_test_backend();
   const int n = world().size();
   const int tp = n >= 4 ? 2 : 1, pp = n >= 2 ? 2 : 1;
   constexpr int64_t kSteps = 20, kMicro = 4;
@@ -345,7 +353,7 @@ TEST(Pipeline, LossCurveEqualsTheUnshardedCurve) {
     DropoutRng rng(config.seed, grid.tp_rank());
     for (int64_t s = 0; s < kSteps; ++s) {
       const float loss =
-          model.train_step(loader_for_step(s, kMicro), kMicro, kSeq, kBatch, 1.0f, rng);
+          model.train_step(loader_for_step(*cpu, s, kMicro), kMicro, kSeq, kBatch, 1.0f, rng);
       average_gradients(*cpu, grid.dp(), model.parameters());
       opt.step(lr(s), clip_coefficient(model.grad_norm(), 1.0f));
       EXPECT_NEAR(loss, expected[static_cast<size_t>(s)],
@@ -364,7 +372,7 @@ TEST(Pipeline, LossCurveEqualsTheUnshardedCurve) {
 }
 
 TEST(Pipeline, ChromeTraceHasATrackPerRankAndTheBubbleIsMeasured) {
-  auto cpu = make_cpu_backend();
+  auto cpu = make_test_backend();
   const int pp = world().size() >= 2 ? 2 : 1;
   ParallelGrid grid(world(), 1, pp);
   PipelineModel model(ParallelContext{*cpu, grid.tp()}, grid.pp(), tiny_config("gpt2"),
@@ -372,7 +380,7 @@ TEST(Pipeline, ChromeTraceHasATrackPerRankAndTheBubbleIsMeasured) {
   DropoutRng rng(1, 0);
   PipelineTrace trace;
   for (int64_t s = 0; s < 2; ++s)
-    model.train_step(loader_for_step(s, 4), 4, kSeq, kBatch, 1.0f, rng, &trace);
+    model.train_step(loader_for_step(*cpu, s, 4), 4, kSeq, kBatch, 1.0f, rng, &trace);
   EXPECT_EQ(trace.steps(), 2);
   const double bubble = trace.measured_bubble_fraction();
   EXPECT_GE(bubble, 0.0);
@@ -577,7 +585,7 @@ void expect_error_on_every_rank(Fn&& fn, const std::vector<std::string>& needles
 }
 
 TEST(PipelineErrors, BadLayoutsAreRejectedOnEveryRankWithoutAHang) {
-  auto cpu = make_cpu_backend();
+  auto cpu = make_test_backend();
   const int n = world().size();
   expect_error_on_every_rank(
       [&] { ParallelGrid grid(world(), 2, n); },
@@ -614,11 +622,12 @@ TEST(PipelineErrors, BadLayoutsAreRejectedOnEveryRankWithoutAHang) {
     DropoutRng rng(1, 0);
     const int64_t m = pp + 1;
     expect_error_on_every_rank(
-        [&] { model.train_step(loader_for_step(0, m), m, kSeq, kBatch, 1.0f, rng); },
+        [&] { model.train_step(loader_for_step(ctx.backend, 0, m), m, kSeq, kBatch, 1.0f, rng); },
         {"micro-batches (" + std::to_string(m) + ")",
          "pipeline size (" + std::to_string(pp) + ")"});
     // The model still runs afterwards: nothing was left posted.
-    const float loss = model.train_step(loader_for_step(0, pp), pp, kSeq, kBatch, 1.0f, rng);
+    const float loss =
+        model.train_step(loader_for_step(ctx.backend, 0, pp), pp, kSeq, kBatch, 1.0f, rng);
     EXPECT_GT(loss, 0.0f);
   }
 }

@@ -10,8 +10,10 @@
 // curves, replicated parameters after training, activation memory, and bad sequence lengths.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 
@@ -82,7 +84,7 @@ class SpFixture : public ::testing::Test {
     }
   }
 
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend();
+  std::unique_ptr<Backend> cpu_ = make_test_backend();  // the engine WEFT_TEST_BACKEND names
   std::unique_ptr<ParallelGrid> grid_;
   int tp_ = 1;
 };
@@ -100,17 +102,17 @@ class SequenceParallelTest : public SpFixture, public ::testing::WithParamInterf
 TEST_P(SequenceParallelTest, RowMappingsAreDualCollectives) {
   const int64_t rows = 3, cols = 5;
   auto filled = [&](int64_t n, const std::function<float(int64_t, int64_t)>& value) {
-    Tensor t(*cpu_, Shape({n, cols}), DType::kF32);
-    for (int64_t i = 0; i < t.numel(); ++i) t.as<float>()[i] = value(i / cols, i % cols);
-    return t;
+    return from_host(*cpu_, Shape({n, cols}), DType::kF32,
+                     [&](int64_t i) { return value(i / cols, i % cols); });
   };
   // gather_rows: rank j's block lands at rows [j*rows, (j+1)*rows).
   Tensor local = filled(rows, [&](int64_t r, int64_t c) { return 1000 * tp_rank() + 10 * r + c; });
   Tensor full = gather_rows(ctx(), local);
   ASSERT_EQ(full.shape(), Shape({rows * tp(), cols}));
+  const auto fv = to_host(*cpu_, full);
   for (int64_t r = 0; r < rows * tp(); ++r) {
     for (int64_t c = 0; c < cols; ++c) {
-      ASSERT_EQ(full.as<float>()[r * cols + c], 1000 * (r / rows) + 10 * (r % rows) + c);
+      ASSERT_EQ(fv[r * cols + c], 1000 * (r / rows) + 10 * (r % rows) + c);
     }
   }
   // split_rows undoes it; reduce_scatter_rows sums the ranks' partial blocks.
@@ -120,9 +122,10 @@ TEST_P(SequenceParallelTest, RowMappingsAreDualCollectives) {
   Tensor summed = reduce_scatter_rows(ctx(), partial);
   ASSERT_EQ(summed.shape(), Shape({rows, cols}));
   const int t = tp();
+  const auto sv = to_host(*cpu_, summed);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
-      ASSERT_EQ(summed.as<float>()[r * cols + c], t * (t + 1) / 2 * (tp_rank() * rows + r + 2 * c));
+      ASSERT_EQ(sv[r * cols + c], t * (t + 1) / 2 * (tp_rank() * rows + r + 2 * c));
     }
   }
   if (tp() > 1) {
@@ -137,8 +140,9 @@ TEST_P(SequenceParallelTest, AsyncGroupRingExchangeCompletesAtWait) {
   const int next = (tp_rank() + 1) % tp(), prev = (tp_rank() + tp() - 1) % tp();
   // Large enough for a rendezvous transfer (MPI progresses it only inside MPI calls).
   const int64_t n = 1 << 16;
-  Tensor send(*cpu_, Shape({n}), DType::kF32), recv(*cpu_, Shape({n}), DType::kF32);
-  for (int64_t i = 0; i < n; ++i) send.as<float>()[i] = float(tp_rank() * n + i);
+  Tensor send = from_host(*cpu_, Shape({n}), DType::kF32,
+                          [&](int64_t i) { return float(tp_rank() * n + i); });
+  Tensor recv(*cpu_, Shape({n}), DType::kF32);
   comm.group_start();
   comm.send(send, next, cpu_->stream());
   comm.recv(recv, prev, cpu_->stream());
@@ -147,13 +151,69 @@ TEST_P(SequenceParallelTest, AsyncGroupRingExchangeCompletesAtWait) {
   }
   pending->wait();
   EXPECT_TRUE(pending->test());
-  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(recv.as<float>()[i], float(prev * n + i));
+  const auto rv = to_host(*cpu_, recv);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(rv[i], float(prev * n + i));
   // Only the outermost group can end asynchronously.
   comm.group_start();
   comm.group_start();
   EXPECT_THROW(comm.group_end_async(), Error);
   comm.group_end();
   comm.group_end();
+}
+
+TEST_P(SequenceParallelTest, AnUnwaitedAsyncGroupIsCompleteWhenDestroyed) {
+  Communicator& comm = grid_->tp();
+  const int next = (tp_rank() + 1) % tp(), prev = (tp_rank() + tp() - 1) % tp();
+  const int64_t n = 1 << 16;  // a rendezvous transfer, as above
+  Tensor send(*cpu_, Shape({n}), DType::kF32);
+  Tensor recv(*cpu_, Shape({n}), DType::kF32);
+  cpu_->fill(recv, NAN);
+  for (int64_t i = 0; i < n; ++i) send.as<float>()[i] = float(tp_rank() * n + i);
+  comm.group_start();
+  comm.send(send, next, cpu_->stream());
+  comm.recv(recv, prev, cpu_->stream());
+  comm.group_end_async().reset();  // destroyed without wait(): the contract completes it
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(recv.as<float>()[i], float(prev * n + i));
+}
+
+// A consume() that throws (on every rank alike) leaves the ring step's transfer complete before
+// the exception leaves ring_all_gather_rows, so the buffers can be freed: the block received
+// meanwhile is whole, and the communicator is in step for the next call.
+TEST_P(SequenceParallelTest, RingStepCompletesItsTransferWhenConsumeThrows) {
+  const int64_t rows = 64, cols = 512;  // 128 KiB blocks: rendezvous transfers
+  auto value = [](int64_t row, int64_t c) { return float(row * cols + c); };
+  Tensor local(*cpu_, Shape({rows, cols}), DType::kF32);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c)
+      local.as<float>()[r * cols + c] = value(tp_rank() * rows + r, c);
+  }
+  struct ConsumeFailed : std::runtime_error {
+    ConsumeFailed() : std::runtime_error("consume failed") {}
+  };
+  Tensor gathered(*cpu_, Shape({rows * tp(), cols}), DType::kF32);
+  cpu_->fill(gathered, NAN);
+  EXPECT_THROW(
+      ring_all_gather_rows(
+          ctx(), local, [](int, TensorView, const OverlapProgress&) { throw ConsumeFailed(); },
+          gathered),
+      ConsumeFailed);
+  // Step 0 received the previous rank's block while consuming this rank's own.
+  const int prev = (tp_rank() + tp() - 1) % tp();
+  for (int block : {tp_rank(), prev}) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t row = block * rows + r;
+        ASSERT_EQ(gathered.as<float>()[row * cols + c], value(row, c)) << "block " << block;
+      }
+    }
+  }
+  Tensor again(*cpu_, Shape({rows * tp(), cols}), DType::kF32);
+  cpu_->fill(again, NAN);
+  ring_all_gather_rows(
+      ctx(), local, [](int, TensorView, const OverlapProgress&) {}, again);
+  for (int64_t i = 0; i < again.numel(); ++i) {
+    ASSERT_EQ(again.as<float>()[i], value(i / cols, i % cols)) << "element " << i;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -423,8 +483,8 @@ TEST_P(SequenceParallelTest, EmbeddingAndLmHeadEqualThePlainOnes) {
     config.sequence_parallel = mode.sequence_parallel;
     config.tp_comm_overlap = mode.overlap;
     VocabParallelEmbedding emb(ctx(), config);
-    Tensor ids(*cpu_, Shape({kSeq * kBatch}), DType::kI32);
-    for (int64_t t = 0; t < ids.numel(); ++t) ids.as<int32_t>()[t] = int32_t((t * 7 + 3) % kVocab);
+    Tensor ids = from_host(*cpu_, Shape({kSeq * kBatch}), DType::kI32,
+                           [&](int64_t t) { return (t * 7 + 3) % kVocab; });
     const bool sp = mode.sequence_parallel;
     VocabParallelEmbedding::Saved ref_saved, saved;
     expect_close(emb.forward(ids, saved), own_rows(ref.forward(ids, ref_saved), sp),
@@ -464,14 +524,15 @@ GPTConfig tiny_config(const std::string& preset, int tp, Mode mode = {false, fal
 }
 
 // Deterministic batches with structure to learn: identical on every rank.
-void fill_batch(Tensor& ids, Tensor& targets, int64_t step) {
-  for (int64_t s = 0; s < kSeq; ++s) {
-    for (int64_t b = 0; b < kBatch; ++b) {
-      const auto token = [&](int64_t pos) { return int32_t((pos * 5 + b * 11 + step * 3) % 64); };
-      ids.as<int32_t>()[s * kBatch + b] = token(s);
-      targets.as<int32_t>()[s * kBatch + b] = token(s + 1);
-    }
-  }
+void fill_batch(Backend& backend, Tensor& ids, Tensor& targets, int64_t step) {
+  // Row s * kBatch + b holds position s of sequence b.
+  const auto token = [&](int64_t row, int64_t shift) {
+    return ((row / kBatch + shift) * 5 + (row % kBatch) * 11 + step * 3) % 64;
+  };
+  backend.copy(
+      ids, from_host(backend, ids.shape(), DType::kI32, [&](int64_t r) { return token(r, 0); }));
+  backend.copy(targets, from_host(backend, targets.shape(), DType::kI32,
+                                  [&](int64_t r) { return token(r, 1); }));
 }
 
 class SequenceParallelModelTest : public SequenceParallelTest {
@@ -486,7 +547,7 @@ class SequenceParallelModelTest : public SequenceParallelTest {
           targets(backend, Shape({kSeq * kBatch}), DType::kI32) {}
     float step(Backend& backend, int64_t s) {
       zero_grads(backend, model.parameters());
-      fill_batch(ids, targets, s);
+      fill_batch(backend, ids, targets, s);
       GPTModel::Saved saved;
       const float loss = model.forward(ids, targets, kSeq, kBatch, rng, saved);
       model.backward(saved);
@@ -511,8 +572,8 @@ TEST_P(SequenceParallelModelTest, LossAndEveryGradientEqualThePlainModel) {
       GPTConfig config = tiny_config(preset, tp(), mode);
       config.dropout = 0.1f;
       Run ref(*cpu_, grid_->tp(), plain), run(*cpu_, grid_->tp(), config);
-      fill_batch(ref.ids, ref.targets, 0);
-      fill_batch(run.ids, run.targets, 0);
+      fill_batch(*cpu_, ref.ids, ref.targets, 0);
+      fill_batch(*cpu_, run.ids, run.targets, 0);
       GPTModel::Saved ref_saved, saved;
       const float loss_ref =
           ref.model.forward(ref.ids, ref.targets, kSeq, kBatch, ref.rng, ref_saved);
@@ -554,12 +615,12 @@ TEST_P(SequenceParallelModelTest, ReplicatedParametersStayIdenticalAcrossTpRanks
     for (Parameter* p : run.model.parameters()) {
       if (p->replica_count != tp()) continue;  // norms, row biases, positions
       const std::vector<double> mine = to_host(*cpu_, p->value);
-      std::vector<float> lo(mine.begin(), mine.end()), hi = lo;
-      const TensorView lo_v{lo.data(), Shape({int64_t(lo.size())}), DType::kF32, Device::cpu()};
-      const TensorView hi_v{hi.data(), Shape({int64_t(hi.size())}), DType::kF32, Device::cpu()};
-      grid_->tp().all_reduce(lo_v, lo_v, ReduceOp::kMin, host_stream());
-      grid_->tp().all_reduce(hi_v, hi_v, ReduceOp::kMax, host_stream());
-      EXPECT_EQ(lo, hi) << p->name << " differs across TP ranks";
+      Tensor lo = from_host(*cpu_, Shape({int64_t(mine.size())}), DType::kF32,
+                            [&](int64_t i) { return mine[i]; });
+      Tensor hi = from_host(*cpu_, lo.shape(), DType::kF32, [&](int64_t i) { return mine[i]; });
+      grid_->tp().all_reduce(lo, lo, ReduceOp::kMin, cpu_->stream());
+      grid_->tp().all_reduce(hi, hi, ReduceOp::kMax, cpu_->stream());
+      EXPECT_EQ(to_host(*cpu_, lo), to_host(*cpu_, hi)) << p->name << " differs across TP ranks";
     }
   }
 }
@@ -568,16 +629,16 @@ TEST_P(SequenceParallelModelTest, DecodingWithTheKvCacheIgnoresSequenceParalleli
   // The same parameters with or without sequence parallelism: the same logits.
   GPTConfig plain = tiny_config("gpt2", tp()), config = tiny_config("gpt2", tp(), {true, true});
   Run ref(*cpu_, grid_->tp(), plain), run(*cpu_, grid_->tp(), config);
-  Tensor prompt(*cpu_, Shape({3}), DType::kI32);
-  for (int i = 0; i < 3; ++i) prompt.as<int32_t>()[i] = 5 + 7 * i;  // seq 3: not divisible
+  // seq 3: not divisible
+  Tensor prompt = from_host(*cpu_, Shape({3}), DType::kI32, [](int64_t i) { return 5 + 7 * i; });
   ref.model.allocate_cache(1, kSeq);
   run.model.allocate_cache(1, kSeq);
   const std::vector<float> a = ref.model.next_token_logits(prompt, 3, 1, 0);
   const std::vector<float> b = run.model.next_token_logits(prompt, 3, 1, 0);
   EXPECT_EQ(a, b);
   // Training passes still run sequence parallel afterwards.
-  fill_batch(run.ids, run.targets, 0);
-  fill_batch(ref.ids, ref.targets, 0);
+  fill_batch(*cpu_, run.ids, run.targets, 0);
+  fill_batch(*cpu_, ref.ids, ref.targets, 0);
   EXPECT_NEAR(run.model.forward(run.ids, run.targets, kSeq, kBatch, run.rng),
               ref.model.forward(ref.ids, ref.targets, kSeq, kBatch, ref.rng), 1e-4);
 }
@@ -630,8 +691,8 @@ TEST_P(SequenceParallelModelTest, SeqNotDivisibleByTpIsAClearErrorOnEveryRank) {
   if (tp() == 1) GTEST_SKIP() << "every length divides by 1";
   Run run(*cpu_, grid_->tp(), tiny_config("gpt2", tp(), {true, false}));
   const int64_t seq = tp() + 1;  // <= max_seq
-  Tensor ids(*cpu_, Shape({seq * kBatch}), DType::kI32);
-  for (int64_t i = 0; i < ids.numel(); ++i) ids.as<int32_t>()[i] = int32_t(i % 64);
+  Tensor ids =
+      from_host(*cpu_, Shape({seq * kBatch}), DType::kI32, [](int64_t i) { return i % 64; });
   try {
     run.model.forward(ids, ids, seq, kBatch, run.rng);
     ADD_FAILURE() << "expected weft::Error";

@@ -118,6 +118,16 @@ TEST_F(SelfCommTest, NestedGroupsCompleteAtTheOutermostEnd) {
   EXPECT_EQ(bytes_of(a_in), bytes_of(a));
 }
 
+TEST_F(SelfCommTest, AnAsyncGroupIsCompleteWhenDestroyedUnwaited) {
+  Tensor a = random_tensor(*backend_, Shape({16}), DType::kF32, 12);
+  Tensor a_in = poisoned(*backend_, Shape({16}), DType::kF32);
+  comm_->group_start();
+  comm_->send(a, 0, stream_);
+  comm_->recv(a_in, 0, stream_);
+  comm_->group_end_async().reset();  // never waited
+  EXPECT_EQ(bytes_of(a_in), bytes_of(a));
+}
+
 TEST_F(SelfCommTest, PointToPointOutsideAGroupThrows) {
   Tensor a = random_tensor(*backend_, Shape({8}), DType::kF32, 8);
   EXPECT_WEFT_ERROR(comm_->send(a, 0, stream_), "group_start");
@@ -153,6 +163,14 @@ TEST_F(SelfCommTest, AFailedGroupLeavesNothingBehind) {
   comm_->recv(b_in, 0, stream_);
   EXPECT_NO_THROW(comm_->group_end());
   EXPECT_EQ(bytes_of(b_in), bytes_of(b));
+}
+
+TEST_F(SelfCommTest, BlockGroupIsMadeOnceAndShared) {
+  Communicator& group = comm_->block_group(1);
+  EXPECT_EQ(&comm_->block_group(1), &group);
+  EXPECT_EQ(group.size(), 1);
+  EXPECT_WEFT_ERROR(comm_->block_group(2), "block_group", "2", "size 1");
+  EXPECT_WEFT_ERROR(comm_->block_group(0), "block_group", "0");
 }
 
 TEST_F(SelfCommTest, SplitGivesAWorkingWorldOfOne) {

@@ -25,8 +25,9 @@
 
 #include "backend/backend_checks.hpp"
 #include "backend/cpu/cpu_backend.hpp"
-#include "backend/cpu/cpu_kernels.hpp"
 #include "backend/cpu/onednn.hpp"
+#include "backend/dtype_dispatch.hpp"
+#include "backend/pointwise_math.hpp"
 #include "weft/error.hpp"
 
 // The softmax loops are compiled twice, for AVX2 + FMA and for the baseline, and picked at load
@@ -386,8 +387,8 @@ void flash_backward(OneDnn& dnn, T* grad_qkv, const T* grad_out, const T* qkv, c
 // Calls fn(T{}, Tc{}) with T the storage type of `dtype` and Tc the type its tiles multiply in.
 template <typename Fn>
 void dispatch_attention(OneDnn& dnn, DType dtype, Fn&& fn) {
-  dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float>) {
       fn(T{}, float{});
     } else {

@@ -5,8 +5,9 @@
 #include <cstring>
 
 #include "backend/backend_checks.hpp"
-#include "backend/cpu/cpu_kernels.hpp"
 #include "backend/cpu/onednn.hpp"
+#include "backend/dtype_dispatch.hpp"
+#include "backend/pointwise_math.hpp"
 #include "weft/error.hpp"
 
 namespace weft {
@@ -88,10 +89,10 @@ void CpuBackend::copy_columns(TensorView dst, int64_t dst_col, TensorView src, i
 void CpuBackend::convert(TensorView dst, TensorView src) {
   check_convert_args(dst, src, device());
   const int64_t n = dst.numel();
-  dispatch_dtype(src.dtype, [&](auto src_tag) {
-    using TS = decltype(src_tag);
-    dispatch_dtype(dst.dtype, [&](auto dst_tag) {
-      using TD = decltype(dst_tag);
+  dispatch_storage(src.dtype, [&](auto src_tag) {
+    using TS = typename decltype(src_tag)::type;
+    dispatch_storage(dst.dtype, [&](auto dst_tag) {
+      using TD = typename decltype(dst_tag)::type;
       const TS* s = src.as<TS>();
       TD* d = dst.as<TD>();
 #pragma omp parallel for schedule(static) if (n > 65536)
@@ -103,8 +104,8 @@ void CpuBackend::convert(TensorView dst, TensorView src) {
 void CpuBackend::fill(TensorView dst, float value) {
   check_on_device(dst, device(), "fill", "dst");
   const int64_t n = dst.numel();
-  dispatch_dtype(dst.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(dst.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T v = from_float<T>(value);
     T* d = dst.as<T>();
     for (int64_t i = 0; i < n; ++i) d[i] = v;
@@ -115,8 +116,8 @@ void CpuBackend::fill_random(TensorView dst, const RandomFill& spec) {
   check_on_device(dst, device(), "fill_random", "dst");
   const int64_t rows = dst.shape.rows(), cols = dst.shape.cols();
   const int64_t global_cols = check_fill_random_args(dst, spec);
-  dispatch_dtype(dst.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(dst.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     T* d = dst.as<T>();
 #pragma omp parallel for schedule(static) if (rows * cols > 16384)
     for (int64_t r = 0; r < rows; ++r) {
@@ -131,15 +132,15 @@ void CpuBackend::fill_random(TensorView dst, const RandomFill& spec) {
 void CpuBackend::gemm(const GemmArgs& args) { onednn_->matmul(args); }
 
 namespace {
-// Applies fn(i) -> float to every element of `out` (same dtype T for all operands).
+// Applies fn(i, TypeTag<T>) -> float to every element of `out` (same dtype T for all operands).
 template <typename Fn>
 void elementwise(const TensorView& out, Fn&& fn) {
   const int64_t n = out.numel();
-  dispatch_dtype(out.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     T* o = out.as<T>();
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) o[i] = from_float<T>(fn(i, T{}));
+    for (int64_t i = 0; i < n; ++i) o[i] = from_float<T>(fn(i, tag));
   });
 }
 template <typename T>
@@ -151,7 +152,7 @@ float at(const TensorView& v, int64_t i) {
 void CpuBackend::add(TensorView out, TensorView a, TensorView b) {
   check_add_args(out, a, b, device());
   elementwise(out, [&](int64_t i, auto tag) {
-    using T = decltype(tag);
+    using T = typename decltype(tag)::type;
     return at<T>(a, i) + at<T>(b, i);
   });
 }
@@ -160,7 +161,7 @@ void CpuBackend::add_bias(TensorView out, TensorView in, TensorView bias) {
   check_add_bias_args(out, in, bias, device());
   const int64_t cols = out.shape.cols();
   elementwise(out, [&](int64_t i, auto tag) {
-    using T = decltype(tag);
+    using T = typename decltype(tag)::type;
     return at<T>(in, i) + at<T>(bias, i % cols);
   });
 }
@@ -169,7 +170,7 @@ void CpuBackend::gelu(TensorView out, TensorView in) {
   check_gelu_args(out, in, device());
   if (onednn_->gelu(out, in)) return;
   elementwise(out, [&](int64_t i, auto tag) {
-    using T = decltype(tag);
+    using T = typename decltype(tag)::type;
     return gelu_tanh(at<T>(in, i));
   });
 }
@@ -178,7 +179,7 @@ void CpuBackend::gelu_backward(TensorView grad_in, TensorView grad_out, TensorVi
   check_gelu_backward_args(grad_in, grad_out, input, device());
   if (onednn_->gelu_backward(grad_in, grad_out, input)) return;
   elementwise(grad_in, [&](int64_t i, auto tag) {
-    using T = decltype(tag);
+    using T = typename decltype(tag)::type;
     return at<T>(grad_out, i) * gelu_tanh_grad(at<T>(input, i));
   });
 }

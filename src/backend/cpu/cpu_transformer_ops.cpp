@@ -12,7 +12,8 @@
 
 #include "backend/backend_checks.hpp"
 #include "backend/cpu/cpu_backend.hpp"
-#include "backend/cpu/cpu_kernels.hpp"
+#include "backend/dtype_dispatch.hpp"
+#include "backend/pointwise_math.hpp"
 #include "weft/error.hpp"
 
 namespace weft {
@@ -57,8 +58,8 @@ int64_t valid_vocab_columns(int64_t v_local, int64_t vocab_start, int64_t vocab_
 void CpuBackend::scale(TensorView out, TensorView in, float alpha) {
   check_scale_args(out, in, device());
   const int64_t n = out.numel();
-  dispatch_dtype(out.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T* x = in.as<T>();
     T* y = out.as<T>();
 #pragma omp parallel for schedule(static) if (n > kParallelWork)
@@ -71,8 +72,8 @@ void CpuBackend::sum_squares(TensorView out, TensorView in) {
   const int64_t n = in.numel();
   const int64_t chunks = (n + kReduceChunk - 1) / kReduceChunk;
   std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
-  dispatch_dtype(in.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T* x = in.as<T>();
 #pragma omp parallel for schedule(static) if (n > kParallelWork)
     for (int64_t c = 0; c < chunks; ++c) {
@@ -97,8 +98,8 @@ void CpuBackend::layer_norm(TensorView out, TensorView mean, TensorView rstd, Te
                             TensorView gamma, TensorView beta, float eps) {
   check_layer_norm_args(out, mean, rstd, in, gamma, beta, eps, device());
   const int64_t rows = in.shape.rows(), cols = in.shape.cols();
-  dispatch_dtype(in.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T *x = in.as<T>(), *g = gamma.as<T>(), *b = beta.as<T>();
     T* y = out.as<T>();
 #pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
@@ -133,8 +134,8 @@ void CpuBackend::layer_norm_backward(TensorView grad_in, TensorView grad_gamma,
   const int64_t rows = in.shape.rows(), cols = in.shape.cols();
   const float* mu = mean.as<float>();
   const float* rs = rstd.as<float>();
-  dispatch_dtype(in.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T *x = in.as<T>(), *dy = grad_out.as<T>(), *g = gamma.as<T>();
     // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * gamma.
 #pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
@@ -182,8 +183,8 @@ void CpuBackend::rms_norm(TensorView out, TensorView rstd, TensorView in, Tensor
                           float eps) {
   check_rms_norm_args(out, rstd, in, gamma, eps, device());
   const int64_t rows = in.shape.rows(), cols = in.shape.cols();
-  dispatch_dtype(in.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T *x = in.as<T>(), *g = gamma.as<T>();
     T* y = out.as<T>();
 #pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
@@ -209,8 +210,8 @@ void CpuBackend::rms_norm_backward(TensorView grad_in, TensorView grad_gamma, Te
   check_rms_norm_backward_args(grad_in, grad_gamma, grad_out, in, gamma, rstd, device());
   const int64_t rows = in.shape.rows(), cols = in.shape.cols();
   const float* rs = rstd.as<float>();
-  dispatch_dtype(in.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T *x = in.as<T>(), *dy = grad_out.as<T>(), *g = gamma.as<T>();
     // dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), xhat = x * rstd, dxhat = dy * gamma.
 #pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
@@ -260,8 +261,8 @@ void CpuBackend::rope(TensorView qkv, const AttentionShape& shape, float theta,
     }
   }
   const int64_t rotated_heads = d.heads + d.kv_heads;
-  dispatch_dtype(qkv.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(qkv.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     T* x = qkv.as<T>();
 #pragma omp parallel for schedule(static) if (S * B * rotated_heads * d.head_dim > kParallelWork)
     for (int64_t r = 0; r < S * B; ++r) {
@@ -322,8 +323,8 @@ void CpuBackend::embedding_backward(TensorView grad_table, TensorView ids, Tenso
   }
   starts.push_back(static_cast<int64_t>(hits.size()));
   const int64_t groups = static_cast<int64_t>(starts.size()) - 1;
-  dispatch_dtype(grad_table.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(grad_table.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     T* gt = grad_table.as<T>();
     const T* dy = grad_out.as<T>();
 #pragma omp parallel for schedule( \
@@ -348,8 +349,8 @@ void CpuBackend::vocab_max(TensorView row_max, TensorView logits, int64_t vocab_
   check_vocab_max_args(row_max, logits, vocab_start, vocab_size, device());
   const int64_t tokens = logits.shape.rows(), v_local = logits.shape.cols();
   const int64_t valid = valid_vocab_columns(v_local, vocab_start, vocab_size);
-  dispatch_dtype(logits.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(logits.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T* x = logits.as<T>();
 #pragma omp parallel for schedule(static) if (tokens * valid > kParallelWork)
     for (int64_t t = 0; t < tokens; ++t) {
@@ -369,8 +370,8 @@ void CpuBackend::vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_
   const int64_t valid = valid_vocab_columns(v_local, vocab_start, vocab_size);
   const float* mx = row_max.as<float>();
   const int32_t* tgt = targets.as<int32_t>();
-  dispatch_dtype(logits.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(logits.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T* x = logits.as<T>();
 #pragma omp parallel for schedule(static) if (tokens * valid > kParallelWork)
     for (int64_t t = 0; t < tokens; ++t) {
@@ -394,8 +395,8 @@ void CpuBackend::vocab_cross_entropy_backward(TensorView grad_logits, TensorView
   const int64_t valid = valid_vocab_columns(v_local, vocab_start, vocab_size);
   const float *mx = row_max.as<float>(), *se = sum_exp.as<float>(), *gl = grad_loss.as<float>();
   const int32_t* tgt = targets.as<int32_t>();
-  dispatch_dtype(logits.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(logits.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T* x = logits.as<T>();
 #pragma omp parallel for schedule(static) if (tokens * v_local > kParallelWork)
     for (int64_t t = 0; t < tokens; ++t) {
@@ -417,8 +418,8 @@ void CpuBackend::vocab_cross_entropy_backward(TensorView grad_logits, TensorView
 void CpuBackend::swiglu(TensorView out, TensorView gate, TensorView up) {
   check_swiglu_args(out, gate, up, device());
   const int64_t n = out.numel();
-  dispatch_dtype(out.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T *g = gate.as<T>(), *u = up.as<T>();
     T* o = out.as<T>();
 #pragma omp parallel for schedule(static) if (n > kParallelWork)
@@ -432,8 +433,8 @@ void CpuBackend::swiglu_backward(TensorView grad_gate, TensorView grad_up, Tenso
                                  TensorView gate, TensorView up) {
   check_swiglu_backward_args(grad_gate, grad_up, grad_out, gate, up, device());
   const int64_t n = gate.numel();
-  dispatch_dtype(gate.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(gate.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T *g = gate.as<T>(), *u = up.as<T>(), *dy = grad_out.as<T>();
     T *dg = grad_gate.as<T>(), *du = grad_up.as<T>();
 #pragma omp parallel for schedule(static) if (n > kParallelWork)
@@ -451,8 +452,8 @@ void CpuBackend::dropout(TensorView out, TensorView in, float probability, uint6
   check_dropout_args(out, in, probability, device());
   const int64_t n = out.numel();
   const float keep_scale = 1.0f / (1.0f - probability);
-  dispatch_dtype(out.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T* x = in.as<T>();
     T* o = out.as<T>();
 #pragma omp parallel for schedule(static) if (n > kParallelWork / 8)
@@ -469,8 +470,8 @@ void CpuBackend::adamw(TensorView master, TensorView m, TensorView v, TensorView
   const int64_t n = master.numel();
   const AdamWConstants k = adamw_constants(step);
   float *w = master.as<float>(), *mm = m.as<float>(), *vv = v.as<float>();
-  dispatch_dtype(grad.dtype, [&](auto tag) {
-    using T = decltype(tag);
+  dispatch_storage(grad.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const T* gr = grad.as<T>();
 #pragma omp parallel for schedule(static) if (n > kParallelWork)
     for (int64_t i = 0; i < n; ++i) {

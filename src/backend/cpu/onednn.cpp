@@ -15,7 +15,8 @@
 #include <vector>
 
 #include "backend/backend_checks.hpp"
-#include "backend/cpu/cpu_kernels.hpp"
+#include "backend/dtype_dispatch.hpp"
+#include "backend/pointwise_math.hpp"
 #include "weft/error.hpp"
 
 namespace weft {
@@ -268,8 +269,8 @@ struct OneDnn::Impl {
     stream.wait();
 
     if (bias && !fuse_bias) {  // alpha != 1: bias after the scaled product, as documented
-      dispatch_dtype(dst.dtype, [&](auto tag) {
-        using T = decltype(tag);
+      dispatch_storage(dst.dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
         T* c = dst.as<T>();
         const T* b = args.bias.as<T>();
 #pragma omp parallel for schedule(static)
@@ -285,8 +286,8 @@ struct OneDnn::Impl {
 
   void bias_grad(const GemmArgs& args, const GemmDims& d) {
     // bias_grad[i] = sum over k of op(A)[i, k], accumulated in f32.
-    dispatch_dtype(args.a.dtype, [&](auto in_tag) {
-      using TIn = decltype(in_tag);
+    dispatch_storage(args.a.dtype, [&](auto in_tag) {
+      using TIn = typename decltype(in_tag)::type;
       const TIn* a = args.a.as<TIn>();
       std::vector<float> sums(static_cast<size_t>(d.m), 0.0f);
       if (args.transpose_a) {  // A stored k x m: sum the rows
@@ -301,8 +302,8 @@ struct OneDnn::Impl {
           sums[i] = s;
         }
       }
-      dispatch_dtype(args.bias_grad.dtype, [&](auto out_tag) {
-        using TOut = decltype(out_tag);
+      dispatch_storage(args.bias_grad.dtype, [&](auto out_tag) {
+        using TOut = typename decltype(out_tag)::type;
         TOut* out = args.bias_grad.as<TOut>();
         for (int64_t i = 0; i < d.m; ++i) out[i] = from_float<TOut>(sums[i]);
       });

@@ -19,17 +19,18 @@
 // sum_columns kernels for the bias gradient. It is taken when
 //   - the GELU aux leading dimension n is not a multiple of 8 (cuBLASLt requires it),
 //   - the bias, bias_grad or aux pointer is not 16-byte aligned (we do not trust every kernel to
-//     handle less; cudaMalloc'd buffers are 256-byte aligned),
+//     handle less; fresh device allocations are 256-byte aligned),
 //   - kBiasGrad with alpha != 1 (whether BGRADB scales the bias gradient by alpha is not
 //     documented; our contract is the unscaled sum),
-//   - cuBLASLt's heuristic returns no algorithm for the fused epilogue (BGRADB is not offered for
-//     every transpose/dtype combination), or cublasLtMatmul answers NOT_SUPPORTED for it.
+//   - cuBLASLt's heuristic returns no algorithm for the fused epilogue, with any status (BGRADB is
+//     not offered for every transpose/dtype combination), or cublasLtMatmul answers NOT_SUPPORTED
+//     for it.
 #include "backend/cuda/cublaslt_matmul.hpp"
 
 #include <cstring>
 #include <string>
 
-#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda_check.hpp"
 #include "kernels.hpp"
 #include "weft/log.hpp"
 
@@ -192,6 +193,14 @@ void hash_combine(size_t* seed, const T& value) {
 
 }  // namespace
 
+HeuristicOutcome heuristic_outcome(cublasStatus_t status, int count, cublasStatus_t state,
+                                   bool fused_epilogue) {
+  if (status == CUBLAS_STATUS_SUCCESS && count > 0 && state == CUBLAS_STATUS_SUCCESS) {
+    return HeuristicOutcome::kUseAlgorithm;
+  }
+  return fused_epilogue ? HeuristicOutcome::kRunUnfused : HeuristicOutcome::kFail;
+}
+
 // Descriptors and the chosen algorithm for one Key. `fused` false: cuBLASLt cannot run this
 // epilogue here; run_unfused does the work.
 struct CublasLtMatmul::Plan {
@@ -304,21 +313,27 @@ CublasLtMatmul::Plan& CublasLtMatmul::plan_for(const Key& key, const GemmArgs& a
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
       handle_, plan->desc->get(), plan->a->get(), plan->b->get(), plan->c->get(), plan->c->get(),
       pref.get(), 1, &result, &count);
-  const bool found_algo =
-      status == CUBLAS_STATUS_SUCCESS && count > 0 && result.state == CUBLAS_STATUS_SUCCESS;
-  if (!found_algo) {
-    if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED) {
-      WEFT_CHECK_CUBLAS(status, "cublasLtMatmulAlgoGetHeuristic for ", describe(key));
-    }
-    // NOT_SUPPORTED or no result: this combination has no kernel.
-    if (key.epilogue == Epilogue::kNone) {
-      WEFT_THROW(ErrorCode::kCublas, "cuBLASLt has no algorithm for ", describe(key));
-    }
-    WEFT_LOG(kDebug, "gemm: cuBLASLt offers no fused algorithm for ", describe(key),
-             "; running the epilogue unfused");
-    plan->fused = false;
-  } else {
-    plan->algo = result.algo;
+  switch (heuristic_outcome(status, count, result.state, key.epilogue != Epilogue::kNone)) {
+    case HeuristicOutcome::kUseAlgorithm:
+      plan->algo = result.algo;
+      break;
+    case HeuristicOutcome::kRunUnfused:
+      // NOT_SUPPORTED is the usual answer; any other failure for the fused epilogue (an invalid
+      // value for this epilogue in some cuBLASLt version, say) still leaves the plain GEMM.
+      if (status == CUBLAS_STATUS_SUCCESS || status == CUBLAS_STATUS_NOT_SUPPORTED) {
+        WEFT_LOG(kDebug, "gemm: cuBLASLt offers no fused algorithm for ", describe(key),
+                 "; running the epilogue unfused");
+      } else {
+        WEFT_LOG(kWarning, "gemm: cuBLASLt's heuristic failed for the fused epilogue of ",
+                 describe(key), " (", cublasLtGetStatusString(status),
+                 "); running the epilogue unfused");
+      }
+      plan->fused = false;
+      break;
+    case HeuristicOutcome::kFail:
+      WEFT_THROW(ErrorCode::kCublas, "cuBLASLt has no algorithm for ", describe(key), " (",
+                 cublasLtGetStatusString(status != CUBLAS_STATUS_SUCCESS ? status : result.state),
+                 count == 0 ? ", no result" : "", ")");
   }
   return *plans_.emplace(key, std::move(plan)).first->second;
 }

@@ -15,6 +15,14 @@
 
 namespace weft {
 
+// What a plan does with cuBLASLt's heuristic answer (`status` of cublasLtMatmulAlgoGetHeuristic,
+// the number of results, the first result's state): run the algorithm it found; run the epilogue
+// unfused (a plain GEMM, then kernels) when there is none for a fused epilogue, whatever the
+// reason; or fail, when even the plain GEMM (`fused_epilogue` false) has none.
+enum class HeuristicOutcome { kUseAlgorithm, kRunUnfused, kFail };
+HeuristicOutcome heuristic_outcome(cublasStatus_t status, int count, cublasStatus_t state,
+                                   bool fused_epilogue);
+
 class CublasLtMatmul {
  public:
   // Creates the cuBLASLt handle on `device`, which must be current.

@@ -3,10 +3,12 @@
 #include "backend/cuda/cuda_backend.hpp"
 
 #include <cstring>
+#include <exception>
 #include <utility>
 
 #include "backend/backend_checks.hpp"
-#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda_check.hpp"
+#include "backend/device_memory.hpp"
 #include "kernels.hpp"
 #include "weft/error.hpp"
 #include "weft/log.hpp"
@@ -54,12 +56,13 @@ CudaStream::CudaStream(int device, StreamPriority priority) : device_(device) {
                   "creating a stream on cuda:", device_);
 }
 
+// Never blocks: the workspace is freed after the GEMMs queued here (stream order), and
+// cudaStreamDestroy returns at once, releasing the stream when its work is done. A wait here
+// could hang a rank whose queued NCCL work waits for a peer that failed.
 CudaStream::~CudaStream() {
   try {
     DeviceGuard guard(device_);
-    // A GEMM still queued here may be using the workspace.
-    log_cuda_error(cudaStreamSynchronize(stream_), "synchronizing a stream before destroying it");
-    if (workspace_ != nullptr) log_cuda_error(cudaFree(workspace_), "freeing a cuBLASLt workspace");
+    pool_free(workspace_, stream_);
     log_cuda_error(cudaStreamDestroy(stream_), "destroying a stream");
   } catch (const std::exception& e) {
     // The device could not be selected: leak rather than free on the wrong device.
@@ -76,15 +79,11 @@ void CudaStream::synchronize() {
 
 void* CudaStream::workspace(size_t bytes) {
   if (workspace_bytes_ < bytes) {
-    if (workspace_ != nullptr) {
-      // Work queued earlier may still use the old buffer.
-      WEFT_CHECK_CUDA(cudaStreamSynchronize(stream_));
-      WEFT_CHECK_CUDA(cudaFree(workspace_));
-      workspace_ = nullptr;
-      workspace_bytes_ = 0;
-    }
-    WEFT_CHECK_CUDA(cudaMalloc(&workspace_, bytes), "allocating a ", bytes,
-                    "-byte cuBLASLt workspace on cuda:", device_);
+    // Stream order: the old buffer is released after the work queued so far, which may use it.
+    pool_free(workspace_, stream_);
+    workspace_ = nullptr;
+    workspace_bytes_ = 0;
+    workspace_ = pool_allocate(device_, bytes, stream_, "cuBLASLt workspace");
     workspace_bytes_ = bytes;
   }
   return workspace_;
@@ -147,51 +146,28 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   current_ = default_stream_.get();
 }
 
+// Never blocks either: the default stream's workspace is freed in stream order by ~CudaStream,
+// the cuBLASLt descriptors are host objects, and the pool keeps its memory for the process (a
+// trim here could only give back what no stream uses, and is left to out-of-memory retries).
+// cublasLtDestroy may synchronize the device (cuBLAS documents that cublasDestroy does): while an
+// exception unwinds, queued NCCL work may wait for a failed peer, so the handle is then left to
+// the process.
 CudaBackend::~CudaBackend() {
-  // Work still queued may read the workspace and descriptors released below. Only the default
-  // stream is ours: a stream set with set_stream may already be gone.
-  try {
-    DeviceGuard guard(device_);
-    log_cuda_error(cudaStreamSynchronize(default_stream_->get()),
-                   "synchronizing the default stream");
-    release_cached_blocks();
-  } catch (const std::exception& e) {
-    try {
-      WEFT_LOG(kError, "~CudaBackend on cuda:", device_, ": ", e.what());
-    } catch (...) {
-    }
-  }
+  if (std::uncaught_exceptions() > 0) (void)matmul_.release();
 }
 
 void* CudaBackend::allocate(size_t bytes) {
   if (bytes == 0) return nullptr;
-  constexpr size_t kGranule = 512;  // sizes round up to this, so near sizes share blocks
-  const size_t rounded = (bytes + kGranule - 1) / kGranule * kGranule;
   DeviceGuard guard(device_);
-  void* ptr = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(allocator_mutex_);
-    // The smallest cached block that fits, unless it would waste more than half of itself.
-    auto it = free_blocks_.lower_bound(rounded);
-    if (it != free_blocks_.end() && it->first <= 2 * rounded) {
-      ptr = it->second;
-      free_blocks_.erase(it);
-    }
-  }
-  if (ptr == nullptr) {
-    // Plain device memory, never managed: page migration would hide copies from the profiler.
-    cudaError_t status = cudaMalloc(&ptr, rounded);
-    if (status == cudaErrorMemoryAllocation) {
-      (void)cudaGetLastError();
-      release_cached_blocks();  // give the cache back to the driver, then try once more
-      status = cudaMalloc(&ptr, rounded);
-    }
-    WEFT_CHECK_CUDA(status, "allocating ", bytes, " bytes on cuda:", device_);
-    std::lock_guard<std::mutex> lock(allocator_mutex_);
-    block_sizes_[ptr] = rounded;
-  }
+  // Device memory from the pool, never managed memory: page migration would hide copies from the
+  // profiler.
+  void* ptr = pool_allocate(device_, bytes, current_->get(), "tensor");
   if (poison_allocations()) {
-    WEFT_CHECK_CUDA(cudaMemset(ptr, 0xff, bytes), "poisoning ", bytes, " bytes");
+    // On the current stream, the one that orders this block's reuse: after the previous owner's
+    // last use and before the new tensor's first writer. (cudaMemset would run on the legacy
+    // default stream, which does not synchronize with weft's non-blocking streams.)
+    WEFT_CHECK_CUDA(cudaMemsetAsync(ptr, 0xff, bytes, current_->get()), "poisoning ", bytes,
+                    " bytes");
   }
   return ptr;
 }
@@ -199,29 +175,14 @@ void* CudaBackend::allocate(size_t bytes) {
 void CudaBackend::deallocate(void* ptr) noexcept {
   if (ptr == nullptr) return;
   try {
-    std::lock_guard<std::mutex> lock(allocator_mutex_);
-    auto it = block_sizes_.find(ptr);
-    if (it == block_sizes_.end()) {
-      WEFT_LOG(kError, "deallocate on cuda:", device_, ": pointer not allocated by this backend");
-      return;
-    }
-    free_blocks_.emplace(it->second, ptr);
+    DeviceGuard guard(device_);
+    pool_free(ptr, current_->get());
   } catch (const std::exception& e) {
     try {
       WEFT_LOG(kError, "deallocate on cuda:", device_, ": ", e.what());
     } catch (...) {
     }
   }
-}
-
-void CudaBackend::release_cached_blocks() noexcept {
-  std::lock_guard<std::mutex> lock(allocator_mutex_);
-  for (const auto& [size, ptr] : free_blocks_) {
-    (void)size;
-    log_cuda_error(cudaFree(ptr), "cudaFree of a cached block");
-    block_sizes_.erase(ptr);
-  }
-  free_blocks_.clear();
 }
 
 void CudaBackend::set_stream(Stream& stream) {

@@ -1,15 +1,12 @@
-// CudaBackend (one GPU: cudaMalloc memory, streams, events, cuBLASLt GEMM, kernels/ ops) and the
-// RAII pieces it is made of: DeviceGuard, CudaStream, CudaEvent.
+// CudaBackend (one GPU: stream-ordered pool memory, streams, events, cuBLASLt GEMM, kernels/ ops)
+// and the RAII pieces it is made of: DeviceGuard, CudaStream, CudaEvent.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 
 #include "backend/cuda/cublaslt_matmul.hpp"
 #include "weft/backend.hpp"
@@ -31,8 +28,8 @@ class DeviceGuard {
 };
 
 // A cudaStream_t on one device. Each stream also owns the cuBLASLt workspace of the GEMMs queued
-// on it (allocated on first use): GEMMs on two streams may run at once, and one shared workspace
-// would be overwritten by both.
+// on it (allocated on first use, in stream order from the device's pool): GEMMs on two streams may
+// run at once, and one shared workspace would be overwritten by both.
 class CudaStream final : public Stream {
  public:
   CudaStream(int device, StreamPriority priority);
@@ -150,17 +147,12 @@ class CudaBackend final : public Backend {
   // Host memory or this device, for the two copy ops.
   void check_copy_side(const TensorView& view, const char* op, const char* what) const;
 
-  void release_cached_blocks() noexcept;
-
   int device_;
   std::string name_;
-  // Caching allocator (as PyTorch's): released blocks are kept for reuse instead of cudaFree,
-  // which synchronizes the whole device. Reuse is ordered by the current stream; memory a kernel
-  // on another stream still uses must be ordered before the current stream before its Tensor is
-  // released (PendingGroup::wait() and Event::wait() do that).
-  std::mutex allocator_mutex_;
-  std::multimap<size_t, void*> free_blocks_;       // size -> block
-  std::unordered_map<void*, size_t> block_sizes_;  // every block we cudaMalloc'd
+  // Memory comes from the device's pool (device_memory.hpp), allocated and freed in the order of
+  // the current stream: never a device-wide synchronization. Memory a kernel on another stream
+  // still uses must be ordered before the current stream before its Tensor is released
+  // (PendingGroup::wait() and Event::wait() do that).
   std::unique_ptr<CublasLtMatmul> matmul_;
   std::unique_ptr<CudaStream> default_stream_;
   CudaStream* current_ = nullptr;

@@ -1,6 +1,5 @@
-// Entry points of the CUDA backend and NCCL communicator for a build without CUDA.
+// Entry points of the CUDA backend for a build without CUDA (comm/no_nccl.cpp: the NCCL one).
 #include "weft/backend.hpp"
-#include "weft/comm.hpp"
 #include "weft/error.hpp"
 
 namespace weft {
@@ -9,11 +8,6 @@ int cuda_device_count() { return 0; }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   WEFT_THROW(ErrorCode::kInvalidArgument, "cuda:", device,
-             " requested, but weft was built without CUDA (no nvcc found at configure time)");
-}
-
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, int device) {
-  WEFT_THROW(ErrorCode::kInvalidArgument, "NCCL communicator on cuda:", device,
              " requested, but weft was built without CUDA (no nvcc found at configure time)");
 }
 
