@@ -26,6 +26,10 @@ weft_use_gpu_deps() {
     if [[ -e $prefix/usr/bin/$tool.openmpi ]]; then ln -sf "$tool.openmpi" "$prefix/usr/bin/$tool"; fi
   done
   export OPAL_PREFIX="$prefix/usr"  # a relocated Open MPI finds its own files through this
+  # Open MPI wants an ssh or rsh binary even to launch on this node alone; a bare machine has none.
+  if ! command -v ssh >/dev/null && ! command -v rsh >/dev/null; then
+    export OMPI_MCA_plm_rsh_agent=false
+  fi
   export PATH="$prefix/usr/bin:$PATH"
   export LD_LIBRARY_PATH="$prefix/usr/lib/$multiarch:$prefix/lib/$multiarch:$prefix/usr/lib/$multiarch/openmpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export LIBRARY_PATH="$prefix/usr/lib/$multiarch${LIBRARY_PATH:+:$LIBRARY_PATH}"
