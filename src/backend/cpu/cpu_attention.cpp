@@ -25,18 +25,11 @@
 
 #include "backend/backend_checks.hpp"
 #include "backend/cpu/cpu_backend.hpp"
+#include "backend/cpu/cpu_simd.hpp"
 #include "backend/cpu/onednn.hpp"
 #include "backend/dtype_dispatch.hpp"
 #include "backend/pointwise_math.hpp"
 #include "weft/error.hpp"
-
-// The softmax loops are compiled twice, for AVX2 + FMA and for the baseline, and picked at load
-// time: the library itself is built for the baseline x86-64.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define WEFT_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define WEFT_SIMD_CLONES
-#endif
 
 namespace weft {
 
@@ -78,26 +71,6 @@ WEFT_SIMD_CLONES float max_of(const float* x, int64_t n) {
 #pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
   return m;
-}
-
-// exp(x) for x <= 0 (larger x are not passed): 2^k e^r with k = round(x / ln 2), |r| <= ln2 / 2,
-// e^r by its degree-6 Taylor-like polynomial (Cephes' expf coefficients); relative error about
-// 2e-7. Written without calls or branches so the loops around it vectorize.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;  // below, 2^k would leave the normal range; NaN stays NaN
-  const float k = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;      // x - k ln2, two parts
-  float q = 1.9875691500e-4f;
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  q = q * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float two_k;
-  std::memcpy(&two_k, &bits, sizeof two_k);
-  return q * two_k;
 }
 
 // p[j] = exp(s[j] - shift) for j < n (p may be s); returns the sum.

@@ -55,9 +55,12 @@ struct TilePrimitive {
 
 template <typename T>
 std::vector<float> widen(const TensorView& v) {
-  std::vector<float> out(static_cast<size_t>(v.numel()));
+  const int64_t n = v.numel();
+  std::vector<float> out(static_cast<size_t>(n));
   const T* p = v.as<T>();
-  for (size_t i = 0; i < out.size(); ++i) out[i] = to_float(p[i]);
+  float* o = out.data();
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) o[i] = to_float(p[i]);
   return out;
 }
 
@@ -67,8 +70,11 @@ TensorView f32_view(std::vector<float>& data, const Shape& shape) {
 
 template <typename T>
 void narrow(const std::vector<float>& src, const TensorView& dst) {
+  const int64_t n = static_cast<int64_t>(src.size());
   T* p = dst.as<T>();
-  for (size_t i = 0; i < src.size(); ++i) p[i] = from_float<T>(src[i]);
+  const float* s = src.data();
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) p[i] = from_float<T>(s[i]);
 }
 
 }  // namespace
@@ -392,14 +398,37 @@ std::string OneDnn::version() const {
 }
 
 bool OneDnn::gelu(TensorView out, TensorView in) {
-  if (in.numel() == 0 || !impl_->gelu_supported(in.dtype)) return false;
-  impl_->gelu(out, in);
+  if (in.numel() == 0) return false;
+  if (impl_->gelu_supported(in.dtype)) {
+    impl_->gelu(out, in);
+    return true;
+  }
+  if (in.dtype == DType::kF32 || !impl_->gelu_supported(DType::kF32)) return false;
+  // No 16-bit kernel on this CPU: the f32 one, on a widened copy, rounded back (the scalar
+  // fallback would compute in f32 too, about 20x slower).
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    std::vector<float> x = widen<T>(in), y(x.size());
+    impl_->gelu(f32_view(y, in.shape), f32_view(x, in.shape));
+    narrow<T>(y, out);
+  });
   return true;
 }
 
 bool OneDnn::gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
-  if (input.numel() == 0 || !impl_->gelu_supported(input.dtype)) return false;
-  impl_->gelu_backward(grad_in, grad_out, input);
+  if (input.numel() == 0) return false;
+  if (impl_->gelu_supported(input.dtype)) {
+    impl_->gelu_backward(grad_in, grad_out, input);
+    return true;
+  }
+  if (input.dtype == DType::kF32 || !impl_->gelu_supported(DType::kF32)) return false;
+  dispatch_storage(input.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    std::vector<float> x = widen<T>(input), dy = widen<T>(grad_out), dx(x.size());
+    impl_->gelu_backward(f32_view(dx, input.shape), f32_view(dy, input.shape),
+                         f32_view(x, input.shape));
+    narrow<T>(dx, grad_in);
+  });
   return true;
 }
 

@@ -14,8 +14,9 @@ class OneDnn {
   OneDnn();
   ~OneDnn();
   void matmul(const GemmArgs& args);
-  // Vectorized GeLU (tanh) forward and backward for f32 and bf16; false when oneDNN has no
-  // kernel for the dtype, so the caller uses its scalar loop.
+  // Vectorized GeLU (tanh) forward and backward; a 16-bit dtype without a oneDNN kernel on this
+  // CPU runs the f32 kernel on a widened copy. False when neither exists, so the caller uses its
+  // scalar loop.
   bool gelu(TensorView out, TensorView in);
   bool gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input);
 
