@@ -1,16 +1,21 @@
 // CpuBackend's causal attention as FlashAttention-2-style tiled kernels (Dao, 2023).
 //
-// Forward: one task per (batch, head, block of queries) streams the key blocks up to the
+// Forward: one task per (batch, head, block of queries) streams the key tiles up to the
 // diagonal, keeping each row's running max and sum (online softmax), and saves the rows'
-// log-sum-exp. Backward: one task per (batch, head) walks the (query block, key block) tiles on
+// log-sum-exp. Backward: one task per (batch, head) walks the (query block, key tile) pairs on
 // and below the diagonal, recomputes the probabilities from the log-sum-exp and accumulates dQ,
 // dK and dV in f32; a last pass sums each kv group's dK and dV over its query heads in head
-// order. The keys and values of a group are gathered once into dense panels that all its query
-// heads read (grouped-query attention shares them). The KV-cache decode path runs the same
-// forward over the cache. The tile products go through oneDNN matmul (OneDnn::tile_matmul) in
-// the activations' dtype where oneDNN has a native kernel for it on this CPU, else in f32; the
-// softmax steps are SIMD loops. Nothing grows with seq^2, and every sum runs in an order fixed by
-// the shapes, so results do not depend on the thread count.
+// order. Tiles above the diagonal are never visited, and diagonal tiles skip the query rows that
+// see none of their keys. The KV-cache decode path runs the same forward over the cache.
+//
+// The tile products go through OneDnn::tile_matmul (oneDNN's sgemm for f32) in the activations'
+// dtype where oneDNN has a native kernel for it on this CPU, else in f32. When the activations
+// already are in that dtype, Q, K, V and dO are read in place from the strided activations (the
+// query heads of a kv group read the same key and value rows: grouped-query attention shares
+// them) and f32 dQ is written straight into grad_qkv; otherwise keys and values are converted
+// once per call into dense panels that all heads of a group read. The softmax steps are SIMD
+// loops. Nothing grows with seq^2, and every sum runs in an order fixed by the shapes, so results
+// do not depend on the thread count.
 #include <omp.h>
 
 #include <algorithm>

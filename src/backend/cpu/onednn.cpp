@@ -55,12 +55,9 @@ struct TilePrimitive {
 
 template <typename T>
 std::vector<float> widen(const TensorView& v) {
-  const int64_t n = v.numel();
-  std::vector<float> out(static_cast<size_t>(n));
+  std::vector<float> out(static_cast<size_t>(v.numel()));
   const T* p = v.as<T>();
-  float* o = out.data();
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) o[i] = to_float(p[i]);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = to_float(p[i]);
   return out;
 }
 
@@ -70,11 +67,8 @@ TensorView f32_view(std::vector<float>& data, const Shape& shape) {
 
 template <typename T>
 void narrow(const std::vector<float>& src, const TensorView& dst) {
-  const int64_t n = static_cast<int64_t>(src.size());
   T* p = dst.as<T>();
-  const float* s = src.data();
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) p[i] = from_float<T>(s[i]);
+  for (size_t i = 0; i < src.size(); ++i) p[i] = from_float<T>(src[i]);
 }
 
 }  // namespace
