@@ -192,25 +192,43 @@ struct KvPanels {
   }
 };
 
-// The keys and values of the `len` positions of qkv: in place when T is Tc, else gathered once
-// into dense panels [batch, kv_heads, len, d] of Tc (shared by all query heads of a group).
+// The keys and values of the `len` positions of qkv: in place when T is Tc, else dense panels
+// [batch, kv_heads, len, d] of Tc in k and v (sized here, filled by fill_kv_panels) that all query
+// heads of a group read.
 template <typename Tc, typename T>
 KvPanels<Tc> kv_panels(std::vector<Tc>& k, std::vector<Tc>& v, const T* qkv, const AttentionDims& d,
                        int64_t len) {
-  const int64_t D = d.head_dim, panels = d.batch * d.kv_heads, pos_stride = d.batch * d.qkv_cols;
+  const int64_t D = d.head_dim;
   if constexpr (std::is_same_v<T, Tc>) {
-    return {qkv + d.k_col(0), qkv + d.v_col(0), d.qkv_cols, (d.q_per_group + 2) * D, pos_stride};
+    (void)k, (void)v, (void)len;
+    return {qkv + d.k_col(0), qkv + d.v_col(0), d.qkv_cols, (d.q_per_group + 2) * D,
+            d.batch * d.qkv_cols};
   } else {
-    k.resize(static_cast<size_t>(panels * len * D));
+    (void)qkv;
+    k.resize(static_cast<size_t>(d.batch * d.kv_heads * len * D));
     v.resize(k.size());
-#pragma omp parallel for schedule(static) if (panels * len * D > 32768)
-    for (int64_t bg = 0; bg < panels; ++bg) {
+    return {k.data(), v.data(), d.kv_heads * len * D, len * D, D};
+  }
+}
+
+// Converts the keys and values of qkv's `len` positions into the panels kv_panels sized (nothing
+// to do when T is Tc). An orphaned `omp for`: called inside a kernel's parallel region, the
+// region's threads share it and meet at its barrier (under a shared machine's contention every
+// extra fork and join is costly); called outside, it runs on the calling thread.
+template <typename Tc, typename T>
+void fill_kv_panels(std::vector<Tc>& k, std::vector<Tc>& v, const T* qkv, const AttentionDims& d,
+                    int64_t len) {
+  if constexpr (!std::is_same_v<T, Tc>) {
+    const int64_t D = d.head_dim, pos_stride = d.batch * d.qkv_cols;
+#pragma omp for schedule(static)
+    for (int64_t bg = 0; bg < d.batch * d.kv_heads; ++bg) {
       const int64_t b = bg / d.kv_heads, g = bg % d.kv_heads;
       const T* base = qkv + b * d.qkv_cols;
       gather_rows(k.data() + bg * len * D, base + d.k_col(g), len, D, pos_stride);
       gather_rows(v.data() + bg * len * D, base + d.v_col(g), len, D, pos_stride);
     }
-    return {k.data(), v.data(), d.kv_heads * len * D, len * D, D};
+  } else {
+    (void)k, (void)v, (void)qkv, (void)d, (void)len;
   }
 }
 
@@ -247,9 +265,10 @@ inline int64_t key_tile_end(int64_t j0, int64_t q0, int64_t keys_end) {
 // Forward over queries i in [0, seq) at absolute positions past + i of qkv's rows (row
 // i * batch + b), each attending keys [0, past + i] of its group's panels. Writes out and, when
 // lse is not null, lse[b, h, i].
-template <typename T, typename Tc>
+// `prologue` runs on every thread of the region before the tasks (fill_kv_panels, or nothing).
+template <typename T, typename Tc, typename Prologue>
 void flash_forward(OneDnn& dnn, T* out, float* lse, const T* qkv, const AttentionDims& d,
-                   const KvPanels<Tc>& kv, int64_t past) {
+                   const KvPanels<Tc>& kv, int64_t past, Prologue&& prologue) {
   const int64_t S = d.seq, B = d.batch, D = d.head_dim, H = d.heads;
   const int64_t q_blocks = (S + kQueryBlock - 1) / kQueryBlock;
   const DType tile_dt = dtype_of<Tc>();
@@ -262,6 +281,7 @@ void flash_forward(OneDnn& dnn, T* out, float* lse, const T* qkv, const Attentio
         p16(wide ? 0 : kQueryBlock * std::max(kKeyBlock, kKeySpan));
     std::vector<float> s(kQueryBlock * std::max(kKeyBlock, kKeySpan)), o(kQueryBlock * D),
         m(kQueryBlock), l(kQueryBlock);
+    prologue();
     // The last query blocks (most keys) first, so the dynamic schedule ends balanced; the heads
     // of a kv group run next to each other and share its key and value tiles in cache.
 #pragma omp for schedule(dynamic)
@@ -326,7 +346,7 @@ void flash_backward(OneDnn& dnn, T* grad_qkv, const T* grad_out, const T* qkv, c
   // f32 activations: dQ goes straight into grad_qkv (each head owns its columns).
   constexpr bool dq_in_place = std::is_same_v<T, float>;
   std::vector<Tc> k_store, v_store;
-  const KvPanels<Tc> kv = kv_panels(k_store, v_store, qkv, d, S);
+  const KvPanels<Tc> kv = kv_panels(k_store, v_store, qkv, d, S);  // filled in the region
   // Per (batch, head) f32 gradients [B, H, S, D] (dQ only when it cannot go straight into
   // grad_qkv): dQ's first tile of each block writes with beta 0; dK and dV start at zero.
   const size_t per_head = static_cast<size_t>(S * D), all = static_cast<size_t>(B * H) * per_head;
@@ -341,6 +361,7 @@ void flash_backward(OneDnn& dnn, T* grad_qkv, const T* grad_out, const T* qkv, c
         p16(wide ? 0 : kQueryBlock * std::max(kKeyBlock, kKeySpan)),
         ds16(wide ? 0 : kQueryBlock * std::max(kKeyBlock, kKeySpan));
     std::vector<float> p_row(row_block), dp_row(row_block), delta(kQueryBlock);
+    fill_kv_panels(k_store, v_store, qkv, d, S);
 #pragma omp for schedule(dynamic)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       errors.run([&] {
@@ -466,7 +487,8 @@ void CpuBackend::attention(TensorView out, TensorView lse, TensorView qkv,
     const T* x = qkv.as<T>();
     std::vector<Tc> k, v;
     const KvPanels<Tc> kv = kv_panels(k, v, x, d, d.seq);
-    flash_forward<T, Tc>(*onednn_, out.as<T>(), lse.as<float>(), x, d, kv, 0);
+    flash_forward<T, Tc>(*onednn_, out.as<T>(), lse.as<float>(), x, d, kv, 0,
+                         [&] { fill_kv_panels(k, v, x, d, d.seq); });
   });
 }
 
@@ -518,7 +540,7 @@ void CpuBackend::attention_with_cache(TensorView out, TensorView k_cache, Tensor
       }
       kv = {k.data(), v.data(), d.kv_heads * len * D, len * D, D};
     }
-    flash_forward<T, Tc>(*onednn_, out.as<T>(), nullptr, x, d, kv, past);
+    flash_forward<T, Tc>(*onednn_, out.as<T>(), nullptr, x, d, kv, past, [] {});
   });
 }
 
