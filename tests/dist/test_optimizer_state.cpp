@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <string>
 
+#include "common/gpt_fixtures.hpp"
 #include "common/temp_dir.hpp"
 #include "common/test_util.hpp"
 #include "dist/dist_env.hpp"
@@ -16,18 +17,6 @@ namespace weft::testing {
 namespace {
 
 constexpr int64_t kSeq = 8, kBatch = 2;
-
-GPTConfig tiny_config(const std::string& preset, uint64_t seed) {
-  GPTConfig c = GPTConfig::preset(preset);
-  c.vocab_size = 256;
-  c.max_seq = kSeq;
-  c.layers = 2;
-  c.hidden = 32;
-  c.heads = 4;
-  c.vocab_pad_multiple = 8;
-  c.seed = seed;
-  return c;
-}
 
 // A directory that rank 0 makes and removes, its name broadcast to every rank.
 struct SharedDir {
@@ -79,12 +68,12 @@ class OptimizerStateTest : public ::testing::TestWithParam<std::string> {
 TEST_P(OptimizerStateTest, LoadRestoresMasterWeightsAndMomentsTensorByTensor) {
   ParallelGrid grid(world(), world().size());
   SharedDir dir;
-  Trained saved(*cpu_, grid.tp(), tiny_config(GetParam(), 11), 3);
+  Trained saved(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq, 2, 11), 3);
   CheckpointInfo info{saved.config, grid.tp_size(), 1, 3, 0, 0, "{}"};
   save_checkpoint(dir.path, info, saved.model.parameters(), &saved.optimizer, grid, *cpu_);
 
   // Another seed and other steps: every tensor differs before the load.
-  Trained loaded(*cpu_, grid.tp(), tiny_config(GetParam(), 12), 1);
+  Trained loaded(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq, 2, 12), 1);
   load_checkpoint(dir.path, loaded.model.parameters(), &loaded.optimizer, grid, *cpu_);
   EXPECT_EQ(loaded.optimizer.steps_taken(), 3);
 
