@@ -69,9 +69,7 @@ void Backend::attention(TensorView out, TensorView lse, TensorView qkv,
 void Backend::attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
                                  TensorView lse, const AttentionShape& shape) {
   const char* op = "attention_backward";
-  check_on_device(grad_qkv, device(), op, "grad_qkv");
-  check_on_device(grad_out, device(), op, "grad_out");
-  check_on_device(lse, device(), op, "lse");
+  check_on_device(device(), op, {{grad_qkv, "grad_qkv"}, {grad_out, "grad_out"}, {lse, "lse"}});
   const AttentionDims d = check_qkv(qkv, shape, device(), op);
   check_matrix(grad_qkv, d.tokens, d.qkv_cols, qkv.dtype, op, "grad_qkv");
   check_matrix(grad_out, d.tokens, d.out_cols, qkv.dtype, op, "grad_out");
@@ -83,9 +81,7 @@ void Backend::attention_backward(TensorView grad_qkv, TensorView grad_out, Tenso
 void Backend::attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache,
                                    TensorView qkv, const AttentionShape& shape, int64_t past) {
   const char* op = "attention_with_cache";
-  check_on_device(out, device(), op, "out");
-  check_on_device(k_cache, device(), op, "k_cache");
-  check_on_device(v_cache, device(), op, "v_cache");
+  check_on_device(device(), op, {{out, "out"}, {k_cache, "k_cache"}, {v_cache, "v_cache"}});
   const AttentionDims d = check_qkv(qkv, shape, device(), op);
   check_matrix(out, d.tokens, d.out_cols, qkv.dtype, op, "out");
   check_cache(k_cache, v_cache, qkv, d, past, op);

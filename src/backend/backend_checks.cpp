@@ -27,6 +27,15 @@ void check_same_layout(const TensorView& a, const TensorView& b, const char* op,
              what_b, " dtype ", dtype_name(b.dtype));
 }
 
+void check_on_device(Device device, const char* op, std::initializer_list<Operand> operands) {
+  for (const Operand& o : operands) check_on_device(o.view, device, op, o.name);
+}
+
+void check_same_layout(const Operand& like, const char* op,
+                       std::initializer_list<Operand> operands) {
+  for (const Operand& o : operands) check_same_layout(o.view, like.view, op, o.name, like.name);
+}
+
 void check_floating(const TensorView& v, const char* op, const char* what) {
   WEFT_CHECK(is_floating(v.dtype), op, ": ", what, " ", v.str(), " must be f32, bf16 or f16");
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "weft/backend.hpp"
 
@@ -14,6 +15,16 @@ void check_on_device(const TensorView& view, Device device, const char* op, cons
 void check_host_or_device(const TensorView& view, Device device, const char* op, const char* what);
 void check_same_layout(const TensorView& a, const TensorView& b, const char* op, const char* what_a,
                        const char* what_b);
+// A named operand of an op, for the checks over several at once.
+struct Operand {
+  const TensorView& view;
+  const char* name;
+};
+// Each operand, in order, lives on `device` and has data (check_on_device).
+void check_on_device(Device device, const char* op, std::initializer_list<Operand> operands);
+// Each operand, in order, has `like`'s shape and dtype (check_same_layout).
+void check_same_layout(const Operand& like, const char* op,
+                       std::initializer_list<Operand> operands);
 void check_floating(const TensorView& v, const char* op, const char* what);
 void check_dtype(const TensorView& v, DType dtype, const char* op, const char* what);
 // `v` has `count` elements of `dtype` (per-row statistics, parameter vectors).

@@ -10,9 +10,7 @@ namespace {
 // Shapes, dtypes, devices and the epilogue's operands.
 GemmDims check_gemm(const GemmArgs& args, Device device) {
   const TensorView &a = args.a, &b = args.b, &c = args.c;
-  check_on_device(a, device, "gemm", "A");
-  check_on_device(b, device, "gemm", "B");
-  check_on_device(c, device, "gemm", "C");
+  check_on_device(device, "gemm", {{a, "A"}, {b, "B"}, {c, "C"}});
   WEFT_CHECK(a.shape.rank() == 2 && b.shape.rank() == 2 && c.shape.rank() == 2,
              "gemm: A, B and C must be 2D, got A ", a.shape.str(), ", B ", b.shape.str(), ", C ",
              c.shape.str());

@@ -18,12 +18,9 @@ void check_layer_norm(const TensorView& out, const TensorView& mean, const Tenso
                       const TensorView& in, const TensorView& gamma, const TensorView& beta,
                       float eps, Device device) {
   const char* op = "layer_norm";
-  check_on_device(out, device, op, "out");
-  check_on_device(mean, device, op, "mean");
-  check_on_device(rstd, device, op, "rstd");
-  check_on_device(in, device, op, "in");
-  check_on_device(gamma, device, op, "gamma");
-  check_on_device(beta, device, op, "beta");
+  check_on_device(
+      device, op,
+      {{out, "out"}, {mean, "mean"}, {rstd, "rstd"}, {in, "in"}, {gamma, "gamma"}, {beta, "beta"}});
   check_has_rows(in, op, "in");
   check_floating(in, op, "in");
   check_same_layout(out, in, op, "out", "in");
@@ -40,18 +37,18 @@ void check_layer_norm_backward(const TensorView& grad_in, const TensorView& grad
                                const TensorView& in, const TensorView& gamma,
                                const TensorView& mean, const TensorView& rstd, Device device) {
   const char* op = "layer_norm_backward";
-  check_on_device(grad_in, device, op, "grad_in");
-  check_on_device(grad_gamma, device, op, "grad_gamma");
-  check_on_device(grad_beta, device, op, "grad_beta");
-  check_on_device(grad_out, device, op, "grad_out");
-  check_on_device(in, device, op, "in");
-  check_on_device(gamma, device, op, "gamma");
-  check_on_device(mean, device, op, "mean");
-  check_on_device(rstd, device, op, "rstd");
+  check_on_device(device, op,
+                  {{grad_in, "grad_in"},
+                   {grad_gamma, "grad_gamma"},
+                   {grad_beta, "grad_beta"},
+                   {grad_out, "grad_out"},
+                   {in, "in"},
+                   {gamma, "gamma"},
+                   {mean, "mean"},
+                   {rstd, "rstd"}});
   check_has_rows(in, op, "in");
   check_floating(in, op, "in");
-  check_same_layout(grad_out, in, op, "grad_out", "in");
-  check_same_layout(grad_in, in, op, "grad_in", "in");
+  check_same_layout({in, "in"}, op, {{grad_out, "grad_out"}, {grad_in, "grad_in"}});
   const int64_t rows = in.shape.rows(), cols = in.shape.cols();
   check_vector(gamma, cols, in.dtype, op, "gamma");
   check_vector(grad_gamma, cols, in.dtype, op, "grad_gamma");
@@ -63,10 +60,7 @@ void check_layer_norm_backward(const TensorView& grad_in, const TensorView& grad
 void check_rms_norm(const TensorView& out, const TensorView& rstd, const TensorView& in,
                     const TensorView& gamma, float eps, Device device) {
   const char* op = "rms_norm";
-  check_on_device(out, device, op, "out");
-  check_on_device(rstd, device, op, "rstd");
-  check_on_device(in, device, op, "in");
-  check_on_device(gamma, device, op, "gamma");
+  check_on_device(device, op, {{out, "out"}, {rstd, "rstd"}, {in, "in"}, {gamma, "gamma"}});
   check_has_rows(in, op, "in");
   check_floating(in, op, "in");
   check_same_layout(out, in, op, "out", "in");
@@ -79,16 +73,16 @@ void check_rms_norm_backward(const TensorView& grad_in, const TensorView& grad_g
                              const TensorView& grad_out, const TensorView& in,
                              const TensorView& gamma, const TensorView& rstd, Device device) {
   const char* op = "rms_norm_backward";
-  check_on_device(grad_in, device, op, "grad_in");
-  check_on_device(grad_gamma, device, op, "grad_gamma");
-  check_on_device(grad_out, device, op, "grad_out");
-  check_on_device(in, device, op, "in");
-  check_on_device(gamma, device, op, "gamma");
-  check_on_device(rstd, device, op, "rstd");
+  check_on_device(device, op,
+                  {{grad_in, "grad_in"},
+                   {grad_gamma, "grad_gamma"},
+                   {grad_out, "grad_out"},
+                   {in, "in"},
+                   {gamma, "gamma"},
+                   {rstd, "rstd"}});
   check_has_rows(in, op, "in");
   check_floating(in, op, "in");
-  check_same_layout(grad_out, in, op, "grad_out", "in");
-  check_same_layout(grad_in, in, op, "grad_in", "in");
+  check_same_layout({in, "in"}, op, {{grad_out, "grad_out"}, {grad_in, "grad_in"}});
   check_vector(gamma, in.shape.cols(), in.dtype, op, "gamma");
   check_vector(grad_gamma, in.shape.cols(), in.dtype, op, "grad_gamma");
   check_vector(rstd, in.shape.rows(), DType::kF32, op, "rstd");

@@ -17,18 +17,14 @@ void check_unary(const TensorView& out, const TensorView& in, Device device, con
 }
 
 void check_add(const TensorView& out, const TensorView& a, const TensorView& b, Device device) {
-  check_on_device(out, device, "add", "out");
-  check_on_device(a, device, "add", "a");
-  check_on_device(b, device, "add", "b");
+  check_on_device(device, "add", {{out, "out"}, {a, "a"}, {b, "b"}});
   check_same_layout(out, a, "add", "out", "a");
   check_same_layout(out, b, "add", "out", "b");
 }
 
 void check_add_bias(const TensorView& out, const TensorView& in, const TensorView& bias,
                     Device device) {
-  check_on_device(out, device, "add_bias", "out");
-  check_on_device(in, device, "add_bias", "in");
-  check_on_device(bias, device, "add_bias", "bias");
+  check_on_device(device, "add_bias", {{out, "out"}, {in, "in"}, {bias, "bias"}});
   check_same_layout(out, in, "add_bias", "out", "in");
   const int64_t cols = out.shape.cols();
   WEFT_CHECK(bias.numel() == cols && bias.dtype == out.dtype, "add_bias: bias ", bias.str(),
@@ -37,9 +33,8 @@ void check_add_bias(const TensorView& out, const TensorView& in, const TensorVie
 
 void check_gelu_backward(const TensorView& grad_in, const TensorView& grad_out,
                          const TensorView& input, Device device) {
-  check_on_device(grad_in, device, "gelu_backward", "grad_in");
-  check_on_device(grad_out, device, "gelu_backward", "grad_out");
-  check_on_device(input, device, "gelu_backward", "input");
+  check_on_device(device, "gelu_backward",
+                  {{grad_in, "grad_in"}, {grad_out, "grad_out"}, {input, "input"}});
   check_same_layout(grad_in, grad_out, "gelu_backward", "grad_in", "grad_out");
   check_same_layout(grad_in, input, "gelu_backward", "grad_in", "input");
 }
@@ -55,28 +50,25 @@ void check_sum_squares(const TensorView& out, const TensorView& in, Device devic
 void check_swiglu(const TensorView& out, const TensorView& gate, const TensorView& up,
                   Device device) {
   const char* op = "swiglu";
-  check_on_device(out, device, op, "out");
-  check_on_device(gate, device, op, "gate");
-  check_on_device(up, device, op, "up");
+  check_on_device(device, op, {{out, "out"}, {gate, "gate"}, {up, "up"}});
   check_floating(gate, op, "gate");
-  check_same_layout(up, gate, op, "up", "gate");
-  check_same_layout(out, gate, op, "out", "gate");
+  check_same_layout({gate, "gate"}, op, {{up, "up"}, {out, "out"}});
 }
 
 void check_swiglu_backward(const TensorView& grad_gate, const TensorView& grad_up,
                            const TensorView& grad_out, const TensorView& gate, const TensorView& up,
                            Device device) {
   const char* op = "swiglu_backward";
-  check_on_device(grad_gate, device, op, "grad_gate");
-  check_on_device(grad_up, device, op, "grad_up");
-  check_on_device(grad_out, device, op, "grad_out");
-  check_on_device(gate, device, op, "gate");
-  check_on_device(up, device, op, "up");
+  check_on_device(device, op,
+                  {{grad_gate, "grad_gate"},
+                   {grad_up, "grad_up"},
+                   {grad_out, "grad_out"},
+                   {gate, "gate"},
+                   {up, "up"}});
   check_floating(gate, op, "gate");
-  check_same_layout(up, gate, op, "up", "gate");
-  check_same_layout(grad_out, gate, op, "grad_out", "gate");
-  check_same_layout(grad_gate, gate, op, "grad_gate", "gate");
-  check_same_layout(grad_up, gate, op, "grad_up", "gate");
+  check_same_layout(
+      {gate, "gate"}, op,
+      {{up, "up"}, {grad_out, "grad_out"}, {grad_gate, "grad_gate"}, {grad_up, "grad_up"}});
 }
 
 // master, m, v f32 of one shape; grad floating with as many elements; step >= 1, betas in
@@ -84,13 +76,9 @@ void check_swiglu_backward(const TensorView& grad_gate, const TensorView& grad_u
 void check_adamw(const TensorView& master, const TensorView& m, const TensorView& v,
                  const TensorView& grad, const AdamWStep& step, Device device) {
   const char* op = "adamw";
-  check_on_device(master, device, op, "master");
-  check_on_device(m, device, op, "m");
-  check_on_device(v, device, op, "v");
-  check_on_device(grad, device, op, "grad");
+  check_on_device(device, op, {{master, "master"}, {m, "m"}, {v, "v"}, {grad, "grad"}});
   check_dtype(master, DType::kF32, op, "master");
-  check_same_layout(m, master, op, "m", "master");
-  check_same_layout(v, master, op, "v", "master");
+  check_same_layout({master, "master"}, op, {{m, "m"}, {v, "v"}});
   check_floating(grad, op, "grad");
   WEFT_CHECK(grad.numel() == master.numel(), op, ": grad ", grad.str(), " must have ",
              master.numel(), " elements like master ", master.str());

@@ -31,3 +31,11 @@ class BackendOpTest : public ::testing::TestWithParam<std::tuple<std::string, Ca
 };
 
 }  // namespace weft::testing
+
+// Runs the case table cases() of Test on the backend `spec` ("cpu", "cuda"): tests named
+// <prefix>/<Test>.<test>/<name(case)>.
+#define WEFT_INSTANTIATE_OP_CASES(prefix, Test, spec, cases, name)                            \
+  INSTANTIATE_TEST_SUITE_P(                                                                   \
+      prefix, Test,                                                                           \
+      ::testing::Combine(::testing::Values(std::string(spec)), ::testing::ValuesIn(cases())), \
+      [](const auto& info) { return name(std::get<1>(info.param)); })

@@ -31,9 +31,6 @@ class GemmOpTest : public BackendOpTest<GemmCase> {};
 }  // namespace weft::testing
 
 // Runs the table on the backend `spec` ("cpu", "cuda"), the tests named <prefix>/GemmOpTest.*.
-#define WEFT_INSTANTIATE_GEMM_CASES(prefix, spec)                             \
-  INSTANTIATE_TEST_SUITE_P(                                                   \
-      prefix, GemmOpTest,                                                     \
-      ::testing::Combine(::testing::Values(std::string(spec)),                \
-                         ::testing::ValuesIn(::weft::testing::gemm_cases())), \
-      [](const auto& info) { return ::weft::testing::gemm_case_name(std::get<1>(info.param)); })
+#define WEFT_INSTANTIATE_GEMM_CASES(prefix, spec)                                  \
+  WEFT_INSTANTIATE_OP_CASES(prefix, GemmOpTest, spec, ::weft::testing::gemm_cases, \
+                            ::weft::testing::gemm_case_name)

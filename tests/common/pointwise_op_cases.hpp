@@ -28,11 +28,6 @@ class PointwiseOpTest : public BackendOpTest<PointwiseCase> {};
 }  // namespace weft::testing
 
 // Runs the table on the backend `spec` ("cpu", "cuda"), the tests named <prefix>/PointwiseOpTest.*.
-#define WEFT_INSTANTIATE_POINTWISE_CASES(prefix, spec)                             \
-  INSTANTIATE_TEST_SUITE_P(                                                        \
-      prefix, PointwiseOpTest,                                                     \
-      ::testing::Combine(::testing::Values(std::string(spec)),                     \
-                         ::testing::ValuesIn(::weft::testing::pointwise_cases())), \
-      [](const auto& info) {                                                       \
-        return ::weft::testing::pointwise_case_name(std::get<1>(info.param));      \
-      })
+#define WEFT_INSTANTIATE_POINTWISE_CASES(prefix, spec)                                       \
+  WEFT_INSTANTIATE_OP_CASES(prefix, PointwiseOpTest, spec, ::weft::testing::pointwise_cases, \
+                            ::weft::testing::pointwise_case_name)
