@@ -71,18 +71,19 @@ class TimingBackend final : public Backend {
   }
   std::unique_ptr<Event> create_event() override { return inner_.create_event(); }
 
-  void copy(TensorView dst, TensorView src) override { inner_.copy(dst, src); }
-  void copy_columns(TensorView dst, int64_t dst_col, TensorView src, int64_t src_col,
-                    int64_t cols) override {
+ private:
+  void do_copy(TensorView dst, TensorView src) override { inner_.copy(dst, src); }
+  void do_copy_columns(TensorView dst, int64_t dst_col, TensorView src, int64_t src_col,
+                       int64_t cols) override {
     inner_.copy_columns(dst, dst_col, src, src_col, cols);
   }
-  void convert(TensorView dst, TensorView src) override { inner_.convert(dst, src); }
-  void fill(TensorView dst, float value) override { inner_.fill(dst, value); }
-  void fill_random(TensorView dst, const RandomFill& spec) override {
+  void do_convert(TensorView dst, TensorView src) override { inner_.convert(dst, src); }
+  void do_fill(TensorView dst, float value) override { inner_.fill(dst, value); }
+  void do_fill_random(TensorView dst, const RandomFill& spec) override {
     inner_.fill_random(dst, spec);
   }
 
-  void gemm(const GemmArgs& args) override {
+  void do_gemm(const GemmArgs& args) override {
     ++gemm_calls_;
     gemm_flops_ += flops(args);
     if (!timing_) {
@@ -92,37 +93,39 @@ class TimingBackend final : public Backend {
     gemm_seconds_ += timed([&] { inner_.gemm(args); });
   }
 
-  void add(TensorView out, TensorView a, TensorView b) override { inner_.add(out, a, b); }
-  void add_bias(TensorView out, TensorView in, TensorView bias) override {
+  void do_add(TensorView out, TensorView a, TensorView b) override { inner_.add(out, a, b); }
+  void do_add_bias(TensorView out, TensorView in, TensorView bias) override {
     inner_.add_bias(out, in, bias);
   }
-  void gelu(TensorView out, TensorView in) override { inner_.gelu(out, in); }
-  void gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) override {
+  void do_gelu(TensorView out, TensorView in) override { inner_.gelu(out, in); }
+  void do_gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) override {
     inner_.gelu_backward(grad_in, grad_out, input);
   }
-  void scale(TensorView out, TensorView in, float alpha) override { inner_.scale(out, in, alpha); }
-  void sum_squares(TensorView out, TensorView in) override { inner_.sum_squares(out, in); }
+  void do_scale(TensorView out, TensorView in, float alpha) override {
+    inner_.scale(out, in, alpha);
+  }
+  void do_sum_squares(TensorView out, TensorView in) override { inner_.sum_squares(out, in); }
 
-  void layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in, TensorView gamma,
-                  TensorView beta, float eps) override {
+  void do_layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in,
+                     TensorView gamma, TensorView beta, float eps) override {
     inner_.layer_norm(out, mean, rstd, in, gamma, beta, eps);
   }
-  void layer_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_beta,
-                           TensorView grad_out, TensorView in, TensorView gamma, TensorView mean,
-                           TensorView rstd) override {
+  void do_layer_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_beta,
+                              TensorView grad_out, TensorView in, TensorView gamma, TensorView mean,
+                              TensorView rstd) override {
     inner_.layer_norm_backward(grad_in, grad_gamma, grad_beta, grad_out, in, gamma, mean, rstd);
   }
-  void rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma,
-                float eps) override {
+  void do_rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma,
+                   float eps) override {
     inner_.rms_norm(out, rstd, in, gamma, eps);
   }
-  void rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out,
-                         TensorView in, TensorView gamma, TensorView rstd) override {
+  void do_rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out,
+                            TensorView in, TensorView gamma, TensorView rstd) override {
     inner_.rms_norm_backward(grad_in, grad_gamma, grad_out, in, gamma, rstd);
   }
 
-  void attention(TensorView out, TensorView lse, TensorView qkv,
-                 const AttentionShape& shape) override {
+  void do_attention(TensorView out, TensorView lse, TensorView qkv,
+                    const AttentionShape& shape) override {
     attention_flops_ += 2.0 * causal_products(shape);
     if (!timing_) {
       inner_.attention(out, lse, qkv, shape);
@@ -130,8 +133,8 @@ class TimingBackend final : public Backend {
     }
     attention_seconds_ += timed([&] { inner_.attention(out, lse, qkv, shape); });
   }
-  void attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
-                          TensorView lse, const AttentionShape& shape) override {
+  void do_attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
+                             TensorView lse, const AttentionShape& shape) override {
     attention_flops_ += 4.0 * causal_products(shape);
     if (!timing_) {
       inner_.attention_backward(grad_qkv, grad_out, qkv, lse, shape);
@@ -140,57 +143,58 @@ class TimingBackend final : public Backend {
     attention_seconds_ +=
         timed([&] { inner_.attention_backward(grad_qkv, grad_out, qkv, lse, shape); });
   }
-  void attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache, TensorView qkv,
-                            const AttentionShape& shape, int64_t past) override {
+  void do_attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache,
+                               TensorView qkv, const AttentionShape& shape, int64_t past) override {
     inner_.attention_with_cache(out, k_cache, v_cache, qkv, shape, past);
   }
-  void rope(TensorView qkv, const AttentionShape& shape, float theta, int64_t position_offset,
-            bool inverse) override {
+  void do_rope(TensorView qkv, const AttentionShape& shape, float theta, int64_t position_offset,
+               bool inverse) override {
     inner_.rope(qkv, shape, theta, position_offset, inverse);
   }
 
-  void embedding(TensorView out, TensorView ids, TensorView table, int64_t vocab_start) override {
+  void do_embedding(TensorView out, TensorView ids, TensorView table,
+                    int64_t vocab_start) override {
     inner_.embedding(out, ids, table, vocab_start);
   }
-  void embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out,
-                          int64_t vocab_start) override {
+  void do_embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out,
+                             int64_t vocab_start) override {
     inner_.embedding_backward(grad_table, ids, grad_out, vocab_start);
   }
 
-  void vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start,
-                 int64_t vocab_size) override {
+  void do_vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start,
+                    int64_t vocab_size) override {
     inner_.vocab_max(row_max, logits, vocab_start, vocab_size);
   }
-  void vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit, TensorView logits,
-                                TensorView row_max, TensorView targets, int64_t vocab_start,
-                                int64_t vocab_size) override {
+  void do_vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit, TensorView logits,
+                                   TensorView row_max, TensorView targets, int64_t vocab_start,
+                                   int64_t vocab_size) override {
     inner_.vocab_sum_exp_and_target(sum_exp, target_logit, logits, row_max, targets, vocab_start,
                                     vocab_size);
   }
-  void vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits, TensorView row_max,
-                                    TensorView sum_exp, TensorView targets, TensorView grad_loss,
-                                    int64_t vocab_start, int64_t vocab_size) override {
+  void do_vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits,
+                                       TensorView row_max, TensorView sum_exp, TensorView targets,
+                                       TensorView grad_loss, int64_t vocab_start,
+                                       int64_t vocab_size) override {
     inner_.vocab_cross_entropy_backward(grad_logits, logits, row_max, sum_exp, targets, grad_loss,
                                         vocab_start, vocab_size);
   }
 
-  void swiglu(TensorView out, TensorView gate, TensorView up) override {
+  void do_swiglu(TensorView out, TensorView gate, TensorView up) override {
     inner_.swiglu(out, gate, up);
   }
-  void swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out,
-                       TensorView gate, TensorView up) override {
+  void do_swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out,
+                          TensorView gate, TensorView up) override {
     inner_.swiglu_backward(grad_gate, grad_up, grad_out, gate, up);
   }
-  void dropout(TensorView out, TensorView in, float probability, uint64_t seed,
-               uint64_t offset) override {
+  void do_dropout(TensorView out, TensorView in, float probability, uint64_t seed,
+                  uint64_t offset) override {
     inner_.dropout(out, in, probability, seed, offset);
   }
-  void adamw(TensorView master, TensorView m, TensorView v, TensorView grad,
-             const AdamWStep& step) override {
+  void do_adamw(TensorView master, TensorView m, TensorView v, TensorView grad,
+                const AdamWStep& step) override {
     inner_.adamw(master, m, v, grad, step);
   }
 
- private:
   // b h s^2 d: the FLOPs of one causal product (s^2 / 2 of the s^2 d multiply-adds, 2 FLOPs each).
   static double causal_products(const AttentionShape& s) {
     return static_cast<double>(s.batch * s.heads * s.head_dim) * static_cast<double>(s.seq) *

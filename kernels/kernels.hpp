@@ -108,8 +108,8 @@ void launch_rms_norm_backward(T* grad_in, T* grad_gamma, const T* grad_out, cons
                               const T* gamma, const float* rstd, int64_t rows, int64_t cols,
                               CudaStreamHandle stream);
 
-// attention.cu. Causal attention over Megatron's grouped qkv layout, with `dims` from
-// check_attention*_args: keys stream through shared memory in tiles with an online softmax, so
+// attention.cu. Causal attention over Megatron's grouped qkv layout, with `dims` of a checked
+// shape (attention_dims): keys stream through shared memory in tiles with an online softmax, so
 // seq has no limit; head_dim is limited to kAttentionMaxHeadDim (weft::Error beyond). lse
 // [batch, heads, seq] f32 is each query's log-sum-exp, from which the backward recomputes the
 // probabilities.

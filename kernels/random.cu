@@ -32,7 +32,7 @@ void launch_fill_random(T* dst, int64_t rows, int64_t cols, const RandomFill& sp
                         CudaStreamHandle stream) {
   const int64_t n = rows * cols;
   if (n <= 0) return;
-  const int64_t global_cols = spec.global_cols < 0 ? cols : spec.global_cols;
+  const int64_t global_cols = spec.row_length(cols);
   fill_random_kernel<T>
       <<<kernel::blocks_for(n), kernel::kThreads, 0, stream>>>(dst, rows, cols, spec, global_cols);
   kernel::check_launch("fill_random_kernel");

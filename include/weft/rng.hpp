@@ -66,6 +66,11 @@ struct RandomFill {
   int64_t global_cols = -1;  // row length of the global matrix; -1: the view's own column count
   int64_t row0 = 0;          // where the view's element (0, 0) sits in the global matrix
   int64_t col0 = 0;
+
+  // The global row length for a view of `view_cols` columns.
+  WEFT_HOST_DEVICE int64_t row_length(int64_t view_cols) const {
+    return global_cols < 0 ? view_cols : global_cols;
+  }
 };
 
 // The value of global element (row, col). Computed in double on both host and device, so the

@@ -1,9 +1,11 @@
 // AttentionDims: a validated attention shape and the column offsets of the grouped QKV layout,
-// shared by the CPU loops, the CUDA host code and the kernels.
+// shared by the CPU loops, the CUDA host code and the kernels; attention_dims makes one.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
+#include "weft/backend.hpp"
 #include "weft/host_device.hpp"
 
 namespace weft {
@@ -27,5 +29,24 @@ struct AttentionDims {
   }
   WEFT_HOST_DEVICE int64_t v_col(int64_t g) const { return k_col(g) + head_dim; }
 };
+
+// The dims of a shape that the op's entry point has validated (positive counts, heads divisible
+// by kv_heads, a finite scale).
+inline AttentionDims attention_dims(const AttentionShape& shape) {
+  AttentionDims d;
+  d.seq = shape.seq;
+  d.batch = shape.batch;
+  d.heads = shape.heads;
+  d.kv_heads = shape.kv_heads;
+  d.head_dim = shape.head_dim;
+  d.q_per_group = shape.heads / shape.kv_heads;
+  d.tokens = shape.seq * shape.batch;
+  d.qkv_cols = shape.qkv_cols();
+  d.out_cols = shape.heads * shape.head_dim;
+  d.scale = shape.scale != 0.0f
+                ? shape.scale
+                : static_cast<float>(1.0 / std::sqrt(static_cast<double>(shape.head_dim)));
+  return d;
+}
 
 }  // namespace weft

@@ -1,23 +1,49 @@
-// Test helpers: random tensors, tensors from host values and back in double (on any backend),
-// norm-wise relative error, naive references.
+// Test helpers: the GPU-or-skip rule, random and poisoned tensors, tensors from host values and
+// back in double (on any backend), norm-wise relative error, naive references.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "weft/weft.hpp"
 
 namespace weft::testing {
 
+// WEFT_REQUIRE_GPU=1 (the GPU check): a missing GPU fails the CUDA tests instead of skipping them,
+// so a machine that lost its GPU cannot pass by skipping.
+inline bool gpu_required() {
+  const char* value = std::getenv("WEFT_REQUIRE_GPU");
+  return value != nullptr && std::string(value) == "1";
+}
+
+// Skips (or fails, under WEFT_REQUIRE_GPU=1) the current test when no GPU is visible. The skip
+// message is what ctest's SKIP_REGULAR_EXPRESSION of the CUDA entries looks for.
+#define WEFT_SKIP_WITHOUT_GPU()                                                                  \
+  do {                                                                                           \
+    if (::weft::cuda_device_count() == 0) {                                                      \
+      if (::weft::testing::gpu_required()) FAIL() << "WEFT_REQUIRE_GPU=1 but no GPU is visible"; \
+      GTEST_SKIP() << "no CUDA device visible (set WEFT_REQUIRE_GPU=1 to make this a failure)";  \
+    }                                                                                            \
+  } while (0)
+
 // A tensor of N(0, std) (or uniform [lo, hi)) values from its own seed; never zeros or ones.
 inline Tensor random_tensor(Backend& backend, const Shape& shape, DType dtype, uint64_t seed,
                             double std = 1.0) {
   Tensor t(backend, shape, dtype);
   backend.fill_random(t, RandomFill{Distribution::kNormal, seed, 0, 0.0, std});
+  return t;
+}
+
+// A tensor whose every element is NaN, so that an op that writes nothing fails its check.
+inline Tensor poisoned(Backend& backend, const Shape& shape, DType dtype) {
+  Tensor t(backend, shape, dtype);
+  backend.fill(t, NAN);
   return t;
 }
 

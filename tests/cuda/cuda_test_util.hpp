@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/backend_op_test.hpp"
 #include "weft/backend.hpp"
 #include "weft/comm.hpp"
 #include "weft/dtype.hpp"
@@ -21,23 +22,13 @@
 
 namespace weft::test {
 
-inline bool gpu_required() {
-  const char* value = std::getenv("WEFT_REQUIRE_GPU");
-  return value != nullptr && std::string(value) == "1";
-}
-
 // Every CUDA test derives from this: without a GPU it is skipped, or fails when the GPU check
 // (WEFT_REQUIRE_GPU=1) expects one, so a machine that lost its GPU cannot pass by skipping.
 template <typename Base>
 class CudaFixture : public Base {
  protected:
   void SetUp() override {
-    if (cuda_device_count() == 0) {
-      if (gpu_required()) {
-        FAIL() << "WEFT_REQUIRE_GPU=1 but no GPU is visible";
-      }
-      GTEST_SKIP() << "no CUDA device visible (set WEFT_REQUIRE_GPU=1 to make this a failure)";
-    }
+    WEFT_SKIP_WITHOUT_GPU();
     cpu_ = make_cpu_backend();
     cuda_ = make_cuda_backend(0);
   }

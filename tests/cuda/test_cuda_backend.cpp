@@ -1,5 +1,6 @@
-// CudaBackend against the CPU backend: copies, conversions, fills, random fills, elementwise ops,
-// streams and events, and the errors bad calls raise.
+// CudaBackend: the elementwise-op case table against the double reference; against the CPU
+// backend: copies, conversions, fills, random fills; streams and events, and the errors bad calls
+// raise.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -10,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/pointwise_op_cases.hpp"
 #include "cuda_test_util.hpp"
 #include "weft/error.hpp"
 
@@ -233,69 +235,10 @@ TEST_F(CudaBackendTest, FillRandomDefaultGlobalColumns) {
   EXPECT_TRUE(within_ulps(bytes_of(dst), bytes_of(expected), DType::kF32, 1));
 }
 
-TEST_F(CudaBackendTest, AddMatchesCpu) {
-  for (DType dtype : kDtypes) {
-    SCOPED_TRACE(dtype_name(dtype));
-    Tensor a_host = random_host({33, 65}, dtype, 31);
-    Tensor b_host = random_host({33, 65}, dtype, 32);
-    Tensor a = to_device(a_host);
-    Tensor b = to_device(b_host);
-    Tensor out = poisoned_device({33, 65}, dtype);
-    cuda().add(out, a, b);
-    Tensor expected(cpu(), {33, 65}, dtype);
-    cpu().add(expected, a_host, b_host);
-    EXPECT_TRUE(all_close(floats_of(out), floats_of(expected), dtype_rtol(dtype, 1e-6)));
-    cuda().add(a, a, b);  // in place
-    EXPECT_TRUE(all_close(floats_of(a), floats_of(expected), dtype_rtol(dtype, 1e-6)));
-  }
-}
-
-TEST_F(CudaBackendTest, AddBiasMatchesCpu) {
-  for (DType dtype : kDtypes) {
-    SCOPED_TRACE(dtype_name(dtype));
-    Tensor in_host = random_host({2, 17, 39}, dtype, 41);
-    Tensor bias_host = random_host({39}, dtype, 42);
-    Tensor in = to_device(in_host);
-    Tensor bias = to_device(bias_host);
-    Tensor out = poisoned_device({2, 17, 39}, dtype);
-    cuda().add_bias(out, in, bias);
-    Tensor expected(cpu(), {2, 17, 39}, dtype);
-    cpu().add_bias(expected, in_host, bias_host);
-    EXPECT_TRUE(all_close(floats_of(out), floats_of(expected), dtype_rtol(dtype, 1e-6)));
-    cuda().add_bias(in, in, bias);  // in place
-    EXPECT_TRUE(all_close(floats_of(in), floats_of(expected), dtype_rtol(dtype, 1e-6)));
-  }
-}
-
-TEST_F(CudaBackendTest, GeluMatchesCpu) {
-  for (DType dtype : kDtypes) {
-    SCOPED_TRACE(dtype_name(dtype));
-    Tensor in_host = random_host({29, 71}, dtype, 51, Distribution::kUniform);
-    Tensor in = to_device(in_host);
-    Tensor out = poisoned_device({29, 71}, dtype);
-    cuda().gelu(out, in);
-    Tensor expected(cpu(), {29, 71}, dtype);
-    cpu().gelu(expected, in_host);
-    EXPECT_TRUE(all_close(floats_of(out), floats_of(expected), dtype_rtol(dtype, 1e-5)));
-    cuda().gelu(in, in);  // in place
-    EXPECT_TRUE(all_close(floats_of(in), floats_of(expected), dtype_rtol(dtype, 1e-5)));
-  }
-}
-
-TEST_F(CudaBackendTest, GeluBackwardMatchesCpu) {
-  for (DType dtype : kDtypes) {
-    SCOPED_TRACE(dtype_name(dtype));
-    Tensor grad_out_host = random_host({29, 71}, dtype, 61);
-    Tensor input_host = random_host({29, 71}, dtype, 62, Distribution::kUniform);
-    Tensor grad_out = to_device(grad_out_host);
-    Tensor input = to_device(input_host);
-    Tensor grad_in = poisoned_device({29, 71}, dtype);
-    cuda().gelu_backward(grad_in, grad_out, input);
-    Tensor expected(cpu(), {29, 71}, dtype);
-    cpu().gelu_backward(expected, grad_out_host, input_host);
-    EXPECT_TRUE(all_close(floats_of(grad_in), floats_of(expected), dtype_rtol(dtype, 1e-5)));
-  }
-}
+// The elementwise ops: the table of cases every backend runs against the double reference
+// (common/pointwise_op_cases.cpp).
+using testing::PointwiseOpTest;
+WEFT_INSTANTIATE_POINTWISE_CASES(CudaBackend, "cuda");
 
 TEST_F(CudaBackendTest, StreamsAndEvents) {
   Tensor a_host = random_host({256, 256}, DType::kF32, 71);

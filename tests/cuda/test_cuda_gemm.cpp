@@ -1,5 +1,6 @@
-// CudaBackend::gemm (cuBLASLt) against the CPU backend: every transpose combination, dtype pair,
-// epilogue, beta = 0 and 1, odd and aligned sizes, unaligned views, TF32, and bad arguments.
+// CudaBackend::gemm (cuBLASLt): the table of GEMM cases (every transpose combination, dtype pair,
+// epilogue, alpha and beta, odd and aligned sizes) against the double reference; against the CPU
+// backend: unaligned views, TF32, repeated calls, and bad arguments.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "backend/cuda/cublaslt_matmul.hpp"
+#include "common/gemm_op_cases.hpp"
 #include "cuda_test_util.hpp"
 #include "weft/error.hpp"
 
@@ -34,18 +36,6 @@ TEST(CudaGemmHeuristic, AnyFailureForAFusedEpilogueFallsBackToUnfused) {
   EXPECT_EQ(heuristic_outcome(ok, 0, ok, false), HeuristicOutcome::kFail);
 }
 
-struct GemmCase {
-  DType ab;
-  DType c;
-  bool transpose_a;
-  bool transpose_b;
-  int64_t m, n, k;
-  Epilogue epilogue;
-  bool gelu_aux;
-  float alpha;
-  float beta;
-};
-
 const char* epilogue_label(Epilogue e) {
   switch (e) {
     case Epilogue::kNone:
@@ -62,130 +52,10 @@ const char* epilogue_label(Epilogue e) {
   return "unknown";
 }
 
-std::string case_name(const GemmCase& p) {
-  std::string name = std::string(dtype_name(p.ab)) + "_" + dtype_name(p.c) + "_" +
-                     (p.transpose_a ? "T" : "N") + (p.transpose_b ? "T" : "N") + "_" +
-                     std::to_string(p.m) + "x" + std::to_string(p.n) + "x" + std::to_string(p.k) +
-                     "_" + epilogue_label(p.epilogue) + (p.gelu_aux ? "_aux" : "") + "_beta" +
-                     std::to_string(static_cast<int>(p.beta));
-  if (p.alpha != 1.0f) name += "_alpha" + std::to_string(static_cast<int>(p.alpha * 100));
-  return name;
-}
-
-// gtest prints a failing parameter with this instead of its raw bytes.
-void PrintTo(const GemmCase& p, std::ostream* os) { *os << case_name(p); }
-
-std::vector<GemmCase> all_cases() {
-  struct DtypePair {
-    DType ab, c;
-  };
-  const DtypePair pairs[] = {{DType::kF32, DType::kF32},
-                             {DType::kBF16, DType::kBF16},
-                             {DType::kBF16, DType::kF32},
-                             {DType::kF16, DType::kF16},
-                             {DType::kF16, DType::kF32}};
-  // Odd sizes (no vectorized kernel fits, GELU aux falls back: n % 8 != 0), aligned ones (the
-  // fused cuBLASLt epilogues), and a larger one where cuBLASLt may split K.
-  const int64_t sizes[][3] = {{37, 53, 29}, {64, 128, 96}, {192, 256, 520}};
-  struct EpilogueCase {
-    Epilogue epilogue;
-    bool aux;
-  };
-  const EpilogueCase epilogues[] = {{Epilogue::kNone, false},     {Epilogue::kBias, false},
-                                    {Epilogue::kGelu, false},     {Epilogue::kGelu, true},
-                                    {Epilogue::kBiasGelu, false}, {Epilogue::kBiasGelu, true},
-                                    {Epilogue::kBiasGrad, false}};
-  std::vector<GemmCase> cases;
-  for (const DtypePair& pair : pairs) {
-    for (int transposes = 0; transposes < 4; ++transposes) {
-      for (const auto& size : sizes) {
-        for (const EpilogueCase& e : epilogues) {
-          for (float beta : {0.0f, 1.0f}) {
-            cases.push_back(GemmCase{pair.ab, pair.c, (transposes & 1) != 0, (transposes & 2) != 0,
-                                     size[0], size[1], size[2], e.epilogue, e.aux, 1.0f, beta});
-          }
-        }
-      }
-    }
-  }
-  // alpha != 1: the scaling of the product (and that the bias gradient is not scaled).
-  for (DType ab : {DType::kF32, DType::kBF16}) {
-    for (const EpilogueCase& e : epilogues) {
-      for (bool transpose_a : {false, true}) {
-        cases.push_back(
-            GemmCase{ab, ab, transpose_a, false, 64, 128, 96, e.epilogue, e.aux, 0.75f, 1.0f});
-      }
-    }
-  }
-  return cases;
-}
-
-class CudaGemmTest : public CudaFixture<::testing::TestWithParam<GemmCase>> {
- protected:
-  // The relative tolerance for this case's outputs.
-  static double rtol(const GemmCase& p) {
-    if (p.ab != DType::kF32 || p.c != DType::kF32) return 1e-2;
-    // cuBLASLt's fused GeLU may evaluate tanh with the hardware approximation (relative error
-    // about 2^-11), which is far from any mapping bug but above fp32 rounding.
-    if (p.epilogue == Epilogue::kGelu || p.epilogue == Epilogue::kBiasGelu) return 2e-3;
-    return 1e-4;
-  }
-};
-
-TEST_P(CudaGemmTest, MatchesCpu) {
-  const GemmCase& p = GetParam();
-  const Shape a_shape = p.transpose_a ? Shape{p.k, p.m} : Shape{p.m, p.k};
-  const Shape b_shape = p.transpose_b ? Shape{p.n, p.k} : Shape{p.k, p.n};
-  const bool wants_bias = p.epilogue == Epilogue::kBias || p.epilogue == Epilogue::kBiasGelu;
-
-  Tensor a_host = random_host(a_shape, p.ab, 101);
-  Tensor b_host = random_host(b_shape, p.ab, 102);
-  Tensor c_host = random_host({p.m, p.n}, p.c, 103);  // beta * C reads it
-  Tensor bias_host = random_host({p.n}, p.c, 104);
-  Tensor gelu_input_host(cpu(), {p.m, p.n}, p.c);
-  Tensor bias_grad_host(cpu(), {p.m}, p.c);
-
-  Tensor a = to_device(a_host);
-  Tensor b = to_device(b_host);
-  Tensor bias = to_device(bias_host);
-  Tensor c = poisoned_device({p.m, p.n}, p.c);
-  if (p.beta != 0.0f) cuda().copy(c, c_host);
-  Tensor gelu_input = poisoned_device({p.m, p.n}, p.c);
-  Tensor bias_grad = poisoned_device({p.m}, p.c);
-
-  auto make_args = [&](const Tensor& a_, const Tensor& b_, const Tensor& c_, const Tensor& bias_,
-                       const Tensor& gelu_input_, const Tensor& bias_grad_) {
-    GemmArgs args;
-    args.a = a_;
-    args.b = b_;
-    args.c = c_;
-    args.transpose_a = p.transpose_a;
-    args.transpose_b = p.transpose_b;
-    args.alpha = p.alpha;
-    args.beta = p.beta;
-    args.epilogue = p.epilogue;
-    if (wants_bias) args.bias = bias_;
-    if (p.gelu_aux) args.gelu_input = gelu_input_;
-    if (p.epilogue == Epilogue::kBiasGrad) args.bias_grad = bias_grad_;
-    return args;
-  };
-  cpu().gemm(make_args(a_host, b_host, c_host, bias_host, gelu_input_host, bias_grad_host));
-  cuda().gemm(make_args(a, b, c, bias, gelu_input, bias_grad));
-
-  const double tol = rtol(p);
-  EXPECT_TRUE(all_close(floats_of(c), floats_of(c_host), tol)) << "C";
-  if (p.gelu_aux) {
-    EXPECT_TRUE(all_close(floats_of(gelu_input), floats_of(gelu_input_host), tol)) << "gelu_input";
-  }
-  if (p.epilogue == Epilogue::kBiasGrad) {
-    EXPECT_TRUE(all_close(floats_of(bias_grad), floats_of(bias_grad_host), tol)) << "bias_grad";
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(Cases, CudaGemmTest, ::testing::ValuesIn(all_cases()),
-                         [](const ::testing::TestParamInfo<GemmCase>& info) {
-                           return case_name(info.param);
-                         });
+// The table of GEMM cases every backend runs against the double reference
+// (common/gemm_op_cases.cpp).
+using testing::GemmOpTest;
+WEFT_INSTANTIATE_GEMM_CASES(CudaGemmTest, "cuda");
 
 class CudaGemmMiscTest : public CudaTest {};
 

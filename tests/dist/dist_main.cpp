@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/test_util.hpp"
 #include "dist/dist_env.hpp"
 #include "dist/host_staging_engine.hpp"
 
@@ -48,11 +49,6 @@ class FailFast : public ::testing::EmptyTestEventListener {
   int rank_;
   std::string test_ = "(outside a test)";
 };
-
-bool gpu_required() {
-  const char* value = std::getenv("WEFT_REQUIRE_GPU");
-  return value != nullptr && std::string(value) == "1";
-}
 
 // Skips every test (or fails them all under WEFT_REQUIRE_GPU=1) when the engine has no device.
 class EngineEnvironment : public ::testing::Environment {

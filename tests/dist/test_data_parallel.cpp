@@ -7,8 +7,9 @@
 #include <sstream>
 #include <string>
 
+#include "common/gpt_fixtures.hpp"
 #include "common/test_util.hpp"
-#include "dist/dist_env.hpp"
+#include "dist/gpt_reference.hpp"
 #include "weft/gpt.hpp"
 #include "weft/optimizer.hpp"
 #include "weft/pipeline.hpp"
@@ -19,96 +20,19 @@ namespace {
 // kBatch sequences per data-parallel rank and micro-batch; kMicro micro-batches per step.
 constexpr int64_t kSeq = 8, kBatch = 2, kMicro = 2;
 
-GPTConfig tiny_config(const std::string& preset) {
-  GPTConfig c = GPTConfig::preset(preset);
-  c.vocab_size = 256;
-  c.max_seq = kSeq;
-  c.layers = 2;
-  c.hidden = 32;
-  c.heads = 4;
-  c.vocab_pad_multiple = 8;
-  c.seed = 99;
-  return c;
-}
-
-// Sequences [first, first + count) of one text, as a batch of `count`, rows (position, batch).
-void fill_sequences(int64_t first, int64_t count, int32_t* ids, int32_t* targets) {
-  static const std::string text =
-      "It was the best of times, it was the worst of times, it was the age of wisdom, it was the "
-      "age of foolishness, it was the epoch of belief, it was the epoch of incredulity.";
-  const int64_t span = static_cast<int64_t>(text.size()) - kSeq - 1;
-  for (int64_t b = 0; b < count; ++b) {
-    const int64_t start = ((first + b) * 29) % span;
-    for (int64_t s = 0; s < kSeq; ++s) {
-      ids[s * count + b] = static_cast<unsigned char>(text[static_cast<size_t>(start + s)]);
-      targets[s * count + b] = static_cast<unsigned char>(text[static_cast<size_t>(start + s + 1)]);
-    }
-  }
-}
-
 // Global micro-batch (step, mb) holds dp x kBatch sequences; data-parallel rank d trains on the
 // d-th block of kBatch of them.
 int64_t first_sequence(int64_t step, int64_t mb, int dp, int dp_rank) {
   return ((step * kMicro + mb) * dp + dp_rank) * kBatch;
 }
 
-// The unsharded model over a world of one, trained on whole global micro-batches.
-struct Reference {
-  Reference(Backend& backend, GPTConfig config, int dp)
-      : self(make_self_communicator()),
-        ctx{backend, *self},
-        model(ctx, finalized(config)),
-        rng(config.seed, 0),
-        dp(dp),
-        ids(backend, Shape({kSeq * kBatch * dp}), DType::kI32),
-        targets(backend, Shape({kSeq * kBatch * dp}), DType::kI32) {}
-
-  static GPTConfig finalized(GPTConfig c) {
-    c.finalize(1);
-    return c;
-  }
-
-  // Gradients of the mean over micro-batches of each whole micro-batch's mean token loss.
-  float accumulate(int64_t step) {
-    zero_grads(ctx.backend, model.parameters());
-    double loss = 0.0;
-    for (int64_t mb = 0; mb < kMicro; ++mb) {
-      fill_sequences(first_sequence(step, mb, dp, 0), kBatch * dp, ids.as<int32_t>(),
-                     targets.as<int32_t>());
-      GPTModel::Saved saved;
-      loss += model.forward(ids, targets, kSeq, kBatch * dp, rng, saved);
-      model.backward(saved, 1.0f / static_cast<float>(kMicro));
-    }
-    return static_cast<float>(loss / static_cast<double>(kMicro));
-  }
-
-  Parameter* find(const std::string& name) {
-    for (Parameter* p : model.parameters()) {
-      if (p->name == name) return p;
-    }
-    return nullptr;
-  }
-
-  std::unique_ptr<Communicator> self;
-  ParallelContext ctx;
-  GPTModel model;
-  DropoutRng rng;
-  int dp;
-  Tensor ids, targets;
-};
-
-// This rank's window of the unsharded tensor `global` that `shard` describes.
-std::vector<double> reference_shard(Backend& backend, const Parameter& shard, TensorView global) {
-  std::vector<double> full = to_host(backend, global);
-  if (shard.is_replicated()) return full;
-  const Shape& g = shard.global_shape;
-  const Shape& local = shard.value.shape();
-  if (shard.partition_dim == g.rank() - 1) {
-    return column_block(full, g.rows(), g.cols(), local.cols() * shard.partition_index,
-                        local.cols());
-  }
-  const auto begin = static_cast<std::ptrdiff_t>(local.numel() * shard.partition_index);
-  return std::vector<double>(full.begin() + begin, full.begin() + begin + local.numel());
+// The unsharded model's gradients for `step`, trained on whole global micro-batches of dp x
+// kBatch sequences; returns its loss.
+float reference_step(ReferenceGpt& ref, int64_t step, int dp) {
+  return ref.accumulate(kMicro, [step, dp](int64_t mb, Tensor& ids, Tensor& targets) {
+    fill_text_sequences(first_sequence(step, mb, dp, 0), kBatch * dp, kSeq, ids.as<int32_t>(),
+                        targets.as<int32_t>());
+  });
 }
 
 struct Layout {
@@ -145,8 +69,8 @@ struct DataParallelRun {
   float gradients(int64_t step) {
     const int dp = grid.dp_size(), dp_rank = grid.dp_rank();
     auto load = [step, dp, dp_rank](int64_t mb, TensorView ids, TensorView targets) {
-      fill_sequences(first_sequence(step, mb, dp, dp_rank), kBatch, ids.as<int32_t>(),
-                     targets.as<int32_t>());
+      fill_text_sequences(first_sequence(step, mb, dp, dp_rank), kBatch, kSeq, ids.as<int32_t>(),
+                          targets.as<int32_t>());
     };
     const float loss = model.train_step(load, kMicro, kSeq, kBatch, 1.0f, rng);
     average_gradients(backend, grid.dp(), model.parameters());
@@ -170,11 +94,12 @@ class DataParallelTest : public ::testing::TestWithParam<std::string> {
 TEST_P(DataParallelTest, AveragedGradientsEqualTheUnshardedModelOnTheWholeBatch) {
   for (Layout layout : layouts()) {
     SCOPED_TRACE(describe(GetParam(), layout));
-    const GPTConfig config = tiny_config(GetParam());
+    const GPTConfig config = tiny_gpt_config(GetParam(), kSeq);
     DataParallelRun run(*cpu_, layout, config);
     ASSERT_EQ(run.grid.dp_size(), 2);
-    Reference ref(*cpu_, config, run.grid.dp_size());
-    const float ref_loss = ref.accumulate(0);
+    const int dp = run.grid.dp_size();
+    ReferenceGpt ref(*cpu_, make_self_communicator(), config, kBatch * dp);
+    const float ref_loss = reference_step(ref, 0, dp);
 
     const float loss = run.gradients(0);
     // Each data-parallel rank saw different data, so the losses differ; their mean is the whole
@@ -205,16 +130,17 @@ TEST(DataParallel, LossCurveEqualsTheUnshardedCurveOfTheSameGlobalBatch) {
   auto cpu = make_cpu_backend();
   constexpr int64_t kSteps = 20;
   auto lr = [](int64_t step) { return cosine_lr(step + 1, 2, kSteps, 3e-3f, 3e-4f); };
-  const GPTConfig config = tiny_config("gpt2");
+  const GPTConfig config = tiny_gpt_config("gpt2", kSeq);
   for (Layout layout : layouts()) {
     SCOPED_TRACE(describe("gpt2", layout));
     DataParallelRun run(*cpu, layout, config);
-    Reference ref(*cpu, config, run.grid.dp_size());
+    const int dp = run.grid.dp_size();
+    ReferenceGpt ref(*cpu, make_self_communicator(), config, kBatch * dp);
     AdamW ref_opt(*cpu, ref.model.parameters(), AdamWConfig{});
     AdamW opt(*cpu, run.model.parameters(), AdamWConfig{});
     std::vector<float> expected, actual;
     for (int64_t s = 0; s < kSteps; ++s) {
-      expected.push_back(ref.accumulate(s));
+      expected.push_back(reference_step(ref, s, dp));
       ref_opt.step(lr(s), clip_coefficient(ref_opt.grad_norm(*ref.self), 1.0f));
 
       const float loss = run.gradients(s);

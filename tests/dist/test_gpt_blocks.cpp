@@ -14,31 +14,12 @@
 #include <tuple>
 
 #include "common/test_util.hpp"
-#include "dist/dist_env.hpp"
+#include "dist/tp_fixture.hpp"
 #include "weft/attention.hpp"
 #include "weft/embedding.hpp"
 
 namespace weft::testing {
 namespace {
-
-// A global tensor on every rank: the values the layer sees (rounded to its dtype) in double.
-struct Global {
-  Tensor tensor;
-  std::vector<double> values;
-};
-
-std::vector<double> add(std::vector<double> a, const std::vector<double>& b) {
-  for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
-  return a;
-}
-
-std::vector<double> column_sums(const std::vector<double>& m, int64_t rows, int64_t cols) {
-  std::vector<double> s(static_cast<size_t>(cols), 0.0);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) s[c] += m[r * cols + c];
-  }
-  return s;
-}
 
 // Rows `rows` (in that order) of a row-major matrix with `cols` columns.
 std::vector<double> gather_rows(const std::vector<double>& m, int64_t cols,
@@ -73,44 +54,16 @@ std::vector<int32_t> make_ids(int64_t tokens, int64_t vocab, uint32_t salt) {
   return ids;
 }
 
-class GptBlocksTest : public ::testing::TestWithParam<std::tuple<int, DType>> {
+class GptBlocksTest : public TpDtypeTest {
  protected:
-  void SetUp() override {
-    if (world().size() % tp() != 0) GTEST_SKIP() << "world size not divisible by tp";
-    grid_ = std::make_unique<ParallelGrid>(world(), tp());
-  }
-  int tp() const { return std::get<0>(GetParam()); }
-  DType dtype() const { return std::get<1>(GetParam()); }
-  int tp_rank() const { return grid_->tp_rank(); }
-  ParallelContext ctx() { return ParallelContext{*cpu_, grid_->tp()}; }
-  double tol() const { return tolerance(dtype()); }
   std::vector<double> rnd(std::vector<double> v) const { return rounded(std::move(v), dtype()); }
 
-  Global global(const Shape& shape, uint64_t seed, double std = 1.0) {
-    Global g{random_tensor(*cpu_, shape, dtype(), seed, std), {}};
-    g.values = to_host(*cpu_, g.tensor);
-    return g;
-  }
   Tensor tensor(const Shape& shape, const std::vector<double>& values) {
     return from_values(*cpu_, shape, dtype(), values);
   }
   void set_value(Parameter& p, const std::vector<double>& values) {
     cpu_->copy(p.value, tensor(p.value.shape(), values));
   }
-  // Sets a parameter's grad to random values and returns them (what backward must add to).
-  std::vector<double> randomize_grad(Parameter& p, uint64_t seed) {
-    cpu_->fill_random(p.grad, RandomFill{Distribution::kNormal, seed, 0, 0.0, 0.5});
-    return to_host(*cpu_, p.grad);
-  }
-  void expect_close(TensorView actual, const std::vector<double>& expected, const std::string& what,
-                    double tol = -1.0) {
-    const double err = max_rel_error(to_host(*cpu_, actual), expected);
-    EXPECT_LE(err, tol < 0 ? this->tol() : tol)
-        << what << " on tp rank " << tp_rank() << " of " << tp();
-  }
-
-  std::unique_ptr<Backend> cpu_ = make_test_backend();  // the engine WEFT_TEST_BACKEND names
-  std::unique_ptr<ParallelGrid> grid_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -621,18 +574,8 @@ TEST_P(GptAttention, KvCacheGenerationMatchesFullForward) {
   }
 }
 
-std::string param_name(const ::testing::TestParamInfo<std::tuple<int, DType>>& info) {
-  return "tp" + std::to_string(std::get<0>(info.param)) + "_" + dtype_name(std::get<1>(info.param));
-}
-
-INSTANTIATE_TEST_SUITE_P(TpAndDType, GptBlocksTest,
-                         ::testing::Combine(::testing::Values(1, 2, 4),
-                                            ::testing::Values(DType::kF32, DType::kBF16)),
-                         param_name);
-INSTANTIATE_TEST_SUITE_P(TpAndDType, GptAttention,
-                         ::testing::Combine(::testing::Values(1, 2, 4),
-                                            ::testing::Values(DType::kF32, DType::kBF16)),
-                         param_name);
+INSTANTIATE_TEST_SUITE_P(TpAndDType, GptBlocksTest, WEFT_TP_SIZES_AND_DTYPES, tp_dtype_name);
+INSTANTIATE_TEST_SUITE_P(TpAndDType, GptAttention, WEFT_TP_SIZES_AND_DTYPES, tp_dtype_name);
 
 // ---------------------------------------------------------------------------------------------
 // Bad input: a weft::Error naming the values on every rank, and no rank left in a collective.

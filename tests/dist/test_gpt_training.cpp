@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "common/gpt_fixtures.hpp"
 #include "common/temp_dir.hpp"
 #include "common/test_util.hpp"
 #include "dist/dist_env.hpp"
@@ -36,18 +37,6 @@ std::string text_file() {
     return dir.write("text.txt", text);
   }();
   return path;
-}
-
-GPTConfig tiny_config(const std::string& preset) {
-  GPTConfig c = GPTConfig::preset(preset);
-  c.vocab_size = 256;
-  c.max_seq = kSeq;
-  c.layers = 2;
-  c.hidden = 32;
-  c.heads = 4;
-  c.vocab_pad_multiple = 8;
-  c.seed = 99;
-  return c;
 }
 
 struct Trainer {
@@ -108,7 +97,7 @@ TEST_P(GptTrainingTest, LossCurveIsTheSameAtEveryTpSize) {
   std::vector<std::vector<float>> curves;
   for (int tp : tp_sizes()) {
     ParallelGrid grid(world(), tp);
-    Trainer t(*cpu_, grid.tp(), tiny_config(GetParam()));
+    Trainer t(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq));
     std::vector<float> losses;
     for (int64_t s = 0; s < 20; ++s) losses.push_back(t.step(s));
     curves.push_back(losses);
@@ -124,7 +113,7 @@ TEST_P(GptTrainingTest, LossCurveIsTheSameAtEveryTpSize) {
 
 TEST_P(GptTrainingTest, ReplicatedParametersStayIdenticalAcrossTpRanks) {
   ParallelGrid grid(world(), world().size());
-  Trainer t(*cpu_, grid.tp(), tiny_config(GetParam()));
+  Trainer t(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq));
   for (int64_t s = 0; s < 3; ++s) t.step(s);
   for (Parameter* p : t.model.parameters()) {
     // Fully replicated ones (norms, row biases, positions); grouped-query key/value replicas are
@@ -142,7 +131,7 @@ TEST_P(GptTrainingTest, ReplicatedParametersStayIdenticalAcrossTpRanks) {
 
 TEST_P(GptTrainingTest, ResumedRunEqualsUninterruptedRun) {
   ParallelGrid grid(world(), world().size());
-  GPTConfig config = tiny_config(GetParam());
+  GPTConfig config = tiny_gpt_config(GetParam(), kSeq);
   config.dropout = 0.1f;  // the dropout counters must resume too
   std::vector<float> straight;
   {
@@ -180,7 +169,7 @@ TEST_P(GptTrainingTest, ResumedRunEqualsUninterruptedRun) {
 
 TEST_P(GptTrainingTest, GradientsMatchFiniteDifferences) {
   ParallelGrid grid(world(), world().size());
-  GPTConfig config = tiny_config(GetParam());
+  GPTConfig config = tiny_gpt_config(GetParam(), kSeq);
   config.layers = 1;
   config.hidden = 16;
   Trainer t(*cpu_, grid.tp(), config);
@@ -212,7 +201,7 @@ TEST_P(GptTrainingTest, GradientsMatchFiniteDifferences) {
 
 TEST_P(GptTrainingTest, KvCacheGenerationEqualsFullRecomputation) {
   ParallelGrid grid(world(), world().size());
-  Trainer t(*cpu_, grid.tp(), tiny_config(GetParam()));
+  Trainer t(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq));
   for (int64_t s = 0; s < 3; ++s) t.step(s);
   t.model.set_training(false);
   const std::vector<int32_t> prompt{'I', 't', ' ', 'w'};
@@ -264,7 +253,7 @@ TEST(GptDropoutRng, ReplicatedDrawsAgreeAndShardedDrawsDifferAcrossTpRanks) {
 
 TEST(GptErrors, BadConfigurationsAreRejectedWithTheirValues) {
   const int tp = world().size();
-  GPTConfig heads = tiny_config("gpt2");
+  GPTConfig heads = tiny_gpt_config("gpt2", kSeq);
   heads.heads = 4 * tp + 1;
   heads.hidden = 8 * (4 * tp + 1);
   if (tp > 1) {
@@ -277,17 +266,17 @@ TEST(GptErrors, BadConfigurationsAreRejectedWithTheirValues) {
           << e.what();
     }
   }
-  GPTConfig hidden = tiny_config("gpt2");
+  GPTConfig hidden = tiny_gpt_config("gpt2", kSeq);
   hidden.hidden = 30;
   EXPECT_THROW(hidden.finalize(1), Error);
-  GPTConfig kv = tiny_config("llama");
+  GPTConfig kv = tiny_gpt_config("llama", kSeq);
   kv.kv_heads = 3;
   EXPECT_THROW(kv.finalize(1), Error);
   EXPECT_THROW(GPTConfig::preset("bert"), Error);
 
   auto cpu = make_test_backend();
   ParallelGrid grid(world(), tp);
-  Trainer t(*cpu, grid.tp(), tiny_config("gpt2"));
+  Trainer t(*cpu, grid.tp(), tiny_gpt_config("gpt2", kSeq));
   Tensor long_ids =
       from_host(*cpu, Shape({(kSeq + 1) * kBatch}), DType::kI32, [](int64_t) { return 65; });
   try {

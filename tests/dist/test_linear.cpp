@@ -9,63 +9,24 @@
 #include <tuple>
 
 #include "common/test_util.hpp"
-#include "dist/dist_env.hpp"
+#include "dist/tp_fixture.hpp"
 
 namespace weft::testing {
 namespace {
 
 constexpr int64_t kTokens = 12, kIn = 16, kOut = 24;
 
-// A global tensor on every rank: the values the layer sees (rounded to its dtype) in double.
-struct Global {
-  Tensor tensor;
-  std::vector<double> values;
-};
-
-std::vector<double> add(std::vector<double> a, const std::vector<double>& b) {
-  for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
-  return a;
-}
-
 std::vector<double> add_row_vector(std::vector<double> m, const std::vector<double>& v) {
   for (size_t i = 0; i < m.size(); ++i) m[i] += v[i % v.size()];
   return m;
-}
-
-std::vector<double> column_sums(const std::vector<double>& m, int64_t rows, int64_t cols) {
-  std::vector<double> s(static_cast<size_t>(cols), 0.0);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) s[c] += m[r * cols + c];
-  }
-  return s;
 }
 
 std::vector<double> slice(const std::vector<double>& v, int64_t begin, int64_t count) {
   return std::vector<double>(v.begin() + begin, v.begin() + begin + count);
 }
 
-class LinearTest : public ::testing::TestWithParam<std::tuple<int, DType>> {
+class LinearTest : public TpDtypeTest {
  protected:
-  void SetUp() override {
-    if (world().size() % tp() != 0) GTEST_SKIP() << "world size not divisible by tp";
-    grid_ = std::make_unique<ParallelGrid>(world(), tp());
-  }
-  int tp() const { return std::get<0>(GetParam()); }
-  DType dtype() const { return std::get<1>(GetParam()); }
-  int tp_rank() const { return grid_->tp_rank(); }
-  ParallelContext ctx() { return ParallelContext{*cpu_, grid_->tp()}; }
-  double tol() const { return tolerance(dtype()); }
-
-  Global global(const Shape& shape, uint64_t seed, double std = 1.0) {
-    Global g{random_tensor(*cpu_, shape, dtype(), seed, std), {}};
-    g.values = to_host(*cpu_, g.tensor);
-    return g;
-  }
-  // Sets a parameter's grad to random values and returns them (what backward must add to).
-  std::vector<double> randomize_grad(Parameter& p, uint64_t seed) {
-    cpu_->fill_random(p.grad, RandomFill{Distribution::kNormal, seed, 0, 0.0, 0.5});
-    return to_host(*cpu_, p.grad);
-  }
   // Row block [begin, begin+count) of a [rows, cols] parameter from the global tensor.
   void load_rows(Parameter& p, const Global& g, int64_t begin, int64_t count) {
     cpu_->copy(p.value, g.tensor.view().rows(begin, count).reshaped(p.value.shape()));
@@ -83,13 +44,6 @@ class LinearTest : public ::testing::TestWithParam<std::tuple<int, DType>> {
     cpu_->copy_columns(t, 0, g.tensor, begin, count);
     return t;
   }
-  void expect_close(TensorView actual, const std::vector<double>& expected, const char* what) {
-    const double err = max_rel_error(to_host(*cpu_, actual), expected);
-    EXPECT_LE(err, tol()) << what << " on tp rank " << tp_rank() << " of " << tp();
-  }
-
-  std::unique_ptr<Backend> cpu_ = make_test_backend();  // the engine WEFT_TEST_BACKEND names
-  std::unique_ptr<ParallelGrid> grid_;
 };
 
 TEST_P(LinearTest, ColumnParallelForwardBackward) {
@@ -317,13 +271,7 @@ TEST_P(LinearTest, InitializationIsTheSameGlobalTensorAtEveryTpSize) {
   EXPECT_TRUE(row_layer.bias()->is_replicated());
 }
 
-INSTANTIATE_TEST_SUITE_P(TpAndDType, LinearTest,
-                         ::testing::Combine(::testing::Values(1, 2, 4),
-                                            ::testing::Values(DType::kF32, DType::kBF16)),
-                         [](const auto& info) {
-                           return "tp" + std::to_string(std::get<0>(info.param)) + "_" +
-                                  dtype_name(std::get<1>(info.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(TpAndDType, LinearTest, WEFT_TP_SIZES_AND_DTYPES, tp_dtype_name);
 
 }  // namespace
 }  // namespace weft::testing

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <string>
 
+#include "common/gpt_fixtures.hpp"
 #include "common/temp_dir.hpp"
 #include "common/test_util.hpp"
 #include "dist/dist_env.hpp"
@@ -20,18 +21,6 @@ namespace weft::testing {
 namespace {
 
 constexpr int64_t kSeq = 8, kBatch = 2;
-
-GPTConfig tiny_config(const std::string& preset, uint64_t seed) {
-  GPTConfig c = GPTConfig::preset(preset);
-  c.vocab_size = 256;
-  c.max_seq = kSeq;
-  c.layers = 2;
-  c.hidden = 32;
-  c.heads = 4;
-  c.vocab_pad_multiple = 8;
-  c.seed = seed;
-  return c;
-}
 
 // A directory that rank 0 makes and removes, its name broadcast to every rank.
 struct SharedDir {
@@ -83,12 +72,12 @@ class OptimizerStateTest : public ::testing::TestWithParam<std::string> {
 TEST_P(OptimizerStateTest, LoadRestoresMasterWeightsAndMomentsTensorByTensor) {
   ParallelGrid grid(world(), world().size());
   SharedDir dir;
-  Trained saved(*cpu_, grid.tp(), tiny_config(GetParam(), 11), 3);
+  Trained saved(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq, 2, 11), 3);
   CheckpointInfo info{saved.config, grid.tp_size(), 1, 3, 0, 0, "{}"};
   save_checkpoint(dir.path, info, saved.model.parameters(), &saved.optimizer, grid, *cpu_);
 
   // Another seed and other steps: every tensor differs before the load.
-  Trained loaded(*cpu_, grid.tp(), tiny_config(GetParam(), 12), 1);
+  Trained loaded(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq, 2, 12), 1);
   load_checkpoint(dir.path, loaded.model.parameters(), &loaded.optimizer, grid, *cpu_);
   EXPECT_EQ(loaded.optimizer.steps_taken(), 3);
 
@@ -128,8 +117,8 @@ TEST_P(OptimizerStateTest, CheckpointRootKeepsTheNewestStepsAndLoadsTheLatest) {
   prepare_checkpoint_root(root, grid.world(), *cpu_);
   std::vector<std::unique_ptr<Trained>> saved;
   for (int step = 1; step <= 3; ++step) {
-    saved.push_back(
-        std::make_unique<Trained>(*cpu_, grid.tp(), tiny_config(GetParam(), 20 + step), step));
+    saved.push_back(std::make_unique<Trained>(
+        *cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq, 2, 20 + step), step));
     const std::string written = save_checkpoint_step(
         root, info_at(*saved.back(), grid, step), saved.back()->model.parameters(),
         &saved.back()->optimizer, grid, *cpu_, /*keep_last=*/2);
@@ -139,7 +128,7 @@ TEST_P(OptimizerStateTest, CheckpointRootKeepsTheNewestStepsAndLoadsTheLatest) {
             (std::vector<std::string>{"step-00000002", "step-00000003"}));
   EXPECT_EQ(resolve_checkpoint(root), root + "/step-00000003");
   EXPECT_EQ(read_checkpoint_info(root).step, 3);
-  Trained loaded(*cpu_, grid.tp(), tiny_config(GetParam(), 99), 1);
+  Trained loaded(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq, 2, 99), 1);
   load_checkpoint(root, loaded.model.parameters(), &loaded.optimizer, grid, *cpu_);
   expect_same_weights(*cpu_, loaded, *saved.back());
   EXPECT_EQ(loaded.optimizer.steps_taken(), 3);
@@ -152,7 +141,7 @@ TEST_P(OptimizerStateTest, InterruptedSaveLeavesThePreviousCheckpointLoadable) {
   SharedDir dir;
   const std::string root = dir.path + "/run";
   prepare_checkpoint_root(root, grid.world(), *cpu_);
-  Trained first(*cpu_, grid.tp(), tiny_config(GetParam(), 31), 1);
+  Trained first(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq, 2, 31), 1);
   save_checkpoint_step(root, info_at(first, grid, 1), first.model.parameters(), &first.optimizer,
                        grid, *cpu_, 0);
   namespace fs = std::filesystem;
@@ -164,7 +153,7 @@ TEST_P(OptimizerStateTest, InterruptedSaveLeavesThePreviousCheckpointLoadable) {
   }
   world().barrier();
   EXPECT_EQ(resolve_checkpoint(root), root + "/step-00000001");
-  Trained loaded(*cpu_, grid.tp(), tiny_config(GetParam(), 98), 1);
+  Trained loaded(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq, 2, 98), 1);
   load_checkpoint(root, loaded.model.parameters(), nullptr, grid, *cpu_);
   expect_same_weights(*cpu_, loaded, first);
 
@@ -180,14 +169,14 @@ TEST_P(OptimizerStateTest, SavingAStepAgainTakesANewGeneration) {
   ParallelGrid grid(world(), world().size());
   SharedDir dir;
   const std::string root = dir.path + "/run";
-  Trained a(*cpu_, grid.tp(), tiny_config(GetParam(), 41), 1);
-  Trained b(*cpu_, grid.tp(), tiny_config(GetParam(), 42), 1);
+  Trained a(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq, 2, 41), 1);
+  Trained b(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq, 2, 42), 1);
   save_checkpoint_step(root, info_at(a, grid, 5), a.model.parameters(), nullptr, grid, *cpu_, 0);
   const std::string second = save_checkpoint_step(root, info_at(b, grid, 5), b.model.parameters(),
                                                   nullptr, grid, *cpu_, 0);
   EXPECT_EQ(second, root + "/step-00000005-2");
   EXPECT_EQ(resolve_checkpoint(root), second);
-  Trained loaded(*cpu_, grid.tp(), tiny_config(GetParam(), 97), 1);
+  Trained loaded(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq, 2, 97), 1);
   load_checkpoint(root, loaded.model.parameters(), nullptr, grid, *cpu_);
   expect_same_weights(*cpu_, loaded, b);
 }

@@ -10,9 +10,10 @@
 #include <map>
 #include <sstream>
 
+#include "common/gpt_fixtures.hpp"
 #include "common/temp_dir.hpp"
 #include "common/test_util.hpp"
-#include "dist/dist_env.hpp"
+#include "dist/gpt_reference.hpp"
 #include "weft/gpt.hpp"
 #include "weft/optimizer.hpp"
 #include "weft/pipeline.hpp"
@@ -22,38 +23,10 @@ namespace {
 
 constexpr int64_t kSeq = 8, kBatch = 2;
 
-GPTConfig tiny_config(const std::string& preset, int64_t layers = 4) {
-  GPTConfig c = GPTConfig::preset(preset);
-  c.vocab_size = 256;
-  c.max_seq = kSeq;
-  c.layers = layers;
-  c.hidden = 32;
-  c.heads = 4;
-  c.vocab_pad_multiple = 8;
-  c.seed = 99;
-  return c;
-}
-
-// Micro-batch `index`: kBatch windows of an English text, rows ordered (position, batch).
-void fill_batch_host(int64_t index, int32_t* ids, int32_t* targets) {
-  static const std::string text =
-      "It was the best of times, it was the worst of times, it was the age of wisdom, it was the "
-      "age of foolishness, it was the epoch of belief, it was the epoch of incredulity.";
-  const int64_t span = static_cast<int64_t>(text.size()) - kSeq - 1;
-  for (int64_t b = 0; b < kBatch; ++b) {
-    const int64_t start = ((index * kBatch + b) * 29) % span;
-    for (int64_t s = 0; s < kSeq; ++s) {
-      ids[s * kBatch + b] = static_cast<unsigned char>(text[static_cast<size_t>(start + s)]);
-      targets[s * kBatch + b] =
-          static_cast<unsigned char>(text[static_cast<size_t>(start + s + 1)]);
-    }
-  }
-}
-
 // Micro-batch `index` into `backend`'s ids and targets (written on the host, then copied).
 void fill_batch(Backend& backend, int64_t index, TensorView ids, TensorView targets) {
   std::vector<int32_t> ids_host(static_cast<size_t>(ids.numel())), targets_host(ids_host.size());
-  fill_batch_host(index, ids_host.data(), targets_host.data());
+  fill_text_sequences(index * kBatch, kBatch, kSeq, ids_host.data(), targets_host.data());
   backend.copy(ids, TensorView{ids_host.data(), ids.shape, DType::kI32, Device::cpu()});
   backend.copy(targets, TensorView{targets_host.data(), targets.shape, DType::kI32, Device::cpu()});
 }
@@ -64,67 +37,12 @@ PipelineModel::BatchLoader loader_for_step(Backend& backend, int64_t step, int64
   };
 }
 
-GPTConfig finalized(GPTConfig c, int tp) {
-  c.finalize(tp);
-  return c;
-}
-
-// The unsharded model (tp = 1, pp = 1) over a world of one, built from the same seed.
-struct Reference {
-  Reference(Backend& backend, const GPTConfig& config)
-      : self(make_test_self()),
-        ctx{backend, *self},
-        model(ctx, plain(config)),
-        rng(config.seed, 0),
-        ids(backend, Shape({kSeq * kBatch}), DType::kI32),
-        targets(backend, Shape({kSeq * kBatch}), DType::kI32) {}
-
-  static GPTConfig plain(GPTConfig c) {
-    c.sequence_parallel = false;
-    c.tp_comm_overlap = false;
-    return finalized(c, 1);
-  }
-
-  // Gradients of the mean over micro-batches of the mean token loss; returns that loss.
-  float accumulate(int64_t step, int64_t microbatches) {
-    zero_grads(ctx.backend, model.parameters());
-    double loss = 0.0;
-    for (int64_t mb = 0; mb < microbatches; ++mb) {
-      fill_batch(ctx.backend, step * microbatches + mb, ids, targets);
-      GPTModel::Saved saved;
-      loss += model.forward(ids, targets, kSeq, kBatch, rng, saved);
-      model.backward(saved, 1.0f / static_cast<float>(microbatches));
-    }
-    return static_cast<float>(loss / static_cast<double>(microbatches));
-  }
-
-  Parameter* find(const std::string& name) {
-    for (Parameter* p : model.parameters()) {
-      if (p->name == name) return p;
-    }
-    return nullptr;
-  }
-
-  std::unique_ptr<Communicator> self;
-  ParallelContext ctx;
-  GPTModel model;
-  DropoutRng rng;
-  Tensor ids, targets;
-};
-
-// This rank's window of the reference tensor that `shard` describes (init_parameter's rule).
-std::vector<double> reference_shard(Backend& backend, const Parameter& shard, TensorView global) {
-  std::vector<double> full = to_host(backend, global);
-  if (shard.is_replicated()) return full;
-  const Shape& g = shard.global_shape;
-  const Shape& local = shard.value.shape();
-  if (shard.partition_dim == g.rank() - 1) {
-    return column_block(full, g.rows(), g.cols(), local.cols() * shard.partition_index,
-                        local.cols());
-  }
-  const size_t begin = static_cast<size_t>(local.numel() * shard.partition_index);
-  return std::vector<double>(full.begin() + static_cast<std::ptrdiff_t>(begin),
-                             full.begin() + static_cast<std::ptrdiff_t>(begin + local.numel()));
+// The unsharded model's gradients for `step` of `microbatches` micro-batches; returns its loss.
+float reference_step(ReferenceGpt& ref, int64_t step, int64_t microbatches) {
+  return ref.accumulate(microbatches,
+                        [&ref, step, microbatches](int64_t mb, Tensor& ids, Tensor& targets) {
+                          fill_batch(ref.ctx.backend, step * microbatches + mb, ids, targets);
+                        });
 }
 
 struct Combo {
@@ -183,15 +101,15 @@ void check_gradients(Backend& cpu, const std::string& preset, Combo combo, Sched
   SCOPED_TRACE(describe(preset, combo, sc, options));
   ParallelGrid grid(world(), combo.tp, combo.pp);
   const auto [layers, counts] = layers_for(combo.pp, sc.virtual_stages);
-  GPTConfig config = tiny_config(preset, layers);
+  GPTConfig config = tiny_gpt_config(preset, kSeq, layers);
   config.dropout = options.dropout;
   config.sequence_parallel = options.sequence_parallel;
   config.tp_comm_overlap = options.tp_comm_overlap;
   config.recompute = options.recompute;
   const int64_t m = sc.kind == ScheduleKind::kInterleaved ? 4 : 3;
 
-  Reference ref(cpu, config);
-  const float ref_loss = ref.accumulate(0, m);
+  ReferenceGpt ref(cpu, make_test_self(), config, kBatch);
+  const float ref_loss = reference_step(ref, 0, m);
 
   PipelineModel model(ParallelContext{cpu, grid.tp()}, grid.pp(), config, sc.kind,
                       sc.virtual_stages, counts);
@@ -265,7 +183,7 @@ TEST(Pipeline, RecomputePoliciesKeepLessActivationMemory) {
   ParallelGrid grid(world(), combo.tp, combo.pp);
   std::map<Recompute, PipelineStats> stats;
   for (Recompute recompute : {Recompute::kNone, Recompute::kSelective, Recompute::kFull}) {
-    GPTConfig config = tiny_config("gpt2");
+    GPTConfig config = tiny_gpt_config("gpt2", kSeq, 4);
     config.recompute = recompute;
     PipelineModel model(ParallelContext{*cpu, grid.tp()}, grid.pp(), config, ScheduleKind::kGPipe);
     DropoutRng rng(1, 0);
@@ -310,9 +228,9 @@ TEST(Pipeline, EvaluateEqualsTheUnshardedForward) {
   const Combo combo = combos().back();
   ParallelGrid grid(world(), combo.tp, combo.pp);
   const auto [layers, counts] = layers_for(combo.pp, 2);
-  GPTConfig config = tiny_config("llama", layers);
+  GPTConfig config = tiny_gpt_config("llama", kSeq, layers);
   config.dropout = 0.1f;  // evaluation turns it off
-  Reference ref(*cpu, config);
+  ReferenceGpt ref(*cpu, make_test_self(), config, kBatch);
   ref.model.set_training(false);
   double expected = 0.0;
   for (int64_t mb = 0; mb < 4; ++mb) {
@@ -332,14 +250,14 @@ TEST(Pipeline, LossCurveEqualsTheUnshardedCurve) {
   const int n = world().size();
   const int tp = n >= 4 ? 2 : 1, pp = n >= 2 ? 2 : 1;
   constexpr int64_t kSteps = 20, kMicro = 4;
-  const GPTConfig config = tiny_config("gpt2");
+  const GPTConfig config = tiny_gpt_config("gpt2", kSeq, 4);
   auto lr = [](int64_t step) { return cosine_lr(step + 1, 2, kSteps, 3e-3f, 3e-4f); };
 
-  Reference ref(*cpu, config);
+  ReferenceGpt ref(*cpu, make_test_self(), config, kBatch);
   AdamW ref_opt(*cpu, ref.model.parameters(), AdamWConfig{});
   std::vector<float> expected;
   for (int64_t s = 0; s < kSteps; ++s) {
-    expected.push_back(ref.accumulate(s, kMicro));
+    expected.push_back(reference_step(ref, s, kMicro));
     ref_opt.step(lr(s), clip_coefficient(ref_opt.grad_norm(*ref.self), 1.0f));
   }
   ASSERT_LT(expected.back(), expected.front()) << "the loss must fall";
@@ -375,7 +293,7 @@ TEST(Pipeline, ChromeTraceHasATrackPerRankAndTheBubbleIsMeasured) {
   auto cpu = make_test_backend();
   const int pp = world().size() >= 2 ? 2 : 1;
   ParallelGrid grid(world(), 1, pp);
-  PipelineModel model(ParallelContext{*cpu, grid.tp()}, grid.pp(), tiny_config("gpt2"),
+  PipelineModel model(ParallelContext{*cpu, grid.tp()}, grid.pp(), tiny_gpt_config("gpt2", kSeq, 4),
                       ScheduleKind::k1F1B);
   DropoutRng rng(1, 0);
   PipelineTrace trace;
@@ -568,22 +486,6 @@ TEST(Pipeline, ACustomStagePipelineEqualsTheUnshardedComputation) {
   }
 }
 
-// Runs fn, expects a weft::Error whose text contains every needle, then meets every rank at a
-// barrier: a rank that had hung in a collective would never get there.
-template <typename Fn>
-void expect_error_on_every_rank(Fn&& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected weft::Error";
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    for (const std::string& needle : needles) {
-      EXPECT_NE(what.find(needle), std::string::npos) << "'" << needle << "' missing in: " << what;
-    }
-  }
-  world().barrier();
-}
-
 TEST(PipelineErrors, BadLayoutsAreRejectedOnEveryRankWithoutAHang) {
   auto cpu = make_test_backend();
   const int n = world().size();
@@ -594,7 +496,7 @@ TEST(PipelineErrors, BadLayoutsAreRejectedOnEveryRankWithoutAHang) {
   const int pp = std::min(n, 4);
   ParallelGrid grid(world(), 1, pp);
   const ParallelContext ctx{*cpu, grid.tp()};
-  const GPTConfig config = tiny_config("gpt2");  // 4 layers
+  const GPTConfig config = tiny_gpt_config("gpt2", kSeq, 4);  // 4 layers
   auto build = [&](ScheduleKind kind, int v, std::vector<int64_t> counts) {
     PipelineModel model(ctx, grid.pp(), config, kind, v, counts);
   };
@@ -618,7 +520,8 @@ TEST(PipelineErrors, BadLayoutsAreRejectedOnEveryRankWithoutAHang) {
     expect_error_on_every_rank([&] { build(ScheduleKind::kInterleaved, 2, hollow); },
                                {"virtual stage 1", "no layer, embedding or head"});
     // The interleaved schedule with micro-batches not divisible by the pipeline size.
-    PipelineModel model(ctx, grid.pp(), tiny_config("gpt2", 2 * pp), ScheduleKind::kInterleaved, 2);
+    PipelineModel model(ctx, grid.pp(), tiny_gpt_config("gpt2", kSeq, 2 * pp),
+                        ScheduleKind::kInterleaved, 2);
     DropoutRng rng(1, 0);
     const int64_t m = pp + 1;
     expect_error_on_every_rank(

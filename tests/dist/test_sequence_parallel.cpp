@@ -17,8 +17,9 @@
 #include <string>
 #include <tuple>
 
+#include "common/gpt_fixtures.hpp"
 #include "common/test_util.hpp"
-#include "dist/dist_env.hpp"
+#include "dist/tp_fixture.hpp"
 #include "weft/attention.hpp"
 #include "weft/embedding.hpp"
 #include "weft/gpt.hpp"
@@ -509,14 +510,8 @@ TEST_P(SequenceParallelTest, EmbeddingAndLmHeadEqualThePlainOnes) {
 constexpr int64_t kSeq = 8, kBatch = 2;
 
 GPTConfig tiny_config(const std::string& preset, int tp, Mode mode = {false, false}) {
-  GPTConfig c = GPTConfig::preset(preset);
+  GPTConfig c = tiny_gpt_config(preset, kSeq);
   c.vocab_size = 64;
-  c.max_seq = kSeq;
-  c.layers = 2;
-  c.hidden = 32;
-  c.heads = 4;
-  c.vocab_pad_multiple = 8;
-  c.seed = 99;
   c.sequence_parallel = mode.sequence_parallel;
   c.tp_comm_overlap = mode.overlap;
   c.finalize(tp);
@@ -716,13 +711,7 @@ INSTANTIATE_TEST_SUITE_P(TP, SequenceParallelTest, ::testing::Values(1, 2, 4),
                          [](const auto& info) { return "tp" + std::to_string(info.param); });
 INSTANTIATE_TEST_SUITE_P(TP, SequenceParallelModelTest, ::testing::Values(1, 2, 4),
                          [](const auto& info) { return "tp" + std::to_string(info.param); });
-INSTANTIATE_TEST_SUITE_P(TpAndDType, OverlapOpsTest,
-                         ::testing::Combine(::testing::Values(1, 2, 4),
-                                            ::testing::Values(DType::kF32, DType::kBF16)),
-                         [](const auto& info) {
-                           return "tp" + std::to_string(std::get<0>(info.param)) + "_" +
-                                  dtype_name(std::get<1>(info.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(TpAndDType, OverlapOpsTest, WEFT_TP_SIZES_AND_DTYPES, tp_dtype_name);
 
 }  // namespace
 }  // namespace weft::testing

@@ -1,5 +1,6 @@
-// Unit tests of CpuBackend: GEMM with every epilogue against double-precision loops, the copy and
-// elementwise ops, and the argument checks. Outputs are poisoned with NaN before each op.
+// Unit tests of CpuBackend: the GEMM and elementwise-op case tables (common/*_op_cases.cpp) on
+// the CPU, the copy ops, primitive caching, and the argument checks. Outputs are poisoned with
+// NaN before each op.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "common/gemm_op_cases.hpp"
+#include "common/pointwise_op_cases.hpp"
 #include "unit/unit_util.hpp"
 #include "weft/weft.hpp"
 
@@ -26,205 +29,10 @@ using testing::tolerance;
 
 const DType kDtypes[] = {DType::kF32, DType::kBF16, DType::kF16};
 
-// --- GEMM against the double reference ----------------------------------------------------------
+// --- GEMM: the table of cases every backend runs (common/gemm_op_cases.cpp) ---------------------
 
-struct GemmCase {
-  DType in = DType::kF32;
-  DType out = DType::kF32;
-  bool ta = false, tb = false;
-  int64_t m = 37, n = 53, k = 29;
-  float alpha = 1.0f, beta = 0.0f;
-  Epilogue epilogue = Epilogue::kNone;
-  bool save_gelu_input = false;
-};
-
-const char* epilogue_name(Epilogue e) {
-  switch (e) {
-    case Epilogue::kNone:
-      return "None";
-    case Epilogue::kBias:
-      return "Bias";
-    case Epilogue::kGelu:
-      return "Gelu";
-    case Epilogue::kBiasGelu:
-      return "BiasGelu";
-    case Epilogue::kBiasGrad:
-      return "BiasGrad";
-  }
-  return "Unknown";
-}
-
-std::string scalar_name(float v) {
-  std::string s = std::to_string(v);
-  s.erase(s.find_last_not_of('0') + 1);
-  if (s.back() == '.') s.pop_back();
-  for (char& c : s) {
-    if (c == '.') c = 'p';
-    if (c == '-') c = 'm';
-  }
-  return s;
-}
-
-std::string case_name(const GemmCase& c) {
-  std::ostringstream os;
-  os << dtype_name(c.in);
-  if (c.out != c.in) os << "_to_" << dtype_name(c.out);
-  os << "_" << (c.ta ? 'T' : 'N') << (c.tb ? 'T' : 'N') << "_" << c.m << "x" << c.n << "x" << c.k
-     << "_" << epilogue_name(c.epilogue) << (c.save_gelu_input ? "Saved" : "") << "_alpha"
-     << scalar_name(c.alpha) << "_beta" << scalar_name(c.beta);
-  return os.str();
-}
-
-// Every C the kernel can produce for these inputs: inputs of `in`, C of `in` or f32.
-std::vector<std::pair<DType, DType>> dtype_pairs() {
-  return {{DType::kF32, DType::kF32},
-          {DType::kBF16, DType::kBF16},
-          {DType::kF16, DType::kF16},
-          {DType::kBF16, DType::kF32},
-          {DType::kF16, DType::kF32}};
-}
-
-std::vector<GemmCase> gemm_cases() {
-  std::vector<GemmCase> cases;
-  for (auto [in, out] : dtype_pairs()) {
-    // Plain products, all four transpose combinations, odd and larger sizes.
-    for (bool ta : {false, true}) {
-      for (bool tb : {false, true}) {
-        GemmCase c;
-        c.in = in;
-        c.out = out;
-        c.ta = ta;
-        c.tb = tb;
-        cases.push_back(c);
-        c.m = 128;
-        c.n = 96;
-        c.k = 200;
-        cases.push_back(c);
-        // Scaling and accumulation into a random C.
-        c.m = 37;
-        c.n = 53;
-        c.k = 29;
-        c.alpha = 0.625f;
-        cases.push_back(c);
-        c.alpha = 1.0f;
-        c.beta = 1.0f;
-        cases.push_back(c);
-        c.alpha = -1.5f;
-        c.beta = 0.5f;
-        cases.push_back(c);
-      }
-    }
-    // Each epilogue, with and without scaling and accumulation.
-    const std::pair<float, float> scalings[] = {
-        {1.0f, 0.0f}, {1.0f, 1.0f}, {0.625f, 0.0f}, {-1.5f, 0.5f}};
-    struct Ep {
-      Epilogue epilogue;
-      bool saved;
-    };
-    const Ep eps[] = {{Epilogue::kBias, false},    {Epilogue::kGelu, false},
-                      {Epilogue::kGelu, true},     {Epilogue::kBiasGelu, false},
-                      {Epilogue::kBiasGelu, true}, {Epilogue::kBiasGrad, false}};
-    for (const Ep& ep : eps) {
-      for (auto [alpha, beta] : scalings) {
-        for (bool ta : {false, true}) {
-          GemmCase c;
-          c.in = in;
-          c.out = out;
-          c.ta = ta;
-          c.tb = !ta;
-          c.alpha = alpha;
-          c.beta = beta;
-          c.epilogue = ep.epilogue;
-          c.save_gelu_input = ep.saved;
-          cases.push_back(c);
-        }
-      }
-      GemmCase big;
-      big.in = in;
-      big.out = out;
-      big.m = 128;
-      big.n = 96;
-      big.k = 200;
-      big.epilogue = ep.epilogue;
-      big.save_gelu_input = ep.saved;
-      cases.push_back(big);
-    }
-  }
-  return cases;
-}
-
-// gtest prints a failing parameter with this instead of its bytes.
-void PrintTo(const GemmCase& c, std::ostream* os) { *os << case_name(c); }
-
-class GemmTest : public ::testing::TestWithParam<GemmCase> {};
-
-TEST_P(GemmTest, MatchesDoubleReference) {
-  const GemmCase& p = GetParam();
-  auto backend = make_cpu_backend();
-  const int64_t m = p.m, n = p.n, k = p.k;
-  const uint64_t seed = std::hash<std::string>()(case_name(p));
-  Tensor a = random_tensor(*backend, p.ta ? Shape({k, m}) : Shape({m, k}), p.in, seed + 1);
-  Tensor b = random_tensor(*backend, p.tb ? Shape({n, k}) : Shape({k, n}), p.in, seed + 2);
-  // beta == 0 means C is not read: poison it then, so a kernel that reads it fails.
-  Tensor c = p.beta != 0.0f ? random_tensor(*backend, Shape({m, n}), p.out, seed + 3)
-                            : poisoned(*backend, Shape({m, n}), p.out);
-  Tensor bias = random_tensor(*backend, Shape({n}), p.out, seed + 4, 0.7);
-  Tensor gelu_input = poisoned(*backend, Shape({m, n}), p.out);
-  Tensor bias_grad = poisoned(*backend, Shape({m}), p.out);
-
-  const std::vector<double> a_h = to_host(*backend, a), b_h = to_host(*backend, b);
-  const std::vector<double> c0 = to_host(*backend, c), bias_h = to_host(*backend, bias);
-
-  GemmArgs args;
-  args.a = a;
-  args.b = b;
-  args.c = c;
-  args.transpose_a = p.ta;
-  args.transpose_b = p.tb;
-  args.alpha = p.alpha;
-  args.beta = p.beta;
-  args.epilogue = p.epilogue;
-  const bool wants_bias = p.epilogue == Epilogue::kBias || p.epilogue == Epilogue::kBiasGelu;
-  const bool gelu = p.epilogue == Epilogue::kGelu || p.epilogue == Epilogue::kBiasGelu;
-  if (wants_bias) args.bias = bias;
-  if (p.save_gelu_input) args.gelu_input = gelu_input;
-  if (p.epilogue == Epilogue::kBiasGrad) args.bias_grad = bias_grad;
-  backend->gemm(args);
-
-  // The pre-activation: alpha op(A) op(B) + beta C (+ bias), then the GeLU where asked.
-  std::vector<double> pre = reference_matmul(a_h, b_h, m, n, k, p.ta, p.tb);
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      double& v = pre[i * n + j];
-      v = p.alpha * v + (p.beta != 0.0f ? p.beta * c0[i * n + j] : 0.0);
-      if (wants_bias) v += bias_h[j];
-    }
-  }
-  std::vector<double> expected = pre;
-  if (gelu) {
-    for (double& v : expected) v = reference_gelu(v);
-  }
-  const double tol = tolerance(p.out);
-  EXPECT_LE(max_rel_error(to_host(*backend, c), expected), tol) << "C of " << case_name(p);
-  if (p.save_gelu_input) {
-    EXPECT_LE(max_rel_error(to_host(*backend, gelu_input), pre), tol)
-        << "gelu_input (the pre-activation) of " << case_name(p);
-  }
-  if (p.epilogue == Epilogue::kBiasGrad) {
-    // bias_grad[i] = sum over the reduction dimension of op(A)[i, :].
-    std::vector<double> sums(static_cast<size_t>(m), 0.0);
-    for (int64_t i = 0; i < m; ++i) {
-      for (int64_t kk = 0; kk < k; ++kk) sums[i] += p.ta ? a_h[kk * m + i] : a_h[i * k + kk];
-    }
-    EXPECT_LE(max_rel_error(to_host(*backend, bias_grad), sums), tol)
-        << "bias_grad of " << case_name(p);
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(Cpu, GemmTest, ::testing::ValuesIn(gemm_cases()),
-                         [](const ::testing::TestParamInfo<GemmCase>& info) {
-                           return case_name(info.param);
-                         });
+using testing::GemmOpTest;
+WEFT_INSTANTIATE_GEMM_CASES(Cpu, "cpu");
 
 TEST(GemmTest, EmptyOutputIsANoOp) {
   auto backend = make_cpu_backend();
@@ -476,30 +284,10 @@ TEST(FillTest, FillsEveryElementWithTheRoundedValue) {
   }
 }
 
-// --- elementwise ops ----------------------------------------------------------------------------
+// --- elementwise ops: the table of cases every backend runs (common/pointwise_op_cases.cpp) -----
 
-TEST(AddTest, MatchesReferenceOutOfPlaceAndInPlace) {
-  auto backend = make_cpu_backend();
-  for (DType dtype : kDtypes) {
-    for (const Shape& shape : {Shape({3, 7}), Shape({300, 257})}) {
-      Tensor a = random_tensor(*backend, shape, dtype, 71);
-      Tensor b = random_tensor(*backend, shape, dtype, 72, 0.5);
-      const auto ah = to_host(*backend, a), bh = to_host(*backend, b);
-      std::vector<double> expected(ah.size());
-      for (size_t i = 0; i < ah.size(); ++i) expected[i] = ah[i] + bh[i];
-      Tensor out = poisoned(*backend, shape, dtype);
-      backend->add(out, a, b);
-      EXPECT_LE(max_rel_error(to_host(*backend, out), expected), tolerance(dtype))
-          << dtype_name(dtype) << shape.str();
-      backend->add(b, a, b);  // out aliases b
-      EXPECT_LE(max_rel_error(to_host(*backend, b), expected), tolerance(dtype));
-      backend->add(a, a, a);  // out aliases both
-      std::vector<double> doubled(ah.size());
-      for (size_t i = 0; i < ah.size(); ++i) doubled[i] = 2 * ah[i];
-      EXPECT_EQ(to_host(*backend, a), doubled) << dtype_name(dtype);
-    }
-  }
-}
+using testing::PointwiseOpTest;
+WEFT_INSTANTIATE_POINTWISE_CASES(Cpu, "cpu");
 
 TEST(AddTest, MismatchedOperandsThrow) {
   auto backend = make_cpu_backend();
@@ -511,26 +299,6 @@ TEST(AddTest, MismatchedOperandsThrow) {
   EXPECT_WEFT_ERROR(backend->add(out, a, c), "add", "bf16", "f32");
 }
 
-TEST(AddBiasTest, BroadcastsOverRowsOutOfPlaceAndInPlace) {
-  auto backend = make_cpu_backend();
-  for (DType dtype : kDtypes) {
-    for (const Shape& shape : {Shape({2, 3, 10}), Shape({300, 257})}) {
-      const int64_t cols = shape.cols();
-      Tensor in = random_tensor(*backend, shape, dtype, 81);
-      Tensor bias = random_tensor(*backend, Shape({cols}), dtype, 82);
-      const auto ih = to_host(*backend, in), bh = to_host(*backend, bias);
-      std::vector<double> expected(ih.size());
-      for (size_t i = 0; i < ih.size(); ++i) expected[i] = ih[i] + bh[i % cols];
-      Tensor out = poisoned(*backend, shape, dtype);
-      backend->add_bias(out, in, bias);
-      EXPECT_LE(max_rel_error(to_host(*backend, out), expected), tolerance(dtype))
-          << dtype_name(dtype) << shape.str();
-      backend->add_bias(in, in, bias);
-      EXPECT_EQ(to_host(*backend, in), to_host(*backend, out)) << dtype_name(dtype);
-    }
-  }
-}
-
 TEST(AddBiasTest, WrongBiasThrowsNamingIt) {
   auto backend = make_cpu_backend();
   Tensor in = random_tensor(*backend, Shape({4, 10}), DType::kF32, 1);
@@ -539,42 +307,6 @@ TEST(AddBiasTest, WrongBiasThrowsNamingIt) {
   Tensor bias_bf16 = random_tensor(*backend, Shape({10}), DType::kBF16, 3);
   EXPECT_WEFT_ERROR(backend->add_bias(out, in, bias9), "f32[9]", "10");
   EXPECT_WEFT_ERROR(backend->add_bias(out, in, bias_bf16), "bf16[10]");
-}
-
-TEST(GeluTest, MatchesReferenceOutOfPlaceAndInPlace) {
-  auto backend = make_cpu_backend();
-  for (DType dtype : kDtypes) {
-    for (const Shape& shape : {Shape({6, 11}), Shape({300, 257})}) {
-      Tensor in = random_tensor(*backend, shape, dtype, 91, 2.5);  // reach both tails
-      std::vector<double> expected = to_host(*backend, in);
-      for (double& v : expected) v = reference_gelu(v);
-      Tensor out = poisoned(*backend, shape, dtype);
-      backend->gelu(out, in);
-      EXPECT_LE(max_rel_error(to_host(*backend, out), expected), tolerance(dtype))
-          << dtype_name(dtype) << shape.str();
-      backend->gelu(in, in);
-      EXPECT_EQ(to_host(*backend, in), to_host(*backend, out)) << dtype_name(dtype);
-    }
-  }
-}
-
-TEST(GeluTest, BackwardMatchesReferenceOutOfPlaceAndInPlace) {
-  auto backend = make_cpu_backend();
-  for (DType dtype : kDtypes) {
-    for (const Shape& shape : {Shape({6, 11}), Shape({300, 257})}) {
-      Tensor input = random_tensor(*backend, shape, dtype, 101, 2.5);
-      Tensor grad_out = random_tensor(*backend, shape, dtype, 102);
-      const auto xh = to_host(*backend, input), gh = to_host(*backend, grad_out);
-      std::vector<double> expected(xh.size());
-      for (size_t i = 0; i < xh.size(); ++i) expected[i] = gh[i] * reference_gelu_grad(xh[i]);
-      Tensor grad_in = poisoned(*backend, shape, dtype);
-      backend->gelu_backward(grad_in, grad_out, input);
-      EXPECT_LE(max_rel_error(to_host(*backend, grad_in), expected), tolerance(dtype))
-          << dtype_name(dtype) << shape.str();
-      backend->gelu_backward(grad_out, grad_out, input);  // grad_in aliases grad_out
-      EXPECT_EQ(to_host(*backend, grad_out), to_host(*backend, grad_in)) << dtype_name(dtype);
-    }
-  }
 }
 
 TEST(GeluTest, ReferenceGradientIsTheDerivativeOfTheReference) {

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "common/gpt_fixtures.hpp"
 #include "unit/unit_util.hpp"
 #include "weft/gpt.hpp"
 #include "weft/optimizer.hpp"
@@ -13,14 +14,9 @@ namespace weft::testing {
 namespace {
 
 GPTConfig tiny_config(const std::string& preset) {
-  GPTConfig c = GPTConfig::preset(preset);
+  GPTConfig c = tiny_gpt_config(preset, 8, 2, 7);
   c.vocab_size = 64;
-  c.max_seq = 8;
-  c.layers = 2;
   c.hidden = 16;
-  c.heads = 4;
-  c.vocab_pad_multiple = 8;
-  c.seed = 7;
   c.finalize(1);
   return c;
 }

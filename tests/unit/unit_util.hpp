@@ -44,13 +44,6 @@ inline Tensor from_host(Backend& backend, const Shape& shape, DType dtype,
   return t;
 }
 
-// A tensor whose every element is NaN, so that an op that writes nothing fails its check.
-inline Tensor poisoned(Backend& backend, const Shape& shape, DType dtype) {
-  Tensor t(backend, shape, dtype);
-  backend.fill(t, NAN);
-  return t;
-}
-
 }  // namespace weft::testing
 
 #define EXPECT_CONTAINS(text, part) \

@@ -28,7 +28,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "backend/backend_checks.hpp"
+#include "backend/attention_dims.hpp"
 #include "backend/cpu/cpu_backend.hpp"
 #include "backend/cpu/cpu_simd.hpp"
 #include "backend/cpu/onednn.hpp"
@@ -478,9 +478,9 @@ void dispatch_attention(OneDnn& dnn, DType dtype, Fn&& fn) {
 
 }  // namespace
 
-void CpuBackend::attention(TensorView out, TensorView lse, TensorView qkv,
-                           const AttentionShape& shape) {
-  const AttentionDims d = check_attention_args(out, lse, qkv, shape, device());
+void CpuBackend::do_attention(TensorView out, TensorView lse, TensorView qkv,
+                              const AttentionShape& shape) {
+  const AttentionDims d = attention_dims(shape);
   dispatch_attention(*onednn_, qkv.dtype, [&](auto t_tag, auto c_tag) {
     using T = decltype(t_tag);
     using Tc = decltype(c_tag);
@@ -492,10 +492,9 @@ void CpuBackend::attention(TensorView out, TensorView lse, TensorView qkv,
   });
 }
 
-void CpuBackend::attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
-                                    TensorView lse, const AttentionShape& shape) {
-  const AttentionDims d =
-      check_attention_backward_args(grad_qkv, grad_out, qkv, lse, shape, device());
+void CpuBackend::do_attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
+                                       TensorView lse, const AttentionShape& shape) {
+  const AttentionDims d = attention_dims(shape);
   dispatch_attention(*onednn_, qkv.dtype, [&](auto t_tag, auto c_tag) {
     using T = decltype(t_tag);
     using Tc = decltype(c_tag);
@@ -504,10 +503,10 @@ void CpuBackend::attention_backward(TensorView grad_qkv, TensorView grad_out, Te
   });
 }
 
-void CpuBackend::attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache,
-                                      TensorView qkv, const AttentionShape& shape, int64_t past) {
-  const AttentionDims d =
-      check_attention_with_cache_args(out, k_cache, v_cache, qkv, shape, past, device());
+void CpuBackend::do_attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache,
+                                         TensorView qkv, const AttentionShape& shape,
+                                         int64_t past) {
+  const AttentionDims d = attention_dims(shape);
   const int64_t S = d.seq, B = d.batch, D = d.head_dim, capacity = k_cache.shape[2];
   dispatch_attention(*onednn_, qkv.dtype, [&](auto t_tag, auto c_tag) {
     using T = decltype(t_tag);

@@ -59,18 +59,12 @@ std::unique_ptr<Stream> CpuBackend::create_stream(StreamPriority) {
 
 std::unique_ptr<Event> CpuBackend::create_event() { return std::make_unique<CpuEvent>(); }
 
-void CpuBackend::copy(TensorView dst, TensorView src) {
-  check_on_device(dst, device(), "copy", "dst");
-  check_on_device(src, device(), "copy", "src");
-  check_same_layout(dst, src, "copy", "dst", "src");
+void CpuBackend::do_copy(TensorView dst, TensorView src) {
   if (dst.data != src.data && dst.bytes() > 0) std::memcpy(dst.data, src.data, dst.bytes());
 }
 
-void CpuBackend::copy_columns(TensorView dst, int64_t dst_col, TensorView src, int64_t src_col,
-                              int64_t cols) {
-  check_on_device(dst, device(), "copy_columns", "dst");
-  check_on_device(src, device(), "copy_columns", "src");
-  check_copy_columns_args(dst, dst_col, src, src_col, cols);
+void CpuBackend::do_copy_columns(TensorView dst, int64_t dst_col, TensorView src, int64_t src_col,
+                                 int64_t cols) {
   const int64_t rows = dst.shape.rows();
   const size_t es = dtype_size(dst.dtype);
   const size_t dst_pitch = dst.shape.cols() * es, src_pitch = src.shape.cols() * es;
@@ -80,8 +74,7 @@ void CpuBackend::copy_columns(TensorView dst, int64_t dst_col, TensorView src, i
   for (int64_t r = 0; r < rows; ++r) std::memcpy(d + r * dst_pitch, s + r * src_pitch, cols * es);
 }
 
-void CpuBackend::convert(TensorView dst, TensorView src) {
-  check_convert_args(dst, src, device());
+void CpuBackend::do_convert(TensorView dst, TensorView src) {
   const int64_t n = dst.numel();
   dispatch_storage(src.dtype, [&](auto src_tag) {
     using TS = typename decltype(src_tag)::type;
@@ -95,8 +88,7 @@ void CpuBackend::convert(TensorView dst, TensorView src) {
   });
 }
 
-void CpuBackend::fill(TensorView dst, float value) {
-  check_on_device(dst, device(), "fill", "dst");
+void CpuBackend::do_fill(TensorView dst, float value) {
   const int64_t n = dst.numel();
   dispatch_storage(dst.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -106,10 +98,9 @@ void CpuBackend::fill(TensorView dst, float value) {
   });
 }
 
-void CpuBackend::fill_random(TensorView dst, const RandomFill& spec) {
-  check_on_device(dst, device(), "fill_random", "dst");
+void CpuBackend::do_fill_random(TensorView dst, const RandomFill& spec) {
   const int64_t rows = dst.shape.rows(), cols = dst.shape.cols();
-  const int64_t global_cols = check_fill_random_args(dst, spec);
+  const int64_t global_cols = spec.row_length(cols);
   dispatch_storage(dst.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* d = dst.as<T>();
@@ -123,7 +114,7 @@ void CpuBackend::fill_random(TensorView dst, const RandomFill& spec) {
   });
 }
 
-void CpuBackend::gemm(const GemmArgs& args) { onednn_->matmul(args); }
+void CpuBackend::do_gemm(const GemmArgs& args) { onednn_->matmul(args); }
 
 namespace {
 // Applies fn(i, TypeTag<T>) -> float to every element of `out` (same dtype T for all operands).
@@ -143,16 +134,14 @@ float at(const TensorView& v, int64_t i) {
 }
 }  // namespace
 
-void CpuBackend::add(TensorView out, TensorView a, TensorView b) {
-  check_add_args(out, a, b, device());
+void CpuBackend::do_add(TensorView out, TensorView a, TensorView b) {
   elementwise(out, [&](int64_t i, auto tag) {
     using T = typename decltype(tag)::type;
     return at<T>(a, i) + at<T>(b, i);
   });
 }
 
-void CpuBackend::add_bias(TensorView out, TensorView in, TensorView bias) {
-  check_add_bias_args(out, in, bias, device());
+void CpuBackend::do_add_bias(TensorView out, TensorView in, TensorView bias) {
   const int64_t cols = out.shape.cols();
   elementwise(out, [&](int64_t i, auto tag) {
     using T = typename decltype(tag)::type;
@@ -160,8 +149,7 @@ void CpuBackend::add_bias(TensorView out, TensorView in, TensorView bias) {
   });
 }
 
-void CpuBackend::gelu(TensorView out, TensorView in) {
-  check_gelu_args(out, in, device());
+void CpuBackend::do_gelu(TensorView out, TensorView in) {
   if (onednn_->gelu(out, in)) return;
   elementwise(out, [&](int64_t i, auto tag) {
     using T = typename decltype(tag)::type;
@@ -169,8 +157,7 @@ void CpuBackend::gelu(TensorView out, TensorView in) {
   });
 }
 
-void CpuBackend::gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
-  check_gelu_backward_args(grad_in, grad_out, input, device());
+void CpuBackend::do_gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
   if (onednn_->gelu_backward(grad_in, grad_out, input)) return;
   elementwise(grad_in, [&](int64_t i, auto tag) {
     using T = typename decltype(tag)::type;

@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "backend/backend_checks.hpp"
+#include "backend/attention_dims.hpp"
 #include "backend/cpu/cpu_backend.hpp"
 #include "backend/cpu/cpu_simd.hpp"
 #include "backend/dtype_dispatch.hpp"
@@ -236,8 +236,7 @@ int64_t valid_vocab_columns(int64_t v_local, int64_t vocab_start, int64_t vocab_
 
 }  // namespace
 
-void CpuBackend::scale(TensorView out, TensorView in, float alpha) {
-  check_scale_args(out, in, device());
+void CpuBackend::do_scale(TensorView out, TensorView in, float alpha) {
   const int64_t n = out.numel();
   dispatch_storage(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -248,8 +247,7 @@ void CpuBackend::scale(TensorView out, TensorView in, float alpha) {
   });
 }
 
-void CpuBackend::sum_squares(TensorView out, TensorView in) {
-  check_sum_squares_args(out, in, device());
+void CpuBackend::do_sum_squares(TensorView out, TensorView in) {
   const int64_t n = in.numel();
   const int64_t chunks = (n + kReduceChunk - 1) / kReduceChunk;
   std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
@@ -275,9 +273,8 @@ void CpuBackend::sum_squares(TensorView out, TensorView in) {
 
 // ---- norms ----------------------------------------------------------------------------------
 
-void CpuBackend::layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in,
-                            TensorView gamma, TensorView beta, float eps) {
-  check_layer_norm_args(out, mean, rstd, in, gamma, beta, eps, device());
+void CpuBackend::do_layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in,
+                               TensorView gamma, TensorView beta, float eps) {
   const int64_t rows = in.shape.rows(), cols = in.shape.cols();
   dispatch_storage(in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -291,11 +288,9 @@ void CpuBackend::layer_norm(TensorView out, TensorView mean, TensorView rstd, Te
   });
 }
 
-void CpuBackend::layer_norm_backward(TensorView grad_in, TensorView grad_gamma,
-                                     TensorView grad_beta, TensorView grad_out, TensorView in,
-                                     TensorView gamma, TensorView mean, TensorView rstd) {
-  check_layer_norm_backward_args(grad_in, grad_gamma, grad_beta, grad_out, in, gamma, mean, rstd,
-                                 device());
+void CpuBackend::do_layer_norm_backward(TensorView grad_in, TensorView grad_gamma,
+                                        TensorView grad_beta, TensorView grad_out, TensorView in,
+                                        TensorView gamma, TensorView mean, TensorView rstd) {
   const int64_t rows = in.shape.rows(), cols = in.shape.cols();
   const float* mu = mean.as<float>();
   const float* rs = rstd.as<float>();
@@ -320,9 +315,8 @@ void CpuBackend::layer_norm_backward(TensorView grad_in, TensorView grad_gamma,
   });
 }
 
-void CpuBackend::rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma,
-                          float eps) {
-  check_rms_norm_args(out, rstd, in, gamma, eps, device());
+void CpuBackend::do_rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma,
+                             float eps) {
   const int64_t rows = in.shape.rows(), cols = in.shape.cols();
   dispatch_storage(in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -335,9 +329,9 @@ void CpuBackend::rms_norm(TensorView out, TensorView rstd, TensorView in, Tensor
   });
 }
 
-void CpuBackend::rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out,
-                                   TensorView in, TensorView gamma, TensorView rstd) {
-  check_rms_norm_backward_args(grad_in, grad_gamma, grad_out, in, gamma, rstd, device());
+void CpuBackend::do_rms_norm_backward(TensorView grad_in, TensorView grad_gamma,
+                                      TensorView grad_out, TensorView in, TensorView gamma,
+                                      TensorView rstd) {
   const int64_t rows = in.shape.rows(), cols = in.shape.cols();
   const float* rs = rstd.as<float>();
   dispatch_storage(in.dtype, [&](auto tag) {
@@ -362,9 +356,9 @@ void CpuBackend::rms_norm_backward(TensorView grad_in, TensorView grad_gamma, Te
 
 // ---- rotary embedding ------------------------------------------------------------------------
 
-void CpuBackend::rope(TensorView qkv, const AttentionShape& shape, float theta,
-                      int64_t position_offset, bool inverse) {
-  const AttentionDims d = check_rope_args(qkv, shape, theta, position_offset, device());
+void CpuBackend::do_rope(TensorView qkv, const AttentionShape& shape, float theta,
+                         int64_t position_offset, bool inverse) {
+  const AttentionDims d = attention_dims(shape);
   const int64_t S = d.seq, B = d.batch, half = d.head_dim / 2;
   // Angles in double: positions reach 1e5 and more, where an f32 angle loses the low digits.
   std::vector<float> cos_t(S * half), sin_t(S * half);
@@ -400,8 +394,8 @@ void CpuBackend::rope(TensorView qkv, const AttentionShape& shape, float theta,
 
 // ---- embedding ------------------------------------------------------------------------------
 
-void CpuBackend::embedding(TensorView out, TensorView ids, TensorView table, int64_t vocab_start) {
-  check_embedding_args(out, ids, table, vocab_start, device());
+void CpuBackend::do_embedding(TensorView out, TensorView ids, TensorView table,
+                              int64_t vocab_start) {
   const int64_t tokens = ids.numel(), rows = table.shape.rows(), hidden = table.shape.cols();
   const int32_t* id = ids.as<int32_t>();
   const size_t row_bytes = static_cast<size_t>(hidden) * dtype_size(table.dtype);
@@ -419,9 +413,8 @@ void CpuBackend::embedding(TensorView out, TensorView ids, TensorView table, int
   }
 }
 
-void CpuBackend::embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out,
-                                    int64_t vocab_start) {
-  check_embedding_backward_args(grad_table, ids, grad_out, vocab_start, device());
+void CpuBackend::do_embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out,
+                                       int64_t vocab_start) {
   const int64_t tokens = ids.numel(), rows = grad_table.shape.rows();
   const int64_t hidden = grad_table.shape.cols();
   const int32_t* id = ids.as<int32_t>();
@@ -461,9 +454,8 @@ void CpuBackend::embedding_backward(TensorView grad_table, TensorView ids, Tenso
 
 // ---- vocab-parallel cross-entropy pieces ----------------------------------------------------
 
-void CpuBackend::vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start,
-                           int64_t vocab_size) {
-  check_vocab_max_args(row_max, logits, vocab_start, vocab_size, device());
+void CpuBackend::do_vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start,
+                              int64_t vocab_size) {
   const int64_t tokens = logits.shape.rows(), v_local = logits.shape.cols();
   const int64_t valid = valid_vocab_columns(v_local, vocab_start, vocab_size);
   dispatch_storage(logits.dtype, [&](auto tag) {
@@ -476,11 +468,10 @@ void CpuBackend::vocab_max(TensorView row_max, TensorView logits, int64_t vocab_
   });
 }
 
-void CpuBackend::vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit,
-                                          TensorView logits, TensorView row_max, TensorView targets,
-                                          int64_t vocab_start, int64_t vocab_size) {
-  check_vocab_sum_exp_and_target_args(sum_exp, target_logit, logits, row_max, targets, vocab_start,
-                                      vocab_size, device());
+void CpuBackend::do_vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit,
+                                             TensorView logits, TensorView row_max,
+                                             TensorView targets, int64_t vocab_start,
+                                             int64_t vocab_size) {
   const int64_t tokens = logits.shape.rows(), v_local = logits.shape.cols();
   const int64_t valid = valid_vocab_columns(v_local, vocab_start, vocab_size);
   const float* mx = row_max.as<float>();
@@ -498,12 +489,10 @@ void CpuBackend::vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_
   });
 }
 
-void CpuBackend::vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits,
-                                              TensorView row_max, TensorView sum_exp,
-                                              TensorView targets, TensorView grad_loss,
-                                              int64_t vocab_start, int64_t vocab_size) {
-  check_vocab_cross_entropy_backward_args(grad_logits, logits, row_max, sum_exp, targets, grad_loss,
-                                          vocab_start, vocab_size, device());
+void CpuBackend::do_vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits,
+                                                 TensorView row_max, TensorView sum_exp,
+                                                 TensorView targets, TensorView grad_loss,
+                                                 int64_t vocab_start, int64_t vocab_size) {
   const int64_t tokens = logits.shape.rows(), v_local = logits.shape.cols();
   const int64_t valid = valid_vocab_columns(v_local, vocab_start, vocab_size);
   const float *mx = row_max.as<float>(), *se = sum_exp.as<float>(), *gl = grad_loss.as<float>();
@@ -522,8 +511,7 @@ void CpuBackend::vocab_cross_entropy_backward(TensorView grad_logits, TensorView
 
 // ---- SwiGLU, dropout, AdamW -----------------------------------------------------------------
 
-void CpuBackend::swiglu(TensorView out, TensorView gate, TensorView up) {
-  check_swiglu_args(out, gate, up, device());
+void CpuBackend::do_swiglu(TensorView out, TensorView gate, TensorView up) {
   const int64_t n = out.numel();
   dispatch_storage(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -533,9 +521,8 @@ void CpuBackend::swiglu(TensorView out, TensorView gate, TensorView up) {
   });
 }
 
-void CpuBackend::swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out,
-                                 TensorView gate, TensorView up) {
-  check_swiglu_backward_args(grad_gate, grad_up, grad_out, gate, up, device());
+void CpuBackend::do_swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out,
+                                    TensorView gate, TensorView up) {
   const int64_t n = gate.numel();
   dispatch_storage(gate.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -547,9 +534,8 @@ void CpuBackend::swiglu_backward(TensorView grad_gate, TensorView grad_up, Tenso
   });
 }
 
-void CpuBackend::dropout(TensorView out, TensorView in, float probability, uint64_t seed,
-                         uint64_t offset) {
-  check_dropout_args(out, in, probability, device());
+void CpuBackend::do_dropout(TensorView out, TensorView in, float probability, uint64_t seed,
+                            uint64_t offset) {
   const int64_t n = out.numel();
   const float keep_scale = 1.0f / (1.0f - probability);
   dispatch_storage(out.dtype, [&](auto tag) {
@@ -564,9 +550,8 @@ void CpuBackend::dropout(TensorView out, TensorView in, float probability, uint6
   });
 }
 
-void CpuBackend::adamw(TensorView master, TensorView m, TensorView v, TensorView grad,
-                       const AdamWStep& step) {
-  check_adamw_args(master, m, v, grad, step, device());
+void CpuBackend::do_adamw(TensorView master, TensorView m, TensorView v, TensorView grad,
+                          const AdamWStep& step) {
   const int64_t n = master.numel();
   const AdamWConstants k = adamw_constants(step);
   float *w = master.as<float>(), *mm = m.as<float>(), *vv = v.as<float>();

@@ -15,8 +15,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "backend/backend_checks.hpp"
 #include "backend/dtype_dispatch.hpp"
+#include "backend/gemm_dims.hpp"
 #include "backend/pointwise_math.hpp"
 #include "weft/error.hpp"
 
@@ -439,10 +439,7 @@ void OneDnn::tile_matmul(const Tile& tile, const void* a, const void* b, float* 
 }
 
 void OneDnn::matmul(const GemmArgs& args) {
-  const GemmDims d = check_gemm_args(args, Device::cpu());
-  if (d.m == 0 || d.n == 0) return;
-  WEFT_CHECK(d.k > 0, "gemm: inner dimension k is 0 (A ", args.a.shape.str(), ", B ",
-             args.b.shape.str(), ")");
+  const GemmDims d = gemm_dims(args);  // checked, non-empty (Backend::gemm)
   try {
     impl_->run(args, d);
   } catch (const dnnl::error& e) {

@@ -10,7 +10,7 @@
 #include <memory>
 #include <unordered_map>
 
-#include "backend/backend_checks.hpp"
+#include "backend/gemm_dims.hpp"
 #include "weft/backend.hpp"
 
 namespace weft {
@@ -31,7 +31,7 @@ class CublasLtMatmul {
   CublasLtMatmul(const CublasLtMatmul&) = delete;
   CublasLtMatmul& operator=(const CublasLtMatmul&) = delete;
 
-  // Queues args (already validated into `dims` by check_gemm_args) on `stream`. The workspace
+  // Queues args (checked by Backend::gemm, its dimensions in `dims`) on `stream`. The workspace
   // must not be used by work on any other stream meanwhile; the device must be current.
   void run(const GemmArgs& args, const GemmDims& dims, cudaStream_t stream, void* workspace,
            size_t workspace_bytes);

@@ -198,16 +198,7 @@ std::unique_ptr<Stream> CudaBackend::create_stream(StreamPriority priority) {
 
 std::unique_ptr<Event> CudaBackend::create_event() { return std::make_unique<CudaEvent>(device_); }
 
-void CudaBackend::check_copy_side(const TensorView& view, const char* op, const char* what) const {
-  WEFT_CHECK(view.data != nullptr || view.numel() == 0, op, ": ", what, " has no data");
-  WEFT_CHECK(view.device.is_cpu() || view.device == device(), op, ": ", what, " ", view.str(),
-             " is neither in host memory nor on ", device().str());
-}
-
-void CudaBackend::copy(TensorView dst, TensorView src) {
-  check_same_layout(dst, src, "copy", "dst", "src");
-  check_copy_side(dst, "copy", "dst");
-  check_copy_side(src, "copy", "src");
+void CudaBackend::do_copy(TensorView dst, TensorView src) {
   if (dst.bytes() == 0 || dst.data == src.data) return;
   if (dst.device.is_cpu() && src.device.is_cpu()) {
     std::memcpy(dst.data, src.data, dst.bytes());
@@ -221,11 +212,8 @@ void CudaBackend::copy(TensorView dst, TensorView src) {
   if (dst.device.is_cpu() || src.device.is_cpu()) current_->synchronize();
 }
 
-void CudaBackend::copy_columns(TensorView dst, int64_t dst_col, TensorView src, int64_t src_col,
-                               int64_t cols) {
-  check_copy_side(dst, "copy_columns", "dst");
-  check_copy_side(src, "copy_columns", "src");
-  check_copy_columns_args(dst, dst_col, src, src_col, cols);
+void CudaBackend::do_copy_columns(TensorView dst, int64_t dst_col, TensorView src, int64_t src_col,
+                                  int64_t cols) {
   const int64_t rows = dst.shape.rows();
   if (rows == 0 || cols == 0) return;
   const size_t element = dtype_size(dst.dtype);
@@ -240,8 +228,7 @@ void CudaBackend::copy_columns(TensorView dst, int64_t dst_col, TensorView src, 
   if (dst.device.is_cpu() || src.device.is_cpu()) current_->synchronize();
 }
 
-void CudaBackend::convert(TensorView dst, TensorView src) {
-  check_convert_args(dst, src, device());
+void CudaBackend::do_convert(TensorView dst, TensorView src) {
   DeviceGuard guard(device_);
   dispatch_storage(dst.dtype, [&](auto dst_tag) {
     using Dst = typename decltype(dst_tag)::type;
@@ -252,8 +239,7 @@ void CudaBackend::convert(TensorView dst, TensorView src) {
   });
 }
 
-void CudaBackend::fill(TensorView dst, float value) {
-  check_on_device(dst, device(), "fill", "dst");
+void CudaBackend::do_fill(TensorView dst, float value) {
   DeviceGuard guard(device_);
   dispatch_storage(dst.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -261,9 +247,7 @@ void CudaBackend::fill(TensorView dst, float value) {
   });
 }
 
-void CudaBackend::fill_random(TensorView dst, const RandomFill& spec) {
-  check_on_device(dst, device(), "fill_random", "dst");
-  check_fill_random_args(dst, spec);
+void CudaBackend::do_fill_random(TensorView dst, const RandomFill& spec) {
   DeviceGuard guard(device_);
   dispatch_storage(dst.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -271,19 +255,14 @@ void CudaBackend::fill_random(TensorView dst, const RandomFill& spec) {
   });
 }
 
-void CudaBackend::gemm(const GemmArgs& args) {
-  const GemmDims dims = check_gemm_args(args, device());
-  // As on the CPU backend: an empty C is a no-op, an empty inner dimension is refused.
-  if (dims.m == 0 || dims.n == 0) return;
-  WEFT_CHECK(dims.k > 0, "gemm: inner dimension k is 0 (A ", args.a.shape.str(), ", B ",
-             args.b.shape.str(), ")");
+void CudaBackend::do_gemm(const GemmArgs& args) {
+  const GemmDims dims = gemm_dims(args);  // checked, non-empty (Backend::gemm)
   DeviceGuard guard(device_);
   void* workspace = current_->workspace(kWorkspaceBytes);
   matmul_->run(args, dims, current_->get(), workspace, kWorkspaceBytes);
 }
 
-void CudaBackend::add(TensorView out, TensorView a, TensorView b) {
-  check_add_args(out, a, b, device());
+void CudaBackend::do_add(TensorView out, TensorView a, TensorView b) {
   DeviceGuard guard(device_);
   dispatch_storage(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -291,8 +270,7 @@ void CudaBackend::add(TensorView out, TensorView a, TensorView b) {
   });
 }
 
-void CudaBackend::add_bias(TensorView out, TensorView in, TensorView bias) {
-  check_add_bias_args(out, in, bias, device());
+void CudaBackend::do_add_bias(TensorView out, TensorView in, TensorView bias) {
   DeviceGuard guard(device_);
   dispatch_storage(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -301,8 +279,7 @@ void CudaBackend::add_bias(TensorView out, TensorView in, TensorView bias) {
   });
 }
 
-void CudaBackend::gelu(TensorView out, TensorView in) {
-  check_gelu_args(out, in, device());
+void CudaBackend::do_gelu(TensorView out, TensorView in) {
   DeviceGuard guard(device_);
   dispatch_storage(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -310,8 +287,7 @@ void CudaBackend::gelu(TensorView out, TensorView in) {
   });
 }
 
-void CudaBackend::gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
-  check_gelu_backward_args(grad_in, grad_out, input, device());
+void CudaBackend::do_gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
   DeviceGuard guard(device_);
   dispatch_storage(grad_in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -1,8 +1,8 @@
-// CudaBackend's transformer ops: checks the arguments (backend_checks.hpp, shared with the CPU
-// backend), then launches the kernels of kernels/{transformer,norms,attention,vocab}.cu.
+// CudaBackend's transformer ops on arguments Backend's entry points have checked: they launch the
+// kernels of kernels/{transformer,norms,attention,vocab}.cu.
 #include <algorithm>
 
-#include "backend/backend_checks.hpp"
+#include "backend/attention_dims.hpp"
 #include "backend/cuda/cuda_backend.hpp"
 #include "kernels.hpp"
 #include "weft/error.hpp"
@@ -18,8 +18,7 @@ int64_t valid_vocab_columns(int64_t v_local, int64_t vocab_start, int64_t vocab_
 
 }  // namespace
 
-void CudaBackend::scale(TensorView out, TensorView in, float alpha) {
-  check_scale_args(out, in, device());
+void CudaBackend::do_scale(TensorView out, TensorView in, float alpha) {
   DeviceGuard guard(device_);
   dispatch_storage(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -27,8 +26,7 @@ void CudaBackend::scale(TensorView out, TensorView in, float alpha) {
   });
 }
 
-void CudaBackend::sum_squares(TensorView out, TensorView in) {
-  check_sum_squares_args(out, in, device());
+void CudaBackend::do_sum_squares(TensorView out, TensorView in) {
   DeviceGuard guard(device_);
   dispatch_storage(in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -38,9 +36,8 @@ void CudaBackend::sum_squares(TensorView out, TensorView in) {
 
 // ---- norms ----
 
-void CudaBackend::layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in,
-                             TensorView gamma, TensorView beta, float eps) {
-  check_layer_norm_args(out, mean, rstd, in, gamma, beta, eps, device());
+void CudaBackend::do_layer_norm(TensorView out, TensorView mean, TensorView rstd, TensorView in,
+                                TensorView gamma, TensorView beta, float eps) {
   DeviceGuard guard(device_);
   dispatch_storage(in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -49,11 +46,9 @@ void CudaBackend::layer_norm(TensorView out, TensorView mean, TensorView rstd, T
   });
 }
 
-void CudaBackend::layer_norm_backward(TensorView grad_in, TensorView grad_gamma,
-                                      TensorView grad_beta, TensorView grad_out, TensorView in,
-                                      TensorView gamma, TensorView mean, TensorView rstd) {
-  check_layer_norm_backward_args(grad_in, grad_gamma, grad_beta, grad_out, in, gamma, mean, rstd,
-                                 device());
+void CudaBackend::do_layer_norm_backward(TensorView grad_in, TensorView grad_gamma,
+                                         TensorView grad_beta, TensorView grad_out, TensorView in,
+                                         TensorView gamma, TensorView mean, TensorView rstd) {
   DeviceGuard guard(device_);
   dispatch_storage(in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -64,9 +59,8 @@ void CudaBackend::layer_norm_backward(TensorView grad_in, TensorView grad_gamma,
   });
 }
 
-void CudaBackend::rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma,
-                           float eps) {
-  check_rms_norm_args(out, rstd, in, gamma, eps, device());
+void CudaBackend::do_rms_norm(TensorView out, TensorView rstd, TensorView in, TensorView gamma,
+                              float eps) {
   DeviceGuard guard(device_);
   dispatch_storage(in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -75,9 +69,9 @@ void CudaBackend::rms_norm(TensorView out, TensorView rstd, TensorView in, Tenso
   });
 }
 
-void CudaBackend::rms_norm_backward(TensorView grad_in, TensorView grad_gamma, TensorView grad_out,
-                                    TensorView in, TensorView gamma, TensorView rstd) {
-  check_rms_norm_backward_args(grad_in, grad_gamma, grad_out, in, gamma, rstd, device());
+void CudaBackend::do_rms_norm_backward(TensorView grad_in, TensorView grad_gamma,
+                                       TensorView grad_out, TensorView in, TensorView gamma,
+                                       TensorView rstd) {
   DeviceGuard guard(device_);
   dispatch_storage(in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -89,9 +83,9 @@ void CudaBackend::rms_norm_backward(TensorView grad_in, TensorView grad_gamma, T
 
 // ---- attention ----
 
-void CudaBackend::attention(TensorView out, TensorView lse, TensorView qkv,
-                            const AttentionShape& shape) {
-  const AttentionDims dims = check_attention_args(out, lse, qkv, shape, device());
+void CudaBackend::do_attention(TensorView out, TensorView lse, TensorView qkv,
+                               const AttentionShape& shape) {
+  const AttentionDims dims = attention_dims(shape);
   DeviceGuard guard(device_);
   dispatch_storage(qkv.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -99,10 +93,9 @@ void CudaBackend::attention(TensorView out, TensorView lse, TensorView qkv,
   });
 }
 
-void CudaBackend::attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
-                                     TensorView lse, const AttentionShape& shape) {
-  const AttentionDims dims =
-      check_attention_backward_args(grad_qkv, grad_out, qkv, lse, shape, device());
+void CudaBackend::do_attention_backward(TensorView grad_qkv, TensorView grad_out, TensorView qkv,
+                                        TensorView lse, const AttentionShape& shape) {
+  const AttentionDims dims = attention_dims(shape);
   DeviceGuard guard(device_);
   dispatch_storage(qkv.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -111,10 +104,10 @@ void CudaBackend::attention_backward(TensorView grad_qkv, TensorView grad_out, T
   });
 }
 
-void CudaBackend::attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache,
-                                       TensorView qkv, const AttentionShape& shape, int64_t past) {
-  const AttentionDims dims =
-      check_attention_with_cache_args(out, k_cache, v_cache, qkv, shape, past, device());
+void CudaBackend::do_attention_with_cache(TensorView out, TensorView k_cache, TensorView v_cache,
+                                          TensorView qkv, const AttentionShape& shape,
+                                          int64_t past) {
+  const AttentionDims dims = attention_dims(shape);
   DeviceGuard guard(device_);
   dispatch_storage(qkv.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -123,9 +116,9 @@ void CudaBackend::attention_with_cache(TensorView out, TensorView k_cache, Tenso
   });
 }
 
-void CudaBackend::rope(TensorView qkv, const AttentionShape& shape, float theta,
-                       int64_t position_offset, bool inverse) {
-  const AttentionDims dims = check_rope_args(qkv, shape, theta, position_offset, device());
+void CudaBackend::do_rope(TensorView qkv, const AttentionShape& shape, float theta,
+                          int64_t position_offset, bool inverse) {
+  const AttentionDims dims = attention_dims(shape);
   DeviceGuard guard(device_);
   dispatch_storage(qkv.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -135,8 +128,8 @@ void CudaBackend::rope(TensorView qkv, const AttentionShape& shape, float theta,
 
 // ---- embedding ----
 
-void CudaBackend::embedding(TensorView out, TensorView ids, TensorView table, int64_t vocab_start) {
-  check_embedding_args(out, ids, table, vocab_start, device());
+void CudaBackend::do_embedding(TensorView out, TensorView ids, TensorView table,
+                               int64_t vocab_start) {
   DeviceGuard guard(device_);
   dispatch_storage(table.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -145,9 +138,8 @@ void CudaBackend::embedding(TensorView out, TensorView ids, TensorView table, in
   });
 }
 
-void CudaBackend::embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out,
-                                     int64_t vocab_start) {
-  check_embedding_backward_args(grad_table, ids, grad_out, vocab_start, device());
+void CudaBackend::do_embedding_backward(TensorView grad_table, TensorView ids, TensorView grad_out,
+                                        int64_t vocab_start) {
   DeviceGuard guard(device_);
   dispatch_storage(grad_table.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -159,9 +151,8 @@ void CudaBackend::embedding_backward(TensorView grad_table, TensorView ids, Tens
 
 // ---- vocab-parallel cross-entropy pieces ----
 
-void CudaBackend::vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start,
-                            int64_t vocab_size) {
-  check_vocab_max_args(row_max, logits, vocab_start, vocab_size, device());
+void CudaBackend::do_vocab_max(TensorView row_max, TensorView logits, int64_t vocab_start,
+                               int64_t vocab_size) {
   const int64_t v_local = logits.shape.cols();
   DeviceGuard guard(device_);
   dispatch_storage(logits.dtype, [&](auto tag) {
@@ -171,12 +162,10 @@ void CudaBackend::vocab_max(TensorView row_max, TensorView logits, int64_t vocab
   });
 }
 
-void CudaBackend::vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit,
-                                           TensorView logits, TensorView row_max,
-                                           TensorView targets, int64_t vocab_start,
-                                           int64_t vocab_size) {
-  check_vocab_sum_exp_and_target_args(sum_exp, target_logit, logits, row_max, targets, vocab_start,
-                                      vocab_size, device());
+void CudaBackend::do_vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_logit,
+                                              TensorView logits, TensorView row_max,
+                                              TensorView targets, int64_t vocab_start,
+                                              int64_t vocab_size) {
   const int64_t v_local = logits.shape.cols();
   DeviceGuard guard(device_);
   dispatch_storage(logits.dtype, [&](auto tag) {
@@ -188,12 +177,10 @@ void CudaBackend::vocab_sum_exp_and_target(TensorView sum_exp, TensorView target
   });
 }
 
-void CudaBackend::vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits,
-                                               TensorView row_max, TensorView sum_exp,
-                                               TensorView targets, TensorView grad_loss,
-                                               int64_t vocab_start, int64_t vocab_size) {
-  check_vocab_cross_entropy_backward_args(grad_logits, logits, row_max, sum_exp, targets, grad_loss,
-                                          vocab_start, vocab_size, device());
+void CudaBackend::do_vocab_cross_entropy_backward(TensorView grad_logits, TensorView logits,
+                                                  TensorView row_max, TensorView sum_exp,
+                                                  TensorView targets, TensorView grad_loss,
+                                                  int64_t vocab_start, int64_t vocab_size) {
   const int64_t v_local = logits.shape.cols();
   DeviceGuard guard(device_);
   dispatch_storage(logits.dtype, [&](auto tag) {
@@ -207,8 +194,7 @@ void CudaBackend::vocab_cross_entropy_backward(TensorView grad_logits, TensorVie
 
 // ---- SwiGLU, dropout, AdamW ----
 
-void CudaBackend::swiglu(TensorView out, TensorView gate, TensorView up) {
-  check_swiglu_args(out, gate, up, device());
+void CudaBackend::do_swiglu(TensorView out, TensorView gate, TensorView up) {
   DeviceGuard guard(device_);
   dispatch_storage(gate.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -216,9 +202,8 @@ void CudaBackend::swiglu(TensorView out, TensorView gate, TensorView up) {
   });
 }
 
-void CudaBackend::swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out,
-                                  TensorView gate, TensorView up) {
-  check_swiglu_backward_args(grad_gate, grad_up, grad_out, gate, up, device());
+void CudaBackend::do_swiglu_backward(TensorView grad_gate, TensorView grad_up, TensorView grad_out,
+                                     TensorView gate, TensorView up) {
   DeviceGuard guard(device_);
   dispatch_storage(gate.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -227,9 +212,8 @@ void CudaBackend::swiglu_backward(TensorView grad_gate, TensorView grad_up, Tens
   });
 }
 
-void CudaBackend::dropout(TensorView out, TensorView in, float probability, uint64_t seed,
-                          uint64_t offset) {
-  check_dropout_args(out, in, probability, device());
+void CudaBackend::do_dropout(TensorView out, TensorView in, float probability, uint64_t seed,
+                             uint64_t offset) {
   DeviceGuard guard(device_);
   dispatch_storage(in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -238,9 +222,8 @@ void CudaBackend::dropout(TensorView out, TensorView in, float probability, uint
   });
 }
 
-void CudaBackend::adamw(TensorView master, TensorView m, TensorView v, TensorView grad,
-                        const AdamWStep& step) {
-  check_adamw_args(master, m, v, grad, step, device());
+void CudaBackend::do_adamw(TensorView master, TensorView m, TensorView v, TensorView grad,
+                           const AdamWStep& step) {
   DeviceGuard guard(device_);
   dispatch_storage(grad.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
