@@ -709,10 +709,16 @@ void reshard_checkpoint(const std::string& src, const std::string& dst, int tp, 
              ") and virtual stages (", virtual_stages, ") must be positive");
   WEFT_CHECK(virtual_stages == 1 || pp > 1, "reshard: virtual stages (", virtual_stages,
              ") need pp > 1");
-  GPTConfig config = info.config;
-  config.finalize(tp);  // names the sizes tp does not divide
-  const std::vector<GPTStageLayout> stages =
-      pipeline_stage_layouts(split_layers(config.layers, pp * virtual_stages, {}));
+  std::vector<GPTStageLayout> stages;
+  try {
+    GPTConfig config = info.config;
+    config.finalize(tp);
+    stages = pipeline_stage_layouts(split_layers(config.layers, pp * virtual_stages, {}));
+  } catch (const Error& e) {
+    WEFT_THROW(ErrorCode::kInvalidArgument, "reshard: the model of ", src,
+               "/manifest.json does not divide at tp ", tp, ", pp ", pp, ", virtual stages ",
+               virtual_stages, ": ", e.message());
+  }
   WEFT_CHECK(!std::filesystem::exists(dst), "reshard: the output directory '", dst,
              "' exists already; give a new one");
 
