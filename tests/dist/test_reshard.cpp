@@ -322,6 +322,60 @@ void rewrite_metadata(const std::string& path, const std::string& key, const std
   world().barrier();
 }
 
+// A checkpoint of format version 1 (shards without slice metadata) loads at its own TP size, and
+// at another one fails naming a shard and the missing metadata.
+TEST(Reshard, VersionOneCheckpointsLoadAtTheirOwnTpSizeOnly) {
+  if (world().size() < 2) GTEST_SKIP() << "tp 2 needs 2 ranks";
+  auto backend = make_test_backend();
+  const GPTConfig config = reshard_config("llama");
+  SharedDir dir;
+  const std::string ckpt = dir.sub("v1");
+  TrainingRun saved(*backend, world(), {2, 1, 1}, config);
+  saved.step(0);
+  saved.save(ckpt, 1);
+  // Each rank writes its shard as version 1 did: the parameters' and optimizer's own tensors by
+  // name (vocabulary padding included), the layout in the metadata, no slices.
+  if (saved.grid.dp_rank() == 0) {
+    std::vector<NamedTensor> tensors;
+    for (AdamW::State& st : saved.optimizer.state()) {
+      tensors.push_back({st.param->name, st.param->value});
+      tensors.push_back({st.param->name + ".master", st.master});
+      tensors.push_back({st.param->name + ".exp_avg", st.m});
+      tensors.push_back({st.param->name + ".exp_avg_sq", st.v});
+    }
+    const std::string rank = std::to_string(saved.grid.tp_rank());
+    save_safetensors(ckpt + "/tp" + rank + "_pp0.safetensors", tensors,
+                     {{"format", "weft"},
+                      {"tp", "2"},
+                      {"tp_rank", rank},
+                      {"pp", "1"},
+                      {"pp_rank", "0"},
+                      {"step", "1"}},
+                     *backend);
+  }
+  world().barrier();
+  if (world().rank() == 0) {
+    nlohmann::json m = nlohmann::json::parse(file_bytes(ckpt + "/manifest.json"));
+    m["version"] = 1;
+    m.erase("virtual_stages");
+    write_file_atomically(ckpt + "/manifest.json", m.dump());
+  }
+  world().barrier();
+  {
+    TrainingRun same(*backend, world(), {2, 1, 1}, reshard_config("llama", 8));
+    same.load(ckpt);
+    const auto& a = saved.optimizer.state();
+    const auto& b = same.optimizer.state();
+    for (size_t k = 0; k < a.size(); ++k) {
+      EXPECT_EQ(to_host(*backend, b[k].master), to_host(*backend, a[k].master)) << a[k].param->name;
+      EXPECT_EQ(to_host(*backend, b[k].v), to_host(*backend, a[k].v)) << a[k].param->name;
+    }
+  }
+  TrainingRun other(*backend, world(), {1, 1, 1}, config);
+  expect_error_on_every_rank([&] { other.load(ckpt); },
+                             {"version 1", "tp0_pp0.safetensors", "slice metadata", "tp=2"});
+}
+
 TEST(Reshard, BadCheckpointsFailOnEveryRankNamingFileFieldAndValue) {
   auto backend = make_test_backend();
   const int tp = world().size() >= 2 ? 2 : 1;
