@@ -11,6 +11,7 @@
 
 #include "common/flags.hpp"
 #include "weft/checkpoint.hpp"
+#include "weft/checkpoint_store.hpp"
 #include "weft/gpt_checkpoint.hpp"
 
 namespace {
@@ -19,7 +20,8 @@ using weft::examples::UsageError;
 
 constexpr char kUsage[] =
     "usage: weft_ckpt inspect DIR\n"
-    "       weft_ckpt reshard DIR --tp T --pp P [--virtual-stages V] --out DIR2\n";
+    "       weft_ckpt reshard DIR --tp T --pp P [--virtual-stages V] --out DIR2\n"
+    "DIR: a checkpoint directory, or a checkpoint root (then its latest save)\n";
 
 std::string human_bytes(double bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -33,7 +35,8 @@ std::string human_bytes(double bytes) {
   return text;
 }
 
-int inspect(const std::string& dir) {
+int inspect(const std::string& path) {
+  const std::string dir = weft::resolve_checkpoint(path);  // a root: its latest save
   const weft::CheckpointInfo info = weft::read_checkpoint_info(dir);
   const std::vector<weft::CheckpointTensor> tensors = weft::list_checkpoint_tensors(dir);
   const nlohmann::json manifest = nlohmann::json::parse(weft::read_file(dir + "/manifest.json"));

@@ -69,8 +69,9 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
                      const std::vector<Parameter*>& params, AdamW* optimizer,
                      const ParallelGrid& grid, Backend& backend);
 
-// Reads dir/manifest.json; weft::Error naming the file when it is missing or malformed.
-CheckpointInfo read_checkpoint_info(const std::string& dir);
+// Reads the manifest of a checkpoint directory, or of the step a checkpoint root's `latest` names
+// (checkpoint_store.hpp); weft::Error naming the file when it is missing or malformed.
+CheckpointInfo read_checkpoint_info(const std::string& path_or_root);
 
 // Loads `params` (and the optimizer state when `optimizer` is given: f32 master weights, both
 // moments, the step count) at this run's layout, whatever TP x PP x DP layout saved them: each
@@ -81,8 +82,8 @@ CheckpointInfo read_checkpoint_info(const std::string& dir);
 // with the config, blocks that leave part of a tensor uncovered, a layout that does not divide
 // the model: weft::Error naming the file, the field and the value. Version-1 checkpoints (no
 // slice metadata) load at their own TP size only; otherwise the error names the file and the
-// missing metadata.
-void load_checkpoint(const std::string& dir, const std::vector<Parameter*>& params,
+// missing metadata. `path_or_root` as for read_checkpoint_info.
+void load_checkpoint(const std::string& path_or_root, const std::vector<Parameter*>& params,
                      AdamW* optimizer, const ParallelGrid& grid, Backend& backend);
 
 // One global tensor of a checkpoint, as its shards describe it.
@@ -95,14 +96,16 @@ struct CheckpointTensor {
   int64_t stored_bytes = 0;
 };
 // Reads the manifest and every shard's header (no tensor data) and checks them as load_checkpoint
-// does; returns the global tensors sorted by name. No MPI needed.
-std::vector<CheckpointTensor> list_checkpoint_tensors(const std::string& dir);
+// does; returns the global tensors sorted by name. No MPI needed. `path_or_root` as for
+// read_checkpoint_info.
+std::vector<CheckpointTensor> list_checkpoint_tensors(const std::string& path_or_root);
 
-// Writes checkpoint `src` at layout (tp, pp, virtual_stages) to `dst`, shard files equal byte for
-// byte to those a run at that layout saves after load_checkpoint(src), and the manifest with the
-// new layout. No MPI needed; memory: one tensor block at a time. Written into a temporary
-// directory beside `dst`, renamed to `dst` at the end (dst must not exist). weft::Error naming
-// the value when the layout does not divide the model, and as load_checkpoint for a bad `src`.
+// Writes checkpoint `src` (a directory, or a root whose `latest` names one) at layout (tp, pp,
+// virtual_stages) to `dst`, shard files equal byte for byte to those a run at that layout saves
+// after load_checkpoint(src), and the manifest with the new layout. No MPI needed; memory: one
+// tensor block at a time. Written into a temporary directory beside `dst`, renamed to `dst` at the
+// end (dst must not exist). weft::Error naming the value when the layout does not divide the model,
+// and as load_checkpoint for a bad `src`.
 void reshard_checkpoint(const std::string& src, const std::string& dst, int tp, int pp,
                         int virtual_stages = 1);
 

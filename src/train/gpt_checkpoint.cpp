@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "weft/checkpoint.hpp"
+#include "weft/checkpoint_store.hpp"
 #include "weft/error.hpp"
 #include "weft/pipeline.hpp"
 
@@ -572,7 +573,8 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
   world.barrier();
 }
 
-CheckpointInfo read_checkpoint_info(const std::string& dir) {
+CheckpointInfo read_checkpoint_info(const std::string& path_or_root) {
+  const std::string dir = resolve_checkpoint(path_or_root);
   const std::string path = dir + "/manifest.json";
   const std::string text = read_file(path);
   try {
@@ -635,8 +637,9 @@ void load_legacy(const std::string& dir, const CheckpointInfo& info, const Check
 
 }  // namespace
 
-void load_checkpoint(const std::string& dir, const std::vector<Parameter*>& params,
+void load_checkpoint(const std::string& path_or_root, const std::vector<Parameter*>& params,
                      AdamW* optimizer, const ParallelGrid& grid, Backend& backend) {
+  const std::string dir = resolve_checkpoint(path_or_root);
   const CheckpointInfo info = read_checkpoint_info(dir);
   WEFT_CHECK(optimizer == nullptr || info.has_optimizer || info.version < 2, "checkpoint ", dir,
              "/manifest.json: has_optimizer is false, but this run resumes an optimizer");
@@ -662,7 +665,8 @@ void load_checkpoint(const std::string& dir, const std::vector<Parameter*>& para
   }
 }
 
-std::vector<CheckpointTensor> list_checkpoint_tensors(const std::string& dir) {
+std::vector<CheckpointTensor> list_checkpoint_tensors(const std::string& path_or_root) {
+  const std::string dir = resolve_checkpoint(path_or_root);
   const CheckpointInfo info = read_checkpoint_info(dir);
   const CheckpointIndex index(dir, info);
   std::vector<CheckpointTensor> out;
@@ -697,8 +701,9 @@ std::vector<CheckpointTensor> list_checkpoint_tensors(const std::string& dir) {
   return out;
 }
 
-void reshard_checkpoint(const std::string& src, const std::string& dst, int tp, int pp,
+void reshard_checkpoint(const std::string& path_or_root, const std::string& dst, int tp, int pp,
                         int virtual_stages) {
+  const std::string src = resolve_checkpoint(path_or_root);
   const CheckpointInfo info = read_checkpoint_info(src);
   const CheckpointIndex index(src, info);
   WEFT_CHECK(!index.legacy(), "checkpoint ", src,
