@@ -74,7 +74,7 @@ echo "ok: gpt_eval $evaluated equals gpt_train's loss $trained on the same windo
 printf 'ten bytes.' > "$work/short.txt"
 expect_failure "short.txt' gives 10 tokens \(bytes\), fewer than one window of --seq-len \+ 1 = 41" \
   run 2 "$bin/gpt_eval" --load "$ckpt" --data "$work/short.txt" --seq-len 40
-expect_failure "no_such_checkpoint/manifest.json" \
+expect_failure "no_such_checkpoint does not exist" \
   run 2 "$bin/gpt_eval" --load "$work/no_such_checkpoint" --data "$work/eval.txt"
 expect_failure "--seq-len \(64\) must be at most the model's maximum sequence length \(48" \
   run 2 "$bin/gpt_eval" --load "$ckpt" --data "$work/eval.txt" --seq-len 64
@@ -82,6 +82,6 @@ expect_failure "exists already" "$bin/weft_ckpt" reshard "$ckpt" --tp 1 --pp 1 -
 expect_failure "ckpt.*tp 3.*heads \(4\) must be divisible by the tensor-parallel size \(3\)" \
   "$bin/weft_ckpt" reshard "$ckpt" --tp 3 --pp 1 --out "$work/tp3"
 [ ! -e "$work/tp3" ] || fail "a failed reshard left $work/tp3"
-expect_failure "no_such_checkpoint/manifest.json" "$bin/weft_ckpt" inspect "$work/no_such_checkpoint"
+expect_failure "no_such_checkpoint does not exist" "$bin/weft_ckpt" inspect "$work/no_such_checkpoint"
 expect_failure "usage: weft_ckpt" "$bin/weft_ckpt" reshard "$ckpt" --pp 1 --out "$work/x"
 echo PASS
