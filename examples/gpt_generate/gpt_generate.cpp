@@ -19,7 +19,7 @@ namespace {
 
 struct Args {
   std::string load, prompt = "The ", tokenizer;
-  int64_t max_new_tokens = 100, top_k = 0, seed = 1;
+  int64_t max_new_tokens = 100, top_k = 0, seed = 1, tp = 0;
   double temperature = 0.0;
   weft::examples::EngineFlags engine;  // --backend, --comm
 };
@@ -59,6 +59,7 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   flags.add("prompt", &a.prompt, "text to continue");
   flags.add("tokenizer", &a.tokenizer,
             "Hugging Face tokenizer.json (default: the checkpoint's, else bytes are tokens)");
+  flags.add("tp", &a.tp, "tensor-parallel size (0: the checkpoint's)");
   flags.add("max-new-tokens", &a.max_new_tokens, "tokens to generate");
   flags.add("temperature", &a.temperature, "0: greedy; otherwise sampling temperature");
   flags.add("top-k", &a.top_k, "sample among the k most likely tokens (0: all)");
@@ -85,13 +86,15 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
              info.config.vocab_size, " tokens but ",
              tokenizer ? "tokenizer '" + tokenizer->source() + "'" : std::string("bytes"), " give ",
              vocab);
-  WEFT_CHECK(mpi_world.size() % info.tp == 0, "checkpoint ", a.load,
-             " was saved at tensor-parallel size ", info.tp, "; run with a multiple of ", info.tp,
-             " ranks, not ", mpi_world.size());
+  const int tp = a.tp > 0 ? static_cast<int>(a.tp) : info.tp;
+  WEFT_CHECK(mpi_world.size() % tp == 0, "tensor-parallel size ", tp,
+             a.tp > 0 ? "" : " (the checkpoint's)", " does not divide the ", mpi_world.size(),
+             " ranks; run with a multiple of ", tp, " ranks or give --tp");
   const weft::Runtime runtime = weft::examples::launch(a.engine, mpi_world);
   weft::Backend& backend = *runtime.backend;
-  weft::ParallelGrid grid(*runtime.world, info.tp);
+  weft::ParallelGrid grid(*runtime.world, tp);
   weft::GPTConfig config = info.config;
+  config.finalize(tp);  // names the sizes tp does not divide
   weft::GPTModel model(weft::ParallelContext{backend, grid.tp()}, config);
   weft::load_checkpoint(a.load, model.parameters(), nullptr, grid, backend);
   model.set_training(false);

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -38,6 +39,23 @@ struct NamedTensor {
 void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                       const std::map<std::string, std::string>& metadata, Backend& backend);
 
+// A tensor of a file written piece by piece (save_safetensors_streamed).
+struct SafetensorsEntry {
+  std::string name;
+  DType dtype = DType::kF32;
+  Shape shape;
+};
+
+// The same file as save_safetensors, for data that is not in memory all at once: the header is
+// written from `entries`, then each tensor's bytes are asked for in file order, one at a time:
+// fill(entry, scratch) returns a pointer to entry's dense host bytes, its own or `scratch`'s
+// (resized to the tensor's bytes before the call). Memory: the largest tensor.
+void save_safetensors_streamed(
+    const std::string& path, const std::vector<SafetensorsEntry>& entries,
+    const std::map<std::string, std::string>& metadata,
+    const std::function<const void*(const SafetensorsEntry&, std::vector<unsigned char>& scratch)>&
+        fill);
+
 // An open safetensors file. The constructor reads and validates the whole header against the
 // file's size (header length, JSON, dtypes, shapes, offsets in range, contiguous, not overlapping
 // and matching dtype x numel, no truncated data); any problem is a weft::Error (kIo) naming the
@@ -63,6 +81,12 @@ class SafetensorsReader {
   // dtype and shape must equal the stored ones exactly; otherwise weft::Error (kInvalidArgument)
   // naming the tensor, the file, what dst expects and what the file holds.
   void read(const std::string& name, TensorView dst, Backend& backend) const;
+  // Reads elements [begin, begin + count) along dimension `dim` of tensor `name` (all of the other
+  // dimensions) into host memory: `dst` is a dense tensor of the stored shape but dst_extent
+  // along `dim`, and the block lands at dst_begin there. One pread per contiguous run (one in all
+  // for dim 0). weft::Error naming the file and tensor when the block is out of range.
+  void read_block(const std::string& name, int dim, int64_t begin, int64_t count, void* dst,
+                  int64_t dst_extent, int64_t dst_begin) const;
 
  private:
   struct Entry {

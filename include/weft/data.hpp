@@ -35,6 +35,8 @@ class TextDataset {
   int64_t train_size() const { return train_size_; }
   int64_t validation_size() const { return size() - train_size_; }
   const std::string& path() const { return path_; }
+  // Every token of the file, in order (the training split, then the validation split).
+  const std::vector<int32_t>& tokens() const { return tokens_; }
   // Whether the ids came from the token cache rather than from tokenising (tokenizer only).
   bool from_cache() const { return from_cache_; }
 

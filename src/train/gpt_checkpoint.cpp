@@ -1,16 +1,23 @@
-// GPT checkpoints: manifest JSON and per-rank safetensors shards.
+// GPT checkpoints: manifest JSON, per-rank safetensors shards with per-tensor slice metadata,
+// and the index over all shards that loads (or reshards) them at any layout.
 #include "weft/gpt_checkpoint.hpp"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "weft/checkpoint.hpp"
 #include "weft/checkpoint_store.hpp"
 #include "weft/error.hpp"
+#include "weft/pipeline.hpp"
 
 namespace weft {
 
@@ -72,8 +79,11 @@ GPTConfig config_from_json(const json& j) {
   return c;
 }
 
+std::string shard_name(int tp_rank, int pp_rank) {
+  return "tp" + std::to_string(tp_rank) + "_pp" + std::to_string(pp_rank) + ".safetensors";
+}
 std::string shard_path(const std::string& dir, int tp_rank, int pp_rank) {
-  return dir + "/tp" + std::to_string(tp_rank) + "_pp" + std::to_string(pp_rank) + ".safetensors";
+  return dir + "/" + shard_name(tp_rank, pp_rank);
 }
 
 void make_directory(const std::string& dir) {
@@ -83,7 +93,436 @@ void make_directory(const std::string& dir) {
   }
 }
 
+// The optimizer state saved beside each parameter, f32, of the parameter's shape.
+const char* const kOptimizerSuffixes[] = {".master", ".exp_avg", ".exp_avg_sq"};
+
+// ---- Slices --------------------------------------------------------------------------------
+
+// A block [offset, offset + count) along dim of global tensor `global_name`, stored as `name`;
+// `local` is the shard's extent there (count, or more for vocabulary padding).
+TensorSlice make_slice(std::string name, std::string global_name, const Shape& global, int dim,
+                       int64_t offset, int64_t count, int64_t local) {
+  TensorSlice s;
+  s.name = std::move(name);
+  s.global_name = std::move(global_name);
+  s.global_shape = global;
+  s.partition_dim = dim;
+  s.offset = dim < 0 ? 0 : offset;
+  s.shape = dim < 0 ? global : global.with_dim(dim, count);
+  s.local_extent = dim < 0 ? 0 : local;
+  return s;
+}
+// An even split of dimension `dim` into tp parts, part tp_rank.
+TensorSlice even_slice(const std::string& name, const Shape& global, int dim, int tp, int rank) {
+  const int64_t local = global[dim] / tp;
+  return make_slice(name, name, global, dim, local * rank, local, local);
+}
+TensorSlice whole(const std::string& name, const Shape& global) {
+  return make_slice(name, name, global, -1, 0, 0, 0);
+}
+
+nlohmann::json slice_json(const TensorSlice& s, const std::string& suffix) {
+  return nlohmann::json{{"global_name", s.global_name + suffix},
+                        {"global_shape", s.global_shape.dims()},
+                        {"partition_dim", s.partition_dim < 0 ? nlohmann::json(nullptr)
+                                                              : nlohmann::json(s.partition_dim)},
+                        {"offset", s.offset}};
+}
+
+// One shard file's contents: its slices (count > 0), with the optimizer state when asked for.
+struct ShardTensor {
+  TensorSlice slice;   // geometry; slice.name is the parameter's
+  std::string suffix;  // "" or one of kOptimizerSuffixes
+  DType dtype;
+  std::string stored() const { return slice.name + suffix; }
+};
+
+std::vector<ShardTensor> shard_tensors(const std::vector<TensorSlice>& slices, DType dtype,
+                                       bool optimizer) {
+  std::vector<ShardTensor> out;
+  for (const TensorSlice& s : slices) {
+    if (s.shape.numel() == 0) continue;  // a rank holding vocabulary padding only
+    out.push_back({s, "", dtype});
+    if (optimizer) {
+      for (const char* suffix : kOptimizerSuffixes) out.push_back({s, suffix, DType::kF32});
+    }
+  }
+  return out;
+}
+
+// The shard file's metadata: the layout, the step and every tensor's slice.
+std::map<std::string, std::string> shard_metadata(const std::vector<ShardTensor>& tensors, int tp,
+                                                  int tp_rank, int pp, int pp_rank, int64_t step) {
+  std::map<std::string, std::string> m{{"format", "weft"},
+                                       {"tp", std::to_string(tp)},
+                                       {"tp_rank", std::to_string(tp_rank)},
+                                       {"pp", std::to_string(pp)},
+                                       {"pp_rank", std::to_string(pp_rank)},
+                                       {"step", std::to_string(step)}};
+  for (const ShardTensor& t : tensors) {
+    WEFT_CHECK(m.count(t.stored()) == 0, "tensor name '", t.stored(),
+               "' collides with a metadata key");
+    m[t.stored()] = slice_json(t.slice, t.suffix).dump();
+  }
+  return m;
+}
+
+nlohmann::json manifest_json(const CheckpointInfo& info, bool has_optimizer) {
+  nlohmann::json manifest{{"format", "weft-gpt-checkpoint"},
+                          {"version", 2},
+                          {"config", config_to_json(info.config)},
+                          {"tp", info.tp},
+                          {"pp", info.pp},
+                          {"virtual_stages", info.virtual_stages},
+                          {"step", info.step},
+                          {"has_optimizer", has_optimizer},
+                          {"rng",
+                           {{"dropout_replicated", info.dropout_replicated},
+                            {"dropout_sharded", info.dropout_sharded}}},
+                          {"run_args", nlohmann::json::parse(info.run_args)}};
+  if (!info.tokenizer.empty()) manifest["tokenizer"] = "tokenizer.json";
+  return manifest;
+}
+
+// ---- The index over every shard of a checkpoint ----------------------------------------------
+
+// Every shard file of a checkpoint opened (headers only) and checked against the manifest's
+// config; reads any block of any global tensor from the stored blocks that cover it.
+class CheckpointIndex {
+ public:
+  struct Block {
+    const SafetensorsReader* file;
+    std::string stored;
+    int64_t offset, count;  // along the tensor's partition dim (0, whole extent when replicated)
+  };
+  struct Global {
+    DType dtype;
+    Shape shape;
+    int partition_dim;
+    std::vector<Block> blocks;  // sorted by offset
+  };
+
+  CheckpointIndex(const std::string& dir, const CheckpointInfo& info) : dir_(dir) {
+    const std::string manifest = dir + "/manifest.json";
+    WEFT_CHECK(info.tp > 0 && info.pp > 0 && info.virtual_stages > 0, manifest,
+               ": layout tp=", info.tp, " pp=", info.pp, " virtual_stages=", info.virtual_stages,
+               " must be positive");
+    GPTConfig config = info.config;
+    try {
+      config.finalize(info.tp);
+      split_layers(config.layers, info.pp * info.virtual_stages, {});
+    } catch (const Error& e) {
+      WEFT_THROW(ErrorCode::kInvalidArgument, manifest, ": its layout (tp ", info.tp, ", pp ",
+                 info.pp, ", virtual_stages ", info.virtual_stages,
+                 ") does not divide its model: ", e.message());
+    }
+    files_.reserve(static_cast<size_t>(info.tp) * static_cast<size_t>(info.pp));
+    for (int s = 0; s < info.pp; ++s) {
+      for (int t = 0; t < info.tp; ++t) files_.emplace_back(shard_path(dir, t, s));
+    }
+    legacy_ = info.version < 2;
+    // What the config says the checkpoint holds: its tensors at TP 1.
+    for (const TensorSlice& s : gpt_parameter_slices(info.config, 1, 0)) {
+      expected_[s.global_name] = Global{config.dtype, s.global_shape, s.partition_dim, {}};
+      if (info.has_optimizer) {
+        for (const char* suffix : kOptimizerSuffixes) {
+          expected_[s.global_name + suffix] =
+              Global{DType::kF32, s.global_shape, s.partition_dim, {}};
+        }
+      }
+    }
+    model_ = describe(config);
+    for (int s = 0; s < info.pp; ++s) {
+      for (int t = 0; t < info.tp; ++t) {
+        const SafetensorsReader& f = files_[static_cast<size_t>(s * info.tp + t)];
+        check_field(f, "tp", info.tp);
+        check_field(f, "tp_rank", t);
+        check_field(f, "pp", info.pp);
+        check_field(f, "pp_rank", s);
+        if (!legacy_) add_blocks(f, info.has_optimizer);
+      }
+    }
+    if (legacy_) return;
+    const std::map<std::string, Global>& expected = expected_;
+    const std::string& model = model_;
+    for (const auto& [name, g] : expected) {
+      auto it = tensors_.find(name);
+      WEFT_CHECK(it != tensors_.end(), "checkpoint ", dir, ": no shard holds tensor '", name, "' ",
+                 g.shape.str(), " of ", model);
+      const Global& have = it->second;
+      if (have.partition_dim < 0) continue;
+      int64_t covered = 0;
+      for (const Block& b : have.blocks) {
+        if (b.offset > covered) break;
+        covered = std::max(covered, b.offset + b.count);
+      }
+      WEFT_CHECK(covered == have.shape[have.partition_dim], "checkpoint ", dir,
+                 ": no shard holds elements [", covered, ", ", have.shape[have.partition_dim],
+                 ") of dimension ", have.partition_dim, " of tensor '", name, "' ",
+                 have.shape.str());
+    }
+  }
+
+  bool legacy() const { return legacy_; }
+  const std::map<std::string, Global>& tensors() const { return tensors_; }
+  const std::vector<SafetensorsReader>& files() const { return files_; }
+
+  // Elements [offset, offset + count) along dimension `dim` of global tensor `name` (the whole
+  // tensor when dim < 0) into host `dst`: dense, of the global shape but dst_extent along dim.
+  void read(const std::string& name, DType dtype, int dim, int64_t offset, int64_t count, void* dst,
+            int64_t dst_extent) const {
+    auto it = tensors_.find(name);
+    WEFT_CHECK(it != tensors_.end(), "checkpoint ", dir_, " has no tensor '", name, "'");
+    const Global& g = it->second;
+    WEFT_CHECK(g.dtype == dtype && g.partition_dim == dim, "checkpoint ", dir_, ": tensor '", name,
+               "' is ", dtype_name(g.dtype), " split along ", g.partition_dim, ", expected ",
+               dtype_name(dtype), " split along ", dim);
+    if (dim < 0) {
+      const Block& b = g.blocks.front();
+      b.file->read_block(b.stored, 0, 0, g.shape[0], dst, g.shape[0], 0);
+      return;
+    }
+    int64_t at = offset;
+    const int64_t end = offset + count;
+    for (const Block& b : g.blocks) {
+      if (at >= end) break;
+      if (b.offset > at || b.offset + b.count <= at) continue;
+      const int64_t n = std::min(end, b.offset + b.count) - at;
+      b.file->read_block(b.stored, dim, at - b.offset, n, dst, dst_extent, at - offset);
+      at += n;
+    }
+    WEFT_CHECK(at == end, "checkpoint ", dir_, ": no shard holds elements [", at, ", ", end,
+               ") of dimension ", dim, " of tensor '", name, "'");
+  }
+
+ private:
+  static void check_field(const SafetensorsReader& f, const char* key, int want) {
+    auto it = f.metadata().find(key);
+    WEFT_CHECK(it != f.metadata().end() && it->second == std::to_string(want), f.path(),
+               ": metadata field '", key, "' is ",
+               it == f.metadata().end() ? std::string("missing") : "'" + it->second + "'",
+               ", expected ", want, " (from the file's name and the manifest)");
+  }
+
+  static std::string describe(const GPTConfig& c) {
+    std::string s = "the manifest's config (vocab_size " + std::to_string(c.vocab_size) +
+                    ", layers " + std::to_string(c.layers) + ", hidden " +
+                    std::to_string(c.hidden) + ", heads " + std::to_string(c.heads) +
+                    ", kv_heads " + std::to_string(c.kv_heads) + ", ffn_hidden " +
+                    std::to_string(c.ffn_hidden) + ", dtype " + dtype_name(c.dtype) + ")";
+    return s;
+  }
+
+  void add_blocks(const SafetensorsReader& f, bool has_optimizer) {
+    for (const std::string& stored : f.names()) {
+      auto meta = f.metadata().find(stored);
+      WEFT_CHECK(meta != f.metadata().end(), f.path(), ": tensor '", stored,
+                 "' has no slice metadata (key '", stored,
+                 "' in __metadata__: global_name, global_shape, partition_dim, offset)");
+      auto bad = [&](const std::string& field, const std::string& value, const char* rule) {
+        WEFT_THROW(ErrorCode::kIo, f.path(), ": tensor '", stored, "': slice field '", field,
+                   "' is ", value, " (", rule, ")");
+      };
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(meta->second);
+      } catch (const nlohmann::json::exception&) {
+        bad("(all)", "'" + meta->second + "'", "must be a JSON object");
+      }
+      if (!j.is_object()) bad("(all)", "'" + meta->second + "'", "must be a JSON object");
+      auto field = [&](const char* key) -> const nlohmann::json& {
+        if (!j.contains(key)) bad(key, "missing", "required");
+        return j[key];
+      };
+      const nlohmann::json& gname = field("global_name");
+      if (!gname.is_string() || gname.get<std::string>().empty()) {
+        bad("global_name", gname.dump(), "must be a non-empty string");
+      }
+      const nlohmann::json& gshape = field("global_shape");
+      std::vector<int64_t> dims;
+      if (gshape.is_array()) {
+        for (const auto& d : gshape) {
+          if (!d.is_number_unsigned()) bad("global_shape", gshape.dump(), "sizes >= 0");
+          dims.push_back(d.get<int64_t>());
+        }
+      } else {
+        bad("global_shape", gshape.dump(), "must be an array of sizes");
+      }
+      const Shape stored_shape = f.shape(stored);
+      if (static_cast<int>(dims.size()) != stored_shape.rank()) {
+        bad("global_shape", gshape.dump(),
+            ("must have the stored tensor's rank, " + std::to_string(stored_shape.rank())).c_str());
+      }
+      const nlohmann::json& pdim = field("partition_dim");
+      int dim = -1;
+      if (!pdim.is_null()) {
+        if (!pdim.is_number_integer() || pdim.get<int64_t>() < 0 ||
+            pdim.get<int64_t>() >= stored_shape.rank()) {
+          bad("partition_dim", pdim.dump(), "null, or a dimension of the tensor");
+        }
+        dim = pdim.get<int>();
+      }
+      const nlohmann::json& off = field("offset");
+      if (!off.is_number_unsigned()) bad("offset", off.dump(), "must be an integer >= 0");
+      const int64_t offset = off.get<int64_t>();
+      for (int d = 0; d < stored_shape.rank(); ++d) {
+        if (d != dim && stored_shape[d] != dims[static_cast<size_t>(d)]) {
+          bad("global_shape", gshape.dump(),
+              ("disagrees with the stored shape " + stored_shape.str() + " in dimension " +
+               std::to_string(d))
+                  .c_str());
+        }
+      }
+      if (dim < 0 && offset != 0) bad("offset", off.dump(), "must be 0 for a whole tensor");
+      if (dim >= 0 && offset + stored_shape[dim] > dims[static_cast<size_t>(dim)]) {
+        bad("offset", off.dump(),
+            ("the block of " + std::to_string(stored_shape[dim]) + " from there exceeds " +
+             std::to_string(dims[static_cast<size_t>(dim)]))
+                .c_str());
+      }
+      const std::string name = gname.get<std::string>();
+      const DType dtype = f.dtype(stored);
+      auto want = expected_.find(name);
+      WEFT_CHECK(want != expected_.end(), f.path(), ": tensor '", stored,
+                 "': slice field 'global_name' is '", name, "', a tensor ", model_,
+                 " does not have", has_optimizer ? "" : " (the manifest says: no optimizer state)");
+      const Global& w = want->second;
+      WEFT_CHECK(Shape(dims) == w.shape, f.path(), ": tensor '", stored,
+                 "': slice field 'global_shape' is ", Shape(dims).str(), ", but ", model_,
+                 " gives ", w.shape.str());
+      WEFT_CHECK(dim == w.partition_dim, f.path(), ": tensor '", stored,
+                 "': slice field 'partition_dim' is ", pdim.dump(), ", but ", model_,
+                 " splits it along ",
+                 w.partition_dim < 0 ? "none" : std::to_string(w.partition_dim));
+      WEFT_CHECK(dtype == w.dtype, f.path(), ": tensor '", stored, "': dtype is ",
+                 dtype_name(dtype), ", but ", model_, " gives ", dtype_name(w.dtype));
+      Global& g = tensors_.try_emplace(name, Global{dtype, Shape(dims), dim, {}}).first->second;
+      const int64_t count = dim < 0 ? (dims.empty() ? 1 : dims[0]) : stored_shape[dim];
+      g.blocks.push_back(Block{&f, stored, offset, count});
+      std::stable_sort(g.blocks.begin(), g.blocks.end(),
+                       [](const Block& a, const Block& b) { return a.offset < b.offset; });
+    }
+  }
+
+  std::string dir_;
+  std::vector<SafetensorsReader> files_;  // reserved up front: blocks point into it
+  std::map<std::string, Global> tensors_;
+  std::map<std::string, Global> expected_;  // from the manifest's config
+  std::string model_;                       // the config, in words
+  bool legacy_ = false;
+};
+
+// The slice of this rank's parameter `p` (by name), checked against the parameter's shape.
+const TensorSlice& slice_of(const std::map<std::string, TensorSlice>& slices, const Parameter& p) {
+  auto it = slices.find(p.name);
+  WEFT_CHECK(it != slices.end(), "parameter '", p.name,
+             "' is not a parameter of the checkpoint's GPT config");
+  const TensorSlice& s = it->second;
+  const Shape local = s.partition_dim < 0
+                          ? s.global_shape
+                          : s.global_shape.with_dim(s.partition_dim, s.local_extent);
+  WEFT_CHECK(p.value.shape() == local, "parameter '", p.name, "' has shape ", p.value.shape().str(),
+             " but the checkpoint's config gives its shard ", local.str());
+  return s;
+}
+
+std::map<std::string, TensorSlice> slices_by_name(const GPTConfig& config, int tp, int tp_rank) {
+  std::map<std::string, TensorSlice> out;
+  for (TensorSlice& s : gpt_parameter_slices(config, tp, tp_rank)) out[s.name] = std::move(s);
+  return out;
+}
+
+// The stored part of a shard: all of it, or its first rows (vocabulary padding excluded).
+TensorView stored_view(const TensorSlice& s, TensorView shard) {
+  if (s.partition_dim < 0 || s.shape[s.partition_dim] == s.local_extent) return shard;
+  WEFT_CHECK(s.partition_dim == 0, "only rows can be padding (", s.name, ")");
+  return shard.rows(0, s.shape[0]);
+}
+
+// Reads slice `s` of global tensor s.global_name + suffix into `dst` (this rank's shard).
+void read_into(const CheckpointIndex& index, const TensorSlice& s, const std::string& suffix,
+               TensorView dst, Backend& backend) {
+  const TensorView target = stored_view(s, dst);
+  if (target.numel() == 0) return;
+  const int dim = s.partition_dim;
+  const int64_t count = dim < 0 ? 0 : s.shape[dim];
+  if (dst.device.is_cpu()) {
+    index.read(s.global_name + suffix, dst.dtype, dim, s.offset, count, dst.data,
+               dim < 0 ? 0 : s.local_extent);
+    return;
+  }
+  std::vector<unsigned char> staging(target.bytes());
+  index.read(s.global_name + suffix, dst.dtype, dim, s.offset, count, staging.data(), count);
+  backend.copy(target, TensorView{staging.data(), target.shape, target.dtype, Device::cpu()});
+}
+
 }  // namespace
+
+std::vector<TensorSlice> gpt_parameter_slices(const GPTConfig& model, int tp, int tp_rank,
+                                              const GPTStageLayout& stage) {
+  GPTConfig c = model;
+  c.finalize(tp);
+  WEFT_CHECK(tp_rank >= 0 && tp_rank < tp, "tp_rank ", tp_rank, " outside [0, ", tp, ")");
+  const int64_t h = c.hidden, d = c.head_dim(), heads = c.heads, kv = c.kv_heads;
+  const int64_t first = stage.first_layer;
+  const int64_t count = stage.layers < 0 ? c.layers - first : stage.layers;
+  WEFT_CHECK(first >= 0 && count >= 0 && first + count <= c.layers, "stage layers [", first, ", ",
+             first + count, ") are outside the model's ", c.layers, " layers");
+  std::vector<TensorSlice> out;
+  auto norm = [&](const std::string& name) {
+    out.push_back(whole(name + ".weight", Shape({h})));
+    if (c.norm == NormKind::kLayerNorm) out.push_back(whole(name + ".bias", Shape({h})));
+  };
+  auto column = [&](const std::string& name, int64_t out_features, int64_t in_features) {
+    out.push_back(even_slice(name + ".weight", Shape({out_features, in_features}), 0, tp, tp_rank));
+    if (c.bias) out.push_back(even_slice(name + ".bias", Shape({out_features}), 0, tp, tp_rank));
+  };
+  auto row = [&](const std::string& name, int64_t out_features, int64_t in_features) {
+    out.push_back(even_slice(name + ".weight", Shape({out_features, in_features}), 1, tp, tp_rank));
+    if (c.bias) out.push_back(whole(name + ".bias", Shape({out_features})));
+  };
+  if (stage.has_embedding || stage.has_head) {
+    // Only the real vocabulary is stored: this rank's rows of the padded table that hold one.
+    const int64_t local = padded_vocab_size(c.vocab_size, c.vocab_pad_multiple, tp) / tp;
+    const int64_t begin = local * tp_rank;
+    const int64_t real = std::clamp<int64_t>(c.vocab_size - begin, 0, local);
+    out.push_back(make_slice("embedding.weight", "embedding.weight", Shape({c.vocab_size, h}), 0,
+                             begin, real, local));
+  }
+  if (stage.has_embedding && !c.rotary) out.push_back(whole("positions", Shape({c.max_seq, h})));
+  for (int64_t i = first; i < first + count; ++i) {
+    const std::string layer = "layers." + std::to_string(i);
+    norm(layer + ".norm1");
+    const std::string attn = layer + ".attention";
+    const int64_t qkv_rows = (heads + 2 * kv) * d;
+    if (kv % tp == 0) {
+      column(attn + ".qkv", qkv_rows, h);
+    } else {
+      // Replicated key/value heads (attention.hpp): this rank's query heads and its group's key
+      // and value are two windows of the grouped QKV tensor.
+      const int64_t per_group = tp / kv, group = tp_rank / per_group, qpg = heads / kv;
+      const int64_t local_heads = heads / tp;
+      const int64_t q_row = group * (qpg + 2) * d + (tp_rank % per_group) * local_heads * d;
+      const int64_t kv_row = (group * (qpg + 2) + qpg) * d;
+      const std::string qkv = attn + ".qkv";
+      for (const char* part : {".weight", ".bias"}) {
+        if (std::string(part) == ".bias" && !c.bias) continue;
+        const Shape global =
+            std::string(part) == ".weight" ? Shape({qkv_rows, h}) : Shape({qkv_rows});
+        out.push_back(make_slice(attn + ".q" + part, qkv + part, global, 0, q_row, local_heads * d,
+                                 local_heads * d));
+        out.push_back(make_slice(attn + ".kv" + part, qkv + part, global, 0, kv_row, 2 * d, 2 * d));
+      }
+    }
+    row(attn + ".proj", h, heads * d);
+    norm(layer + ".norm2");
+    column(layer + ".mlp.fc1", c.ffn_hidden, h);
+    if (c.activation == MlpActivation::kSwiGLU) column(layer + ".mlp.up", c.ffn_hidden, h);
+    row(layer + ".mlp.fc2", h, c.ffn_hidden);
+  }
+  if (stage.has_head) norm("final_norm");
+  return out;
+}
 
 void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
                      const std::vector<Parameter*>& params, AdamW* optimizer,
@@ -96,22 +535,31 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
   }
   world.barrier();
   if (grid.dp_rank() == 0) {
-    std::vector<NamedTensor> tensors;
-    for (Parameter* p : params) tensors.push_back({p->name, p->value});
+    const std::map<std::string, TensorSlice> slices =
+        slices_by_name(info.config, grid.tp_size(), grid.tp_rank());
+    std::vector<TensorSlice> mine;
+    std::map<std::string, TensorView> views;  // stored name -> the stored part of the shard
+    for (Parameter* p : params) {
+      const TensorSlice& s = slice_of(slices, *p);
+      mine.push_back(s);
+      views[s.name] = stored_view(s, p->value);
+    }
     if (optimizer != nullptr) {
-      for (AdamW::State& s : optimizer->state()) {
-        tensors.push_back({s.param->name + ".master", s.master});
-        tensors.push_back({s.param->name + ".exp_avg", s.m});
-        tensors.push_back({s.param->name + ".exp_avg_sq", s.v});
+      for (AdamW::State& st : optimizer->state()) {
+        const TensorSlice& s = slice_of(slices, *st.param);
+        views[s.name + ".master"] = stored_view(s, st.master);
+        views[s.name + ".exp_avg"] = stored_view(s, st.m);
+        views[s.name + ".exp_avg_sq"] = stored_view(s, st.v);
       }
     }
-    const std::map<std::string, std::string> metadata{{"format", "weft"},
-                                                      {"tp", std::to_string(grid.tp_size())},
-                                                      {"tp_rank", std::to_string(grid.tp_rank())},
-                                                      {"pp", std::to_string(grid.pp_size())},
-                                                      {"pp_rank", std::to_string(grid.pp_rank())},
-                                                      {"step", std::to_string(info.step)}};
-    save_safetensors(shard_path(dir, grid.tp_rank(), grid.pp_rank()), tensors, metadata, backend);
+    const std::vector<ShardTensor> tensors =
+        shard_tensors(mine, info.config.dtype, optimizer != nullptr);
+    std::vector<NamedTensor> named;
+    for (const ShardTensor& t : tensors) named.push_back({t.stored(), views.at(t.stored())});
+    save_safetensors(shard_path(dir, grid.tp_rank(), grid.pp_rank()), named,
+                     shard_metadata(tensors, grid.tp_size(), grid.tp_rank(), grid.pp_size(),
+                                    grid.pp_rank(), info.step),
+                     backend);
   }
   world.barrier();  // every shard is on disk before the manifest says so
   if (world.rank() == 0) {
@@ -119,19 +567,8 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
     if (!info.tokenizer.empty()) {
       write_file_atomically(dir + "/tokenizer.json", read_file(info.tokenizer));
     }
-    json manifest{{"format", "weft-gpt-checkpoint"},
-                  {"version", 1},
-                  {"config", config_to_json(info.config)},
-                  {"tp", info.tp},
-                  {"pp", info.pp},
-                  {"step", info.step},
-                  {"has_optimizer", optimizer != nullptr},
-                  {"rng",
-                   {{"dropout_replicated", info.dropout_replicated},
-                    {"dropout_sharded", info.dropout_sharded}}},
-                  {"run_args", json::parse(info.run_args)}};
-    if (!info.tokenizer.empty()) manifest["tokenizer"] = "tokenizer.json";
-    write_file_atomically(dir + "/manifest.json", manifest.dump(2) + "\n");
+    write_file_atomically(dir + "/manifest.json",
+                          manifest_json(info, optimizer != nullptr).dump(2) + "\n");
   }
   world.barrier();
 }
@@ -145,10 +582,15 @@ CheckpointInfo read_checkpoint_info(const std::string& path_or_root) {
     WEFT_CHECK(j.at("format").get<std::string>() == "weft-gpt-checkpoint", path,
                " is not a weft GPT checkpoint manifest");
     CheckpointInfo info;
+    info.version = j.at("version").get<int>();
+    WEFT_CHECK(info.version == 1 || info.version == 2, path, ": version ", info.version,
+               " is not one this weft reads (1 or 2)");
     info.config = config_from_json(j.at("config"));
     info.tp = j.at("tp").get<int>();
     info.pp = j.contains("pp") ? j.at("pp").get<int>() : 1;
+    info.virtual_stages = j.contains("virtual_stages") ? j.at("virtual_stages").get<int>() : 1;
     info.step = j.at("step").get<int64_t>();
+    info.has_optimizer = j.contains("has_optimizer") && j.at("has_optimizer").get<bool>();
     info.dropout_replicated = j.at("rng").at("dropout_replicated").get<uint64_t>();
     info.dropout_sharded = j.at("rng").at("dropout_sharded").get<uint64_t>();
     info.run_args = j.at("run_args").dump();
@@ -159,18 +601,26 @@ CheckpointInfo read_checkpoint_info(const std::string& path_or_root) {
   }
 }
 
-void load_checkpoint(const std::string& path_or_root, const std::vector<Parameter*>& params,
-                     AdamW* optimizer, const ParallelGrid& grid, Backend& backend) {
-  const std::string dir = resolve_checkpoint(path_or_root);
-  const CheckpointInfo info = read_checkpoint_info(dir);
-  WEFT_CHECK(info.tp == grid.tp_size(), "checkpoint ", dir, " was saved at tensor-parallel size ",
-             info.tp, " but this run has ", grid.tp_size(), "; load it at tp=", info.tp);
-  std::vector<SafetensorsReader> readers;
-  for (int s = 0; s < info.pp; ++s) readers.emplace_back(shard_path(dir, grid.tp_rank(), s));
-  // Any pipeline stage's shard may hold a name (the tied embedding is in the first and last).
+namespace {
+
+// Version 1: shards without slice metadata, read by name at the saving TP size.
+void load_legacy(const std::string& dir, const CheckpointInfo& info, const CheckpointIndex& index,
+                 const std::vector<Parameter*>& params, AdamW* optimizer, const ParallelGrid& grid,
+                 Backend& backend) {
+  const std::string first = shard_path(dir, 0, 0);
+  WEFT_CHECK(info.tp == grid.tp_size(), "checkpoint ", dir, " is of format version 1: its shards (",
+             first,
+             ", ...) have no slice metadata (global_name, global_shape, partition_dim, offset "
+             "per tensor in __metadata__), so it loads only at the tensor-parallel size it was "
+             "saved with, tp=",
+             info.tp, ", not ", grid.tp_size(), "; load it there and save it again");
+  std::vector<const SafetensorsReader*> readers;
+  for (const SafetensorsReader& f : index.files()) {
+    if (f.metadata().at("tp_rank") == std::to_string(grid.tp_rank())) readers.push_back(&f);
+  }
   auto read = [&](const std::string& name, TensorView dst) {
-    for (const SafetensorsReader& reader : readers) {
-      if (reader.contains(name)) return reader.read(name, dst, backend);
+    for (const SafetensorsReader* reader : readers) {
+      if (reader->contains(name)) return reader->read(name, dst, backend);
     }
     WEFT_THROW(ErrorCode::kIo, "checkpoint ", dir, " has no tensor '", name, "' in any of the ",
                readers.size(), " shard(s) of tp rank ", grid.tp_rank());
@@ -182,8 +632,152 @@ void load_checkpoint(const std::string& path_or_root, const std::vector<Paramete
       read(s.param->name + ".exp_avg", s.m);
       read(s.param->name + ".exp_avg_sq", s.v);
     }
+  }
+}
+
+}  // namespace
+
+void load_checkpoint(const std::string& path_or_root, const std::vector<Parameter*>& params,
+                     AdamW* optimizer, const ParallelGrid& grid, Backend& backend) {
+  const std::string dir = resolve_checkpoint(path_or_root);
+  const CheckpointInfo info = read_checkpoint_info(dir);
+  WEFT_CHECK(optimizer == nullptr || info.has_optimizer || info.version < 2, "checkpoint ", dir,
+             "/manifest.json: has_optimizer is false, but this run resumes an optimizer");
+  const CheckpointIndex index(dir, info);
+  if (index.legacy()) {
+    load_legacy(dir, info, index, params, optimizer, grid, backend);
+  } else {
+    const std::map<std::string, TensorSlice> slices =
+        slices_by_name(info.config, grid.tp_size(), grid.tp_rank());
+    for (Parameter* p : params) read_into(index, slice_of(slices, *p), "", p->value, backend);
+    if (optimizer != nullptr) {
+      for (AdamW::State& s : optimizer->state()) {
+        const TensorSlice& slice = slice_of(slices, *s.param);
+        read_into(index, slice, ".master", s.master, backend);
+        read_into(index, slice, ".exp_avg", s.m, backend);
+        read_into(index, slice, ".exp_avg_sq", s.v, backend);
+      }
+    }
+  }
+  if (optimizer != nullptr) {
     optimizer->set_steps_taken(info.step);
     optimizer->refresh_parameters();
+  }
+}
+
+std::vector<CheckpointTensor> list_checkpoint_tensors(const std::string& path_or_root) {
+  const std::string dir = resolve_checkpoint(path_or_root);
+  const CheckpointInfo info = read_checkpoint_info(dir);
+  const CheckpointIndex index(dir, info);
+  std::vector<CheckpointTensor> out;
+  if (index.legacy()) {
+    // No slice metadata: each stored tensor is listed as it is stored.
+    std::map<std::string, CheckpointTensor> stored;
+    for (const SafetensorsReader& f : index.files()) {
+      for (const std::string& name : f.names()) {
+        CheckpointTensor& t = stored[name];
+        t.name = name;
+        t.dtype = f.dtype(name);
+        t.shape = f.shape(name);
+        t.blocks += 1;
+        t.stored_bytes += f.shape(name).numel() * static_cast<int64_t>(dtype_size(t.dtype));
+      }
+    }
+    for (auto& [name, t] : stored) out.push_back(t);
+    return out;
+  }
+  for (const auto& [name, g] : index.tensors()) {
+    CheckpointTensor t;
+    t.name = name;
+    t.dtype = g.dtype;
+    t.shape = g.shape;
+    t.partition_dim = g.partition_dim;
+    t.blocks = static_cast<int64_t>(g.blocks.size());
+    for (const CheckpointIndex::Block& b : g.blocks) {
+      t.stored_bytes += b.file->shape(b.stored).numel() * static_cast<int64_t>(dtype_size(g.dtype));
+    }
+    out.push_back(t);
+  }
+  return out;
+}
+
+void reshard_checkpoint(const std::string& path_or_root, const std::string& dst, int tp, int pp,
+                        int virtual_stages) {
+  const std::string src = resolve_checkpoint(path_or_root);
+  const CheckpointInfo info = read_checkpoint_info(src);
+  const CheckpointIndex index(src, info);
+  WEFT_CHECK(!index.legacy(), "checkpoint ", src,
+             " is of format version 1: its shards have no slice metadata, so it cannot be "
+             "resharded; load it at tp=",
+             info.tp, " and save it again");
+  WEFT_CHECK(tp > 0 && pp > 0 && virtual_stages > 0, "reshard: tp (", tp, "), pp (", pp,
+             ") and virtual stages (", virtual_stages, ") must be positive");
+  WEFT_CHECK(virtual_stages == 1 || pp > 1, "reshard: virtual stages (", virtual_stages,
+             ") need pp > 1");
+  std::vector<GPTStageLayout> stages;
+  try {
+    GPTConfig config = info.config;
+    config.finalize(tp);
+    stages = pipeline_stage_layouts(split_layers(config.layers, pp * virtual_stages, {}));
+  } catch (const Error& e) {
+    WEFT_THROW(ErrorCode::kInvalidArgument, "reshard: the model of ", src,
+               "/manifest.json does not divide at tp ", tp, ", pp ", pp, ", virtual stages ",
+               virtual_stages, ": ", e.message());
+  }
+  WEFT_CHECK(!std::filesystem::exists(dst), "reshard: the output directory '", dst,
+             "' exists already; give a new one");
+
+  // Written in a temporary directory beside dst, renamed at the end: dst is whole or absent.
+  const std::string tmp = dst + ".tmp." + std::to_string(::getpid());
+  std::error_code ignored;
+  std::filesystem::remove_all(tmp, ignored);
+  make_directory(tmp);
+  try {
+    for (int s = 0; s < pp; ++s) {
+      for (int t = 0; t < tp; ++t) {
+        std::map<std::string, TensorSlice> slices;
+        for (int c = 0; c < virtual_stages; ++c) {
+          for (TensorSlice& slice :
+               gpt_parameter_slices(info.config, tp, t, stages[static_cast<size_t>(c * pp + s)])) {
+            slices[slice.name] = std::move(slice);
+          }
+        }
+        std::vector<TensorSlice> list;
+        for (auto& [name, slice] : slices) list.push_back(slice);
+        const std::vector<ShardTensor> tensors =
+            shard_tensors(list, info.config.dtype, info.has_optimizer);
+        std::vector<SafetensorsEntry> entries;
+        std::map<std::string, const ShardTensor*> by_name;
+        for (const ShardTensor& x : tensors) {
+          entries.push_back({x.stored(), x.dtype, x.slice.shape});
+          by_name[x.stored()] = &x;
+        }
+        save_safetensors_streamed(
+            shard_path(tmp, t, s), entries, shard_metadata(tensors, tp, t, pp, s, info.step),
+            [&](const SafetensorsEntry& e, std::vector<unsigned char>& scratch) -> const void* {
+              const ShardTensor& x = *by_name.at(e.name);
+              const int dim = x.slice.partition_dim;
+              const int64_t count = dim < 0 ? 0 : x.slice.shape[dim];
+              index.read(x.slice.global_name + x.suffix, x.dtype, dim, x.slice.offset, count,
+                         scratch.data(), count);
+              return scratch.data();
+            });
+      }
+    }
+    nlohmann::json manifest = json::parse(read_file(src + "/manifest.json"));
+    manifest["version"] = 2;
+    manifest["tp"] = tp;
+    manifest["pp"] = pp;
+    manifest["virtual_stages"] = virtual_stages;
+    if (!info.tokenizer.empty()) {
+      write_file_atomically(tmp + "/tokenizer.json", read_file(info.tokenizer));
+    }
+    write_file_atomically(tmp + "/manifest.json", manifest.dump(2) + "\n");
+    WEFT_CHECK(::rename(tmp.c_str(), dst.c_str()) == 0, "reshard: cannot rename '", tmp, "' to '",
+               dst, "': ", std::strerror(errno));
+  } catch (...) {
+    std::filesystem::remove_all(tmp, ignored);
+    throw;
   }
 }
 

@@ -104,36 +104,37 @@ uint64_t checked_bytes(const std::vector<int64_t>& dims, size_t element_size, bo
 
 }  // namespace
 
-void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
-                      const std::map<std::string, std::string>& metadata, Backend& backend) {
+void save_safetensors_streamed(
+    const std::string& path, const std::vector<SafetensorsEntry>& entries,
+    const std::map<std::string, std::string>& metadata,
+    const std::function<const void*(const SafetensorsEntry&, std::vector<unsigned char>& scratch)>&
+        fill) {
   std::set<std::string> seen;
-  for (const NamedTensor& t : tensors) {
+  for (const SafetensorsEntry& t : entries) {
     WEFT_CHECK(!t.name.empty(), "save_safetensors('", path, "'): empty tensor name");
     WEFT_CHECK(t.name != kMetadataKey, "save_safetensors('", path, "'): tensor name '",
                kMetadataKey, "' is reserved for the metadata");
     WEFT_CHECK(seen.insert(t.name).second, "save_safetensors('", path,
                "'): duplicate tensor name '", t.name, "'");
-    WEFT_CHECK(t.view.data != nullptr || t.view.numel() == 0, "save_safetensors('", path,
-               "'): tensor '", t.name, "' (", t.view.str(), ") has no data");
   }
 
   // The reference writer's order, so that our files are byte-identical to its files: dtypes in
   // descending order of its Dtype enum (F32, I32, BF16, F16: never a smaller element before a
   // larger one, so every tensor stays aligned to its element size), then names.
-  std::vector<const NamedTensor*> order;
-  for (const NamedTensor& t : tensors) order.push_back(&t);
-  std::sort(order.begin(), order.end(), [](const NamedTensor* a, const NamedTensor* b) {
-    const int ra = reference_dtype_rank(a->view.dtype), rb = reference_dtype_rank(b->view.dtype);
+  std::vector<const SafetensorsEntry*> order;
+  for (const SafetensorsEntry& t : entries) order.push_back(&t);
+  std::sort(order.begin(), order.end(), [](const SafetensorsEntry* a, const SafetensorsEntry* b) {
+    const int ra = reference_dtype_rank(a->dtype), rb = reference_dtype_rank(b->dtype);
     return ra != rb ? ra > rb : a->name < b->name;
   });
 
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header[kMetadataKey] = metadata;
   uint64_t offset = 0;
-  for (const NamedTensor* t : order) {
-    const uint64_t bytes = t->view.bytes();
-    header[t->name] = {{"dtype", safetensors_dtype(t->view.dtype)},
-                       {"shape", t->view.shape.dims()},
+  for (const SafetensorsEntry* t : order) {
+    const uint64_t bytes = static_cast<uint64_t>(t->shape.numel()) * dtype_size(t->dtype);
+    header[t->name] = {{"dtype", safetensors_dtype(t->dtype)},
+                       {"shape", t->shape.dims()},
                        {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
@@ -152,20 +153,37 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
   AtomicWriter out(path);
   out.write(length, sizeof length);
   out.write(text.data(), text.size());
-  std::vector<unsigned char> staging;
-  for (const NamedTensor* t : order) {
-    const size_t bytes = t->view.bytes();
+  std::vector<unsigned char> scratch;
+  for (const SafetensorsEntry* t : order) {
+    const size_t bytes = static_cast<size_t>(t->shape.numel()) * dtype_size(t->dtype);
     if (bytes == 0) continue;
-    if (t->view.device.is_cpu()) {
-      out.write(t->view.data, bytes);
-    } else {
-      staging.resize(bytes);
-      backend.copy(TensorView{staging.data(), t->view.shape, t->view.dtype, Device::cpu()},
-                   t->view);
-      out.write(staging.data(), bytes);
-    }
+    scratch.resize(bytes);
+    const void* data = fill(*t, scratch);
+    WEFT_CHECK(data != nullptr, "save_safetensors('", path, "'): tensor '", t->name,
+               "' has no data");
+    out.write(data, bytes);
   }
   out.commit();
+}
+
+void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                      const std::map<std::string, std::string>& metadata, Backend& backend) {
+  std::vector<SafetensorsEntry> entries;
+  std::map<std::string, const TensorView*> views;
+  for (const NamedTensor& t : tensors) {
+    WEFT_CHECK(t.view.data != nullptr || t.view.numel() == 0, "save_safetensors('", path,
+               "'): tensor '", t.name, "' (", t.view.str(), ") has no data");
+    entries.push_back({t.name, t.view.dtype, t.view.shape});
+    views[t.name] = &t.view;
+  }
+  save_safetensors_streamed(
+      path, entries, metadata,
+      [&](const SafetensorsEntry& e, std::vector<unsigned char>& scratch) -> const void* {
+        const TensorView& v = *views.at(e.name);
+        if (v.device.is_cpu()) return v.data;
+        backend.copy(TensorView{scratch.data(), v.shape, v.dtype, Device::cpu()}, v);
+        return scratch.data();
+      });
 }
 
 SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
@@ -350,6 +368,30 @@ const SafetensorsReader::Entry& SafetensorsReader::entry(const std::string& name
 Shape SafetensorsReader::shape(const std::string& name) const { return entry(name).shape; }
 
 DType SafetensorsReader::dtype(const std::string& name) const { return entry(name).dtype; }
+
+void SafetensorsReader::read_block(const std::string& name, int dim, int64_t begin, int64_t count,
+                                   void* dst, int64_t dst_extent, int64_t dst_begin) const {
+  const Entry& e = entry(name);
+  const Shape& shape = e.shape;
+  WEFT_CHECK(dim >= 0 && dim < shape.rank() && begin >= 0 && count >= 0 &&
+                 begin + count <= shape[dim] && dst_begin >= 0 && dst_begin + count <= dst_extent,
+             "tensor '", name, "' in '", path_, "' (", shape.str(), "): block [", begin, ", ",
+             begin + count, ") of dimension ", dim, " into [", dst_begin, ", ", dst_begin + count,
+             ") of ", dst_extent, " is out of range");
+  if (count == 0) return;
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < dim; ++d) outer *= shape[d];
+  for (int d = dim + 1; d < shape.rank(); ++d) inner *= shape[d];
+  const size_t element = dtype_size(e.dtype);
+  const size_t run = static_cast<size_t>(count * inner) * element;
+  char* out = static_cast<char*>(dst);
+  for (int64_t o = 0; o < outer; ++o) {
+    const uint64_t from =
+        e.begin + static_cast<uint64_t>((o * shape[dim] + begin) * inner) * element;
+    pread_all(fd_, out + static_cast<size_t>((o * dst_extent + dst_begin) * inner) * element, run,
+              from, path_);
+  }
+}
 
 void SafetensorsReader::read(const std::string& name, TensorView dst, Backend& backend) const {
   const Entry& e = entry(name);

@@ -41,6 +41,11 @@ std::string safetensors_bytes(std::string header, const std::string& data) {
   return le64(header.size()) + header + data;
 }
 
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
 std::string raw(const TensorView& v) {
   return std::string(static_cast<const char*>(v.data), v.bytes());
 }
@@ -182,6 +187,56 @@ TEST(SafetensorsFormat, ReadsAFileWrittenByHand) {
   reader.read("a", a, *backend);
   EXPECT_EQ(bf16_to_float(a.as<bf16_t>()[0]), 1.0f);
   EXPECT_EQ(bf16_to_float(a.as<bf16_t>()[1]), -2.0f);
+}
+
+// A file written piece by piece equals the one written from whole tensors, and read_block reads
+// any block along any dimension into its place in a larger destination.
+TEST(SafetensorsBlocks, StreamedWriteAndBlockReadsAlongEachDimension) {
+  auto backend = make_cpu_backend();
+  TempDir dir;
+  const Tensor a = i32_tensor(*backend, {4, 3, 5});
+  const Tensor b = i32_tensor(*backend, {6});
+  const std::map<std::string, std::string> metadata{{"k", "v"}};
+  save_safetensors(dir.file("whole.safetensors"), {{"a", a}, {"b", b}}, metadata, *backend);
+  int asked = 0;
+  save_safetensors_streamed(
+      dir.file("streamed.safetensors"),
+      {{"b", DType::kI32, b.shape()}, {"a", DType::kI32, a.shape()}}, metadata,
+      [&](const SafetensorsEntry& e, std::vector<unsigned char>& scratch) -> const void* {
+        ++asked;
+        EXPECT_EQ(scratch.size(), (e.name == "a" ? a : b).view().bytes());
+        std::memcpy(scratch.data(), (e.name == "a" ? a : b).view().data, scratch.size());
+        return scratch.data();
+      });
+  EXPECT_EQ(asked, 2);
+  EXPECT_EQ(file_bytes(dir.file("streamed.safetensors")),
+            file_bytes(dir.file("whole.safetensors")));
+
+  SafetensorsReader reader(dir.file("whole.safetensors"));
+  const int32_t* src = a.as<int32_t>();
+  for (int dim = 0; dim < 3; ++dim) {
+    const int64_t extent = a.shape()[dim], begin = 1, count = extent - 2, dst_extent = extent + 3;
+    std::vector<int64_t> dims = a.shape().dims();
+    dims[static_cast<size_t>(dim)] = dst_extent;
+    const Shape dst_shape(dims);
+    std::vector<int32_t> dst(static_cast<size_t>(dst_shape.numel()), -1);
+    reader.read_block("a", dim, begin, count, dst.data(), dst_extent, 2);
+    for (int64_t i = 0; i < dst_shape[0]; ++i) {
+      for (int64_t j = 0; j < dst_shape[1]; ++j) {
+        for (int64_t k = 0; k < dst_shape[2]; ++k) {
+          int64_t s[3] = {i, j, k};        // becomes the source index
+          const int64_t pos = s[dim] - 2;  // position in the block
+          s[dim] = begin + pos;
+          const int32_t want = pos >= 0 && pos < count ? src[(s[0] * 3 + s[1]) * 5 + s[2]] : -1;
+          const int64_t at = (i * dst_shape[1] + j) * dst_shape[2] + k;
+          ASSERT_EQ(dst[static_cast<size_t>(at)], want) << "dim " << dim << " at " << at;
+        }
+      }
+    }
+  }
+  std::vector<int32_t> tiny(4);
+  EXPECT_THROW(reader.read_block("a", 1, 2, 2, tiny.data(), 3, 0), Error);  // past the tensor
+  EXPECT_THROW(reader.read_block("a", 3, 0, 1, tiny.data(), 1, 0), Error);  // no dimension 3
 }
 
 TEST(CheckpointAtomicWrite, ReplacesExistingFileAndLeavesNoTemp) {
