@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <vector>
@@ -59,10 +60,10 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   flags.add("prompt", &a.prompt, "text to continue");
   flags.add("tokenizer", &a.tokenizer,
             "Hugging Face tokenizer.json (default: the checkpoint's, else bytes are tokens)");
-  flags.add("max-new-tokens", &a.max_new_tokens, "tokens to generate");
-  flags.add("temperature", &a.temperature, "0: greedy; otherwise sampling temperature");
-  flags.add("top-k", &a.top_k, "sample among the k most likely tokens (0: all)");
-  flags.add("seed", &a.seed, "sampling seed");
+  flags.add("max-new-tokens", &a.max_new_tokens, "tokens to generate", 0, 1 << 30);
+  flags.add("temperature", &a.temperature, "0: greedy; otherwise sampling temperature", 0.0, 100.0);
+  flags.add("top-k", &a.top_k, "sample among the k most likely tokens (0: all)", 0, 1 << 30);
+  flags.add("seed", &a.seed, "sampling seed", 0, std::numeric_limits<int64_t>::max());
   a.engine.add_to(flags);
   if (!flags.parse(argc, argv)) {
     if (mpi_world.rank() == 0) std::printf("%s", flags.usage().c_str());
@@ -71,10 +72,6 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   if (a.load.empty()) throw weft::examples::UsageError("gpt_generate: --load DIR is required");
   if (a.prompt.empty())
     throw weft::examples::UsageError("gpt_generate: --prompt must not be empty");
-  if (a.max_new_tokens < 0 || a.top_k < 0 || a.temperature < 0) {
-    throw weft::examples::UsageError(
-        "gpt_generate: --max-new-tokens, --top-k and --temperature must not be negative");
-  }
 
   const weft::CheckpointInfo info = weft::read_checkpoint_info(a.load);
   std::optional<weft::Tokenizer> tokenizer;
@@ -85,13 +82,14 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
              info.config.vocab_size, " tokens but ",
              tokenizer ? "tokenizer '" + tokenizer->source() + "'" : std::string("bytes"), " give ",
              vocab);
-  WEFT_CHECK(mpi_world.size() % info.tp == 0, "checkpoint ", a.load,
+  WEFT_CHECK(info.tp > 0 && mpi_world.size() % info.tp == 0, "checkpoint ", a.load,
              " was saved at tensor-parallel size ", info.tp, "; run with a multiple of ", info.tp,
              " ranks, not ", mpi_world.size());
   const weft::Runtime runtime = weft::examples::launch(a.engine, mpi_world);
   weft::Backend& backend = *runtime.backend;
   weft::ParallelGrid grid(*runtime.world, info.tp);
   weft::GPTConfig config = info.config;
+  config.finalize(info.tp);  // the manifest's sizes, checked (positive, dividing, no overflow)
   weft::GPTModel model(weft::ParallelContext{backend, grid.tp()}, config);
   weft::load_checkpoint(a.load, model.parameters(), nullptr, grid, backend);
   model.set_training(false);
@@ -103,7 +101,8 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
     for (const char c : a.prompt) tokens.push_back(static_cast<unsigned char>(c));
   }
   const int64_t prompt_tokens = static_cast<int64_t>(tokens.size());
-  const int64_t capacity = std::min(config.max_seq, prompt_tokens + a.max_new_tokens);
+  const int64_t capacity = std::min(
+      config.max_seq, weft::checked_add(prompt_tokens, a.max_new_tokens, "prompt + new tokens"));
   WEFT_CHECK(prompt_tokens < config.max_seq, "the prompt (", prompt_tokens,
              " tokens) must be shorter than the model's maximum sequence length (", config.max_seq,
              ")");
