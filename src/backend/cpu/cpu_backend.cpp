@@ -28,8 +28,6 @@ class CpuEvent final : public Event {
   void synchronize() override {}
 };
 
-constexpr size_t kAlignment = 64;  // one cache line; what oneDNN prefers
-
 }  // namespace
 
 CpuBackend::CpuBackend()
@@ -42,16 +40,12 @@ CpuBackend::~CpuBackend() = default;
 std::string CpuBackend::name() const { return "cpu (" + onednn_->version() + ")"; }
 
 void* CpuBackend::allocate(size_t bytes) {
-  const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-  void* ptr = std::aligned_alloc(kAlignment, rounded);
-  if (ptr == nullptr) {
-    WEFT_THROW(ErrorCode::kInvalidArgument, "host allocation of ", bytes, " bytes failed");
-  }
-  if (poison_allocations()) std::memset(ptr, 0xff, rounded);
+  void* ptr = pool_.allocate(bytes);
+  if (poison_allocations()) std::memset(ptr, 0xff, HostMemoryPool::size_class(bytes));
   return ptr;
 }
 
-void CpuBackend::deallocate(void* ptr) noexcept { std::free(ptr); }
+void CpuBackend::deallocate(void* ptr) noexcept { pool_.deallocate(ptr); }
 
 void CpuBackend::set_stream(Stream& stream) {
   WEFT_CHECK(dynamic_cast<CpuStream*>(&stream) != nullptr,

@@ -3,6 +3,7 @@
 
 #include <memory>
 
+#include "backend/cpu/host_pool.hpp"
 #include "weft/backend.hpp"
 
 namespace weft {
@@ -62,6 +63,7 @@ class CpuBackend final : public Backend {
   void adamw(TensorView master, TensorView m, TensorView v, TensorView grad, const AdamWStep& step) override;
 
  private:
+  HostMemoryPool pool_;  // first, so it outlives everything below that holds memory
   std::unique_ptr<Stream> default_stream_;
   Stream* current_;
   std::unique_ptr<OneDnn> onednn_;
