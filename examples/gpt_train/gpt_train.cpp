@@ -290,13 +290,15 @@ void check_memory(const Args& a, const weft::GPTConfig& config, weft::Communicat
   const int64_t dp = world.size() / (a.tp * a.pp);
   t.global_batch = micro_batches * a.micro_batch * dp;
   t.bf16 = config.dtype == weft::DType::kBF16;
+  // The planner's layout rules are stricter than the model's where memory does not depend on them
+  // (sequence parallelism at tp 1 is a no-op): the estimate leaves those to the model's checks.
   plan::Layout l{a.tp,
                  a.pp,
                  dp,
                  a.micro_batch,
                  a.virtual_stages,
-                 a.sequence_parallel,
-                 a.tp_comm_overlap,
+                 a.sequence_parallel && a.tp > 1 && a.seq_len % a.tp == 0,
+                 a.tp_comm_overlap && a.tp > 1,
                  plan::parse_recompute(a.recompute)};
   const plan::Memory m = plan::memory_per_device(t, l);
   // The same limit on every rank (the smallest), so that every rank decides alike.
