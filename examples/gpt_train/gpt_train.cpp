@@ -45,7 +45,7 @@ struct Args {
   int64_t seq_len = 64;
   bool sequence_parallel = false, tp_comm_overlap = false;
   int64_t micro_batch = 4, global_batch = 0, steps = 100, seed = 1234, eval_interval = 0;
-  int64_t eval_batches = 4, warmup = 0, save_interval = 0;
+  int64_t eval_batches = 4, warmup = 0, save_interval = 0, keep_checkpoints = 3;
   double lr = 1e-3, min_lr = 0, dropout = 0, weight_decay = 0.1, clip_grad = 1.0;
   double comm_timeout = 300;
   std::vector<std::string> model_flags_given;  // of those --load overrides, the ones given
@@ -106,10 +106,15 @@ weft::examples::Flags make_flags(Args& a) {
         "Hugging Face tokenizer.json (byte-level BPE): tokenises --data once, into a cache file "
         "next to it, and sets the vocabulary (default: the checkpoint's with --load, else bytes)");
   f.add("log-json", &a.log_json, "write one JSON object per step to this file (rank 0)");
-  f.add("save", &a.save, "save a checkpoint to this directory at the end");
-  f.add("save-interval", &a.save_interval, "also save every N steps (0: only at the end; needs --save)",
-        0, kMaxSteps);
-  f.add("load", &a.load, "resume from this checkpoint directory");
+  f.add("save", &a.save,
+        "checkpoint root: each save goes to DIR/step-N, then DIR/latest points at it (at the end, "
+        "and every --save-interval steps)");
+  f.add("save-interval", &a.save_interval,
+        "also save every N steps (0: only at the end; needs --save)", 0, kMaxSteps);
+  f.add("keep-checkpoints", &a.keep_checkpoints,
+        "complete checkpoints kept under --save, newest first (0: all)", 0, 1000000);
+  f.add("load", &a.load,
+        "resume from this checkpoint: a step directory, or a root (its latest complete save)");
   f.add("eval-interval", &a.eval_interval, "validation loss every N steps (0: never)", 0, kMaxSteps);
   f.add("eval-batches", &a.eval_batches, "micro-batches per validation", 1, 1 << 20);
   f.add("comm-timeout", &a.comm_timeout,
@@ -388,6 +393,8 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
   weft::Backend& backend = *runtime.backend;
   weft::ParallelGrid grid(*runtime.world, weft::checked_narrow<int>(a.tp, "--tp"),
                           weft::checked_narrow<int>(a.pp, "--pp"));
+  // Before any work: a run must not find out after training that its saves cannot be written.
+  if (!a.save.empty()) weft::prepare_checkpoint_root(a.save, grid.world(), backend);
   const weft::ScheduleKind schedule = weft::parse_schedule(a.schedule);
   WEFT_CHECK(a.virtual_stages == 1 || (a.virtual_stages > 1 && a.pp > 1), "--virtual-stages (",
              a.virtual_stages, ") must be 1, or more than 1 with --pp > 1");
@@ -526,10 +533,12 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
     info.dropout_sharded = rng.sharded_offset();
     info.run_args = args_json(a);
     info.tokenizer = tokenizer ? tokenizer->source() : "";
-    weft::save_checkpoint(a.save, info, model.parameters(), &optimizer, grid, backend);
+    const std::string dir =
+        weft::save_checkpoint_step(a.save, info, model.parameters(), &optimizer, grid, backend,
+                                   static_cast<int>(a.keep_checkpoints));
     if (leader) {
       std::printf("saved checkpoint at step %lld to %s\n", static_cast<long long>(step),
-                  a.save.c_str());
+                  dir.c_str());
     }
   };
 

@@ -36,14 +36,16 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
                      const std::vector<Parameter*>& params, AdamW* optimizer,
                      const ParallelGrid& grid, Backend& backend);
 
-// Reads dir/manifest.json; weft::Error naming the file when it is missing or malformed.
-CheckpointInfo read_checkpoint_info(const std::string& dir);
+// Reads the manifest of a checkpoint directory, or of the step a checkpoint root's `latest` names
+// (checkpoint_store.hpp); weft::Error naming the file when it is missing or malformed.
+CheckpointInfo read_checkpoint_info(const std::string& path_or_root);
 
 // Loads `params` (and the optimizer state when `optimizer` is given) by name from the shards of
 // this rank's TP rank, whatever pipeline layout saved them: parameter names are global, so a
 // checkpoint loads at any pipeline size. The TP size must be the saved one; a different TP size
 // or a missing or mismatched tensor is a weft::Error naming the file and tensor.
-void load_checkpoint(const std::string& dir, const std::vector<Parameter*>& params,
+// `path_or_root` as for read_checkpoint_info.
+void load_checkpoint(const std::string& path_or_root, const std::vector<Parameter*>& params,
                      AdamW* optimizer, const ParallelGrid& grid, Backend& backend);
 
 }  // namespace weft

@@ -13,6 +13,7 @@
 #include "weft/embedding.hpp"
 #include "weft/error.hpp"
 #include "weft/gpt.hpp"
+#include "weft/checkpoint_store.hpp"
 #include "weft/gpt_checkpoint.hpp"
 #include "weft/grid.hpp"
 #include "weft/linear.hpp"

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "weft/checkpoint.hpp"
+#include "weft/checkpoint_store.hpp"
 #include "weft/error.hpp"
 
 namespace weft {
@@ -135,7 +136,8 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
   world.barrier();
 }
 
-CheckpointInfo read_checkpoint_info(const std::string& dir) {
+CheckpointInfo read_checkpoint_info(const std::string& path_or_root) {
+  const std::string dir = resolve_checkpoint(path_or_root);
   const std::string path = dir + "/manifest.json";
   const std::string text = read_file(path);
   try {
@@ -157,8 +159,9 @@ CheckpointInfo read_checkpoint_info(const std::string& dir) {
   }
 }
 
-void load_checkpoint(const std::string& dir, const std::vector<Parameter*>& params,
+void load_checkpoint(const std::string& path_or_root, const std::vector<Parameter*>& params,
                      AdamW* optimizer, const ParallelGrid& grid, Backend& backend) {
+  const std::string dir = resolve_checkpoint(path_or_root);
   const CheckpointInfo info = read_checkpoint_info(dir);
   WEFT_CHECK(info.tp == grid.tp_size(), "checkpoint ", dir, " was saved at tensor-parallel size ",
              info.tp, " but this run has ", grid.tp_size(), "; load it at tp=", info.tp);
