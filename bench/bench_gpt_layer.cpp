@@ -47,6 +47,7 @@
 //   gemm_flops_pct    100 * GEMM FLOPs (all ranks) / the layer FLOPs above: the counted work
 //                     the GEMMs do; the attention core, which is not a GEMM, is the remainder.
 //   attn_share_pct    100 * wall time inside Backend::attention + attention_backward / step time.
+//   attn_ms           that time per step in milliseconds (forward + backward), mean over ranks.
 //   attn_GFLOP/s      the attention core's counted FLOPs (6 b h s^2 d: QK^T and PV forward, four
 //                     products backward, causal; the backward's recomputation not counted) / the
 //                     time inside it, mean over ranks.
@@ -229,6 +230,7 @@ void bm_layer(benchmark::State& state, const LayerCase& c, const Target& target)
   const double gemm_rate = gemm_flops / gemm_seconds, attn_rate = attn_flops / attn_seconds;
   state.counters["attn_share_pct"] =
       all_reduce_double(100.0 * attn_seconds / own_total, MPI_SUM) / n;
+  state.counters["attn_ms"] = all_reduce_double(1e3 * attn_seconds / steps, MPI_SUM) / n;
   state.counters["attn_GFLOP/s"] = all_reduce_double(attn_rate * 1e-9, MPI_SUM) / n;
   state.counters["attn_vs_gemm_pct"] =
       all_reduce_double(100.0 * attn_rate / gemm_rate, MPI_SUM) / n;
@@ -293,21 +295,22 @@ void print_summary(const weft::bench::CollectingReporter& reporter,
       "\nTransformerLayer forward + backward, tp %d (throughput: best of rounds or "
       "repetitions; GEMM and attention columns: median)\n",
       tp);
-  std::printf("%-5s %-6s %-6s %-5s %6s %5s %5s %4s %12s %10s %10s %10s %8s %10s %11s\n", "dev",
+  std::printf("%-5s %-6s %-6s %-5s %6s %5s %5s %4s %12s %10s %10s %10s %8s %8s %10s %11s\n", "dev",
               "size", "preset", "dtype", "hidden", "seq", "batch", "reps", "tokens/s", "GFLOP/s",
-              "GEMM %", "GEMM GF/s", "attn %", "attn GF/s", "attn/GEMM %");
+              "GEMM %", "GEMM GF/s", "attn %", "attn ms", "attn GF/s", "attn/GEMM %");
   for (const LayerCase& c : cases) {
     const double tokens = reporter.max(c.name, "tokens_per_s");
     if (tokens < 0) continue;  // filtered out or failed
     std::printf(
-        "%-5s %-6s %-6s %-5s %6lld %5lld %5lld %4zu %12.0f %10.1f %10.1f %10.1f %8.1f %10.1f "
+        "%-5s %-6s %-6s %-5s %6lld %5lld %5lld %4zu %12.0f %10.1f %10.1f %10.1f %8.1f %8.2f %10.1f "
         "%11.1f\n",
         c.device.c_str(), c.size.c_str(), c.preset.c_str(), weft::dtype_name(c.dtype),
         static_cast<long long>(c.hidden), static_cast<long long>(c.seq),
         static_cast<long long>(c.batch), reporter.values(c.name, "tokens_per_s").size(), tokens,
         reporter.max(c.name, "GFLOP/s"), reporter.median(c.name, "gemm_share_pct"),
         reporter.median(c.name, "gemm_GFLOP/s"), reporter.median(c.name, "attn_share_pct"),
-        reporter.median(c.name, "attn_GFLOP/s"), reporter.median(c.name, "attn_vs_gemm_pct"));
+        reporter.median(c.name, "attn_ms"), reporter.median(c.name, "attn_GFLOP/s"),
+        reporter.median(c.name, "attn_vs_gemm_pct"));
   }
 }
 

@@ -82,26 +82,23 @@ def micro_batch_for(a, lay, global_batch):
     return max(1, min(a.micro_batch, per_replica // lay["pp"]))
 
 
-def run_point(a, mode, lay, base, build, out, peak_gflops, recompute_flag):
+def run_point(a, mode, lay, base, build, out, peak_gflops, recompute):
     ranks = lay["tp"] * lay["pp"] * lay["dp"]
     m, global_batch = model_for(mode, a.preset, lay["tp"], lay["pp"], lay["dp"], base)
     mb = micro_batch_for(a, lay, global_batch)
     threads = max(1, a.cores // ranks)
     name = (f"{mode}-r{ranks}-tp{lay['tp']}pp{lay['pp']}dp{lay['dp']}-{lay['schedule']}"
-            f"{'-sp' if lay['sp'] else ''}{'-overlap' if lay['overlap'] else ''}")
+            f"{'-sp' if lay['sp'] else ''}{'-overlap' if lay['overlap'] else ''}"
+            f"{'' if recompute == 'none' else '-' + recompute}")
     log_json = os.path.join(out, "runs", name + ".jsonl")
     rss = os.path.join(out, "runs", name + ".rss")
-    # weft's pipeline recomputes a chunk's forward whenever its backward does not follow at once:
-    # with pp > 1 that is full recomputation, at pp = 1 none.
-    recompute = "full" if lay["pp"] > 1 else "none"
     train = [os.path.join(build, "bin", "gpt_train"), "--preset", a.preset, "--tp", str(lay["tp"]),
              "--pp", str(lay["pp"]), "--schedule", lay["schedule"], "--virtual-stages",
              str(lay["v"]), "--layers", str(m["layers"]), "--hidden", str(m["hidden"]),
              "--heads", str(m["heads"]), "--seq-len", str(m["seq_len"]), "--micro-batch", str(mb),
              "--global-batch", str(global_batch), "--steps", str(a.steps), "--dtype", "f32",
              "--data", a.data, "--log-json", log_json, "--warmup", "1"]
-    if recompute_flag:
-        train += ["--recompute", recompute]
+    train += ["--recompute", recompute]
     if lay["sp"]:
         train.append("--sequence-parallel")
     if lay["overlap"]:
@@ -336,6 +333,9 @@ def main():
     ap.add_argument("--micro-batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=4, help="steps per point (the first is not timed)")
     ap.add_argument("--max-points", type=int, default=0, help="stop after this many (0: all)")
+    ap.add_argument("--recompute", default="none",
+                    help="activation recomputation policies to run at every layout, comma-separated "
+                         "(none, selective, full)")
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "README.md"))
     ap.add_argument("--mpirun", default="mpirun")
     ap.add_argument("--cores", type=int, default=os.cpu_count())
@@ -346,8 +346,10 @@ def main():
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     build = os.path.abspath(a.build)
     ranks = [int(r) for r in a.ranks.split(",")]
-    help_text = sh([os.path.join(build, "bin", "gpt_train"), "--help"], check=False)
-    recompute_flag = "--recompute" in help_text
+    policies = a.recompute.split(",")
+    for r in policies:
+        if r not in ("none", "selective", "full"):
+            sys.exit(f"scale: --recompute takes none, selective and full, got '{r}'")
 
     start = time.time()
     if a.skip_calibration:
@@ -391,22 +393,23 @@ def main():
                         print(f"  skipped {mode} {lay}: layers {m['layers']}, heads {m['heads']}, "
                               f"{micro_batches} micro-batches do not divide", flush=True)
                         continue
-                    p = run_point(a, mode, lay, base if mode == "strong" else weak_base, build,
-                                  out, peak, recompute_flag)
-                    one = next((q for q in points if q["mode"] == mode and q["ranks"] == 1), p)
-                    if mode == "strong":
-                        p["efficiency"] = p["tokens_per_s"] / one["tokens_per_s"]
-                    else:  # per-rank work stays about constant: compare model FLOP/s
-                        p["efficiency"] = (p["model_tflops_per_rank_no_recompute"] * p["ranks"] /
-                                           one["model_tflops_per_rank_no_recompute"])
-                    p["machine"] = meta
-                    points.append(p)
-                    jl.write(json.dumps(p) + "\n")
-                    jl.flush()
-                    print(f"  {p['name']:<46} {p['step_time_s'] * 1e3:8.0f} ms (planner "
-                          f"{p['predicted']['step_time_s'] * 1e3:6.0f}, "
-                          f"{100 * p['prediction_error']:+4.0f}%) {p['tokens_per_s']:8.0f} tok/s",
-                          flush=True)
+                    for recompute in policies:
+                        p = run_point(a, mode, lay, base if mode == "strong" else weak_base, build,
+                                      out, peak, recompute)
+                        one = next((q for q in points if q["mode"] == mode and q["ranks"] == 1), p)
+                        if mode == "strong":
+                            p["efficiency"] = p["tokens_per_s"] / one["tokens_per_s"]
+                        else:  # per-rank work stays about constant: compare model FLOP/s
+                            p["efficiency"] = (p["model_tflops_per_rank_no_recompute"] * p["ranks"] /
+                                               one["model_tflops_per_rank_no_recompute"])
+                        p["machine"] = meta
+                        points.append(p)
+                        jl.write(json.dumps(p) + "\n")
+                        jl.flush()
+                        print(f"  {p['name']:<46} {p['step_time_s'] * 1e3:8.0f} ms (planner "
+                              f"{p['predicted']['step_time_s'] * 1e3:6.0f}, "
+                              f"{100 * p['prediction_error']:+4.0f}%) {p['tokens_per_s']:8.0f} tok/s",
+                              flush=True)
     meta["load_average_end"] = open("/proc/loadavg").read().split()[:3]
     meta["sweep_seconds"] = time.time() - start
     write_markdown(points, meta, os.path.join(out, "scaling.md"))

@@ -1,16 +1,21 @@
 // CpuBackend's causal attention as FlashAttention-2-style tiled kernels (Dao, 2023).
 //
-// Forward: one task per (batch, head, block of queries) streams the key blocks up to the
+// Forward: one task per (batch, head, block of queries) streams the key tiles up to the
 // diagonal, keeping each row's running max and sum (online softmax), and saves the rows'
-// log-sum-exp. Backward: one task per (batch, head) walks the (query block, key block) tiles on
+// log-sum-exp. Backward: one task per (batch, head) walks the (query block, key tile) pairs on
 // and below the diagonal, recomputes the probabilities from the log-sum-exp and accumulates dQ,
 // dK and dV in f32; a last pass sums each kv group's dK and dV over its query heads in head
-// order. The keys and values of a group are gathered once into dense panels that all its query
-// heads read (grouped-query attention shares them). The KV-cache decode path runs the same
-// forward over the cache. The tile products go through oneDNN matmul (OneDnn::tile_matmul) in
-// the activations' dtype where oneDNN has a native kernel for it on this CPU, else in f32; the
-// softmax steps are SIMD loops. Nothing grows with seq^2, and every sum runs in an order fixed by
-// the shapes, so results do not depend on the thread count.
+// order. Tiles above the diagonal are never visited, and diagonal tiles skip the query rows that
+// see none of their keys. The KV-cache decode path runs the same forward over the cache.
+//
+// The tile products go through OneDnn::tile_matmul (oneDNN's sgemm for f32) in the activations'
+// dtype where oneDNN has a native kernel for it on this CPU, else in f32. When the activations
+// already are in that dtype, Q, K, V and dO are read in place from the strided activations (the
+// query heads of a kv group read the same key and value rows: grouped-query attention shares
+// them) and f32 dQ is written straight into grad_qkv; otherwise keys and values are converted
+// once per call into dense panels that all heads of a group read. The softmax steps are SIMD
+// loops. Nothing grows with seq^2, and every sum runs in an order fixed by the shapes, so results
+// do not depend on the thread count.
 #include <omp.h>
 
 #include <algorithm>
@@ -25,27 +30,25 @@
 
 #include "backend/backend_checks.hpp"
 #include "backend/cpu/cpu_backend.hpp"
+#include "backend/cpu/cpu_simd.hpp"
 #include "backend/cpu/onednn.hpp"
 #include "backend/dtype_dispatch.hpp"
 #include "backend/pointwise_math.hpp"
 #include "weft/error.hpp"
 
-// The softmax loops are compiled twice, for AVX2 + FMA and for the baseline, and picked at load
-// time: the library itself is built for the baseline x86-64.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define WEFT_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define WEFT_SIMD_CLONES
-#endif
-
 namespace weft {
 
 namespace {
 
-// Tile sizes: large enough that a tile product amortizes oneDNN's per-call cost, small enough
-// that a task's tiles stay in L2.
+// Tile sizes (measured on an AVX2 EPYC, head_dim 64, single thread; 64 to 256 queries and 32 to
+// 128 keys were within a few percent of each other): a query block of 128 rows; below the
+// diagonal, spans of up to 256 keys (one product packs the query block once for all of them; 64-key
+// tiles there ran 10-15% slower); on the diagonal, 64-key tiles that skip the rows seeing none of
+// their keys, so the causal mask wastes a quarter of the diagonal block square, not half.
 constexpr int64_t kQueryBlock = 128;
-constexpr int64_t kKeyBlock = 128;
+constexpr int64_t kKeyBlock = 64;
+constexpr int64_t kKeySpan = 256;
+static_assert(kQueryBlock % kKeyBlock == 0, "diagonal tiles must not straddle query blocks");
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Below this many score multiply-adds (b h s^2 d) a call stays on one thread: the fork and the
@@ -73,26 +76,6 @@ WEFT_SIMD_CLONES float max_of(const float* x, int64_t n) {
 #pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
   return m;
-}
-
-// exp(x) for x <= 0 (larger x are not passed): 2^k e^r with k = round(x / ln 2), |r| <= ln2 / 2,
-// e^r by its degree-6 Taylor-like polynomial (Cephes' expf coefficients); relative error about
-// 2e-7. Written without calls or branches so the loops around it vectorize.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;  // below, 2^k would leave the normal range; NaN stays NaN
-  const float k = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;      // x - k ln2, two parts
-  float q = 1.9875691500e-4f;
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  q = q * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float two_k;
-  std::memcpy(&two_k, &bits, sizeof two_k);
-  return q * two_k;
 }
 
 // p[j] = exp(s[j] - shift) for j < n (p may be s); returns the sum.
@@ -184,75 +167,147 @@ const Tc* as_tile_operand(float* f32, Tc* tmp, int64_t n) {
   }
 }
 
-// Dense [len, head_dim] key and value panels in Tc of every (batch, kv group): panel (b, g)
-// starts at (b * kv_heads + g) * stride.
+// Rows of a tile operand in Tc: row r at p + r * ld.
+template <typename Tc>
+struct Rows {
+  const Tc* p;
+  int64_t ld;
+  const Tc* row(int64_t r) const { return p + r * ld; }
+};
+
+// The [len, head_dim] key and value panels of every (batch, kv group) in Tc: the panel of (b, g)
+// starts at b * batch_stride + g * group_stride and its rows are ld apart. When the activations
+// are already in Tc the panels are the qkv (or cache) memory itself: no copy, and the query heads
+// of a group read the same keys and values.
 template <typename Tc>
 struct KvPanels {
   const Tc* k;
   const Tc* v;
-  int64_t stride;
+  int64_t batch_stride, group_stride, ld;
+  Rows<Tc> keys(int64_t b, int64_t g) const {
+    return {k + b * batch_stride + g * group_stride, ld};
+  }
+  Rows<Tc> values(int64_t b, int64_t g) const {
+    return {v + b * batch_stride + g * group_stride, ld};
+  }
 };
 
-// Gathers the keys and values of the `len` positions of qkv into panels [batch, kv_heads, len, d].
+// The keys and values of the `len` positions of qkv: in place when T is Tc, else dense panels
+// [batch, kv_heads, len, d] of Tc in k and v (sized here, filled by fill_kv_panels) that all query
+// heads of a group read.
 template <typename Tc, typename T>
-KvPanels<Tc> gather_kv(std::vector<Tc>& k, std::vector<Tc>& v, const T* qkv, const AttentionDims& d,
-                       int64_t len, int64_t row_stride, int64_t pos_stride) {
-  const int64_t D = d.head_dim, panels = d.batch * d.kv_heads;
-  k.resize(static_cast<size_t>(panels * len * D));
-  v.resize(k.size());
-#pragma omp parallel for schedule(static) if (panels * len * D > 32768)
-  for (int64_t bg = 0; bg < panels; ++bg) {
-    const int64_t b = bg / d.kv_heads, g = bg % d.kv_heads;
-    const T* base = qkv + b * row_stride;
-    gather_rows(k.data() + bg * len * D, base + d.k_col(g), len, D, pos_stride);
-    gather_rows(v.data() + bg * len * D, base + d.v_col(g), len, D, pos_stride);
+KvPanels<Tc> kv_panels(std::vector<Tc>& k, std::vector<Tc>& v, const T* qkv, const AttentionDims& d,
+                       int64_t len) {
+  const int64_t D = d.head_dim;
+  if constexpr (std::is_same_v<T, Tc>) {
+    (void)k, (void)v, (void)len;
+    return {qkv + d.k_col(0), qkv + d.v_col(0), d.qkv_cols, (d.q_per_group + 2) * D,
+            d.batch * d.qkv_cols};
+  } else {
+    (void)qkv;
+    k.resize(static_cast<size_t>(d.batch * d.kv_heads * len * D));
+    v.resize(k.size());
+    return {k.data(), v.data(), d.kv_heads * len * D, len * D, D};
   }
-  return {k.data(), v.data(), len * D};
+}
+
+// Converts the keys and values of qkv's `len` positions into the panels kv_panels sized (nothing
+// to do when T is Tc). An orphaned `omp for`: called inside a kernel's parallel region, the
+// region's threads share it and meet at its barrier (under a shared machine's contention every
+// extra fork and join is costly); called outside, it runs on the calling thread.
+template <typename Tc, typename T>
+void fill_kv_panels(std::vector<Tc>& k, std::vector<Tc>& v, const T* qkv, const AttentionDims& d,
+                    int64_t len) {
+  if constexpr (!std::is_same_v<T, Tc>) {
+    const int64_t D = d.head_dim, pos_stride = d.batch * d.qkv_cols;
+#pragma omp for schedule(static)
+    for (int64_t bg = 0; bg < d.batch * d.kv_heads; ++bg) {
+      const int64_t b = bg / d.kv_heads, g = bg % d.kv_heads;
+      const T* base = qkv + b * d.qkv_cols;
+      gather_rows(k.data() + bg * len * D, base + d.k_col(g), len, D, pos_stride);
+      gather_rows(v.data() + bg * len * D, base + d.v_col(g), len, D, pos_stride);
+    }
+  } else {
+    (void)k, (void)v, (void)qkv, (void)d, (void)len;
+  }
+}
+
+// `rows` rows of D values at src (row r at src + r * ld) as a tile operand: in place when T is
+// Tc, else converted into `buf`.
+template <typename Tc, typename T>
+Rows<Tc> operand_rows(Tc* buf, const T* src, int64_t rows, int64_t D, int64_t ld) {
+  if constexpr (std::is_same_v<T, Tc>) {
+    (void)buf;
+    (void)rows;
+    (void)D;
+    return {src, ld};
+  } else {
+    gather_rows(buf, src, rows, D, ld);
+    return {buf, D};
+  }
+}
+
+// The first row of a query block starting at position q0 that sees key j0: the rows above see
+// none of the key tile starting there, so its products skip them (causal blocks above the
+// diagonal are skipped whole by the key loop's bound).
+inline int64_t first_row_seeing(int64_t j0, int64_t q0, int64_t mq) {
+  return std::clamp<int64_t>(j0 - q0, 0, mq);
+}
+
+// The key tiles of a query block whose first row is at position q0 and whose last row sees keys
+// below keys_end: below the diagonal (keys < q0, seen by every row) spans of up to kKeySpan keys,
+// so that few large products amortize oneDNN's packing of the query block; on the diagonal
+// tiles of kKeyBlock keys, each multiplied only with the rows that see some of its keys.
+inline int64_t key_tile_end(int64_t j0, int64_t q0, int64_t keys_end) {
+  return j0 < q0 ? std::min(q0, j0 + kKeySpan) : std::min(keys_end, j0 + kKeyBlock);
 }
 
 // Forward over queries i in [0, seq) at absolute positions past + i of qkv's rows (row
 // i * batch + b), each attending keys [0, past + i] of its group's panels. Writes out and, when
 // lse is not null, lse[b, h, i].
-template <typename T, typename Tc>
+// `prologue` runs on every thread of the region before the tasks (fill_kv_panels, or nothing).
+template <typename T, typename Tc, typename Prologue>
 void flash_forward(OneDnn& dnn, T* out, float* lse, const T* qkv, const AttentionDims& d,
-                   const KvPanels<Tc>& kv, int64_t past) {
+                   const KvPanels<Tc>& kv, int64_t past, Prologue&& prologue) {
   const int64_t S = d.seq, B = d.batch, D = d.head_dim, H = d.heads;
   const int64_t q_blocks = (S + kQueryBlock - 1) / kQueryBlock;
   const DType tile_dt = dtype_of<Tc>();
+  constexpr bool wide = std::is_same_v<Tc, float>, in_place = std::is_same_v<T, Tc>;
   RegionError errors;
   const OneThreadWhenSmall threads(B * H * S * (past + S) * D);
 #pragma omp parallel
   {
-    std::vector<Tc> q(kQueryBlock * D),
-        p16(std::is_same_v<Tc, float> ? 0 : kQueryBlock * kKeyBlock);
-    std::vector<float> s(kQueryBlock * kKeyBlock), o(kQueryBlock * D), m(kQueryBlock),
-        l(kQueryBlock);
-    // The last query blocks (most keys) first, so the dynamic schedule ends balanced.
+    std::vector<Tc> q_buf(in_place ? 0 : kQueryBlock * D),
+        p16(wide ? 0 : kQueryBlock * std::max(kKeyBlock, kKeySpan));
+    std::vector<float> s(kQueryBlock * std::max(kKeyBlock, kKeySpan)), o(kQueryBlock * D),
+        m(kQueryBlock), l(kQueryBlock);
+    prologue();
+    // The last query blocks (most keys) first, so the dynamic schedule ends balanced; the heads
+    // of a kv group run next to each other and share its key and value tiles in cache.
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < q_blocks * B * H; ++task) {
       errors.run([&] {
         const int64_t qb = q_blocks - 1 - task / (B * H), bh = task % (B * H);
         const int64_t b = bh / H, h = bh % H, g = h / d.q_per_group;
         const int64_t i0 = qb * kQueryBlock, mq = std::min(kQueryBlock, S - i0);
-        gather_rows(q.data(), qkv + (i0 * B + b) * d.qkv_cols + d.q_col(h), mq, D, B * d.qkv_cols);
-        const Tc* k_panel = kv.k + (b * d.kv_heads + g) * kv.stride;
-        const Tc* v_panel = kv.v + (b * d.kv_heads + g) * kv.stride;
+        const Rows<Tc> q = operand_rows<Tc>(
+            q_buf.data(), qkv + (i0 * B + b) * d.qkv_cols + d.q_col(h), mq, D, B * d.qkv_cols);
+        const Rows<Tc> keys = kv.keys(b, g), values = kv.values(b, g);
         std::fill(o.begin(), o.begin() + mq * D, 0.0f);
         std::fill(m.begin(), m.end(), kNegInf);
         std::fill(l.begin(), l.end(), 0.0f);
         const int64_t keys_end = past + i0 + mq;  // the block's last row sees keys below this
-        for (int64_t j0 = 0; j0 < keys_end; j0 += kKeyBlock) {
-          const int64_t n = std::min(kKeyBlock, keys_end - j0);
+        for (int64_t j0 = 0, j1; j0 < keys_end; j0 = j1) {
+          j1 = key_tile_end(j0, past + i0, keys_end);
+          const int64_t n = j1 - j0;
+          const int64_t r0 = first_row_seeing(j0, past + i0, mq), rows = mq - r0;
           OneDnn::Tile qk;
-          qk.m = mq, qk.n = n, qk.k = D, qk.tb = true, qk.alpha = d.scale, qk.dtype = tile_dt;
-          dnn.tile_matmul(qk, q.data(), k_panel + j0 * D, s.data());
-          for (int64_t r = 0; r < mq; ++r) {
-            float* row = s.data() + r * n;
-            const int64_t seen = std::clamp<int64_t>(past + i0 + r + 1 - j0, 0, n);
-            if (seen == 0) {
-              std::fill(row, row + n, 0.0f);
-              continue;
-            }
+          qk.m = rows, qk.n = n, qk.k = D, qk.tb = true, qk.alpha = d.scale, qk.dtype = tile_dt;
+          qk.lda = q.ld, qk.ldb = keys.ld;
+          dnn.tile_matmul(qk, q.row(r0), keys.row(j0), s.data());
+          for (int64_t r = r0; r < mq; ++r) {
+            float* row = s.data() + (r - r0) * n;
+            const int64_t seen = std::min<int64_t>(past + i0 + r + 1 - j0, n);  // >= 1
             const float mx = std::max(m[r], max_of(row, seen));
             const float rescale = m[r] == kNegInf ? 0.0f : std::exp(m[r] - mx);
             l[r] = l[r] * rescale + exp_shifted(row, row, seen, mx);
@@ -261,9 +316,9 @@ void flash_forward(OneDnn& dnn, T* out, float* lse, const T* qkv, const Attentio
             m[r] = mx;
           }
           OneDnn::Tile pv;
-          pv.m = mq, pv.n = D, pv.k = n, pv.beta = 1.0f, pv.dtype = tile_dt;
-          dnn.tile_matmul(pv, as_tile_operand(s.data(), p16.data(), mq * n), v_panel + j0 * D,
-                          o.data());
+          pv.m = rows, pv.n = D, pv.k = n, pv.beta = 1.0f, pv.dtype = tile_dt, pv.ldb = values.ld;
+          dnn.tile_matmul(pv, as_tile_operand(s.data(), p16.data(), rows * n), values.row(j0),
+                          o.data() + r0 * D);
         }
         for (int64_t r = 0; r < mq; ++r) {
           const float inv = 1.0f / l[r];
@@ -287,83 +342,103 @@ void flash_backward(OneDnn& dnn, T* grad_qkv, const T* grad_out, const T* qkv, c
                     const AttentionDims& d) {
   const int64_t S = d.seq, B = d.batch, D = d.head_dim, H = d.heads;
   const DType tile_dt = dtype_of<Tc>();
+  constexpr bool wide = std::is_same_v<Tc, float>, in_place = std::is_same_v<T, Tc>;
+  // f32 activations: dQ goes straight into grad_qkv (each head owns its columns).
+  constexpr bool dq_in_place = std::is_same_v<T, float>;
   std::vector<Tc> k_store, v_store;
-  const KvPanels<Tc> kv = gather_kv(k_store, v_store, qkv, d, S, d.qkv_cols, B * d.qkv_cols);
-  // Per (batch, head) f32 gradients [B, H, S, D]; every element is written before it is read
-  // (the first tile of each block writes with beta 0), so no zero fill.
+  const KvPanels<Tc> kv = kv_panels(k_store, v_store, qkv, d, S);  // filled in the region
+  // Per (batch, head) f32 gradients [B, H, S, D] (dQ only when it cannot go straight into
+  // grad_qkv): dQ's first tile of each block writes with beta 0; dK and dV start at zero.
   const size_t per_head = static_cast<size_t>(S * D), all = static_cast<size_t>(B * H) * per_head;
-  std::unique_ptr<float[]> dq(new float[all]), dk(new float[all]), dv(new float[all]);
+  std::unique_ptr<float[]> dq(new float[dq_in_place ? 0 : all]), dk(new float[all]),
+      dv(new float[all]);
   RegionError errors;
   const OneThreadWhenSmall threads(B * H * S * S * D);
 #pragma omp parallel
   {
-    const bool wide = std::is_same_v<Tc, float>;
     const size_t row_block = static_cast<size_t>(std::min(kQueryBlock, S) * S);
-    std::vector<Tc> q(per_head), dout(per_head), p16(wide ? 0 : kQueryBlock * kKeyBlock),
-        ds16(wide ? 0 : kQueryBlock * kKeyBlock);
+    std::vector<Tc> q_buf(in_place ? 0 : per_head), dout_buf(in_place ? 0 : per_head),
+        p16(wide ? 0 : kQueryBlock * std::max(kKeyBlock, kKeySpan)),
+        ds16(wide ? 0 : kQueryBlock * std::max(kKeyBlock, kKeySpan));
     std::vector<float> p_row(row_block), dp_row(row_block), delta(kQueryBlock);
+    fill_kv_panels(k_store, v_store, qkv, d, S);
 #pragma omp for schedule(dynamic)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       errors.run([&] {
         const int64_t b = bh / H, h = bh % H, g = h / d.q_per_group;
-        gather_rows(q.data(), qkv + b * d.qkv_cols + d.q_col(h), S, D, B * d.qkv_cols);
-        gather_rows(dout.data(), grad_out + b * d.out_cols + h * D, S, D, B * d.out_cols);
+        const Rows<Tc> q =
+            operand_rows<Tc>(q_buf.data(), qkv + b * d.qkv_cols + d.q_col(h), S, D, B * d.qkv_cols);
+        const Rows<Tc> dout = operand_rows<Tc>(dout_buf.data(), grad_out + b * d.out_cols + h * D,
+                                               S, D, B * d.out_cols);
         const float* lse_h = lse + bh * S;
-        const Tc* k_panel = kv.k + (b * d.kv_heads + g) * kv.stride;
-        const Tc* v_panel = kv.v + (b * d.kv_heads + g) * kv.stride;
-        float* dq_h = dq.get() + bh * per_head;
+        const Rows<Tc> keys = kv.keys(b, g), values = kv.values(b, g);
+        float* dq_h;
+        int64_t ldq;
+        if constexpr (dq_in_place) {
+          dq_h = grad_qkv + b * d.qkv_cols + d.q_col(h), ldq = B * d.qkv_cols;
+        } else {
+          dq_h = dq.get() + bh * per_head, ldq = D;
+        }
         float* dk_h = dk.get() + bh * per_head;
         float* dv_h = dv.get() + bh * per_head;
+        std::fill(dk_h, dk_h + per_head, 0.0f);  // the key tiles differ between query blocks
+        std::fill(dv_h, dv_h + per_head, 0.0f);
         for (int64_t i0 = 0; i0 < S; i0 += kQueryBlock) {
           const int64_t mq = std::min(kQueryBlock, S - i0), keys_end = i0 + mq;
-          // Tile (i0, j0) is dense [mq, n] at j0 * mq in the row buffers.
+          // Tile (i0, j0) holds rows [r0, mq) dense [mq - r0, n] at j0 * mq in the row buffers.
           std::fill(delta.begin(), delta.end(), 0.0f);
-          for (int64_t j0 = 0; j0 < keys_end; j0 += kKeyBlock) {
-            const int64_t n = std::min(kKeyBlock, keys_end - j0);
+          for (int64_t j0 = 0, j1; j0 < keys_end; j0 = j1) {
+            j1 = key_tile_end(j0, i0, keys_end);
+            const int64_t n = j1 - j0;
+            const int64_t r0 = first_row_seeing(j0, i0, mq), rows = mq - r0;
             float* p = p_row.data() + j0 * mq;
             float* dp = dp_row.data() + j0 * mq;
             OneDnn::Tile qk;
-            qk.m = mq, qk.n = n, qk.k = D, qk.tb = true, qk.alpha = d.scale, qk.dtype = tile_dt;
-            dnn.tile_matmul(qk, q.data() + i0 * D, k_panel + j0 * D, p);
+            qk.m = rows, qk.n = n, qk.k = D, qk.tb = true, qk.alpha = d.scale, qk.dtype = tile_dt;
+            qk.lda = q.ld, qk.ldb = keys.ld;
+            dnn.tile_matmul(qk, q.row(i0 + r0), keys.row(j0), p);
             OneDnn::Tile dov = qk;
-            dov.alpha = 1.0f;
-            dnn.tile_matmul(dov, dout.data() + i0 * D, v_panel + j0 * D, dp);
-            for (int64_t r = 0; r < mq; ++r) {
-              const int64_t seen = std::clamp<int64_t>(i0 + r + 1 - j0, 0, n);
-              delta[r] += probs_from_scores(p + r * n, dp + r * n, seen, lse_h[i0 + r]);
-              std::fill(p + r * n + seen, p + (r + 1) * n, 0.0f);
+            dov.alpha = 1.0f, dov.lda = dout.ld, dov.ldb = values.ld;
+            dnn.tile_matmul(dov, dout.row(i0 + r0), values.row(j0), dp);
+            for (int64_t r = r0; r < mq; ++r) {
+              const int64_t seen = std::min<int64_t>(i0 + r + 1 - j0, n), at = (r - r0) * n;
+              delta[r] += probs_from_scores(p + at, dp + at, seen, lse_h[i0 + r]);
+              std::fill(p + at + seen, p + at + n, 0.0f);
             }
           }
-          for (int64_t j0 = 0; j0 < keys_end; j0 += kKeyBlock) {
-            const int64_t n = std::min(kKeyBlock, keys_end - j0);
+          for (int64_t j0 = 0, j1; j0 < keys_end; j0 = j1) {
+            j1 = key_tile_end(j0, i0, keys_end);
+            const int64_t n = j1 - j0;
+            const int64_t r0 = first_row_seeing(j0, i0, mq), rows = mq - r0;
             float* p = p_row.data() + j0 * mq;
             float* ds = dp_row.data() + j0 * mq;
-            for (int64_t r = 0; r < mq; ++r) {
-              const int64_t seen = std::clamp<int64_t>(i0 + r + 1 - j0, 0, n);
-              softmax_grad(p + r * n, ds + r * n, seen, delta[r]);
-              std::fill(ds + r * n + seen, ds + (r + 1) * n, 0.0f);
+            for (int64_t r = r0; r < mq; ++r) {
+              const int64_t seen = std::min<int64_t>(i0 + r + 1 - j0, n), at = (r - r0) * n;
+              softmax_grad(p + at, ds + at, seen, delta[r]);
+              std::fill(ds + at + seen, ds + at + n, 0.0f);
             }
-            const Tc* p_tile = as_tile_operand(p, p16.data(), mq * n);
-            const Tc* ds_tile = as_tile_operand(ds, ds16.data(), mq * n);
-            // Key block j0 is first reached from the query block holding position j0.
-            const bool first_for_keys = i0 == j0 / kQueryBlock * kQueryBlock;
-            OneDnn::Tile key_grad;  // [n, D] += op(tile)^T [n, mq] x [mq, D]
-            key_grad.m = n, key_grad.n = D, key_grad.k = mq, key_grad.ta = true;
-            key_grad.beta = first_for_keys ? 0.0f : 1.0f, key_grad.dtype = tile_dt;
-            dnn.tile_matmul(key_grad, p_tile, dout.data() + i0 * D, dv_h + j0 * D);
-            key_grad.alpha = d.scale;
-            dnn.tile_matmul(key_grad, ds_tile, q.data() + i0 * D, dk_h + j0 * D);
-            OneDnn::Tile query_grad;  // [mq, D] += dS [mq, n] x K [n, D]
-            query_grad.m = mq, query_grad.n = D, query_grad.k = n, query_grad.alpha = d.scale;
+            const Tc* p_tile = as_tile_operand(p, p16.data(), rows * n);
+            const Tc* ds_tile = as_tile_operand(ds, ds16.data(), rows * n);
+            OneDnn::Tile key_grad;  // [n, D] += op(tile)^T [n, rows] x [rows, D]
+            key_grad.m = n, key_grad.n = D, key_grad.k = rows, key_grad.ta = true;
+            key_grad.beta = 1.0f, key_grad.dtype = tile_dt;
+            key_grad.ldb = dout.ld;
+            dnn.tile_matmul(key_grad, p_tile, dout.row(i0 + r0), dv_h + j0 * D);
+            key_grad.alpha = d.scale, key_grad.ldb = q.ld;
+            dnn.tile_matmul(key_grad, ds_tile, q.row(i0 + r0), dk_h + j0 * D);
+            OneDnn::Tile query_grad;  // [rows, D] += dS [rows, n] x K [n, D]
+            query_grad.m = rows, query_grad.n = D, query_grad.k = n, query_grad.alpha = d.scale;
             query_grad.beta = j0 == 0 ? 0.0f : 1.0f, query_grad.dtype = tile_dt;
-            dnn.tile_matmul(query_grad, ds_tile, k_panel + j0 * D, dq_h + i0 * D);
+            query_grad.ldb = keys.ld, query_grad.ldc = ldq;
+            dnn.tile_matmul(query_grad, ds_tile, keys.row(j0), dq_h + (i0 + r0) * ldq);
           }
         }
       });
     }
   }
   errors.rethrow();
-  // grad_qkv rows: each head's dQ, and each group's dK and dV summed over its heads in order.
+  // grad_qkv rows: each head's dQ (unless written in place), and each group's dK and dV summed
+  // over its heads in order.
 #pragma omp parallel for schedule(static) if (S * B * d.qkv_cols > 32768)
   for (int64_t row = 0; row < S * B; ++row) {
     const int64_t i = row / B, b = row % B;
@@ -373,7 +448,7 @@ void flash_backward(OneDnn& dnn, T* grad_qkv, const T* grad_out, const T* qkv, c
         float sum_k = 0.0f, sum_v = 0.0f;
         for (int64_t h = g * d.q_per_group; h < (g + 1) * d.q_per_group; ++h) {
           const size_t at = static_cast<size_t>(b * H + h) * per_head + i * D + c;
-          dst[d.q_col(h) + c] = from_float<T>(dq[at]);
+          if constexpr (!dq_in_place) dst[d.q_col(h) + c] = from_float<T>(dq[at]);
           sum_k += dk[at];
           sum_v += dv[at];
         }
@@ -411,8 +486,9 @@ void CpuBackend::attention(TensorView out, TensorView lse, TensorView qkv,
     using Tc = decltype(c_tag);
     const T* x = qkv.as<T>();
     std::vector<Tc> k, v;
-    const KvPanels<Tc> kv = gather_kv(k, v, x, d, d.seq, d.qkv_cols, d.batch * d.qkv_cols);
-    flash_forward<T, Tc>(*onednn_, out.as<T>(), lse.as<float>(), x, d, kv, 0);
+    const KvPanels<Tc> kv = kv_panels(k, v, x, d, d.seq);
+    flash_forward<T, Tc>(*onednn_, out.as<T>(), lse.as<float>(), x, d, kv, 0,
+                         [&] { fill_kv_panels(k, v, x, d, d.seq); });
   });
 }
 
@@ -454,7 +530,7 @@ void CpuBackend::attention_with_cache(TensorView out, TensorView k_cache, Tensor
     std::vector<Tc> k, v;
     KvPanels<Tc> kv;
     if constexpr (std::is_same_v<T, Tc>) {
-      kv = {kc, vc, capacity * D};
+      kv = {kc, vc, d.kv_heads * capacity * D, capacity * D, D};
     } else {
       k.resize(static_cast<size_t>(B * d.kv_heads * len * D));
       v.resize(k.size());
@@ -462,9 +538,9 @@ void CpuBackend::attention_with_cache(TensorView out, TensorView k_cache, Tensor
         gather_rows(k.data() + bg * len * D, kc + bg * capacity * D, len, D, D);
         gather_rows(v.data() + bg * len * D, vc + bg * capacity * D, len, D, D);
       }
-      kv = {k.data(), v.data(), len * D};
+      kv = {k.data(), v.data(), d.kv_heads * len * D, len * D, D};
     }
-    flash_forward<T, Tc>(*onednn_, out.as<T>(), nullptr, x, d, kv, past);
+    flash_forward<T, Tc>(*onednn_, out.as<T>(), nullptr, x, d, kv, past, [] {});
   });
 }
 

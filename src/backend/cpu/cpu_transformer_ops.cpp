@@ -1,5 +1,8 @@
 // CpuBackend's transformer ops: norms, rotary, embedding, cross-entropy pieces,
 // SwiGLU, dropout, AdamW (OpenMP loops, f32 arithmetic, double accumulation in reductions).
+// The per-row and per-element loops are functions of one dtype compiled for AVX2 and for the
+// baseline (WEFT_SIMD_CLONES), with no dispatch inside; exp runs through a vectorizable
+// polynomial (exp_nonpositive, relative error 2e-7) instead of libm's expf.
 //
 // Every reduction runs in an order fixed by the shapes alone (never by the thread count or the
 // schedule), so two runs, or runs at different OMP_NUM_THREADS, give bit-identical results.
@@ -12,6 +15,7 @@
 
 #include "backend/backend_checks.hpp"
 #include "backend/cpu/cpu_backend.hpp"
+#include "backend/cpu/cpu_simd.hpp"
 #include "backend/dtype_dispatch.hpp"
 #include "backend/pointwise_math.hpp"
 #include "weft/error.hpp"
@@ -32,20 +36,197 @@ float ld(const T* p, int64_t i) {
   return to_float(p[i]);
 }
 
-// Rows [0, rows) of a [rows, cols] parameter gradient reduced column by column: fn(r, c0, c1, acc)
-// adds row r's contributions of columns [c0, c1) into acc[0, c1 - c0). The rows are visited in
-// order for every column, so the sum does not depend on the thread count.
+// The norms' parameter gradients, [cols] sums over rows [0, rows), reduced column block by column
+// block: fn(r, c0, c1, acc, acc_dy) adds row r's terms of columns [c0, c1) into acc[0, c1 - c0)
+// (and into acc_dy when the second result, dy_sums, is wanted; else acc_dy is null). The rows are
+// visited in order for every column, so the sums do not depend on the thread count.
 template <typename Fn>
-void reduce_rows_by_column_block(int64_t rows, int64_t cols, std::vector<double>& result, Fn&& fn) {
-  result.assign(static_cast<size_t>(cols), 0.0);
+void reduce_norm_grads(int64_t rows, int64_t cols, std::vector<double>& sums,
+                       std::vector<double>* dy_sums, Fn&& fn) {
+  sums.assign(static_cast<size_t>(cols), 0.0);
+  if (dy_sums != nullptr) dy_sums->assign(static_cast<size_t>(cols), 0.0);
   const int64_t blocks = (cols + kColumnBlock - 1) / kColumnBlock;
 #pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t c0 = blk * kColumnBlock, c1 = std::min(cols, c0 + kColumnBlock);
-    double acc[kColumnBlock] = {};
-    for (int64_t r = 0; r < rows; ++r) fn(r, c0, c1, acc);
-    for (int64_t c = c0; c < c1; ++c) result[c] = acc[c - c0];
+    double acc[kColumnBlock] = {}, acc_dy[kColumnBlock] = {};
+    for (int64_t r = 0; r < rows; ++r) fn(r, c0, c1, acc, dy_sums != nullptr ? acc_dy : nullptr);
+    for (int64_t c = c0; c < c1; ++c) {
+      sums[c] = acc[c - c0];
+      if (dy_sums != nullptr) (*dy_sums)[c] = acc_dy[c - c0];
+    }
   }
+}
+
+// ---- the vectorised loops (one row or one flat range each) -----------------------------------
+
+// LayerNorm of one row: y = (x - mean) * rstd * g + b; returns mean and rstd.
+template <typename T>
+WEFT_SIMD_CLONES void layer_norm_row(T* y, const T* x, const T* g, const T* b, int64_t cols,
+                                     float eps, float* mean, float* rstd) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t c = 0; c < cols; ++c) s += ld(x, c);
+  const double mu = s / cols;
+  double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t c = 0; c < cols; ++c) {
+    const double d = ld(x, c) - mu;
+    ss += d * d;
+  }
+  const float rs = static_cast<float>(1.0 / std::sqrt(ss / cols + eps));
+  const float m = static_cast<float>(mu);
+#pragma omp simd
+  for (int64_t c = 0; c < cols; ++c)
+    y[c] = from_float<T>((ld(x, c) - m) * rs * ld(g, c) + ld(b, c));
+  *mean = m;
+  *rstd = rs;
+}
+
+// dx of one LayerNorm row: rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
+// dxhat = dy * gamma.
+template <typename T>
+WEFT_SIMD_CLONES void layer_norm_backward_row(T* dx, const T* x, const T* dy, const T* g,
+                                              int64_t cols, float mu, float rs) {
+  double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
+#pragma omp simd reduction(+ : sum_dxhat, sum_dxhat_xhat)
+  for (int64_t c = 0; c < cols; ++c) {
+    const float xhat = (ld(x, c) - mu) * rs;
+    const float dxhat = ld(dy, c) * ld(g, c);
+    sum_dxhat += dxhat;
+    sum_dxhat_xhat += static_cast<double>(dxhat) * xhat;
+  }
+  const float a = static_cast<float>(sum_dxhat / cols);
+  const float b = static_cast<float>(sum_dxhat_xhat / cols);
+#pragma omp simd
+  for (int64_t c = 0; c < cols; ++c) {
+    const float xhat = (ld(x, c) - mu) * rs;
+    const float dxhat = ld(dy, c) * ld(g, c);
+    dx[c] = from_float<T>(rs * (dxhat - a - xhat * b));
+  }
+}
+
+// RMSNorm of one row: y = x * rstd * g; returns rstd.
+template <typename T>
+WEFT_SIMD_CLONES float rms_norm_row(T* y, const T* x, const T* g, int64_t cols, float eps) {
+  double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t c = 0; c < cols; ++c) {
+    const double v = ld(x, c);
+    ss += v * v;
+  }
+  const float rs = static_cast<float>(1.0 / std::sqrt(ss / cols + eps));
+#pragma omp simd
+  for (int64_t c = 0; c < cols; ++c) y[c] = from_float<T>(ld(x, c) * rs * ld(g, c));
+  return rs;
+}
+
+// dx of one RMSNorm row: rstd * (dxhat - xhat * mean(dxhat * xhat)), xhat = x * rstd,
+// dxhat = dy * gamma.
+template <typename T>
+WEFT_SIMD_CLONES void rms_norm_backward_row(T* dx, const T* x, const T* dy, const T* g,
+                                            int64_t cols, float rs) {
+  double sum_dxhat_xhat = 0.0;
+#pragma omp simd reduction(+ : sum_dxhat_xhat)
+  for (int64_t c = 0; c < cols; ++c) {
+    sum_dxhat_xhat += static_cast<double>(ld(dy, c) * ld(g, c)) * (ld(x, c) * rs);
+  }
+  const float b = static_cast<float>(sum_dxhat_xhat / cols);
+#pragma omp simd
+  for (int64_t c = 0; c < cols; ++c) {
+    const float xhat = ld(x, c) * rs;
+    dx[c] = from_float<T>(rs * (ld(dy, c) * ld(g, c) - xhat * b));
+  }
+}
+
+// The norms' parameter-gradient terms of one row, columns [0, n): acc[c] += dy[c] * xhat[c] with
+// xhat = (x - mu) * rs (mu = 0 for RMSNorm), and, when acc_dy is not null, acc_dy[c] += dy[c].
+template <typename T>
+WEFT_SIMD_CLONES void add_norm_grad_terms(double* acc, double* acc_dy, const T* dy, const T* x,
+                                          int64_t n, float mu, float rs) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    acc[c] += static_cast<double>(ld(dy, c)) * ((ld(x, c) - mu) * rs);
+  }
+  if (acc_dy != nullptr) {
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) acc_dy[c] += ld(dy, c);
+  }
+}
+
+template <typename T>
+WEFT_SIMD_CLONES float row_max_of(const T* x, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, ld(x, j));
+  return mx;
+}
+
+// sum_j exp(x[j] - mx), accumulated in double; x[j] <= mx (mx is the row's max over all shards).
+template <typename T>
+WEFT_SIMD_CLONES double sum_exp_below(const T* x, int64_t n, float mx) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += exp_nonpositive(ld(x, j) - mx);
+  return s;
+}
+
+// One row of the cross-entropy gradient: (softmax - onehot(target)) * grad_loss, padding zero.
+template <typename T>
+WEFT_SIMD_CLONES void cross_entropy_grad_row(T* gr, const T* x, int64_t valid, int64_t v_local,
+                                             float mx, float inv_sum, int64_t target, float gl) {
+#pragma omp simd
+  for (int64_t j = 0; j < valid; ++j) {
+    const float p = exp_nonpositive(ld(x, j) - mx) * inv_sum;
+    gr[j] = from_float<T>(p * gl);
+  }
+  if (target >= 0 && target < valid) {
+    const float p = exp_nonpositive(ld(x, target) - mx) * inv_sum;
+    gr[target] = from_float<T>((p - 1.0f) * gl);
+  }
+  for (int64_t j = valid; j < v_local; ++j) gr[j] = from_float<T>(0.0f);
+}
+
+template <typename T>
+WEFT_SIMD_CLONES void swiglu_range(T* o, const T* g, const T* u, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float gate = ld(g, i);
+    o[i] = from_float<T>(gate * sigmoid_simd(gate) * ld(u, i));
+  }
+}
+
+// The gradients may alias the inputs: each element's are computed before either store.
+template <typename T>
+WEFT_SIMD_CLONES void swiglu_backward_range(T* dg, T* du, const T* dy, const T* g, const T* u,
+                                            int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float gate = ld(g, i), up = ld(u, i), grad = ld(dy, i);
+    const float s = sigmoid_simd(gate);
+    const float gg = grad * up * s * (1.0f + gate * (1.0f - s));
+    const float gu = grad * gate * s;
+    dg[i] = from_float<T>(gg);
+    du[i] = from_float<T>(gu);
+  }
+}
+
+template <typename T>
+WEFT_SIMD_CLONES void adamw_range(float* w, float* m, float* v, const T* grad, int64_t n,
+                                  AdamWConstants k) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) adamw_update(&w[i], &m[i], &v[i], ld(grad, i), k);
+}
+
+// Flat ranges of the elementwise ops are cut into chunks of this many elements, one per task.
+constexpr int64_t kFlatChunk = 4096;
+
+// fn(begin, end) over [0, n) in chunks, threaded when n is large.
+template <typename Fn>
+void for_chunks(int64_t n, Fn&& fn) {
+  const int64_t chunks = (n + kFlatChunk - 1) / kFlatChunk;
+#pragma omp parallel for schedule(static) if (n > kParallelWork)
+  for (int64_t c = 0; c < chunks; ++c) fn(c * kFlatChunk, std::min(n, (c + 1) * kFlatChunk));
 }
 
 // Vocabulary columns of a shard that are real entries (the rest are padding): [0, valid).
@@ -102,26 +283,10 @@ void CpuBackend::layer_norm(TensorView out, TensorView mean, TensorView rstd, Te
     using T = typename decltype(tag)::type;
     const T *x = in.as<T>(), *g = gamma.as<T>(), *b = beta.as<T>();
     T* y = out.as<T>();
+    float *mu = mean.as<float>(), *rs = rstd.as<float>();
 #pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = x + r * cols;
-      double s = 0.0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t c = 0; c < cols; ++c) s += ld(xr, c);
-      const double mu = s / cols;
-      double ss = 0.0;
-#pragma omp simd reduction(+ : ss)
-      for (int64_t c = 0; c < cols; ++c) {
-        const double d = ld(xr, c) - mu;
-        ss += d * d;
-      }
-      const float rs = static_cast<float>(1.0 / std::sqrt(ss / cols + eps));
-      const float m = static_cast<float>(mu);
-      for (int64_t c = 0; c < cols; ++c) {
-        y[r * cols + c] = from_float<T>((ld(xr, c) - m) * rs * ld(g, c) + ld(b, c));
-      }
-      mean.as<float>()[r] = m;
-      rstd.as<float>()[r] = rs;
+      layer_norm_row(y + r * cols, x + r * cols, g, b, cols, eps, mu + r, rs + r);
     }
   });
 }
@@ -137,41 +302,17 @@ void CpuBackend::layer_norm_backward(TensorView grad_in, TensorView grad_gamma,
   dispatch_storage(in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T *x = in.as<T>(), *dy = grad_out.as<T>(), *g = gamma.as<T>();
-    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * gamma.
+    T* dx = grad_in.as<T>();
 #pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
-      const T *xr = x + r * cols, *dyr = dy + r * cols;
-      double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
-#pragma omp simd reduction(+ : sum_dxhat, sum_dxhat_xhat)
-      for (int64_t c = 0; c < cols; ++c) {
-        const float xhat = (ld(xr, c) - mu[r]) * rs[r];
-        const float dxhat = ld(dyr, c) * ld(g, c);
-        sum_dxhat += dxhat;
-        sum_dxhat_xhat += static_cast<double>(dxhat) * xhat;
-      }
-      const float a = static_cast<float>(sum_dxhat / cols);
-      const float b = static_cast<float>(sum_dxhat_xhat / cols);
-      T* dxr = grad_in.as<T>() + r * cols;
-      for (int64_t c = 0; c < cols; ++c) {
-        const float xhat = (ld(xr, c) - mu[r]) * rs[r];
-        const float dxhat = ld(dyr, c) * ld(g, c);
-        dxr[c] = from_float<T>(rs[r] * (dxhat - a - xhat * b));
-      }
+      layer_norm_backward_row(dx + r * cols, x + r * cols, dy + r * cols, g, cols, mu[r], rs[r]);
     }
     std::vector<double> dgamma, dbeta;
-    reduce_rows_by_column_block(
-        rows, cols, dgamma, [&](int64_t r, int64_t c0, int64_t c1, double* acc) {
-          for (int64_t c = c0; c < c1; ++c) {
-            acc[c - c0] +=
-                static_cast<double>(ld(dy, r * cols + c)) * ((ld(x, r * cols + c) - mu[r]) * rs[r]);
-          }
-        });
-    reduce_rows_by_column_block(rows, cols, dbeta,
-                                [&](int64_t r, int64_t c0, int64_t c1, double* acc) {
-                                  for (int64_t c = c0; c < c1; ++c) {
-                                    acc[c - c0] += ld(dy, r * cols + c);
-                                  }
-                                });
+    reduce_norm_grads(rows, cols, dgamma, &dbeta,
+                      [&](int64_t r, int64_t c0, int64_t c1, double* acc, double* acc_dy) {
+                        const int64_t at = r * cols + c0;
+                        add_norm_grad_terms(acc, acc_dy, dy + at, x + at, c1 - c0, mu[r], rs[r]);
+                      });
     for (int64_t c = 0; c < cols; ++c) {
       grad_gamma.as<T>()[c] = from_float<T>(static_cast<float>(dgamma[c]));
       grad_beta.as<T>()[c] = from_float<T>(static_cast<float>(dbeta[c]));
@@ -187,21 +328,10 @@ void CpuBackend::rms_norm(TensorView out, TensorView rstd, TensorView in, Tensor
     using T = typename decltype(tag)::type;
     const T *x = in.as<T>(), *g = gamma.as<T>();
     T* y = out.as<T>();
+    float* rs = rstd.as<float>();
 #pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = x + r * cols;
-      double ss = 0.0;
-#pragma omp simd reduction(+ : ss)
-      for (int64_t c = 0; c < cols; ++c) {
-        const double v = ld(xr, c);
-        ss += v * v;
-      }
-      const float rs = static_cast<float>(1.0 / std::sqrt(ss / cols + eps));
-      for (int64_t c = 0; c < cols; ++c) {
-        y[r * cols + c] = from_float<T>(ld(xr, c) * rs * ld(g, c));
-      }
-      rstd.as<float>()[r] = rs;
-    }
+    for (int64_t r = 0; r < rows; ++r)
+      rs[r] = rms_norm_row(y + r * cols, x + r * cols, g, cols, eps);
   });
 }
 
@@ -213,30 +343,17 @@ void CpuBackend::rms_norm_backward(TensorView grad_in, TensorView grad_gamma, Te
   dispatch_storage(in.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T *x = in.as<T>(), *dy = grad_out.as<T>(), *g = gamma.as<T>();
-    // dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), xhat = x * rstd, dxhat = dy * gamma.
+    T* dx = grad_in.as<T>();
 #pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
     for (int64_t r = 0; r < rows; ++r) {
-      const T *xr = x + r * cols, *dyr = dy + r * cols;
-      double sum_dxhat_xhat = 0.0;
-#pragma omp simd reduction(+ : sum_dxhat_xhat)
-      for (int64_t c = 0; c < cols; ++c) {
-        sum_dxhat_xhat += static_cast<double>(ld(dyr, c) * ld(g, c)) * (ld(xr, c) * rs[r]);
-      }
-      const float b = static_cast<float>(sum_dxhat_xhat / cols);
-      T* dxr = grad_in.as<T>() + r * cols;
-      for (int64_t c = 0; c < cols; ++c) {
-        const float xhat = ld(xr, c) * rs[r];
-        dxr[c] = from_float<T>(rs[r] * (ld(dyr, c) * ld(g, c) - xhat * b));
-      }
+      rms_norm_backward_row(dx + r * cols, x + r * cols, dy + r * cols, g, cols, rs[r]);
     }
     std::vector<double> dgamma;
-    reduce_rows_by_column_block(
-        rows, cols, dgamma, [&](int64_t r, int64_t c0, int64_t c1, double* acc) {
-          for (int64_t c = c0; c < c1; ++c) {
-            acc[c - c0] +=
-                static_cast<double>(ld(dy, r * cols + c)) * (ld(x, r * cols + c) * rs[r]);
-          }
-        });
+    reduce_norm_grads(rows, cols, dgamma, nullptr,
+                      [&](int64_t r, int64_t c0, int64_t c1, double* acc, double* acc_dy) {
+                        const int64_t at = r * cols + c0;
+                        add_norm_grad_terms(acc, acc_dy, dy + at, x + at, c1 - c0, 0.0f, rs[r]);
+                      });
     for (int64_t c = 0; c < cols; ++c) {
       grad_gamma.as<T>()[c] = from_float<T>(static_cast<float>(dgamma[c]));
     }
@@ -354,9 +471,7 @@ void CpuBackend::vocab_max(TensorView row_max, TensorView logits, int64_t vocab_
     const T* x = logits.as<T>();
 #pragma omp parallel for schedule(static) if (tokens * valid > kParallelWork)
     for (int64_t t = 0; t < tokens; ++t) {
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < valid; ++j) mx = std::max(mx, ld(x, t * v_local + j));
-      row_max.as<float>()[t] = mx;
+      row_max.as<float>()[t] = row_max_of(x + t * v_local, valid);
     }
   });
 }
@@ -376,9 +491,7 @@ void CpuBackend::vocab_sum_exp_and_target(TensorView sum_exp, TensorView target_
 #pragma omp parallel for schedule(static) if (tokens * valid > kParallelWork)
     for (int64_t t = 0; t < tokens; ++t) {
       const T* xr = x + t * v_local;
-      double s = 0.0;
-      for (int64_t j = 0; j < valid; ++j) s += std::exp(ld(xr, j) - mx[t]);
-      sum_exp.as<float>()[t] = static_cast<float>(s);
+      sum_exp.as<float>()[t] = static_cast<float>(sum_exp_below(xr, valid, mx[t]));
       const int64_t local = static_cast<int64_t>(tgt[t]) - vocab_start;
       target_logit.as<float>()[t] = local >= 0 && local < valid ? ld(xr, local) : 0.0f;
     }
@@ -400,15 +513,9 @@ void CpuBackend::vocab_cross_entropy_backward(TensorView grad_logits, TensorView
     const T* x = logits.as<T>();
 #pragma omp parallel for schedule(static) if (tokens * v_local > kParallelWork)
     for (int64_t t = 0; t < tokens; ++t) {
-      const T* xr = x + t * v_local;
-      T* gr = grad_logits.as<T>() + t * v_local;
-      const float inv_sum = 1.0f / se[t];
-      const int64_t target = static_cast<int64_t>(tgt[t]) - vocab_start;
-      for (int64_t j = 0; j < valid; ++j) {
-        const float p = std::exp(ld(xr, j) - mx[t]) * inv_sum;
-        gr[j] = from_float<T>((p - (j == target ? 1.0f : 0.0f)) * gl[t]);
-      }
-      for (int64_t j = valid; j < v_local; ++j) gr[j] = from_float<T>(0.0f);
+      cross_entropy_grad_row(grad_logits.as<T>() + t * v_local, x + t * v_local, valid, v_local,
+                             mx[t], 1.0f / se[t], static_cast<int64_t>(tgt[t]) - vocab_start,
+                             gl[t]);
     }
   });
 }
@@ -422,10 +529,7 @@ void CpuBackend::swiglu(TensorView out, TensorView gate, TensorView up) {
     using T = typename decltype(tag)::type;
     const T *g = gate.as<T>(), *u = up.as<T>();
     T* o = out.as<T>();
-#pragma omp parallel for schedule(static) if (n > kParallelWork)
-    for (int64_t i = 0; i < n; ++i) {
-      o[i] = from_float<T>(swiglu_value(ld(g, i), ld(u, i)));
-    }
+    for_chunks(n, [&](int64_t i0, int64_t i1) { swiglu_range(o + i0, g + i0, u + i0, i1 - i0); });
   });
 }
 
@@ -437,13 +541,9 @@ void CpuBackend::swiglu_backward(TensorView grad_gate, TensorView grad_up, Tenso
     using T = typename decltype(tag)::type;
     const T *g = gate.as<T>(), *u = up.as<T>(), *dy = grad_out.as<T>();
     T *dg = grad_gate.as<T>(), *du = grad_up.as<T>();
-#pragma omp parallel for schedule(static) if (n > kParallelWork)
-    for (int64_t i = 0; i < n; ++i) {
-      float gg, gu;  // computed before either store: the gradients may alias the inputs
-      swiglu_grads(ld(dy, i), ld(g, i), ld(u, i), &gg, &gu);
-      dg[i] = from_float<T>(gg);
-      du[i] = from_float<T>(gu);
-    }
+    for_chunks(n, [&](int64_t i0, int64_t i1) {
+      swiglu_backward_range(dg + i0, du + i0, dy + i0, g + i0, u + i0, i1 - i0);
+    });
   });
 }
 
@@ -473,10 +573,9 @@ void CpuBackend::adamw(TensorView master, TensorView m, TensorView v, TensorView
   dispatch_storage(grad.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* gr = grad.as<T>();
-#pragma omp parallel for schedule(static) if (n > kParallelWork)
-    for (int64_t i = 0; i < n; ++i) {
-      adamw_update(&w[i], &mm[i], &vv[i], ld(gr, i), k);
-    }
+    for_chunks(n, [&](int64_t i0, int64_t i1) {
+      adamw_range(w + i0, mm + i0, vv + i0, gr + i0, i1 - i0, k);
+    });
   });
 }
 

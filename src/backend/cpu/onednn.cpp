@@ -2,8 +2,9 @@
 // fused post-ops; when the GeLU input must be kept for backward, the matmul writes it and an
 // eltwise primitive reads it back; the bias gradient is one extra pass over A. A 16-bit matmul
 // that oneDNN cannot run natively on this CPU (f16 without AVX512-FP16; bf16 on AVX2-only parts
-// such as some AMD EPYC VMs) is computed in f32 and rounded back. The fused kernels' tile products
-// have their own cache behind a lock, since those kernels call from every OpenMP thread.
+// such as some AMD EPYC VMs) is computed in f32 and rounded back. The fused kernels' f32 tile
+// products call oneDNN's sgemm; their 16-bit ones have their own primitive cache behind a lock,
+// since those kernels call from every OpenMP thread.
 #include "backend/cpu/onednn.hpp"
 
 #include <cstring>
@@ -41,7 +42,9 @@ dnnl::memory::data_type to_dnnl(DType dtype) {
 using MatmulKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, int, int, bool, bool, float,
                              float>;  // m n k ta tb in_dt out_dt bias gelu alpha beta
 
-using TileKey = std::tuple<int64_t, int64_t, int64_t, bool, bool, float, float, int>;
+// m n k ta tb alpha beta dtype lda ldb ldc (leading dimensions resolved: never 0)
+using TileKey =
+    std::tuple<int64_t, int64_t, int64_t, bool, bool, float, float, int, int64_t, int64_t, int64_t>;
 
 // A tile product's primitive and its operands' descriptors. The scratchpad is the caller's
 // (user mode), so that threads running the same primitive never share one.
@@ -96,23 +99,31 @@ struct OneDnn::Impl {
       Tile probe;
       probe.m = probe.n = probe.k = 16;
       probe.dtype = dtype;
-      tile_primitive_locked(probe);
+      tile_primitive_locked(resolved(probe));
     } catch (const dnnl::error& e) {
       if (e.status != dnnl_unimplemented) throw;
       ok = false;
     }
     return native_tile[dt] = ok;
   }
+  // The tile with its leading dimensions resolved (0: dense).
+  static Tile resolved(Tile t) {
+    if (t.lda == 0) t.lda = t.ta ? t.m : t.k;
+    if (t.ldb == 0) t.ldb = t.tb ? t.k : t.n;
+    if (t.ldc == 0) t.ldc = t.n;
+    return t;
+  }
   const TilePrimitive& tile_primitive_locked(const Tile& t) {
-    const TileKey key{t.m, t.n, t.k, t.ta, t.tb, t.alpha, t.beta, static_cast<int>(t.dtype)};
+    const TileKey key{t.m,   t.n,   t.k,  t.ta, t.tb, t.alpha, t.beta, static_cast<int>(t.dtype),
+                      t.lda, t.ldb, t.ldc};
     auto it = tiles.find(key);
     if (it != tiles.end()) return it->second;
     using dims = dnnl::memory::dims;
     const auto dt = to_dnnl(t.dtype);
     TilePrimitive p;
-    p.a = dnnl::memory::desc(dims{t.m, t.k}, dt, t.ta ? dims{1, t.m} : dims{t.k, 1});
-    p.b = dnnl::memory::desc(dims{t.k, t.n}, dt, t.tb ? dims{1, t.k} : dims{t.n, 1});
-    p.c = dnnl::memory::desc(dims{t.m, t.n}, dnnl::memory::data_type::f32, dims{t.n, 1});
+    p.a = dnnl::memory::desc(dims{t.m, t.k}, dt, t.ta ? dims{1, t.lda} : dims{t.lda, 1});
+    p.b = dnnl::memory::desc(dims{t.k, t.n}, dt, t.tb ? dims{1, t.ldb} : dims{t.ldb, 1});
+    p.c = dnnl::memory::desc(dims{t.m, t.n}, dnnl::memory::data_type::f32, dims{t.ldc, 1});
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     if (t.alpha != 1.0f) attr.set_output_scales(0, {t.alpha});
@@ -124,7 +135,16 @@ struct OneDnn::Impl {
     p.matmul = dnnl::matmul(pd);
     return tiles.emplace(key, std::move(p)).first->second;
   }
-  void tile(const Tile& t, const void* a, const void* b, float* c) {
+  void tile(const Tile& tile, const void* a, const void* b, float* c) {
+    const Tile t = resolved(tile);
+    if (t.dtype == DType::kF32) {
+      // Inside a parallel region oneDNN's sgemm runs on the calling thread alone.
+      const dnnl_status_t status = dnnl_sgemm(
+          t.ta ? 'T' : 'N', t.tb ? 'T' : 'N', t.m, t.n, t.k, t.alpha, static_cast<const float*>(a),
+          t.lda, static_cast<const float*>(b), t.ldb, t.beta, c, t.ldc);
+      if (status != dnnl_success) throw dnnl::error(status, "dnnl_sgemm");
+      return;
+    }
     const TilePrimitive* p;
     {
       std::lock_guard<std::mutex> lock(tile_mutex);
@@ -133,11 +153,11 @@ struct OneDnn::Impl {
     thread_local std::vector<char> scratch;
     if (scratch.size() < p->scratchpad.get_size()) scratch.resize(p->scratchpad.get_size());
     dnnl::stream stream(engine);  // one per call: never shared between threads
-    p->matmul.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(p->a, engine, const_cast<void*>(a))},
-                               {DNNL_ARG_WEIGHTS, dnnl::memory(p->b, engine, const_cast<void*>(b))},
-                               {DNNL_ARG_DST, dnnl::memory(p->c, engine, c)},
-                               {DNNL_ARG_SCRATCHPAD, dnnl::memory(p->scratchpad, engine,
-                                                                  scratch.data())}});
+    p->matmul.execute(stream,
+                      {{DNNL_ARG_SRC, dnnl::memory(p->a, engine, const_cast<void*>(a))},
+                       {DNNL_ARG_WEIGHTS, dnnl::memory(p->b, engine, const_cast<void*>(b))},
+                       {DNNL_ARG_DST, dnnl::memory(p->c, engine, c)},
+                       {DNNL_ARG_SCRATCHPAD, dnnl::memory(p->scratchpad, engine, scratch.data())}});
   }
 
   dnnl::memory::desc flat(int64_t n, DType dtype) {
@@ -372,20 +392,41 @@ std::string OneDnn::version() const {
 }
 
 bool OneDnn::gelu(TensorView out, TensorView in) {
-  if (in.numel() == 0 || !impl_->gelu_supported(in.dtype)) return false;
-  impl_->gelu(out, in);
+  if (in.numel() == 0) return false;
+  if (impl_->gelu_supported(in.dtype)) {
+    impl_->gelu(out, in);
+    return true;
+  }
+  if (in.dtype == DType::kF32 || !impl_->gelu_supported(DType::kF32)) return false;
+  // No 16-bit kernel on this CPU: the f32 one, on a widened copy, rounded back (the scalar
+  // fallback would compute in f32 too, about 20x slower).
+  dispatch_storage(in.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    std::vector<float> x = widen<T>(in), y(x.size());
+    impl_->gelu(f32_view(y, in.shape), f32_view(x, in.shape));
+    narrow<T>(y, out);
+  });
   return true;
 }
 
 bool OneDnn::gelu_backward(TensorView grad_in, TensorView grad_out, TensorView input) {
-  if (input.numel() == 0 || !impl_->gelu_supported(input.dtype)) return false;
-  impl_->gelu_backward(grad_in, grad_out, input);
+  if (input.numel() == 0) return false;
+  if (impl_->gelu_supported(input.dtype)) {
+    impl_->gelu_backward(grad_in, grad_out, input);
+    return true;
+  }
+  if (input.dtype == DType::kF32 || !impl_->gelu_supported(DType::kF32)) return false;
+  dispatch_storage(input.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    std::vector<float> x = widen<T>(input), dy = widen<T>(grad_out), dx(x.size());
+    impl_->gelu_backward(f32_view(dx, input.shape), f32_view(dy, input.shape),
+                         f32_view(x, input.shape));
+    narrow<T>(dx, grad_in);
+  });
   return true;
 }
 
-DType OneDnn::tile_dtype(DType dtype) {
-  return impl_->tile_supported(dtype) ? dtype : DType::kF32;
-}
+DType OneDnn::tile_dtype(DType dtype) { return impl_->tile_supported(dtype) ? dtype : DType::kF32; }
 
 void OneDnn::tile_matmul(const Tile& tile, const void* a, const void* b, float* c) {
   if (tile.m == 0 || tile.n == 0) return;
