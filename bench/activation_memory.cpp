@@ -27,13 +27,16 @@
 //
 // Run with as many ranks as the largest TP size (here 1, 2 and 4 from one run of 4 ranks):
 //   OMP_NUM_THREADS=1 mpirun -np 4 build/bin/activation_memory [seq batch hidden heads]
+// (seq and hidden in [1, 65536], batch and heads in [1, 1024]; anything else exits with status 2)
 // (as root mpirun also needs OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1, and
 // --oversubscribe with more ranks than cores).
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <memory>
+#include <stdexcept>
 #include <vector>
 
 #include "weft/weft.hpp"
@@ -65,10 +68,37 @@ int64_t measure(weft::Backend& cpu, const weft::ParallelGrid& grid, weft::GPTCon
   return saved.bytes();
 }
 
+// A bad command line: every rank parses the same one, so every rank exits with status 2 alike.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+template <typename... Args>
+void usage_check(bool cond, const Args&... message) {
+  if (!cond) throw UsageError("activation_memory: " + weft::detail::concat(message...));
+}
+
+// A positional argument: an integer in [1, max].
+int64_t positional(const char* name, const char* text, int64_t max) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(text, &end, 10);
+  usage_check(*text != '\0' && *end == '\0' && errno == 0 && v >= 1 && v <= max, name,
+              " expects an integer in [1, ", max, "], got '", text, "'");
+  return v;
+}
+
 int run(int argc, char** argv) {
   std::unique_ptr<weft::Communicator> world = weft::make_mpi_world_communicator();
-  const int64_t s = argc > 4 ? std::atoll(argv[1]) : 1024, b = argc > 4 ? std::atoll(argv[2]) : 1,
-                h = argc > 4 ? std::atoll(argv[3]) : 1024, a = argc > 4 ? std::atoll(argv[4]) : 16;
+  int64_t s = 1024, b = 1, h = 1024, a = 16;
+  if (argc != 1) {
+    usage_check(argc == 5, "expects no arguments or four: seq batch hidden heads");
+    s = positional("seq", argv[1], 1 << 16);
+    b = positional("batch", argv[2], 1 << 10);
+    h = positional("hidden", argv[3], 1 << 16);
+    a = positional("heads", argv[4], 1 << 10);
+    usage_check(h % a == 0, "hidden (", h, ") must be divisible by heads (", a, ")");
+  }
   std::unique_ptr<weft::Backend> cpu = weft::make_cpu_backend();
   if (world->rank() == 0) {
     std::printf(
@@ -141,6 +171,9 @@ int main(int argc, char** argv) {
   weft::MpiRuntime mpi(&argc, &argv);
   try {
     return run(argc, argv);
+  } catch (const UsageError& e) {
+    if (weft::error_rank() <= 0) std::fprintf(stderr, "%s\n", e.what());
+    return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "activation_memory: %s\n", e.what());
     std::fflush(stderr);

@@ -181,7 +181,7 @@ int run(int argc, char** argv) {
   const int rank = world->rank();
   if (rank != 0) weft::bench::drop_output_flags(&argc, argv);
   benchmark::Initialize(&argc, argv);
-  if (rank == 0 && benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  weft::bench::refuse_unrecognized_arguments("bench_collectives", argc, argv);
 
   std::unique_ptr<Backend> host = weft::make_cpu_backend();
   std::vector<Transport> transports{{"mpi", world.get(), host.get()}};

@@ -5,17 +5,21 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "weft/backend.hpp"
 #include "weft/comm.hpp"
 #include "weft/dtype.hpp"
+#include "weft/error.hpp"
 #include "weft/tensor.hpp"
 
 namespace weft::bench {
@@ -143,12 +147,45 @@ inline void run_benchmarks_on_all_ranks(int rank,
   benchmark::Shutdown();
 }
 
-// main() of a benchmark run under mpirun: an exception on any rank ends the whole job, since a
+// A bad command line. Every rank parses the same one and throws this alike, so that every rank
+// exits with status 2 and none is left waiting for the others in a collective.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// After benchmark::Initialize, the arguments left in argv are ones it did not recognize: a usage
+// error on every rank alike (not only on rank 0, which would leave the others running).
+inline void refuse_unrecognized_arguments(const char* program, int argc, char** argv) {
+  if (argc <= 1) return;
+  std::string list;
+  for (int i = 1; i < argc; ++i) list += std::string(" '") + argv[i] + "'";
+  throw UsageError(std::string(program) + ": unrecognized argument(s):" + list +
+                   " (see --help)");
+}
+
+// A non-negative integer flag value in [min, max], or a UsageError naming the flag.
+inline int64_t parse_flag_int(const char* flag, const char* text, int64_t min, int64_t max) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(text, &end, 10);
+  if (*text == '\0' || *end != '\0' || errno != 0 || v < min || v > max) {
+    throw UsageError(std::string(flag) + " expects an integer in [" + std::to_string(min) + ", " +
+                     std::to_string(max) + "], got '" + text + "'");
+  }
+  return v;
+}
+
+// main() of a benchmark run under mpirun. A usage error (the same on every rank) exits with
+// status 2 on every rank after rank 0 prints why; any other exception ends the whole job, since a
 // rank that stopped alone would leave the others waiting in a collective forever.
 inline int mpi_benchmark_main(const char* name, int argc, char** argv, int (*run)(int, char**)) {
   MpiRuntime mpi(&argc, &argv);
   try {
     return run(argc, argv);
+  } catch (const UsageError& e) {
+    if (error_rank() <= 0) std::fprintf(stderr, "%s\n", e.what());
+    return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: %s\n", name, e.what());
     std::fflush(stderr);

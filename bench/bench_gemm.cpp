@@ -328,7 +328,7 @@ std::string onednn_version() {
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
   try {
     constexpr int64_t kTokens = 2048;
     std::vector<Pair> pairs;

@@ -315,8 +315,8 @@ void print_summary(const weft::bench::CollectingReporter& reporter,
 }
 
 struct LayerFlags {
-  int64_t iterations = 0;  // --layer_iterations=N: override every case's count (0: keep)
-  int rounds = 1;          // --layer_rounds=N: run the whole list N times, round-robin
+  int64_t iterations = 0;  // --layer_iterations=N in [0, 2^30]: every case's count (0: keep)
+  int rounds = 1;          // --layer_rounds=N in [1, 1000]: run the whole list N times
 };
 
 // Takes this program's flags out of argv (Google Benchmark rejects flags it does not know).
@@ -325,9 +325,10 @@ LayerFlags take_layer_flags(int* argc, char** argv) {
   int kept = 1;
   for (int i = 1; i < *argc; ++i) {
     if (std::strncmp(argv[i], "--layer_iterations=", 19) == 0) {
-      flags.iterations = std::strtoll(argv[i] + 19, nullptr, 10);
+      flags.iterations =
+          weft::bench::parse_flag_int("--layer_iterations", argv[i] + 19, 0, int64_t{1} << 30);
     } else if (std::strncmp(argv[i], "--layer_rounds=", 15) == 0) {
-      flags.rounds = std::max(1, std::atoi(argv[i] + 15));
+      flags.rounds = static_cast<int>(weft::bench::parse_flag_int("--layer_rounds", argv[i] + 15, 1, 1000));
     } else {
       argv[kept++] = argv[i];
     }
@@ -343,7 +344,7 @@ int run(int argc, char** argv) {
   const LayerFlags flags = take_layer_flags(&argc, argv);
   if (rank != 0) weft::bench::drop_output_flags(&argc, argv);
   benchmark::Initialize(&argc, argv);
-  if (rank == 0 && benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  weft::bench::refuse_unrecognized_arguments("bench_gpt_layer", argc, argv);
 
   // One rank: tensor-parallel size 1 with the self communicator. Several: one TP group of all.
   std::unique_ptr<Communicator> self;

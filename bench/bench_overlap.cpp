@@ -233,7 +233,7 @@ int run(int argc, char** argv) {
   const int rank = world->rank(), tp = world->size();
   if (rank != 0) weft::bench::drop_output_flags(&argc, argv);
   benchmark::Initialize(&argc, argv);
-  if (rank == 0 && benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  weft::bench::refuse_unrecognized_arguments("bench_overlap", argc, argv);
 
   std::unique_ptr<Backend> host = weft::make_cpu_backend();
   benchmark::AddCustomContext("weft_version", WEFT_VERSION_STRING);

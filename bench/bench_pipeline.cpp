@@ -203,7 +203,7 @@ int run(int argc, char** argv) {
   const int rank = world->rank();
   if (rank != 0) weft::bench::drop_output_flags(&argc, argv);
   benchmark::Initialize(&argc, argv);
-  if (rank == 0 && benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  weft::bench::refuse_unrecognized_arguments("bench_pipeline", argc, argv);
 
   std::unique_ptr<weft::Backend> cpu = weft::make_cpu_backend();
   weft::ParallelGrid grid(*world, 1, world->size());

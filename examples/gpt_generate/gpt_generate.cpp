@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <vector>
@@ -59,11 +60,11 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   flags.add("prompt", &a.prompt, "text to continue");
   flags.add("tokenizer", &a.tokenizer,
             "Hugging Face tokenizer.json (default: the checkpoint's, else bytes are tokens)");
-  flags.add("tp", &a.tp, "tensor-parallel size (0: the checkpoint's)");
-  flags.add("max-new-tokens", &a.max_new_tokens, "tokens to generate");
-  flags.add("temperature", &a.temperature, "0: greedy; otherwise sampling temperature");
-  flags.add("top-k", &a.top_k, "sample among the k most likely tokens (0: all)");
-  flags.add("seed", &a.seed, "sampling seed");
+  flags.add("tp", &a.tp, "tensor-parallel size (0: the checkpoint's)", 0, 1 << 20);
+  flags.add("max-new-tokens", &a.max_new_tokens, "tokens to generate", 0, 1 << 30);
+  flags.add("temperature", &a.temperature, "0: greedy; otherwise sampling temperature", 0.0, 100.0);
+  flags.add("top-k", &a.top_k, "sample among the k most likely tokens (0: all)", 0, 1 << 30);
+  flags.add("seed", &a.seed, "sampling seed", 0, std::numeric_limits<int64_t>::max());
   a.engine.add_to(flags);
   if (!flags.parse(argc, argv)) {
     if (mpi_world.rank() == 0) std::printf("%s", flags.usage().c_str());
@@ -72,10 +73,6 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   if (a.load.empty()) throw weft::examples::UsageError("gpt_generate: --load DIR is required");
   if (a.prompt.empty())
     throw weft::examples::UsageError("gpt_generate: --prompt must not be empty");
-  if (a.max_new_tokens < 0 || a.top_k < 0 || a.temperature < 0) {
-    throw weft::examples::UsageError(
-        "gpt_generate: --max-new-tokens, --top-k and --temperature must not be negative");
-  }
 
   const weft::CheckpointInfo info = weft::read_checkpoint_info(a.load);
   std::optional<weft::Tokenizer> tokenizer;
@@ -86,6 +83,8 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
              info.config.vocab_size, " tokens but ",
              tokenizer ? "tokenizer '" + tokenizer->source() + "'" : std::string("bytes"), " give ",
              vocab);
+  WEFT_CHECK(info.tp > 0, "checkpoint ", a.load, " has tensor-parallel size ", info.tp,
+             "; it must be positive");
   const int tp = a.tp > 0 ? static_cast<int>(a.tp) : info.tp;
   WEFT_CHECK(mpi_world.size() % tp == 0, "tensor-parallel size ", tp,
              a.tp > 0 ? "" : " (the checkpoint's)", " does not divide the ", mpi_world.size(),
@@ -94,7 +93,7 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   weft::Backend& backend = *runtime.backend;
   weft::ParallelGrid grid(*runtime.world, tp);
   weft::GPTConfig config = info.config;
-  config.finalize(tp);  // names the sizes tp does not divide
+  config.finalize(tp);  // the manifest's sizes, checked (positive, dividing tp, no overflow)
   weft::GPTModel model(weft::ParallelContext{backend, grid.tp()}, config);
   weft::load_checkpoint(a.load, model.parameters(), nullptr, grid, backend);
   model.set_training(false);
@@ -106,7 +105,8 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
     for (const char c : a.prompt) tokens.push_back(static_cast<unsigned char>(c));
   }
   const int64_t prompt_tokens = static_cast<int64_t>(tokens.size());
-  const int64_t capacity = std::min(config.max_seq, prompt_tokens + a.max_new_tokens);
+  const int64_t capacity = std::min(
+      config.max_seq, weft::checked_add(prompt_tokens, a.max_new_tokens, "prompt + new tokens"));
   WEFT_CHECK(prompt_tokens < config.max_seq, "the prompt (", prompt_tokens,
              " tokens) must be shorter than the model's maximum sequence length (", config.max_seq,
              ")");

@@ -8,11 +8,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "common/auto_layout.hpp"
@@ -22,16 +25,20 @@
 #include "weft/data.hpp"
 #include "weft/gpt_checkpoint.hpp"
 #include "weft/pipeline.hpp"
+#include "weft/watchdog.hpp"
 #include "weft/weft.hpp"
 
 namespace {
 
 using weft::Tensor;
+
+constexpr int64_t kMaxRanks = 1 << 16;
+constexpr int64_t kMaxSteps = int64_t{1} << 40;
 using weft::TensorView;
 
 struct Args {
   std::string preset = "gpt2", dtype = "f32", data, log_json, save, load, trace;
-  std::string tokenizer;
+  std::string tokenizer, inject_fault;
   std::string schedule = "1f1b", recompute = "none", layout = "manual", cluster;
   weft::examples::EngineFlags engine;  // --backend, --comm
   int64_t tp = 1, pp = 1, virtual_stages = 1, layers = 2, hidden = 128, heads = 4, kv_heads = 0;
@@ -40,7 +47,13 @@ struct Args {
   int64_t micro_batch = 4, global_batch = 0, steps = 100, seed = 1234, eval_interval = 0;
   int64_t eval_batches = 4, warmup = 0, save_interval = 0, keep_checkpoints = 3;
   double lr = 1e-3, min_lr = 0, dropout = 0, weight_decay = 0.1, clip_grad = 1.0;
+  double comm_timeout = 300;
+  std::vector<std::string> model_flags_given;  // of those --load overrides, the ones given
 };
+
+// The flags that name the model: a checkpoint's manifest overrides them all with --load.
+const char* const kModelFlags[] = {"preset", "layers", "hidden", "heads", "kv-heads",
+                                   "dtype",  "dropout", "seed"};
 
 weft::examples::Flags make_flags(Args& a) {
   weft::examples::Flags f("gpt_train",
@@ -49,10 +62,10 @@ weft::examples::Flags make_flags(Args& a) {
   f.add("preset", &a.preset,
         "gpt2 (LayerNorm, learned positions, GeLU, MHA) or llama "
         "(RMSNorm, RoPE, SwiGLU, GQA)");
-  f.add("tp", &a.tp, "tensor-parallel size");
-  f.add("pp", &a.pp, "pipeline-parallel size (stages)");
+  f.add("tp", &a.tp, "tensor-parallel size", 1, kMaxRanks);
+  f.add("pp", &a.pp, "pipeline-parallel size (stages)", 1, kMaxRanks);
   f.add("schedule", &a.schedule, "pipeline schedule: gpipe, 1f1b or interleaved");
-  f.add("virtual-stages", &a.virtual_stages, "model chunks per pipeline rank (interleaved)");
+  f.add("virtual-stages", &a.virtual_stages, "model chunks per pipeline rank (interleaved)", 1, 1024);
   f.add("sequence-parallel", &a.sequence_parallel,
         "split norm/dropout/residual activations along the sequence across TP ranks");
   f.add("tp-comm-overlap", &a.tp_comm_overlap,
@@ -66,23 +79,27 @@ weft::examples::Flags make_flags(Args& a) {
   f.add("cluster", &a.cluster,
         "with --layout auto: a cluster file or built-in name (default: a quick calibration here)");
   f.add("trace", &a.trace, "write a Chrome/Perfetto trace of the pipeline to this file");
-  f.add("layers", &a.layers, "transformer layers");
-  f.add("hidden", &a.hidden, "hidden size");
-  f.add("heads", &a.heads, "attention heads");
-  f.add("kv-heads", &a.kv_heads, "key/value heads (0: preset default)");
-  f.add("seq-len", &a.seq_len, "sequence length (also the model's maximum)");
-  f.add("micro-batch", &a.micro_batch, "sequences per micro-batch per data-parallel rank");
+  f.add("layers", &a.layers, "transformer layers", 1, 1 << 20);
+  f.add("hidden", &a.hidden, "hidden size", 1, 1 << 20);
+  f.add("heads", &a.heads, "attention heads", 1, 1 << 16);
+  f.add("kv-heads", &a.kv_heads, "key/value heads (0: preset default)", 0, 1 << 16);
+  f.add("seq-len", &a.seq_len, "sequence length (also the model's maximum)", 2, 1 << 24);
+  f.add("micro-batch", &a.micro_batch, "sequences per micro-batch per data-parallel rank", 1,
+        1 << 20);
   f.add("global-batch", &a.global_batch,
-        "sequences per step over all data-parallel ranks (0: micro-batch x dp)");
-  f.add("steps", &a.steps, "optimizer steps (in total, counting a loaded checkpoint's)");
-  f.add("lr", &a.lr, "peak learning rate");
-  f.add("min-lr", &a.min_lr, "learning rate at the end of the cosine decay");
-  f.add("warmup", &a.warmup, "warmup steps (0: 5% of the steps)");
-  f.add("weight-decay", &a.weight_decay, "AdamW weight decay (matrices only)");
-  f.add("clip-grad", &a.clip_grad, "clip the global gradient norm to this (0: off)");
-  f.add("seed", &a.seed, "seed of initialization, data order and dropout");
+        "sequences per step over all data-parallel ranks (0: micro-batch x dp)", 0, 1 << 30);
+  f.add("steps", &a.steps, "optimizer steps (in total, counting a loaded checkpoint's)", 1,
+        kMaxSteps);
+  f.add("lr", &a.lr, "peak learning rate", 0.0, 1.0);
+  f.add("min-lr", &a.min_lr, "learning rate at the end of the cosine decay (at most --lr)", 0.0,
+        1.0);
+  f.add("warmup", &a.warmup, "warmup steps (0: 5% of the steps; at most --steps)", 0, kMaxSteps);
+  f.add("weight-decay", &a.weight_decay, "AdamW weight decay (matrices only)", 0.0, 1.0);
+  f.add("clip-grad", &a.clip_grad, "clip the global gradient norm to this (0: off)", 0.0, 1e6);
+  f.add("seed", &a.seed, "seed of initialization, data order and dropout", 0,
+        std::numeric_limits<int64_t>::max());
   f.add("dtype", &a.dtype, "f32 or bf16 (compute; master weights stay f32)");
-  f.add("dropout", &a.dropout, "dropout probability");
+  f.add("dropout", &a.dropout, "dropout probability", 0.0, 0.99);
   a.engine.add_to(f);
   f.add("data", &a.data, "text file to train on (its bytes are the tokens without --tokenizer)");
   f.add("tokenizer", &a.tokenizer,
@@ -92,13 +109,21 @@ weft::examples::Flags make_flags(Args& a) {
   f.add("save", &a.save,
         "checkpoint root: each save goes to DIR/step-N, then DIR/latest points at it (at the end, "
         "and every --save-interval steps)");
-  f.add("save-interval", &a.save_interval, "also save every N steps (needs --save)");
+  f.add("save-interval", &a.save_interval,
+        "also save every N steps (0: only at the end; needs --save)", 0, kMaxSteps);
   f.add("keep-checkpoints", &a.keep_checkpoints,
-        "complete checkpoints kept under --save, newest first (0: all)");
+        "complete checkpoints kept under --save, newest first (0: all)", 0, 1000000);
   f.add("load", &a.load,
         "resume from this checkpoint: a step directory, or a root (its latest complete save)");
-  f.add("eval-interval", &a.eval_interval, "validation loss every N steps (0: never)");
-  f.add("eval-batches", &a.eval_batches, "micro-batches per validation");
+  f.add("eval-interval", &a.eval_interval, "validation loss every N steps (0: never)", 0, kMaxSteps);
+  f.add("eval-batches", &a.eval_batches, "micro-batches per validation", 1, 1 << 20);
+  f.add("comm-timeout", &a.comm_timeout,
+        "seconds a rank may wait in one collective or send/recv before the job is aborted with a "
+        "message naming it and its group (0: wait forever)",
+        0.0, 86400.0);
+  f.add("inject-fault", &a.inject_fault,
+        "RANK:STEP:KIND, for testing: world rank RANK fails at the start of step STEP, KIND "
+        "exit0, exit1, abort (SIGABRT), throw or hang");
   return f;
 }
 
@@ -177,6 +202,131 @@ void report_pipeline(const Args& a, weft::PipelineModel& model, const weft::Para
   if (!a.trace.empty()) std::printf("  trace written to %s\n", a.trace.c_str());
 }
 
+// --inject-fault RANK:STEP:KIND: a rank that fails on purpose, to test that the job never hangs.
+struct Fault {
+  int64_t rank = -1, step = -1;
+  std::string kind;
+};
+
+Fault parse_fault(const std::string& spec) {
+  Fault f;
+  if (spec.empty()) return f;
+  const size_t a = spec.find(':'), b = spec.find(':', a == std::string::npos ? a : a + 1);
+  bool ok = a != std::string::npos && b != std::string::npos;
+  if (ok) {
+    try {
+      size_t used_rank = 0, used_step = 0;
+      const std::string rank = spec.substr(0, a), step = spec.substr(a + 1, b - a - 1);
+      f.rank = std::stoll(rank, &used_rank);
+      f.step = std::stoll(step, &used_step);
+      ok = used_rank == rank.size() && used_step == step.size() && f.rank >= 0 && f.step >= 1;
+    } catch (const std::exception&) {
+      ok = false;
+    }
+    f.kind = spec.substr(b + 1);
+  }
+  ok = ok && (f.kind == "exit0" || f.kind == "exit1" || f.kind == "abort" || f.kind == "throw" ||
+              f.kind == "hang");
+  weft::examples::usage_check(ok, "gpt_train", "--inject-fault expects RANK:STEP:KIND (RANK >= 0, ",
+                              "STEP >= 1, KIND exit0, exit1, abort, throw or hang), got '", spec,
+                              "'");
+  return f;
+}
+
+void inject_fault(const Fault& f, int rank, int64_t step) {
+  if (f.rank != rank || f.step != step) return;
+  std::fprintf(stderr, "gpt_train: rank %d injects fault '%s' at step %lld\n", rank,
+               f.kind.c_str(), static_cast<long long>(step));
+  std::fflush(stderr);
+  if (f.kind == "exit0") std::_Exit(0);
+  if (f.kind == "exit1") std::_Exit(1);
+  if (f.kind == "abort") std::abort();
+  if (f.kind == "throw") WEFT_THROW(weft::ErrorCode::kInternal, "injected fault at step ", step);
+  for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));  // hang
+}
+
+// The rules between flags, checked on every rank alike before any work: a usage error (exit 2)
+// naming the flags and values.
+void check_args(const Args& a, int world_size) {
+  using weft::examples::usage_check;
+  const char* p = "gpt_train";
+  usage_check(a.layout == "manual" || a.layout == "auto", p, "--layout must be manual or auto, got '",
+              a.layout, "'");
+  usage_check(a.preset == "gpt2" || a.preset == "llama", p, "--preset must be gpt2 or llama, got '",
+              a.preset, "'");
+  usage_check(a.dtype == "f32" || a.dtype == "bf16", p, "--dtype must be f32 or bf16, got '",
+              a.dtype, "'");
+  usage_check(a.schedule == "gpipe" || a.schedule == "1f1b" || a.schedule == "interleaved", p,
+              "--schedule must be gpipe, 1f1b or interleaved, got '", a.schedule, "'");
+  usage_check(a.recompute == "none" || a.recompute == "selective" || a.recompute == "full", p,
+              "--recompute must be none, selective or full, got '", a.recompute, "'");
+  usage_check(!a.data.empty(), p, "--data FILE is required (any text file)");
+  usage_check(a.save_interval == 0 || !a.save.empty(), p, "--save-interval (", a.save_interval,
+              ") needs --save DIR");
+  usage_check(a.min_lr <= a.lr, p, "--min-lr (", a.min_lr, ") must not exceed --lr (", a.lr, ")");
+  usage_check(a.warmup <= a.steps, p, "--warmup (", a.warmup, ") must not exceed --steps (", a.steps,
+              ")");
+  const Fault fault = parse_fault(a.inject_fault);
+  usage_check(fault.rank < world_size, p, "--inject-fault names rank ", fault.rank, " of ",
+              world_size);
+  usage_check(a.virtual_stages == 1 || a.pp > 1, p, "--virtual-stages (", a.virtual_stages,
+              ") must be 1, or more than 1 with --pp > 1");
+  if (a.layout == "manual") {
+    const int64_t tp_pp = a.tp * a.pp;  // both at most 2^16: no overflow
+    usage_check(world_size % tp_pp == 0, p, "--tp (", a.tp, ") x --pp (", a.pp,
+                ") must divide the number of ranks (", world_size, ")");
+    const int64_t dp = world_size / tp_pp;
+    usage_check(a.global_batch % (a.micro_batch * dp) == 0, p, "--global-batch (", a.global_batch,
+                ") must be divisible by --micro-batch (", a.micro_batch,
+                ") x data-parallel size (", dp, ")");
+  }
+}
+
+// Refuses (a usage error on every rank) a run whose parameters, gradients, optimizer state and
+// activations per rank (the planner's memory model) exceed this node's memory shared by its
+// ranks; prints the estimate otherwise. The CPU engine only: GPU memory is the device's.
+void check_memory(const Args& a, const weft::GPTConfig& config, weft::Communicator& world,
+                  int64_t micro_batches) {
+  if (a.engine.backend != "cpu") return;
+  namespace plan = weft::plan;
+  plan::Training t;
+  t.model = weft::examples::shape_of(config, a.seq_len);
+  t.gpus = world.size();
+  const int64_t dp = world.size() / (a.tp * a.pp);
+  t.global_batch = micro_batches * a.micro_batch * dp;
+  t.bf16 = config.dtype == weft::DType::kBF16;
+  // The planner's layout rules are stricter than the model's where memory does not depend on them
+  // (sequence parallelism at tp 1 is a no-op): the estimate leaves those to the model's checks.
+  plan::Layout l{a.tp,
+                 a.pp,
+                 dp,
+                 a.micro_batch,
+                 a.virtual_stages,
+                 a.sequence_parallel && a.tp > 1 && a.seq_len % a.tp == 0,
+                 a.tp_comm_overlap && a.tp > 1,
+                 plan::parse_recompute(a.recompute)};
+  const plan::Memory m = plan::memory_per_device(t, l);
+  // The same limit on every rank (the smallest), so that every rank decides alike.
+  const double local = weft::examples::memory_total_gib() / weft::ranks_on_this_node(world);
+  float limit = static_cast<float>(local);
+  weft::TensorView v{&limit, weft::Shape({1}), weft::DType::kF32, weft::Device::cpu()};
+  world.all_reduce(v, v, weft::ReduceOp::kMin, weft::host_stream());
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  char what[320];
+  std::snprintf(what, sizeof what,
+                "%.3g GiB per rank (parameters %.3g, gradients %.3g, optimizer %.3g, activations "
+                "%.3g GiB)",
+                m.total() / gib, m.parameters / gib, m.gradients / gib, m.optimizer / gib,
+                m.activations / gib);
+  char limit_text[32];
+  std::snprintf(limit_text, sizeof limit_text, "%.3g", limit);
+  weft::examples::usage_check(limit <= 0 || m.total() / gib <= limit, "gpt_train",
+                              "the model needs about ", what, ", more than the ", limit_text,
+                              " GiB of memory each rank has here (MemTotal / ranks per node); "
+                              "use a smaller model or more ranks");
+  if (world.rank() == 0) std::printf("memory estimate: %s of %.3g GiB\n", what, limit);
+}
+
 // --layout auto: asks the planner for the fastest layout gpt_train can run on these ranks, prints
 // it and the runner-up, and returns the flags set to it and its predicted step time.
 Args auto_layout(Args a, weft::Communicator& world, double* predicted_s) {
@@ -234,18 +384,15 @@ Args auto_layout(Args a, weft::Communicator& world, double* predicted_s) {
 }
 
 int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
-  WEFT_CHECK(!a.data.empty(), "--data FILE is required (any text file)");
-  WEFT_CHECK(a.steps > 0 && a.micro_batch > 0 && a.seq_len > 1, "--steps (", a.steps,
-             "), --micro-batch (", a.micro_batch, ") must be positive and --seq-len (", a.seq_len,
-             ") at least 2");
-  WEFT_CHECK(a.save_interval == 0 || !a.save.empty(), "--save-interval needs --save DIR");
-  WEFT_CHECK(a.save_interval >= 0 && a.keep_checkpoints >= 0 && a.keep_checkpoints <= 1000000,
-             "--save-interval (", a.save_interval, ") must be >= 0 and --keep-checkpoints (",
-             a.keep_checkpoints, ") in [0, 1000000]");
-
+  check_args(a, mpi_world.size());
+  const Fault fault = parse_fault(a.inject_fault);
+  // Before the first collective: from here on no rank waits for a failed peer forever.
+  std::optional<weft::CommWatchdog> watchdog;
+  if (a.comm_timeout > 0) watchdog.emplace(a.comm_timeout);
   const weft::Runtime runtime = weft::examples::launch(a.engine, mpi_world);
   weft::Backend& backend = *runtime.backend;
-  weft::ParallelGrid grid(*runtime.world, static_cast<int>(a.tp), static_cast<int>(a.pp));
+  weft::ParallelGrid grid(*runtime.world, weft::checked_narrow<int>(a.tp, "--tp"),
+                          weft::checked_narrow<int>(a.pp, "--pp"));
   // Before any work: a run must not find out after training that its saves cannot be written.
   if (!a.save.empty()) weft::prepare_checkpoint_root(a.save, grid.world(), backend);
   const weft::ScheduleKind schedule = weft::parse_schedule(a.schedule);
@@ -279,6 +426,15 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
     loaded = weft::read_checkpoint_info(a.load);
     config = loaded.config;  // the checkpoint's model, whatever the flags say
     first_step = loaded.step;
+    if (mpi_world.rank() == 0 && !a.model_flags_given.empty()) {
+      std::string names;
+      for (const std::string& n : a.model_flags_given) names += " --" + n;
+      std::printf("gpt_train: ignored (the checkpoint %s sets the model):%s\n", a.load.c_str(),
+                  names.c_str());
+    }
+    weft::examples::usage_check(a.seq_len <= config.max_seq, "gpt_train", "--seq-len (",
+                                a.seq_len, ") exceeds the maximum sequence length (",
+                                config.max_seq, ") of checkpoint ", a.load);
     if (!tokenizer && !loaded.tokenizer.empty()) {
       tokenizer = weft::Tokenizer::from_file(loaded.tokenizer);
     }
@@ -293,6 +449,7 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
   config.tp_comm_overlap = a.tp_comm_overlap;
   config.recompute = weft::parse_recompute(a.recompute);
   config.finalize(grid.tp_size());
+  check_memory(a, config, mpi_world, micro_batches);
 
   const weft::TextDataset data =
       tokenizer ? weft::TextDataset(a.data, *tokenizer) : weft::TextDataset(a.data);
@@ -304,7 +461,7 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
       ": a window of --seq-len + 1 = ", a.seq_len + 1, " tokens must fit in ",
       a.eval_interval == 0 ? "the training split" : "each split");
   weft::PipelineModel model(weft::ParallelContext{backend, grid.tp()}, grid.pp(), config, schedule,
-                            static_cast<int>(a.virtual_stages));
+                            weft::checked_narrow<int>(a.virtual_stages, "--virtual-stages"));
   weft::AdamW optimizer(backend, model.parameters(),
                         weft::AdamWConfig{0.9f, 0.95f, 1e-8f, static_cast<float>(a.weight_decay)});
   weft::DropoutRng rng(config.seed, grid.tp_rank());
@@ -325,9 +482,10 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
   const double peak = peak_flops(backend.name(), config.dtype) * mpi_world.size();
   if (leader) {
     std::printf(
-        "gpt_train: %s preset, %lld layers, hidden %lld, heads %lld (kv %lld), ffn %lld, "
+        "gpt_train: %s, %lld layers, hidden %lld, heads %lld (kv %lld), ffn %lld, "
         "%.2fM parameters, %s\n",
-        a.preset.c_str(), static_cast<long long>(config.layers),
+        a.load.empty() ? (a.preset + " preset").c_str() : ("checkpoint " + a.load).c_str(),
+        static_cast<long long>(config.layers),
         static_cast<long long>(config.hidden), static_cast<long long>(config.heads),
         static_cast<long long>(config.kv_heads), static_cast<long long>(config.ffn_hidden),
         config.parameter_count() / 1e6, weft::dtype_name(config.dtype));
@@ -385,6 +543,7 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
   };
 
   for (int64_t step = first_step + 1; step <= a.steps; ++step) {
+    inject_fault(fault, mpi_world.rank(), step);
     // The last step measures each pipeline action (for the report below); the others do not
     // synchronize around them.
     model.set_timing(step == a.steps && grid.pp_size() > 1);
@@ -455,24 +614,23 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return weft::examples::run_main("gpt_train", argc, argv,
-                                  [](int argc2, char** argv2, weft::Communicator& world) {
-                                    Args args;
-                                    weft::examples::Flags flags = make_flags(args);
-                                    if (!flags.parse(argc2, argv2)) {
-                                      if (world.rank() == 0)
-                                        std::printf("%s", flags.usage().c_str());
-                                      return 0;
-                                    }
-                                    if (args.layout == "auto") {
-                                      double predicted_s = 0;
-                                      const Args chosen = auto_layout(args, world, &predicted_s);
-                                      return train(chosen, world, predicted_s);
-                                    }
-                                    WEFT_CHECK(args.layout == "manual",
-                                               "--layout must be manual "
-                                               "or auto, got '",
-                                               args.layout, "'");
-                                    return train(args, world, 0.0);
-                                  });
+  return weft::examples::run_main(
+      "gpt_train", argc, argv, [](int argc2, char** argv2, weft::Communicator& world) {
+        Args args;
+        weft::examples::Flags flags = make_flags(args);
+        if (!flags.parse(argc2, argv2)) {
+          if (world.rank() == 0) std::printf("%s", flags.usage().c_str());
+          return 0;
+        }
+        for (const char* name : kModelFlags) {
+          if (flags.given(name)) args.model_flags_given.push_back(name);
+        }
+        check_args(args, world.size());
+        if (args.layout == "auto") {
+          double predicted_s = 0;
+          const Args chosen = auto_layout(args, world, &predicted_s);
+          return train(chosen, world, predicted_s);
+        }
+        return train(args, world, 0.0);
+      });
 }

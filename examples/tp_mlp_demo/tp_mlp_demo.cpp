@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <vector>
 
 #include "common/flags.hpp"
@@ -65,12 +66,12 @@ int run(int argc, char** argv, weft::Communicator& mpi_world) {
   weft::examples::EngineFlags engine;
   weft::examples::Flags flags("tp_mlp_demo",
                               "Sharded MLP (column -> GeLU -> row) forward+backward vs unsharded.");
-  flags.add("tokens", &tokens, "tokens per batch (sequence x micro-batch)");
-  flags.add("hidden", &hidden, "hidden size h");
-  flags.add("ffn", &ffn, "MLP inner size (0: 4h)");
-  flags.add("tp", &tp, "tensor-parallel size (0: all ranks)");
-  flags.add("iters", &iters, "timed iterations");
-  flags.add("seed", &seed, "seed of weights and data");
+  flags.add("tokens", &tokens, "tokens per batch (sequence x micro-batch)", 1, 1 << 24);
+  flags.add("hidden", &hidden, "hidden size h", 1, 1 << 16);
+  flags.add("ffn", &ffn, "MLP inner size (0: 4h)", 0, 1 << 18);
+  flags.add("tp", &tp, "tensor-parallel size (0: all ranks)", 0, 1 << 16);
+  flags.add("iters", &iters, "timed iterations", 1, 1 << 20);
+  flags.add("seed", &seed, "seed of weights and data", 0, std::numeric_limits<int64_t>::max());
   flags.add("dtype", &dtype_name, "f32 or bf16");
   engine.add_to(flags);
   if (!flags.parse(argc, argv)) {
@@ -79,14 +80,21 @@ int run(int argc, char** argv, weft::Communicator& mpi_world) {
   }
   if (ffn == 0) ffn = 4 * hidden;
   if (tp == 0) tp = mpi_world.size();
-  const weft::DType dtype = weft::parse_dtype(dtype_name);
-  WEFT_CHECK(iters > 0 && tokens > 0, "--iters (", iters, ") and --tokens (", tokens,
-             ") must be positive");
+  weft::examples::usage_check(dtype_name == "f32" || dtype_name == "bf16", "tp_mlp_demo",
+                              "--dtype must be f32 or bf16, got '", dtype_name, "'");
+  weft::examples::usage_check(mpi_world.size() % tp == 0, "tp_mlp_demo", "--tp (", tp,
+                              ") must divide the number of ranks (", mpi_world.size(), ")");
+  // The activations and the reference's full weights, f32, on every rank.
+  const int64_t bytes = 4 * (4 * tokens * hidden + 2 * tokens * ffn + 4 * hidden * ffn);
+  weft::examples::usage_check(bytes <= (int64_t{64} << 30), "tp_mlp_demo", "--tokens (", tokens,
+                              "), --hidden (", hidden, ") and --ffn (", ffn, ") need ",
+                              bytes >> 20, " MiB per rank, more than the 64 GiB this demo allows");
 
   const weft::Runtime runtime = weft::examples::launch(engine, mpi_world);
   weft::Backend* backend = runtime.backend.get();
   weft::Communicator* world = runtime.world.get();
-  weft::ParallelGrid grid(*world, static_cast<int>(tp));
+  const weft::DType dtype = weft::parse_dtype(dtype_name);
+  weft::ParallelGrid grid(*world, weft::checked_narrow<int>(tp, "--tp"));
   auto solo = world->split(world->rank(), 0);  // a group of one: the unsharded reference
 
   weft::ParallelMLPConfig config;

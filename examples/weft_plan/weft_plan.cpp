@@ -38,16 +38,16 @@ weft::examples::Flags make_flags(Args& a) {
                           "Predict step time, throughput and memory of GPT training layouts on a "
                           "cluster; rank those that fit.");
   f.add("preset", &a.preset, "gpt2 or llama (norm, MLP, positions, kv heads as gpt_train's)");
-  f.add("layers", &a.layers, "transformer layers");
-  f.add("hidden", &a.hidden, "hidden size");
-  f.add("heads", &a.heads, "attention heads");
-  f.add("kv-heads", &a.kv_heads, "key/value heads (0: preset default)");
-  f.add("ffn-hidden", &a.ffn_hidden, "MLP hidden size (0: preset default)");
-  f.add("seq-len", &a.seq_len, "sequence length");
-  f.add("vocab", &a.vocab, "vocabulary size");
+  f.add("layers", &a.layers, "transformer layers", 1, 1 << 20);
+  f.add("hidden", &a.hidden, "hidden size", 1, 1 << 20);
+  f.add("heads", &a.heads, "attention heads", 1, 1 << 16);
+  f.add("kv-heads", &a.kv_heads, "key/value heads (0: preset default)", 0, 1 << 16);
+  f.add("ffn-hidden", &a.ffn_hidden, "MLP hidden size (0: preset default)", 0, 1 << 24);
+  f.add("seq-len", &a.seq_len, "sequence length", 1, 1 << 24);
+  f.add("vocab", &a.vocab, "vocabulary size", 1, 1 << 24);
   f.add("checkpoint", &a.checkpoint, "take the model from this gpt_train checkpoint instead");
-  f.add("global-batch", &a.global_batch, "sequences per optimizer step");
-  f.add("gpus", &a.gpus, "devices (ranks) in the run");
+  f.add("global-batch", &a.global_batch, "sequences per optimizer step", 1, 1 << 30);
+  f.add("gpus", &a.gpus, "devices (ranks) in the run", 1, 1 << 24);
   f.add("dtype", &a.dtype, "bf16 (16-bit compute, f32 master weights) or f32");
   f.add("cluster", &a.cluster,
         "a100-80g-dgx, h100-80g-dgx, v100-32g-dgx2, this-machine (needs --calibrate), or a "
@@ -55,16 +55,18 @@ weft::examples::Flags make_flags(Args& a) {
   f.add("calibrate", &a.calibrate,
         "directory with bench_gemm.json and bench_collectives.json measured here (this-machine)");
   f.add("save-cluster", &a.save_cluster, "write the cluster (e.g. the calibrated one) as JSON");
-  f.add("tp", &a.tp, "evaluate one layout: tensor-parallel size (with --pp)");
-  f.add("pp", &a.pp, "evaluate one layout: pipeline stages (with --tp)");
-  f.add("micro-batch", &a.micro_batch, "sequences per micro-batch (0: search / 1 with --tp)");
-  f.add("virtual-stages", &a.virtual_stages, "model chunks per pipeline rank (interleaved)");
+  f.add("tp", &a.tp, "evaluate one layout: tensor-parallel size (with --pp; 0: search)", 0, 1 << 16);
+  f.add("pp", &a.pp, "evaluate one layout: pipeline stages (with --tp; 0: search)", 0, 1 << 16);
+  f.add("micro-batch", &a.micro_batch, "sequences per micro-batch (0: search / 1 with --tp)", 0,
+        1 << 20);
+  f.add("virtual-stages", &a.virtual_stages,
+        "model chunks per pipeline rank (interleaved; 0: search / 1 with --tp)", 0, 1024);
   f.add("recompute", &a.recompute, "none, selective or full (empty: search / none with --tp)");
   f.add("sequence-parallel", &a.sequence_parallel, "with --tp: sequence parallelism");
   f.add("tp-comm-overlap", &a.tp_comm_overlap, "with --tp: overlap TP communication with GEMMs");
   f.add("overlap-grad-reduce", &a.overlap_grad_reduce,
         "assume the DP all-reduce overlaps the last backward");
-  f.add("top", &a.top, "layouts to print (ranked; 0: all)");
+  f.add("top", &a.top, "layouts to print (ranked; 0: all)", 0, 1 << 20);
   f.add("json", &a.json, "print one JSON object per layout instead of a table");
   return f;
 }

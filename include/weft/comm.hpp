@@ -3,6 +3,7 @@
 // through pinned host memory (GPU buffers, ranks may share a GPU), self (one rank).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <map>
 #include <memory>
@@ -63,13 +64,13 @@ class Communicator {
   void send(TensorView buffer, int peer, Stream& stream);
   void recv(TensorView buffer, int peer, Stream& stream);
   virtual void group_start() = 0;
-  virtual void group_end() = 0;
+  void group_end();
   // Ends the outermost group like group_end(), but returns once the transfers have started: they
   // complete at PendingGroup::wait(). Each group is one step of a ring exchange that overlaps a
   // GEMM (overlap.hpp). The sends and receives of the group must all use one stream (NCCL runs
   // them on its own communication stream, ordered after the work queued on that stream so far).
   // The default ends the group synchronously and returns a completed one.
-  virtual std::unique_ptr<PendingGroup> group_end_async();
+  std::unique_ptr<PendingGroup> group_end_async();
 
   // Collective: ranks passing the same color form a new communicator, ordered by key (then by
   // rank in this one). Like MPI_Comm_split and ncclCommSplit.
@@ -82,7 +83,18 @@ class Communicator {
   // order. ranks_per_block must divide size().
   Communicator& block_group(int ranks_per_block);
   // Collective: returns when every rank has called it (host-side; completes queued work first).
-  virtual void barrier() = 0;
+  void barrier();
+
+  // Ends this communicator's work at once; callable from any thread, also while another thread is
+  // blocked in one of its operations (what CommWatchdog does). MPI, and mpi-staged: MPI_Abort of
+  // the whole job (it does not return). NCCL: ncclCommAbort (the operations in flight fail with
+  // weft::Error instead of waiting for their peers). Self: nothing can be waiting. Afterwards
+  // every operation throws weft::Error. Never throws.
+  void abort() noexcept;
+  bool aborted() const { return aborted_.load(); }
+  // The group for messages: its kind and its ranks in the MPI world where known, e.g.
+  // "mpi group of world ranks {0, 2}". Safe to call from any thread.
+  virtual std::string describe() const;
 
  protected:
   // A group that was complete before it was returned.
@@ -97,10 +109,17 @@ class Communicator {
   virtual void do_broadcast(TensorView buffer, int root, Stream& stream) = 0;
   virtual void do_send(TensorView buffer, int peer, Stream& stream) = 0;
   virtual void do_recv(TensorView buffer, int peer, Stream& stream) = 0;
+  virtual void do_group_end() = 0;
+  virtual std::unique_ptr<PendingGroup> do_group_end_async();
+  virtual void do_barrier() = 0;
+  virtual void do_abort() noexcept = 0;
 
  private:
   void check_buffer(const TensorView& view, const char* what) const;
   void check_peer(int peer, const char* what) const;
+  void check_usable(const char* op) const;
+
+  std::atomic<bool> aborted_{false};
 
   std::map<int, std::unique_ptr<Communicator>> block_groups_;  // by ranks_per_block
 };

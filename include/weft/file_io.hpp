@@ -31,7 +31,10 @@ class AtomicWriter {
 // Replaces `path` with `contents` atomically (AtomicWriter). Throws weft::Error (kIo) naming the
 // file on failure.
 void write_file_atomically(const std::string& path, const std::string& contents);
-// The whole file as bytes; weft::Error (kIo) naming the path when it cannot be read.
-std::string read_file(const std::string& path);
+// The default limit of read_file: larger files are refused before reading (2 GiB).
+constexpr size_t kReadFileLimit = size_t{2} << 30;
+// The whole file as bytes. weft::Error (kIo) naming the path when it cannot be read, is not a
+// regular file (a device such as /dev/zero, a FIFO, a directory) or holds more than `max_bytes`.
+std::string read_file(const std::string& path, size_t max_bytes = kReadFileLimit);
 
 }  // namespace weft

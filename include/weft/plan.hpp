@@ -164,6 +164,10 @@ struct Prediction {
   StepTime time;
 };
 
+// Bytes per device on the most loaded pipeline stage (predict()'s memory, without a cluster):
+// what a run checks against the memory it has before allocating anything. Throws like predict()
+// when the layout's sizes do not divide.
+Memory memory_per_device(const Training& t, const Layout& l);
 // One layout. Throws weft::Error when its sizes do not divide (world, heads, layers, batch,
 // sequence for SP); returns fits = false with the reason when it does not fit in memory.
 Prediction predict(const Training& t, const Cluster& c, const Layout& l);

@@ -42,4 +42,8 @@ Runtime make_runtime(const std::string& engine, Communicator& host_world,
 // CUDA). For programs that run the cuda engine only where it exists.
 bool cuda_on_every_rank(Communicator& host_world);
 
+// Collective over `host_world` (MPI, or a world of one): how many of its ranks run on this rank's
+// node (they share its memory).
+int ranks_on_this_node(Communicator& host_world);
+
 }  // namespace weft

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "weft/checked.hpp"
 #include "weft/dtype.hpp"
 #include "weft/shape.hpp"
 
@@ -33,7 +34,10 @@ struct TensorView {
   Device device;
 
   int64_t numel() const { return shape.numel(); }
-  size_t bytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
+  size_t bytes() const {
+    return static_cast<size_t>(
+        checked_mul(numel(), static_cast<int64_t>(dtype_size(dtype)), "byte count of a tensor"));
+  }
   template <typename T>
   T* as() const {
     return static_cast<T*>(data);

@@ -3,6 +3,7 @@
 
 #include "weft/attention.hpp"
 #include "weft/backend.hpp"
+#include "weft/checked.hpp"
 #include "weft/checkpoint.hpp"
 #include "weft/comm.hpp"
 #include "weft/config.hpp"
@@ -32,3 +33,4 @@
 #include "weft/stage.hpp"
 #include "weft/tensor.hpp"
 #include "weft/tokenizer.hpp"
+#include "weft/watchdog.hpp"

@@ -1,5 +1,7 @@
 // Communicator's public entry points: argument checks shared by every implementation.
 #include "weft/comm.hpp"
+
+#include "comm/op_tracker.hpp"
 #include "weft/error.hpp"
 
 namespace weft {
@@ -42,9 +44,61 @@ std::unique_ptr<PendingGroup> Communicator::completed_group() {
   return std::make_unique<CompletedGroup>();
 }
 
-std::unique_ptr<PendingGroup> Communicator::group_end_async() {
-  group_end();
+std::unique_ptr<PendingGroup> Communicator::do_group_end_async() {
+  do_group_end();
   return completed_group();
+}
+
+namespace {
+// A pending group whose wait() the watchdog sees (the transfers' peers may never arrive).
+class TrackedGroup final : public PendingGroup {
+ public:
+  TrackedGroup(std::unique_ptr<PendingGroup> inner, Communicator& comm)
+      : inner_(std::move(inner)), comm_(comm) {}
+  bool test() override { return inner_->test(); }
+  void wait() override {
+    detail::OpScope scope(comm_, "wait of an asynchronous send/recv group");
+    inner_->wait();
+  }
+
+ private:
+  std::unique_ptr<PendingGroup> inner_;
+  Communicator& comm_;
+};
+}  // namespace
+
+void Communicator::group_end() {
+  check_usable("group_end");
+  detail::OpScope scope(*this, "group_end (sends/receives)");
+  do_group_end();
+}
+
+std::unique_ptr<PendingGroup> Communicator::group_end_async() {
+  check_usable("group_end_async");
+  return std::make_unique<TrackedGroup>(do_group_end_async(), *this);
+}
+
+void Communicator::barrier() {
+  check_usable("barrier");
+  detail::OpScope scope(*this, "barrier");
+  do_barrier();
+}
+
+void Communicator::abort() noexcept {
+  if (aborted_.exchange(true)) return;
+  do_abort();
+}
+
+std::string Communicator::describe() const {
+  return name() + " group of " + std::to_string(size()) + " ranks (this one is rank " +
+         std::to_string(rank()) + ")";
+}
+
+void Communicator::check_usable(const char* op) const {
+  if (aborted_.load()) {
+    WEFT_THROW(ErrorCode::kInternal, name(), " communicator: ", op,
+               " after the communicator was aborted");
+  }
 }
 
 Communicator& Communicator::block_group(int ranks_per_block) {
@@ -76,6 +130,8 @@ void Communicator::all_reduce(TensorView send, TensorView recv, ReduceOp op, Str
   check_buffer(recv, "all_reduce recv buffer");
   WEFT_CHECK(send.numel() == recv.numel() && send.dtype == recv.dtype, "all_reduce: send ",
              send.str(), " and recv ", recv.str(), " must have equal element counts and dtypes");
+  check_usable("all_reduce");
+  detail::OpScope scope(*this, "all_reduce");
   do_all_reduce(send, recv, op, stream);
 }
 
@@ -86,6 +142,8 @@ void Communicator::all_gather(TensorView send, TensorView recv, Stream& stream) 
              recv.str(), ")");
   WEFT_CHECK(recv.numel() == send.numel() * size(), "all_gather: recv ", recv.str(),
              " must hold group size (", size(), ") x send elements (", send.numel(), ")");
+  check_usable("all_gather");
+  detail::OpScope scope(*this, "all_gather");
   do_all_gather(send, recv, stream);
 }
 
@@ -96,24 +154,32 @@ void Communicator::reduce_scatter(TensorView send, TensorView recv, ReduceOp op,
              ", recv ", recv.str(), ")");
   WEFT_CHECK(send.numel() == recv.numel() * size(), "reduce_scatter: send ", send.str(),
              " must hold group size (", size(), ") x recv elements (", recv.numel(), ")");
+  check_usable("reduce_scatter");
+  detail::OpScope scope(*this, "reduce_scatter");
   do_reduce_scatter(send, recv, op, stream);
 }
 
 void Communicator::broadcast(TensorView buffer, int root, Stream& stream) {
   check_buffer(buffer, "broadcast buffer");
   check_peer(root, "broadcast root");
+  check_usable("broadcast");
+  detail::OpScope scope(*this, "broadcast");
   do_broadcast(buffer, root, stream);
 }
 
 void Communicator::send(TensorView buffer, int peer, Stream& stream) {
   check_buffer(buffer, "send buffer");
   check_peer(peer, "send destination");
+  check_usable("send");
+  detail::OpScope scope(*this, "send");
   do_send(buffer, peer, stream);
 }
 
 void Communicator::recv(TensorView buffer, int peer, Stream& stream) {
   check_buffer(buffer, "recv buffer");
   check_peer(peer, "recv source");
+  check_usable("recv");
+  detail::OpScope scope(*this, "recv");
   do_recv(buffer, peer, stream);
 }
 

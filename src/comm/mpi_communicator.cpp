@@ -82,6 +82,25 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
   WEFT_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   WEFT_CHECK_MPI(MPI_Comm_rank(comm_, &rank_));
   WEFT_CHECK_MPI(MPI_Comm_size(comm_, &size_));
+  // The group's world ranks, once here: describe() may be called from the watchdog's thread,
+  // which must not call MPI.
+  MPI_Group group = MPI_GROUP_NULL, world = MPI_GROUP_NULL;
+  std::vector<int> mine(static_cast<size_t>(size_)), in_world(mine.size());
+  for (int i = 0; i < size_; ++i) mine[static_cast<size_t>(i)] = i;
+  WEFT_CHECK_MPI(MPI_Comm_group(comm_, &group));
+  WEFT_CHECK_MPI(MPI_Comm_group(MPI_COMM_WORLD, &world));
+  WEFT_CHECK_MPI(MPI_Group_translate_ranks(group, size_, mine.data(), world, in_world.data()));
+  MPI_Group_free(&group);
+  MPI_Group_free(&world);
+  description_ = "mpi group of world ranks {";
+  for (int i = 0; i < size_; ++i) {
+    description_ += (i ? ", " : "") + std::to_string(in_world[static_cast<size_t>(i)]);
+  }
+  description_ += "}";
+}
+
+void MpiCommunicator::do_abort() noexcept {
+  if (!mpi_finalized()) MPI_Abort(MPI_COMM_WORLD, 1);
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -148,7 +167,7 @@ void MpiCommunicator::do_recv(TensorView buffer, int peer, Stream&) {
 
 void MpiCommunicator::group_start() { ++group_depth_; }
 
-void MpiCommunicator::group_end() {
+void MpiCommunicator::do_group_end() {
   WEFT_CHECK(group_depth_ > 0, "group_end without a matching group_start");
   if (--group_depth_ > 0) return;
   std::vector<MPI_Request> requests;
@@ -199,7 +218,7 @@ class MpiPendingGroup final : public PendingGroup {
 
 }  // namespace
 
-std::unique_ptr<PendingGroup> MpiCommunicator::group_end_async() {
+std::unique_ptr<PendingGroup> MpiCommunicator::do_group_end_async() {
   WEFT_CHECK(group_depth_ == 1, group_depth_ == 0 ? "group_end_async without a group_start"
                                                   : "group_end_async must end the outermost group");
   group_depth_ = 0;
@@ -215,7 +234,7 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
   return std::make_unique<MpiCommunicator>(sub);
 }
 
-void MpiCommunicator::barrier() { WEFT_CHECK_MPI(MPI_Barrier(comm_)); }
+void MpiCommunicator::do_barrier() { WEFT_CHECK_MPI(MPI_Barrier(comm_)); }
 
 MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   int initialized = 0;

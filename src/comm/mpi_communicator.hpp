@@ -3,6 +3,7 @@
 
 #include <mpi.h>
 
+#include <string>
 #include <vector>
 
 #include "weft/comm.hpp"
@@ -21,14 +22,16 @@ class MpiCommunicator final : public Communicator {
   DeviceKind buffer_device() const override { return DeviceKind::kCpu; }
 
   void group_start() override;
-  void group_end() override;
-  std::unique_ptr<PendingGroup> group_end_async() override;
   std::unique_ptr<Communicator> split(int color, int key) override;
-  void barrier() override;
 
   MPI_Comm native() const { return comm_; }
+  std::string describe() const override { return description_; }
 
  protected:
+  void do_group_end() override;
+  std::unique_ptr<PendingGroup> do_group_end_async() override;
+  void do_barrier() override;
+  void do_abort() noexcept override;
   void do_all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) override;
   void do_all_gather(TensorView send, TensorView recv, Stream& stream) override;
   void do_reduce_scatter(TensorView send, TensorView recv, ReduceOp op, Stream& stream) override;
@@ -41,6 +44,7 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   int group_depth_ = 0;
   std::vector<MPI_Request> pending_;  // p2p posted inside the current group
+  std::string description_;
 };
 
 }  // namespace weft

@@ -99,8 +99,7 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 void NcclCommunicator::abort_comm(const char* why) noexcept {
-  if (aborted_) return;
-  aborted_ = true;
+  if (aborted_.exchange(true)) return;
   try {
     WEFT_LOG(kWarning, "aborting the NCCL communicator (rank ", rank_, " of ", size_,
              " on cuda:", device_, "): ", why);
@@ -252,7 +251,7 @@ class NcclGroupGuard {
 // (a bad buffer, a throwing caller) can leave the thread inside an NCCL group.
 void NcclCommunicator::group_start() { ++group_depth_; }
 
-void NcclCommunicator::group_end() {
+void NcclCommunicator::do_group_end() {
   WEFT_CHECK(group_depth_ > 0, "group_end without a matching group_start");
   if (--group_depth_ > 0) return;
   std::vector<P2p> posted;
@@ -342,7 +341,7 @@ class NcclPendingGroup final : public PendingGroup {
 // Several hardware queues (the default) are what this scheme wants: with a single one, the comm
 // kernel queued behind its event wait could hold up the compute stream's next kernel in the
 // shared queue, a false dependency that would serialize the two again.
-std::unique_ptr<PendingGroup> NcclCommunicator::group_end_async() {
+std::unique_ptr<PendingGroup> NcclCommunicator::do_group_end_async() {
   WEFT_CHECK(group_depth_ == 1, group_depth_ == 0 ? "group_end_async without a group_start"
                                                   : "group_end_async must end the outermost group");
   DeviceGuard guard(device_);
@@ -394,7 +393,9 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
   return std::make_unique<NcclCommunicator>(child, device_);
 }
 
-void NcclCommunicator::barrier() {
+void NcclCommunicator::do_abort() noexcept { abort_comm("Communicator::abort()"); }
+
+void NcclCommunicator::do_barrier() {
   DeviceGuard guard(device_);
   check_health("barrier");
   if (barrier_stream_ == nullptr) {

@@ -3,6 +3,7 @@
 
 #include <nccl.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,10 +27,7 @@ class NcclCommunicator final : public Communicator {
   DeviceKind buffer_device() const override { return DeviceKind::kCuda; }
 
   void group_start() override;
-  void group_end() override;
-  std::unique_ptr<PendingGroup> group_end_async() override;
   std::unique_ptr<Communicator> split(int color, int key) override;
-  void barrier() override;
 
   // Throws weft::Error when the communicator is no longer usable: NCCL reports an asynchronous
   // error on it (a lost connection, a failed peer; it is aborted first), or it was aborted
@@ -37,6 +35,10 @@ class NcclCommunicator final : public Communicator {
   void check_health(const char* op);
 
  protected:
+  void do_group_end() override;
+  std::unique_ptr<PendingGroup> do_group_end_async() override;
+  void do_barrier() override;
+  void do_abort() noexcept override;
   void do_all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) override;
   void do_all_gather(TensorView send, TensorView recv, Stream& stream) override;
   void do_reduce_scatter(TensorView send, TensorView recv, ReduceOp op, Stream& stream) override;
@@ -69,7 +71,7 @@ class NcclCommunicator final : public Communicator {
   void issue(const P2p& op, cudaStream_t stream);
 
   ncclComm_t comm_ = nullptr;
-  bool aborted_ = false;  // comm_ is gone
+  std::atomic<bool> aborted_{false};  // comm_ is gone (set from any thread: abort())
   int device_;
   int group_depth_ = 0;
   std::vector<P2p> posted_;

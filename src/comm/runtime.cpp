@@ -109,6 +109,8 @@ Runtime make_runtime(const std::string& engine, Communicator& host_world,
   return rt;
 }
 
+int ranks_on_this_node(Communicator& host_world) { return node_place(host_world).local_size; }
+
 bool cuda_on_every_rank(Communicator& host_world) {
   return all_reduce_int(host_world, cuda_device_count() > 0 ? 1 : 0, ReduceOp::kMin) > 0;
 }

@@ -21,7 +21,7 @@ class SelfCommunicator final : public Communicator {
   DeviceKind buffer_device() const override { return DeviceKind::kCpu; }
 
   void group_start() override { ++group_depth_; }
-  void group_end() override {
+  void do_group_end() override {
     WEFT_CHECK(group_depth_ > 0, "group_end without a matching group_start");
     if (--group_depth_ > 0) return;
     // Taken out first, so that a failed group leaves nothing behind for the next one.
@@ -40,7 +40,8 @@ class SelfCommunicator final : public Communicator {
     WEFT_CHECK(color >= 0, "split: color must be non-negative, got ", color);
     return std::make_unique<SelfCommunicator>();
   }
-  void barrier() override {}
+  void do_barrier() override {}
+  void do_abort() noexcept override {}  // nothing can be waiting: later operations throw
 
  protected:
   void do_all_reduce(TensorView send, TensorView recv, ReduceOp, Stream&) override {

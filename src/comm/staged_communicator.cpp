@@ -293,7 +293,7 @@ void StagedCommunicator::group_start() {
   ++group_depth_;
 }
 
-void StagedCommunicator::group_end() {
+void StagedCommunicator::do_group_end() {
   WEFT_CHECK(group_depth_ > 0, "group_end without a matching group_start");
   std::vector<StagingPool::Block> sends;
   std::vector<StagedRecv> recvs;
@@ -306,7 +306,7 @@ void StagedCommunicator::group_end() {
   finish_staged_recvs(engine(), recvs);
 }
 
-std::unique_ptr<PendingGroup> StagedCommunicator::group_end_async() {
+std::unique_ptr<PendingGroup> StagedCommunicator::do_group_end_async() {
   WEFT_CHECK(group_depth_ == 1, group_depth_ == 0 ? "group_end_async without a group_start"
                                                   : "group_end_async must end the outermost group");
   group_depth_ = 0;
@@ -323,7 +323,9 @@ std::unique_ptr<Communicator> StagedCommunicator::split(int color, int key) {
   return std::make_unique<StagedCommunicator>(host_->split(color, key), pool_, staging_bytes_);
 }
 
-void StagedCommunicator::barrier() {
+void StagedCommunicator::do_abort() noexcept { host_->abort(); }
+
+void StagedCommunicator::do_barrier() {
   engine().synchronize_device();  // queued work completes first, as the contract says
   host_->barrier();
 }

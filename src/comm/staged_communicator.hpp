@@ -85,13 +85,11 @@ class StagedCommunicator final : public Communicator {
   int rank() const override { return host_->rank(); }
   int size() const override { return host_->size(); }
   std::string name() const override { return host_->name() + "-staged"; }
+  std::string describe() const override { return host_->describe() + ", staged"; }
   DeviceKind buffer_device() const override { return engine().device().kind; }
 
   void group_start() override;
-  void group_end() override;
-  std::unique_ptr<PendingGroup> group_end_async() override;
   std::unique_ptr<Communicator> split(int color, int key) override;
-  void barrier() override;
 
   // A received block waiting for its copy to the device.
   struct StagedRecv {
@@ -102,6 +100,10 @@ class StagedCommunicator final : public Communicator {
   };
 
  protected:
+  void do_group_end() override;
+  std::unique_ptr<PendingGroup> do_group_end_async() override;
+  void do_barrier() override;
+  void do_abort() noexcept override;
   void do_all_reduce(TensorView send, TensorView recv, ReduceOp op, Stream& stream) override;
   void do_all_gather(TensorView send, TensorView recv, Stream& stream) override;
   void do_reduce_scatter(TensorView send, TensorView recv, ReduceOp op, Stream& stream) override;

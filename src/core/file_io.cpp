@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstring>
 
 #include "weft/error.hpp"
@@ -91,10 +92,29 @@ void write_file_atomically(const std::string& path, const std::string& contents)
   out.commit();
 }
 
-std::string read_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+std::string read_file(const std::string& path, size_t max_bytes) {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below like any other
+  // file that is not a regular one (/dev/zero would be read until memory runs out).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) WEFT_THROW(ErrorCode::kIo, "cannot open '", path, "' for reading: ", errno_text());
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const std::string why = errno_text();
+    ::close(fd);
+    WEFT_THROW(ErrorCode::kIo, "cannot stat '", path, "': ", why);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    WEFT_THROW(ErrorCode::kIo, "'", path,
+               "' is not a regular file (a directory, device, FIFO or socket); refused");
+  }
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) {
+    ::close(fd);
+    WEFT_THROW(ErrorCode::kIo, "'", path, "' holds ", st.st_size,
+               " bytes, more than the limit of ", max_bytes, " bytes for this file");
+  }
   std::string out;
+  out.reserve(static_cast<size_t>(st.st_size));
   char buffer[1 << 16];
   for (;;) {
     const ssize_t n = ::read(fd, buffer, sizeof buffer);
@@ -105,6 +125,11 @@ std::string read_file(const std::string& path) {
       WEFT_THROW(ErrorCode::kIo, "cannot read '", path, "': ", why);
     }
     if (n == 0) break;
+    if (out.size() + static_cast<size_t>(n) > max_bytes) {  // it grew while being read
+      ::close(fd);
+      WEFT_THROW(ErrorCode::kIo, "'", path, "' grew past the limit of ", max_bytes,
+                 " bytes for this file while being read");
+    }
     out.append(buffer, static_cast<size_t>(n));
   }
   ::close(fd);

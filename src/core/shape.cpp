@@ -3,6 +3,7 @@
 
 #include <sstream>
 
+#include "weft/checked.hpp"
 #include "weft/error.hpp"
 
 namespace weft {
@@ -13,6 +14,7 @@ Shape::Shape(std::vector<int64_t> dims) : dims_(std::move(dims)) {
   for (int64_t d : dims_) {
     WEFT_CHECK(d >= 0, "negative dimension ", d, " in shape ", str());
   }
+  numel();  // a shape whose element count overflows int64 is refused here, before any allocation
 }
 
 int Shape::normalize(int index) const {
@@ -25,7 +27,7 @@ int64_t Shape::dim(int index) const { return dims_[normalize(index)]; }
 
 int64_t Shape::numel() const {
   int64_t n = 1;
-  for (int64_t d : dims_) n *= d;
+  for (int64_t d : dims_) n = checked_mul(n, d, "element count of a shape");
   return n;
 }
 

@@ -54,7 +54,8 @@ int64_t distinct_bytes(const std::vector<TensorView>& views) {
 }
 
 Tensor::Tensor(Allocator& allocator, const Shape& shape, DType dtype) {
-  size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+  const size_t bytes = static_cast<size_t>(checked_mul(
+      shape.numel(), static_cast<int64_t>(dtype_size(dtype)), "byte count of a tensor"));
   // One byte minimum: a zero-sized tensor still has a distinct, freeable address.
   void* ptr = allocator.allocate(bytes == 0 ? 1 : bytes);
   Allocator* owner = &allocator;

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "weft/checked.hpp"
 #include "weft/error.hpp"
 #include "weft/gpt.hpp"
 #include "weft/log.hpp"
@@ -58,23 +59,31 @@ void GPTConfig::finalize(int tp) {
              ") must be divisible by the tensor-parallel size (", tp, ") or divide it");
   if (ffn_hidden == 0) {
     // LLaMA keeps the parameter count of a 4h GeLU MLP: 2/3 of 4h per matrix, rounded to 64.
-    ffn_hidden = activation == MlpActivation::kGelu ? 4 * hidden : (8 * hidden / 3 + 63) / 64 * 64;
+    const int64_t eight_h = checked_mul(8, hidden, "MLP hidden size (from 8 x hidden)");
+    ffn_hidden = activation == MlpActivation::kGelu ? eight_h / 2 : (eight_h / 3 + 63) / 64 * 64;
   }
+  WEFT_CHECK(ffn_hidden > 0 && vocab_pad_multiple > 0, "MLP hidden size (", ffn_hidden,
+             ") and vocabulary padding multiple (", vocab_pad_multiple, ") must be positive");
   divide_exact(ffn_hidden, tp, "MLP hidden size", "the tensor-parallel size");
   WEFT_CHECK(!rotary || head_dim() % 2 == 0, "rotary embedding needs an even head size, got ",
              head_dim());
+  parameter_count();  // a model whose sizes overflow int64 is refused here, before any allocation
 }
 
 int64_t GPTConfig::parameter_count() const {
+  // Checked: the sizes may come from a flag or a checkpoint's manifest.
+  auto mul = [](int64_t a, int64_t b) { return checked_mul(a, b, "GPT parameter count"); };
+  auto add = [](int64_t a, int64_t b) { return checked_add(a, b, "GPT parameter count"); };
   const int64_t d = head_dim(), kv = kv_heads > 0 ? kv_heads : heads;
-  const int64_t norm_params = norm == NormKind::kLayerNorm ? 2 * hidden : hidden;
-  int64_t attention = hidden * (heads + 2 * kv) * d + heads * d * hidden;
-  if (bias) attention += (heads + 2 * kv) * d + hidden;
-  int64_t mlp =
-      activation == MlpActivation::kGelu ? 2 * hidden * ffn_hidden : 3 * hidden * ffn_hidden;
-  if (bias) mlp += (activation == MlpActivation::kGelu ? 1 : 2) * ffn_hidden + hidden;
-  int64_t total = layers * (attention + mlp + 2 * norm_params) + norm_params + vocab_size * hidden;
-  if (!rotary) total += max_seq * hidden;
+  const int64_t norm_params = mul(norm == NormKind::kLayerNorm ? 2 : 1, hidden);
+  const int64_t qkv_heads = add(heads, mul(2, kv));
+  int64_t attention = add(mul(mul(hidden, qkv_heads), d), mul(mul(heads, d), hidden));
+  if (bias) attention = add(attention, add(mul(qkv_heads, d), hidden));
+  int64_t mlp = mul(mul(activation == MlpActivation::kGelu ? 2 : 3, hidden), ffn_hidden);
+  if (bias) mlp = add(mlp, add(mul(activation == MlpActivation::kGelu ? 1 : 2, ffn_hidden), hidden));
+  int64_t total = add(add(mul(layers, add(add(attention, mlp), mul(2, norm_params))), norm_params),
+                      mul(vocab_size, hidden));
+  if (!rotary) total = add(total, mul(max_seq, hidden));
   return total;
 }
 

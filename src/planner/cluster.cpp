@@ -10,9 +10,13 @@
 #include <sstream>
 
 #include "weft/error.hpp"
+#include "weft/file_io.hpp"
 #include "weft/plan.hpp"
 
 namespace weft::plan {
+
+// Cluster and benchmark JSON files are small; anything larger is not one.
+constexpr size_t kJsonFileLimit = size_t{64} << 20;
 
 void Cluster::check() const {
   const std::pair<const char*, double> fields[] = {
@@ -154,11 +158,7 @@ Cluster cluster_from_json(const std::string& json_text, const std::string& origi
 }
 
 Cluster load_cluster_file(const std::string& path) {
-  std::ifstream in(path);
-  WEFT_CHECK(in.good(), "cannot read cluster file '", path, "'");
-  std::stringstream text;
-  text << in.rdbuf();
-  return cluster_from_json(text.str(), path);
+  return cluster_from_json(read_file(path, kJsonFileLimit), path);
 }
 
 std::string cluster_to_json(const Cluster& c) {
@@ -186,10 +186,9 @@ std::string cluster_to_json(const Cluster& c) {
 namespace {
 
 nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  WEFT_CHECK(in.good(), "calibration: cannot read '", path, "'");
+  const std::string text = read_file(path, kJsonFileLimit);
   try {
-    return nlohmann::json::parse(in);
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     WEFT_THROW(ErrorCode::kInvalidArgument, "calibration: '", path,
                "' is not valid JSON: ", e.what());

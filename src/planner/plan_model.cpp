@@ -262,7 +262,55 @@ void check_layout(const Training& t, const Layout& l) {
              ": sequence parallelism and TP comm overlap need tp > 1");
 }
 
+// Parameters per device on the most loaded stage: its layers split over TP, plus the
+// vocab-split embedding (first stage) or tied head copy (last stage).
+double stage_parameters(const ModelShape& m, const Layout& l) {
+  const double h = static_cast<double>(m.hidden), tp = static_cast<double>(l.tp);
+  const double layer_params =
+      (m.parameter_count() - static_cast<double>(m.vocab) * h -
+       (m.learned_positions ? static_cast<double>(m.seq_len) * h : 0) - 2 * h) /
+      static_cast<double>(m.layers);
+  return divide(m.layers, l.pp) * layer_params / tp + static_cast<double>(m.vocab) * h / tp;
+}
+
 }  // namespace
+
+Memory memory_per_device(const Training& t, const Layout& l) {
+  t.check();
+  check_layout(t, l);
+  const ModelShape& m = t.model;
+  const double elt = t.bf16 ? 2.0 : 4.0;
+  const double tp = static_cast<double>(l.tp);
+  const double tokens = static_cast<double>(l.micro_batch) * static_cast<double>(m.seq_len);
+  const double micro_batches = divide(t.global_batch, l.dp * l.micro_batch);
+  const double layers_per_stage = divide(m.layers, l.pp);
+  const double params = stage_parameters(m, l);
+  // 1F1B keeps min(p, m) micro-batches in flight on the first stage, each with its layers'
+  // activations: L/p layers x p = L layers' worth; interleaving adds (p - 1)/(p v) of it
+  // (Korthikanti et al. 2022, section 4.2.3).
+  Memory memory;
+  memory.parameters = params * elt;
+  memory.gradients = params * 4;
+  memory.optimizer = params * (t.bf16 ? 12 : 8);
+  const double in_flight = std::min(static_cast<double>(l.pp), micro_batches);
+  const double interleave =
+      l.virtual_stages > 1
+          ? 1 + static_cast<double>(l.pp - 1) / static_cast<double>(l.pp * l.virtual_stages)
+          : 1.0;
+  const double kept =
+      layer_activation_bytes(m, l.micro_batch, l.tp, l.sequence_parallel, l.recompute);
+  double activations = layers_per_stage * in_flight * interleave * kept;
+  // Full recomputation rebuilds one chunk's activations during its backward.
+  if (l.recompute == Recompute::kFull) {
+    const double stored =
+        layer_activation_bytes(m, l.micro_batch, l.tp, l.sequence_parallel, Recompute::kNone);
+    activations += layers_per_stage / static_cast<double>(l.virtual_stages) * stored;
+  }
+  // The f32 logits and their gradient on the last stage.
+  activations += 2 * tokens * static_cast<double>(m.vocab) / tp * 4;
+  memory.activations = activations;
+  return memory;
+}
 
 Prediction predict(const Training& t, const Cluster& c, const Layout& l) {
   t.check();
@@ -353,14 +401,7 @@ Prediction predict(const Training& t, const Cluster& c, const Layout& l) {
   p.time.bubble = bubble_slots * stage_mb;
   p.bubble_fraction = bubble_slots / micro_batches;
 
-  // Parameters per device on the most loaded stage: its layers split over TP, plus the
-  // vocab-split embedding (first stage) or tied head copy (last stage).
-  const double layer_params =
-      (m.parameter_count() - static_cast<double>(m.vocab) * h -
-       (m.learned_positions ? static_cast<double>(m.seq_len) * h : 0) - 2 * h) /
-      static_cast<double>(m.layers);
-  const double params =
-      layers_per_stage * layer_params / tp + static_cast<double>(m.vocab) * h / tp;
+  const double params = stage_parameters(m, l);
   // Data parallel: ring all-reduce of the gradients (in the compute dtype).
   const double dp_time = collective_time_s(Collective::kAllReduce, params * elt, l.dp, dp_link);
   const double last_backward = layers_per_stage * 2 * (gemm_fwd + attn_fwd + elementwise_fwd);
@@ -376,27 +417,7 @@ Prediction predict(const Training& t, const Cluster& c, const Layout& l) {
       model_flops_per_step(m, t.global_batch, l.recompute) / (p.step_time_s * gpus) / 1e12;
   p.mfu = model_flops_per_step(m, t.global_batch, Recompute::kNone) / (p.step_time_s * gpus) / peak;
 
-  // Memory. 1F1B keeps min(p, m) micro-batches in flight on the first stage, each with its
-  // layers' activations: L/p layers x p = L layers' worth; interleaving adds (p - 1)/(p v) of it
-  // (Korthikanti et al. 2022, section 4.2.3).
-  p.memory.parameters = params * elt;
-  p.memory.gradients = params * 4;
-  p.memory.optimizer = params * (t.bf16 ? 12 : 8);
-  const double in_flight = std::min(static_cast<double>(l.pp), micro_batches);
-  const double interleave =
-      l.virtual_stages > 1
-          ? 1 + static_cast<double>(l.pp - 1) / static_cast<double>(l.pp * l.virtual_stages)
-          : 1.0;
-  const double kept =
-      layer_activation_bytes(m, l.micro_batch, l.tp, l.sequence_parallel, l.recompute);
-  double activations = layers_per_stage * in_flight * interleave * kept;
-  // Full recomputation rebuilds one chunk's activations during its backward.
-  if (l.recompute == Recompute::kFull) {
-    activations += layers_per_stage / static_cast<double>(l.virtual_stages) * stored;
-  }
-  // The f32 logits and their gradient on the last stage.
-  activations += 2 * tokens * static_cast<double>(m.vocab) / tp * 4;
-  p.memory.activations = activations;
+  p.memory = memory_per_device(t, l);
   const double capacity = c.memory_gib * (c.shared_node ? share : 1.0) * 1073741824.0;
   if (p.memory.total() > capacity) {
     std::ostringstream os;
