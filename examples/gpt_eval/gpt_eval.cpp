@@ -37,10 +37,10 @@ int evaluate(int argc, char** argv, weft::Communicator& mpi_world) {
   flags.add("data", &a.data, "text file to evaluate on");
   flags.add("tokenizer", &a.tokenizer,
             "Hugging Face tokenizer.json (default: the checkpoint's, else bytes are tokens)");
-  flags.add("tp", &a.tp, "tensor-parallel size");
-  flags.add("pp", &a.pp, "pipeline-parallel size");
-  flags.add("seq-len", &a.seq_len, "tokens per window (0: the model's maximum)");
-  flags.add("batch", &a.batch, "windows per micro-batch");
+  flags.add("tp", &a.tp, "tensor-parallel size", 1, 1 << 20);
+  flags.add("pp", &a.pp, "pipeline-parallel size", 1, 1 << 20);
+  flags.add("seq-len", &a.seq_len, "tokens per window (0: the model's maximum)", 0, 1 << 30);
+  flags.add("batch", &a.batch, "windows per micro-batch", 1, 1 << 30);
   flags.add("log-json", &a.log_json, "print the result as one JSON object");
   a.engine.add_to(flags);
   if (!flags.parse(argc, argv)) {

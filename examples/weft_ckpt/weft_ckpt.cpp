@@ -76,9 +76,10 @@ int reshard(const std::string& dir, int argc, char** argv) {
   std::string out;
   weft::examples::Flags flags("weft_ckpt reshard",
                               "Write checkpoint DIR at another layout to --out (a new directory).");
-  flags.add("tp", &tp, "tensor-parallel size of the copy");
-  flags.add("pp", &pp, "pipeline-parallel size of the copy");
-  flags.add("virtual-stages", &virtual_stages, "model chunks per pipeline rank of the copy");
+  flags.add("tp", &tp, "tensor-parallel size of the copy", 0, 1 << 20);
+  flags.add("pp", &pp, "pipeline-parallel size of the copy", 0, 1 << 20);
+  flags.add("virtual-stages", &virtual_stages, "model chunks per pipeline rank of the copy", 1,
+            1 << 20);
   flags.add("out", &out, "the new checkpoint directory (must not exist)");
   if (!flags.parse(argc, argv)) {
     std::printf("%s", flags.usage().c_str());
