@@ -388,7 +388,14 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
   const Fault fault = parse_fault(a.inject_fault);
   // Before the first collective: from here on no rank waits for a failed peer forever.
   std::optional<weft::CommWatchdog> watchdog;
-  if (a.comm_timeout > 0) watchdog.emplace(a.comm_timeout);
+  // A blocked MPI call cannot be interrupted: past the timeout the program ends the whole job.
+  if (a.comm_timeout > 0) {
+    watchdog.emplace(a.comm_timeout, [](const std::string& message) {
+      std::fprintf(stderr, "%s\n", message.c_str());
+      std::fflush(stderr);
+      weft::MpiRuntime::abort(1);
+    });
+  }
   const weft::Runtime runtime = weft::examples::launch(a.engine, mpi_world);
   weft::Backend& backend = *runtime.backend;
   weft::ParallelGrid grid(*runtime.world, weft::checked_narrow<int>(a.tp, "--tp"),

@@ -85,11 +85,12 @@ class Communicator {
   // Collective: returns when every rank has called it (host-side; completes queued work first).
   void barrier();
 
-  // Ends this communicator's work at once; callable from any thread, also while another thread is
-  // blocked in one of its operations (what CommWatchdog does). MPI, and mpi-staged: MPI_Abort of
-  // the whole job (it does not return). NCCL: ncclCommAbort (the operations in flight fail with
-  // weft::Error instead of waiting for their peers). Self: nothing can be waiting. Afterwards
-  // every operation throws weft::Error. Never throws.
+  // Ends this communicator's work; callable from any thread, also while another thread is blocked
+  // in one of its operations (what CommWatchdog does). NCCL: ncclCommAbort (the operations in
+  // flight fail with weft::Error instead of waiting for their peers). MPI and mpi-staged: an MPI
+  // call in progress cannot be interrupted, so only later operations fail; a program that must
+  // not hang ends the job itself (MpiRuntime::abort). Self: nothing can be waiting. Afterwards
+  // every operation throws weft::Error. Never throws; never ends the process.
   void abort() noexcept;
   bool aborted() const { return aborted_.load(); }
   // The group for messages: its kind and its ranks in the MPI world where known, e.g.

@@ -99,9 +99,9 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
   description_ += "}";
 }
 
-void MpiCommunicator::do_abort() noexcept {
-  if (!mpi_finalized()) MPI_Abort(MPI_COMM_WORLD, 1);
-}
+// A blocked MPI call cannot be interrupted, and ending the job is the program's decision (the
+// library never ends a process): abort only makes later operations throw.
+void MpiCommunicator::do_abort() noexcept {}
 
 MpiCommunicator::~MpiCommunicator() {
   release_block_groups();

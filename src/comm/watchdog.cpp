@@ -71,13 +71,13 @@ OpScope::~OpScope() {
 
 }  // namespace detail
 
-CommWatchdog::CommWatchdog(double timeout_s, std::function<void(const std::string&)> report,
+CommWatchdog::CommWatchdog(double timeout_s, std::function<void(const std::string&)> on_timeout,
                            double poll_s)
-    : timeout_s_(timeout_s), poll_s_(poll_s), report_(std::move(report)) {
+    : timeout_s_(timeout_s), poll_s_(poll_s), on_timeout_(std::move(on_timeout)) {
   WEFT_CHECK(timeout_s > 0 && poll_s > 0, "CommWatchdog: timeout (", timeout_s, " s) and poll (",
              poll_s, " s) must be positive");
-  if (!report_) {
-    report_ = [](const std::string& message) {
+  if (!on_timeout_) {
+    on_timeout_ = [](const std::string& message) {
       std::fprintf(stderr, "%s\n", message.c_str());
       std::fflush(stderr);
     };
@@ -116,10 +116,10 @@ void CommWatchdog::watch() {
       if (error_rank() >= 0) os << " (rank " << error_rank() << ")";
       os << ": " << slot->op << " on " << slot->comm->describe() << " has waited " << waited
          << " s, longer than the timeout of " << timeout_s_
-         << " s (a peer failed, stalled or never called it); aborting the job";
-      report_(os.str());
+         << " s (a peer failed, stalled or never called it); aborting the communicator";
+      on_timeout_(os.str());
       fired_ = true;
-      slot->comm->abort();  // MPI: does not return
+      slot->comm->abort();
       break;
     }
   }
