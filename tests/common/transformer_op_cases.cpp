@@ -8,8 +8,10 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <ostream>
 #include <random>
+#include <utility>
 
 #include "common/test_util.hpp"
 #include "weft/rng.hpp"
@@ -79,18 +81,6 @@ Tensor uniform_tensor(Backend& be, const Shape& shape, DType dtype, uint64_t see
 
 // Each value rounded to `dtype` through f32, as a kernel's final store rounds.
 double round_to(double v, DType dtype) { return rounded({v}, dtype)[0]; }
-
-AttentionShape attn_shape(int64_t seq, int64_t batch, int64_t heads, int64_t kv_heads, int64_t d,
-                          float scale = 0.0f) {
-  AttentionShape s;
-  s.seq = seq;
-  s.batch = batch;
-  s.heads = heads;
-  s.kv_heads = kv_heads;
-  s.head_dim = d;
-  s.scale = scale;
-  return s;
-}
 
 // ---- norms --------------------------------------------------------------------------------
 
@@ -834,23 +824,24 @@ std::vector<TransformerCase> transformer_cases() {
   // Grouped-query, multi-head with an explicit scale, multi-query, one position, several tiles
   // with partial last tiles; head_dim up to 128 (not a multiple of the warp size: 40).
   add_attention(cases, Op::kAttention,
-                {attn_shape(9, 3, 4, 2, 8), attn_shape(7, 2, 3, 3, 16, 0.3f),
-                 attn_shape(6, 2, 4, 1, 8), attn_shape(1, 4, 2, 2, 4), attn_shape(300, 2, 4, 2, 16),
-                 attn_shape(13, 3, 4, 4, 16), attn_shape(37, 2, 8, 2, 64),
-                 attn_shape(21, 2, 6, 1, 40), attn_shape(70, 1, 2, 1, 128, 0.05f)},
+                {attention_shape(9, 3, 4, 2, 8), attention_shape(7, 2, 3, 3, 16, 0.3f),
+                 attention_shape(6, 2, 4, 1, 8), attention_shape(1, 4, 2, 2, 4),
+                 attention_shape(300, 2, 4, 2, 16), attention_shape(13, 3, 4, 4, 16),
+                 attention_shape(37, 2, 8, 2, 64), attention_shape(21, 2, 6, 1, 40),
+                 attention_shape(70, 1, 2, 1, 128, 0.05f)},
                 all);
   // Many tiles: an odd length with multi-query, and 32 x 32 key and query tiles.
   add_attention(cases, Op::kAttention,
-                {attn_shape(1027, 1, 2, 1, 16), attn_shape(4096, 1, 1, 1, 8)}, f32_bf16);
+                {attention_shape(1027, 1, 2, 1, 16), attention_shape(4096, 1, 1, 1, 8)}, f32_bf16);
 
   struct CacheFeed {
     AttentionShape shape;
     std::vector<int64_t> feed;
     int64_t spare;
   };
-  for (const CacheFeed& f : {CacheFeed{attn_shape(7, 2, 4, 2, 8), {3, 1, 1, 1, 1}, 2},
-                             CacheFeed{attn_shape(6, 3, 2, 2, 4), {3, 1, 1, 1}, 2},
-                             CacheFeed{attn_shape(11, 2, 4, 2, 32), {6, 1, 1, 3}, 5}}) {
+  for (const CacheFeed& f : {CacheFeed{attention_shape(7, 2, 4, 2, 8), {3, 1, 1, 1, 1}, 2},
+                             CacheFeed{attention_shape(6, 3, 2, 2, 4), {3, 1, 1, 1}, 2},
+                             CacheFeed{attention_shape(11, 2, 4, 2, 32), {6, 1, 1, 3}, 5}}) {
     for (DType dt : f32_bf16) {
       TransformerCase c = make(Op::kAttentionCache, dt, attn_label(f.shape));
       c.attn = f.shape;
@@ -861,8 +852,9 @@ std::vector<TransformerCase> transformer_cases() {
   }
 
   for (int64_t offset : {int64_t{0}, int64_t{3}, int64_t{13}, int64_t{100000}}) {
-    for (const AttentionShape& s : {attn_shape(6, 2, 4, 2, 8), attn_shape(5, 3, 2, 2, 6),
-                                    attn_shape(9, 3, 8, 2, 64), attn_shape(5, 2, 3, 3, 6)}) {
+    for (const AttentionShape& s :
+         {attention_shape(6, 2, 4, 2, 8), attention_shape(5, 3, 2, 2, 6),
+          attention_shape(9, 3, 8, 2, 64), attention_shape(5, 2, 3, 3, 6)}) {
       for (DType dt : all) {
         TransformerCase c = make(Op::kRope, dt, attn_label(s) + "_at" + std::to_string(offset));
         c.attn = s;
@@ -872,50 +864,50 @@ std::vector<TransformerCase> transformer_cases() {
     }
   }
 
+  struct EmbeddingLookup {
+    TransformerOp op;
+    const char* label;
+    Shape table;
+    int64_t vocab_start;
+    std::vector<int32_t> ids;
+  };
+  // Forward: ids below, inside and beyond this shard's rows [20, 30), one negative; ids drawn
+  // from [0, 250) for the rows [100, 150). Backward: repeated ids, some outside [100, 108); ids
+  // from [70, 150) for the rows [90, 130): many repeats, some misses.
+  const EmbeddingLookup lookups[] = {
+      {Op::kEmbedding, "explicit", Shape({10, 24}), 20, {20, 29, 5, 25, 30, 20, 19, 27, -3, 24}},
+      {Op::kEmbedding, "drawn", Shape({50, 72}), 100, drawn_ids(97, 0, 250, 192)},
+      {Op::kEmbeddingBackward,
+       "explicit",
+       Shape({8, 70}),
+       100,
+       {103, 100, 103, 99, 107, 103, 108, 101, 100, 105, 103, 0}},
+      {Op::kEmbeddingBackward, "drawn", Shape({40, 300}), 90, drawn_ids(611, 70, 150, 203)}};
   for (DType dt : all) {
-    // Ids below, inside and beyond this shard's rows [20, 30), one negative.
-    TransformerCase small = make(Op::kEmbedding, dt, "explicit");
-    small.shape = Shape({10, 24});
-    small.offset = 20;
-    small.ids = {20, 29, 5, 25, 30, 20, 19, 27, -3, 24};
-    cases.push_back(small);
-    TransformerCase drawn = make(Op::kEmbedding, dt, "drawn");
-    drawn.shape = Shape({50, 72});
-    drawn.offset = 100;
-    drawn.ids = drawn_ids(97, 0, 250, 192);
-    cases.push_back(drawn);
-
-    TransformerCase back = make(Op::kEmbeddingBackward, dt, "explicit");
-    back.shape = Shape({8, 70});
-    back.offset = 100;
-    back.ids = {103, 100, 103, 99, 107, 103, 108, 101, 100, 105, 103, 0};
-    cases.push_back(back);
-    // Ids from [70, 150) for the rows [90, 130): many repeats, some misses.
-    TransformerCase many = make(Op::kEmbeddingBackward, dt, "drawn");
-    many.shape = Shape({40, 300});
-    many.offset = 90;
-    many.ids = drawn_ids(611, 70, 150, 203);
-    cases.push_back(many);
+    for (const EmbeddingLookup& l : lookups) {
+      TransformerCase c = make(l.op, dt, l.label);
+      c.shape = l.table;
+      c.offset = l.vocab_start;
+      c.ids = l.ids;
+      cases.push_back(c);
+    }
   }
 
+  // The vocabulary [0, 13) padded to 24 columns in three shards of 8: the second holds 3 padding
+  // columns, the third only padding; padding logits large, so that counting any of them changes
+  // every result. A shard of 100 columns whose last 40 are padding; a larger vocabulary of full
+  // shards; targets in the padding (the pieces' rule only: no loss is defined).
+  const std::pair<const char*, VocabLayout> vocabs[] = {
+      {"v13_3x8", {6, 8, 3, 13, true, false}},
+      {"v260_3x100", {33, 100, 3, 260, false, false}},
+      {"v1000_10x100", {33, 100, 10, 1000, false, false}},
+      {"v260_3x100_targets_in_padding", {33, 100, 3, 260, false, true}}};
   for (DType dt : all) {
-    // The vocabulary [0, 13) padded to 24 columns in three shards of 8: the second holds 3
-    // padding columns, the third only padding; padding logits large, so that counting any of
-    // them changes every result.
-    TransformerCase padded = make(Op::kVocabCrossEntropy, dt, "v13_3x8");
-    padded.vocab = VocabLayout{6, 8, 3, 13, true, false};
-    cases.push_back(padded);
-    // A shard of 100 columns whose last 40 are padding; a larger vocabulary of full shards.
-    TransformerCase partial = make(Op::kVocabCrossEntropy, dt, "v260_3x100");
-    partial.vocab = VocabLayout{33, 100, 3, 260, false, false};
-    cases.push_back(partial);
-    TransformerCase large = make(Op::kVocabCrossEntropy, dt, "v1000_10x100");
-    large.vocab = VocabLayout{33, 100, 10, 1000, false, false};
-    cases.push_back(large);
-    // Targets in the padding (the pieces' rule only: no loss is defined).
-    TransformerCase stray = make(Op::kVocabCrossEntropy, dt, "v260_3x100_targets_in_padding");
-    stray.vocab = VocabLayout{33, 100, 3, 260, false, true};
-    cases.push_back(stray);
+    for (const auto& [label, layout] : vocabs) {
+      TransformerCase c = make(Op::kVocabCrossEntropy, dt, label);
+      c.vocab = layout;
+      cases.push_back(c);
+    }
   }
 
   add_shaped(cases, Op::kSwiglu, {Shape({9, 31}), Shape({23, 91})}, all);

@@ -18,6 +18,8 @@
 namespace weft::test {
 namespace {
 
+using testing::attention_shape;
+
 class CudaTransformerOpsTest : public CudaTest {
  protected:
   ::testing::AssertionResult close(const TensorView& got, const TensorView& want, double rtol) {
@@ -33,18 +35,6 @@ std::string shape_label(const AttentionShape& s) {
   return "seq " + std::to_string(s.seq) + " batch " + std::to_string(s.batch) + " heads " +
          std::to_string(s.heads) + " kv_heads " + std::to_string(s.kv_heads) + " head_dim " +
          std::to_string(s.head_dim);
-}
-
-AttentionShape make_shape(int64_t seq, int64_t batch, int64_t heads, int64_t kv_heads,
-                          int64_t head_dim, float scale = 0.0f) {
-  AttentionShape s;
-  s.seq = seq;
-  s.batch = batch;
-  s.heads = heads;
-  s.kv_heads = kv_heads;
-  s.head_dim = head_dim;
-  s.scale = scale;
-  return s;
 }
 
 // The table of transformer-op and copy/cast cases every backend runs against the reference.
@@ -91,7 +81,7 @@ void CudaTransformerOpsTest::expect_attention_backward_matches_cpu(const Attenti
 // length runs, and agrees with the CPU's tiled kernels.
 TEST_F(CudaTransformerOpsTest, AttentionBeyondEightThousandKeysMatchesCpu) {
   for (DType dtype : kAttentionDtypes) {
-    expect_attention_backward_matches_cpu(make_shape(8500, 1, 2, 1, 64), dtype);
+    expect_attention_backward_matches_cpu(attention_shape(8500, 1, 2, 1, 64), dtype);
   }
 }
 
@@ -106,7 +96,7 @@ TEST_F(CudaTransformerOpsTest, LimitsAndBadCallsThrow) {
   // Beyond the 8192 attended positions the first kernel held in shared memory: 8192 cached + 1
   // new runs (keys stream in tiles); only positions past the cache's capacity are an error.
   {
-    const AttentionShape s = make_shape(1, 1, 1, 1, 2);
+    const AttentionShape s = attention_shape(1, 1, 1, 1, 2);
     Tensor qkv = to_device(random_host({1, s.qkv_cols()}, f32, 261));
     Tensor out = poisoned_device({1, 2}, f32);
     Tensor k_cache = poisoned_device({1, 1, 8193, 2}, f32);
@@ -116,7 +106,7 @@ TEST_F(CudaTransformerOpsTest, LimitsAndBadCallsThrow) {
   }
   // head_dim beyond the kernel's limit.
   {
-    const AttentionShape s = make_shape(1, 1, 1, 1, 1026);
+    const AttentionShape s = attention_shape(1, 1, 1, 1, 1026);
     Tensor qkv = to_device(random_host({1, s.qkv_cols()}, f32, 262));
     Tensor out = poisoned_device({1, 1026}, f32);
     Tensor lse = poisoned_device({1, 1, 1}, f32);
@@ -124,7 +114,7 @@ TEST_F(CudaTransformerOpsTest, LimitsAndBadCallsThrow) {
   }
   // grad_qkv aliasing qkv, a wrong lse size, GQA with heads not divisible by kv_heads.
   {
-    const AttentionShape s = make_shape(4, 2, 4, 2, 8);
+    const AttentionShape s = attention_shape(4, 2, 4, 2, 8);
     Tensor qkv = to_device(random_host({8, s.qkv_cols()}, f32, 263));
     Tensor grad_out = to_device(random_host({8, 32}, f32, 264));
     Tensor out = poisoned_device({8, 32}, f32);
@@ -132,7 +122,7 @@ TEST_F(CudaTransformerOpsTest, LimitsAndBadCallsThrow) {
     EXPECT_THROW(cuda().attention_backward(qkv, grad_out, qkv, lse, s), Error);
     Tensor small_lse = poisoned_device({2, 4, 3}, f32);
     EXPECT_THROW(cuda().attention(out, small_lse, qkv, s), Error);
-    EXPECT_THROW(cuda().attention(out, lse, qkv, make_shape(4, 2, 3, 2, 8)), Error);
+    EXPECT_THROW(cuda().attention(out, lse, qkv, attention_shape(4, 2, 3, 2, 8)), Error);
   }
   // Host operands, probability 1, an odd head_dim for rope, a bf16 mean.
   {
@@ -140,7 +130,7 @@ TEST_F(CudaTransformerOpsTest, LimitsAndBadCallsThrow) {
     Tensor host = random_host({4, 8}, f32, 266);
     EXPECT_THROW(cuda().scale(in, host, 2.0f), Error);
     EXPECT_THROW(cuda().dropout(in, in, 1.0f, 1, 0), Error);
-    const AttentionShape odd = make_shape(2, 1, 1, 1, 3);
+    const AttentionShape odd = attention_shape(2, 1, 1, 1, 3);
     Tensor qkv = to_device(random_host({2, odd.qkv_cols()}, f32, 267));
     EXPECT_THROW(cuda().rope(qkv, odd, 10000.0f, 0, false), Error);
     Tensor gamma = to_device(random_host({8}, f32, 268));

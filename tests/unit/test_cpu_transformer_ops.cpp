@@ -18,6 +18,7 @@
 namespace weft {
 namespace {
 
+using testing::attention_shape;
 using testing::from_host;
 using testing::max_rel_error;
 using testing::poisoned;
@@ -105,22 +106,10 @@ TEST(TransformerNorm, BackwardsAreTheDerivativesOfTheForwards) {
 
 // ---- attention ------------------------------------------------------------------------------
 
-AttentionShape attn_shape(int64_t seq, int64_t batch, int64_t heads, int64_t kv_heads, int64_t d,
-                          float scale = 0.0f) {
-  AttentionShape s;
-  s.seq = seq;
-  s.batch = batch;
-  s.heads = heads;
-  s.kv_heads = kv_heads;
-  s.head_dim = d;
-  s.scale = scale;
-  return s;
-}
-
 // Every sum runs in an order fixed by the shapes: one thread and two give the same bits.
 TEST(TransformerAttention, ResultsDoNotDependOnTheThreadCount) {
   auto be = cpu();
-  const AttentionShape s = attn_shape(300, 2, 4, 2, 16);
+  const AttentionShape s = attention_shape(300, 2, 4, 2, 16);
   const int64_t tokens = s.seq * s.batch, out_cols = s.heads * s.head_dim;
   Tensor qkv = random_tensor(*be, Shape({tokens, s.qkv_cols()}), DType::kF32, 63);
   Tensor dout = random_tensor(*be, Shape({tokens, out_cols}), DType::kF32, 64);
@@ -146,7 +135,8 @@ TEST(TransformerAttention, ResultsDoNotDependOnTheThreadCount) {
 
 TEST(TransformerAttention, BackwardIsTheDerivativeOfTheForward) {
   auto be = cpu();
-  for (const AttentionShape& s : {attn_shape(5, 2, 4, 2, 4), attn_shape(4, 2, 3, 3, 4, 0.7f)}) {
+  for (const AttentionShape& s :
+       {attention_shape(5, 2, 4, 2, 4), attention_shape(4, 2, 3, 3, 4, 0.7f)}) {
     SCOPED_TRACE(::testing::Message() << "heads " << s.heads << "/" << s.kv_heads);
     const int64_t tokens = s.seq * s.batch, out_cols = s.heads * s.head_dim;
     Tensor qkv = random_tensor(*be, Shape({tokens, s.qkv_cols()}), DType::kF32, 71);
@@ -169,7 +159,7 @@ TEST(TransformerAttention, BackwardIsTheDerivativeOfTheForward) {
 
 TEST(TransformerRope, InverseRestoresTheInputAndIsTheTranspose) {
   auto be = cpu();
-  const AttentionShape s = attn_shape(8, 2, 4, 2, 16);
+  const AttentionShape s = attention_shape(8, 2, 4, 2, 16);
   const Shape shape({s.seq * s.batch, s.qkv_cols()});
   Tensor x = random_tensor(*be, shape, DType::kF32, 101);
   Tensor y = random_tensor(*be, shape, DType::kF32, 102);
@@ -363,12 +353,12 @@ TEST(TransformerErrors, BadArgumentsThrowNamingTheValues) {
   EXPECT_WEFT_ERROR(be->dropout(y, x, 1.0f, 1, 0), "dropout", "probability 1");
   EXPECT_WEFT_ERROR(be->dropout(y, x, -0.1f, 1, 0), "probability -0.1");
 
-  AttentionShape s = attn_shape(2, 2, 6, 4, 4);
+  AttentionShape s = attention_shape(2, 2, 6, 4, 4);
   Tensor qkv(*be, Shape({4, 48}), f32), out(*be, Shape({4, 24}), f32);
   Tensor lse(*be, Shape({2, 6, 2}), f32);
   EXPECT_WEFT_ERROR(be->attention(out, lse, qkv, s), "heads 6", "kv_heads 4");
   EXPECT_WEFT_ERROR(be->rope(qkv, s, 1e4f, 0, false), "rope", "heads 6", "kv_heads 4");
-  s = attn_shape(2, 2, 4, 2, 4);  // qkv_cols = 2 * 4 * 4 = 32
+  s = attention_shape(2, 2, 4, 2, 4);  // qkv_cols = 2 * 4 * 4 = 32
   Tensor qkv32(*be, Shape({4, 32}), f32), out16(*be, Shape({4, 16}), f32);
   Tensor lse16(*be, Shape({2, 4, 2}), f32);
   EXPECT_WEFT_ERROR(be->attention(out16, lse16, qkv, s), "attention", "qkv", "[4, 32]");
@@ -385,7 +375,7 @@ TEST(TransformerErrors, BadArgumentsThrowNamingTheValues) {
   EXPECT_WEFT_ERROR(be->attention_with_cache(out16, bad_cache, bad_cache, qkv32, s, 0), "k_cache",
                     "kv_heads 2");
   Tensor qkv24(*be, Shape({4, 24}), f32);
-  EXPECT_WEFT_ERROR(be->rope(qkv24, attn_shape(2, 2, 4, 2, 3), 1e4f, 0, false), "head_dim 3",
+  EXPECT_WEFT_ERROR(be->rope(qkv24, attention_shape(2, 2, 4, 2, 3), 1e4f, 0, false), "head_dim 3",
                     "even");
   EXPECT_WEFT_ERROR(be->rope(qkv32, s, -1.0f, 0, false), "theta -1");
 
