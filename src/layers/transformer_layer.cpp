@@ -164,9 +164,10 @@ Tensor TransformerLayer::backward(TensorView grad_output, Saved& saved) {
   return grad_input;
 }
 
-Tensor TransformerLayer::forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past) {
+Tensor TransformerLayer::forward_cached(TensorView x, int64_t seq, int64_t batch,
+                                        ParallelAttention::KVCache& cache) {
   Tensor normed1 = norm1_.forward(x);
-  Tensor attended = attention_.forward_cached(normed1, seq, batch, past);
+  Tensor attended = attention_.forward_cached(normed1, seq, batch, cache);
   Tensor residual(backend_, x.shape, x.dtype);
   backend_.add(residual, x, attended);
   Tensor normed2 = norm2_.forward(residual);
