@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "layers/gpt_norm_config.hpp"
 #include "weft/checked.hpp"
 #include "weft/error.hpp"
 #include "weft/gpt.hpp"
@@ -130,9 +131,8 @@ GPTModel::GPTModel(const ParallelContext& ctx, const GPTConfig& config, GPTStage
         ctx, config_, static_cast<int>(layout_.first_layer + i)));
   }
   if (layout_.has_head) {
-    final_norm_ = std::make_unique<Norm>(
-        ctx, NormConfig{config_.hidden, config_.norm, config_.norm_eps, config_.dtype, "final_norm",
-                        ctx.tp.size(), config_.sequence_parallel});
+    final_norm_ =
+        std::make_unique<Norm>(ctx, gpt_norm_config(config_, ctx.tp.size(), "final_norm"));
   }
 }
 
