@@ -443,6 +443,14 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
     config.dropout = static_cast<float>(a.dropout);
     config.dtype = weft::parse_dtype(a.dtype);
     config.seed = static_cast<uint64_t>(a.seed);
+    std::string names;  // the model flags the HF config overrides (--dtype etc. apply)
+    for (const std::string& n : a.model_flags_given) {
+      if (n != "dtype" && n != "dropout" && n != "seed") names += " --" + n;
+    }
+    if (mpi_world.rank() == 0 && !names.empty()) {
+      std::printf("gpt_train: ignored (the HF model %s sets the model):%s\n", a.load_hf.c_str(),
+                  names.c_str());
+    }
     weft::examples::usage_check(a.seq_len <= config.max_seq, "gpt_train", "--seq-len (", a.seq_len,
                                 ") exceeds the maximum sequence length (", config.max_seq,
                                 ") of HF model ", a.load_hf);
