@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "common/gpt_fixtures.hpp"
 #include "common/test_util.hpp"
@@ -128,6 +129,17 @@ TEST_P(UntiedHeadTest, EveryTpSizeEqualsTheUnshardedModel) {
     EXPECT_LE(max_rel_error(std::vector<double>(logits.begin(), logits.end()),
                             std::vector<double>(ref_logits.begin(), ref_logits.end())),
               1e-5);
+    // Not the reference's word alone: the logits are the output layer's. With it zeroed every
+    // real entry's logit is 0 (the table is untouched), so the loss is ln(vocab) exactly as the
+    // padding never takes part.
+    backend_->fill(model.output_layer()->value, 0.0f);
+    GPTModel::Saved kept;  // the training forward and the evaluation one
+    EXPECT_NEAR(model.forward(ids, targets, kSeq, kBatch, rng, kept),
+                std::log(static_cast<float>(c.vocab_size)), 1e-5);
+    EXPECT_NEAR(model.forward(ids, targets, kSeq, kBatch, rng),
+                std::log(static_cast<float>(c.vocab_size)), 1e-5);
+    model.allocate_cache(kBatch, kSeq);
+    for (float l : model.next_token_logits(ids, kSeq, kBatch, 0)) ASSERT_EQ(l, 0.0f);
   }
 }
 
