@@ -290,12 +290,18 @@ Cluster table_cluster(double weight_gradient_tflops) {
   return c;
 }
 
-TEST(Plan, GemmTableRolesPriceTheirOwnGemms) {
+// An f32 run of a small GPT (hidden 128, 4 heads, seq 64, vocab 256) on `gpus` ranks.
+Training small_f32_run(int64_t layers, int64_t gpus) {
   Training t;
-  t.model = ModelShape::gpt(2, 128, 4, 64, 256);
+  t.model = ModelShape::gpt(layers, 128, 4, 64, 256);
   t.global_batch = 8;
-  t.gpus = 1;
+  t.gpus = gpus;
   t.bf16 = false;
+  return t;
+}
+
+TEST(Plan, GemmTableRolesPriceTheirOwnGemms) {
+  const Training t = small_f32_run(2, 1);
   const Layout l{1, 1, 1, 2, 1, false, false, Recompute::kNone};
   // Every GEMM takes its role's one measured rate: forward F at 0.1, data gradient F at 0.1,
   // weight gradient F at 0.05 TFLOP/s: 4 F / 0.1 against 3 F / 0.1 when all run at 0.1.
@@ -340,11 +346,7 @@ TEST(Plan, AttentionCurveIsFittedToMeasuredTimes) {
 }
 
 TEST(Plan, RanksBeyondTheCoresLendTheirBubble) {
-  Training t;
-  t.model = ModelShape::gpt(8, 128, 4, 64, 256);
-  t.global_batch = 8;
-  t.gpus = 4;
-  t.bf16 = false;
+  const Training t = small_f32_run(8, 4);
   const Layout l{1, 4, 1, 1, 1, false, false, Recompute::kNone};
   Cluster own_cores = table_cluster(0.1), two_cores = own_cores;
   two_cores.devices_per_node = 2;
