@@ -1,5 +1,5 @@
-// gpt_eval: mean next-token loss and perplexity of a checkpoint over a text file, at any TP x PP
-// (x DP) layout.
+// gpt_eval: mean next-token loss and perplexity of a checkpoint (or a Hugging Face model
+// directory) over a text file, at any TP x PP (x DP) layout.
 //
 //   mpirun -np 2 build/bin/gpt_eval --load ckpt --data FILE --tp 2 [--seq-len S --batch B]
 //
@@ -14,6 +14,7 @@
 
 #include "common/flags.hpp"
 #include "common/launch.hpp"
+#include "common/model_source.hpp"
 #include "weft/data.hpp"
 #include "weft/gpt_checkpoint.hpp"
 #include "weft/pipeline.hpp"
@@ -22,7 +23,7 @@
 namespace {
 
 struct Args {
-  std::string load, data, tokenizer;
+  std::string load, data, tokenizer, dump_logits;
   int64_t tp = 1, pp = 1, seq_len = 0, batch = 4;
   bool log_json = false;
   weft::examples::EngineFlags engine;
@@ -33,7 +34,9 @@ int evaluate(int argc, char** argv, weft::Communicator& mpi_world) {
   weft::examples::Flags flags("gpt_eval",
                               "Mean next-token loss and perplexity of a checkpoint over a text "
                               "file's consecutive windows (world = tp x dp x pp).");
-  flags.add("load", &a.load, "checkpoint directory (saved at any layout)");
+  flags.add("load", &a.load,
+            "checkpoint directory (saved at any layout), or a Hugging Face model directory "
+            "(config.json + model.safetensors: GPT2LMHeadModel, LlamaForCausalLM)");
   flags.add("data", &a.data, "text file to evaluate on");
   flags.add("tokenizer", &a.tokenizer,
             "Hugging Face tokenizer.json (default: the checkpoint's, else bytes are tokens)");
@@ -42,6 +45,9 @@ int evaluate(int argc, char** argv, weft::Communicator& mpi_world) {
   flags.add("seq-len", &a.seq_len, "tokens per window (0: the model's maximum)", 0, 1 << 30);
   flags.add("batch", &a.batch, "windows per micro-batch", 1, 1 << 30);
   flags.add("log-json", &a.log_json, "print the result as one JSON object");
+  flags.add("dump-logits", &a.dump_logits,
+            "also write the logits of the first --batch windows to FILE (raw little-endian f32 "
+            "[seq-len, windows, vocab], rows by position then window; needs --pp 1)");
   a.engine.add_to(flags);
   if (!flags.parse(argc, argv)) {
     if (mpi_world.rank() == 0) std::printf("%s", flags.usage().c_str());
@@ -55,7 +61,10 @@ int evaluate(int argc, char** argv, weft::Communicator& mpi_world) {
         "gpt_eval: --batch, --tp and --pp must be positive and --seq-len not negative");
   }
 
-  const weft::CheckpointInfo info = weft::read_checkpoint_info(a.load);
+  if (!a.dump_logits.empty() && a.pp != 1) {
+    throw UsageError("gpt_eval: --dump-logits needs --pp 1");
+  }
+  const weft::examples::ModelSource info = weft::examples::open_model(a.load);
   std::optional<weft::Tokenizer> tokenizer;
   const std::string tokenizer_path = a.tokenizer.empty() ? info.tokenizer : a.tokenizer;
   if (!tokenizer_path.empty()) tokenizer = weft::Tokenizer::from_file(tokenizer_path);
@@ -84,7 +93,7 @@ int evaluate(int argc, char** argv, weft::Communicator& mpi_world) {
   config.dropout = 0.0f;
   weft::PipelineModel model(weft::ParallelContext{backend, grid.tp()}, grid.pp(), config,
                             weft::ScheduleKind::k1F1B);
-  weft::load_checkpoint(a.load, model.parameters(), nullptr, grid, backend);
+  weft::examples::load_weights(info, model.parameters(), grid, backend);
   model.set_training(false);
 
   // Micro-batches of `batch` consecutive windows (the last one smaller), dealt round-robin to
@@ -126,6 +135,32 @@ int evaluate(int argc, char** argv, weft::Communicator& mpi_world) {
                                        weft::ReduceOp::kSum)
              : loss_sum;
   const double loss = total / static_cast<double>(windows * seq);
+  if (!a.dump_logits.empty()) {
+    // Position by position through the KV cache (the decoding path gives every position's
+    // logits; the training forward keeps them vocabulary-split).
+    weft::GPTConfig c = config;
+    c.finalize(grid.tp_size());
+    weft::GPTModel whole(weft::ParallelContext{backend, grid.tp()}, c);
+    weft::examples::load_weights(info, whole.parameters(), grid, backend);
+    whole.set_training(false);
+    const int64_t b = std::min(a.batch, windows);
+    weft::KVCache cache = whole.new_cache(b, seq);
+    std::vector<float> dump;
+    std::vector<int32_t> step_ids(static_cast<size_t>(b));
+    for (int64_t s = 0; s < seq; ++s) {
+      for (int64_t w = 0; w < b; ++w) step_ids[static_cast<size_t>(w)] = tokens[w * seq + s];
+      weft::Tensor ids(backend, weft::Shape({b}), weft::DType::kI32);
+      backend.copy(ids, weft::TensorView{step_ids.data(), ids.shape(), weft::DType::kI32,
+                                         weft::Device::cpu()});
+      const std::vector<float> logits = whole.next_token_logits(ids, 1, cache);
+      dump.insert(dump.end(), logits.begin(), logits.end());
+    }
+    if (mpi_world.rank() == 0) {
+      weft::write_file_atomically(
+          a.dump_logits,
+          std::string(reinterpret_cast<const char*>(dump.data()), dump.size() * sizeof(float)));
+    }
+  }
   if (mpi_world.rank() == 0) {
     if (a.log_json) {
       std::printf("%s\n", nlohmann::json{{"loss", loss},

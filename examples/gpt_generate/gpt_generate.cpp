@@ -1,5 +1,6 @@
-// gpt_generate: continues a prompt with a GPT checkpoint written by gpt_train, sharded over the
-// TP size it was saved with, using each attention layer's KV cache.
+// gpt_generate: continues a prompt with a GPT checkpoint written by gpt_train (or a Hugging Face
+// model directory), sharded over --tp (default: the saving TP size), using each attention layer's
+// KV cache.
 //
 //   mpirun -np 2 build/bin/gpt_generate --load ckpt --prompt "Hello" --max-new-tokens 100
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "common/flags.hpp"
 #include "common/launch.hpp"
+#include "common/model_source.hpp"
 #include "weft/data.hpp"
 #include "weft/gpt_checkpoint.hpp"
 #include "weft/weft.hpp"
@@ -22,6 +24,7 @@ struct Args {
   std::string load, prompt = "The ", tokenizer;
   int64_t max_new_tokens = 100, top_k = 0, seed = 1, tp = 0;
   double temperature = 0.0;
+  bool print_ids = false;
   weft::examples::EngineFlags engine;  // --backend, --comm
 };
 
@@ -56,7 +59,9 @@ int32_t choose_token(const float* logits, int64_t vocab, const Args& a, int64_t 
 int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   Args a;
   weft::examples::Flags flags("gpt_generate", "Generate text from a gpt_train checkpoint.");
-  flags.add("load", &a.load, "checkpoint directory written by gpt_train --save");
+  flags.add("load", &a.load,
+            "checkpoint directory written by gpt_train --save, or a Hugging Face model directory "
+            "(config.json + model.safetensors: GPT2LMHeadModel, LlamaForCausalLM)");
   flags.add("prompt", &a.prompt, "text to continue");
   flags.add("tokenizer", &a.tokenizer,
             "Hugging Face tokenizer.json (default: the checkpoint's, else bytes are tokens)");
@@ -65,6 +70,7 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   flags.add("temperature", &a.temperature, "0: greedy; otherwise sampling temperature", 0.0, 100.0);
   flags.add("top-k", &a.top_k, "sample among the k most likely tokens (0: all)", 0, 1 << 30);
   flags.add("seed", &a.seed, "sampling seed", 0, std::numeric_limits<int64_t>::max());
+  flags.add("print-ids", &a.print_ids, "also print the generated token ids (a line 'ids: ...')");
   a.engine.add_to(flags);
   if (!flags.parse(argc, argv)) {
     if (mpi_world.rank() == 0) std::printf("%s", flags.usage().c_str());
@@ -74,7 +80,7 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   if (a.prompt.empty())
     throw weft::examples::UsageError("gpt_generate: --prompt must not be empty");
 
-  const weft::CheckpointInfo info = weft::read_checkpoint_info(a.load);
+  const weft::examples::ModelSource info = weft::examples::open_model(a.load);
   std::optional<weft::Tokenizer> tokenizer;
   const std::string tokenizer_path = a.tokenizer.empty() ? info.tokenizer : a.tokenizer;
   if (!tokenizer_path.empty()) tokenizer = weft::Tokenizer::from_file(tokenizer_path);
@@ -95,7 +101,7 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   weft::GPTConfig config = info.config;
   config.finalize(tp);  // the manifest's sizes, checked (positive, dividing tp, no overflow)
   weft::GPTModel model(weft::ParallelContext{backend, grid.tp()}, config);
-  weft::load_checkpoint(a.load, model.parameters(), nullptr, grid, backend);
+  weft::examples::load_weights(info, model.parameters(), grid, backend);
   model.set_training(false);
 
   std::vector<int32_t> tokens;
@@ -131,6 +137,11 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
         a.prompt + (tokenizer ? tokenizer->decode(generated)
                               : std::string(generated.begin(), generated.end()));
     std::printf("%s\n", text.c_str());
+    if (a.print_ids) {
+      std::printf("ids:");
+      for (const int32_t id : generated) std::printf(" %d", id);
+      std::printf("\n");
+    }
     if (static_cast<int64_t>(generated.size()) < a.max_new_tokens) {
       std::fprintf(stderr, "(stopped after %zu tokens: the model's context is %lld positions)\n",
                    generated.size(), static_cast<long long>(config.max_seq));

@@ -21,6 +21,7 @@
 #include "common/auto_layout.hpp"
 #include "common/flags.hpp"
 #include "common/launch.hpp"
+#include "common/model_source.hpp"
 #include "weft/checkpoint.hpp"
 #include "weft/data.hpp"
 #include "weft/gpt_checkpoint.hpp"
@@ -37,7 +38,7 @@ constexpr int64_t kMaxSteps = int64_t{1} << 40;
 using weft::TensorView;
 
 struct Args {
-  std::string preset = "gpt2", dtype = "f32", data, log_json, save, load, trace;
+  std::string preset = "gpt2", dtype = "f32", data, log_json, save, load, load_hf, trace;
   std::string tokenizer, inject_fault;
   std::string schedule = "1f1b", recompute = "none", layout = "manual", cluster;
   weft::examples::EngineFlags engine;  // --backend, --comm
@@ -115,6 +116,10 @@ weft::examples::Flags make_flags(Args& a) {
         "complete checkpoints kept under --save, newest first (0: all)", 0, 1000000);
   f.add("load", &a.load,
         "resume from this checkpoint: a step directory, or a root (its latest complete save)");
+  f.add("load-hf", &a.load_hf,
+        "fine-tune a Hugging Face model: a GPT2LMHeadModel or LlamaForCausalLM directory "
+        "(config.json + model.safetensors) sets the model and its weights (from step 0; "
+        "--dtype, --dropout and --seed still apply)");
   f.add("eval-interval", &a.eval_interval, "validation loss every N steps (0: never)", 0, kMaxSteps);
   f.add("eval-batches", &a.eval_batches, "micro-batches per validation", 1, 1 << 20);
   f.add("comm-timeout", &a.comm_timeout,
@@ -338,6 +343,8 @@ Args auto_layout(Args a, weft::Communicator& world, double* predicted_s) {
   weft::GPTConfig config = weft::GPTConfig::preset(a.preset);
   if (!a.load.empty()) {
     config = weft::read_checkpoint_info(a.load).config;
+  } else if (!a.load_hf.empty()) {
+    config = weft::examples::read_hf_model_config(a.load_hf).config;
   } else {
     config.vocab_size = weft::TextDataset::kVocabSize;
     config.layers = a.layers;
@@ -428,6 +435,32 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
   WEFT_CHECK(config.dtype != weft::DType::kI32, "--dtype must be f32 or bf16");
 
   int64_t first_step = 0;
+  if (!a.load_hf.empty()) {
+    weft::examples::usage_check(a.load.empty(), "gpt_train",
+                                "--load and --load-hf exclude each other");
+    const weft::HfModelInfo hf = weft::examples::read_hf_model_config(a.load_hf);
+    config = hf.config;  // the HF model, whatever the model flags say; this run's dtype etc.
+    config.dropout = static_cast<float>(a.dropout);
+    config.dtype = weft::parse_dtype(a.dtype);
+    config.seed = static_cast<uint64_t>(a.seed);
+    std::string names;  // the model flags the HF config overrides (--dtype etc. apply)
+    for (const std::string& n : a.model_flags_given) {
+      if (n != "dtype" && n != "dropout" && n != "seed") names += " --" + n;
+    }
+    if (mpi_world.rank() == 0 && !names.empty()) {
+      std::printf("gpt_train: ignored (the HF model %s sets the model):%s\n", a.load_hf.c_str(),
+                  names.c_str());
+    }
+    weft::examples::usage_check(a.seq_len <= config.max_seq, "gpt_train", "--seq-len (", a.seq_len,
+                                ") exceeds the maximum sequence length (", config.max_seq,
+                                ") of HF model ", a.load_hf);
+    if (!tokenizer && !hf.tokenizer.empty()) tokenizer = weft::Tokenizer::from_file(hf.tokenizer);
+    const int64_t vocab = tokenizer ? tokenizer->vocab_size() : weft::TextDataset::kVocabSize;
+    WEFT_CHECK(config.vocab_size == vocab, "HF model ", a.load_hf, " has a vocabulary of ",
+               config.vocab_size, " tokens but ",
+               tokenizer ? "tokenizer '" + tokenizer->source() + "'" : std::string("bytes"),
+               " give ", vocab);
+  }
   weft::CheckpointInfo loaded;
   if (!a.load.empty()) {
     loaded = weft::read_checkpoint_info(a.load);
@@ -469,6 +502,8 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
       a.eval_interval == 0 ? "the training split" : "each split");
   weft::PipelineModel model(weft::ParallelContext{backend, grid.tp()}, grid.pp(), config, schedule,
                             weft::checked_narrow<int>(a.virtual_stages, "--virtual-stages"));
+  // Before the optimizer copies the weights into its f32 masters.
+  if (!a.load_hf.empty()) weft::load_hf_model(a.load_hf, model.parameters(), grid, backend);
   weft::AdamW optimizer(backend, model.parameters(),
                         weft::AdamWConfig{0.9f, 0.95f, 1e-8f, static_cast<float>(a.weight_decay)});
   weft::DropoutRng rng(config.seed, grid.tp_rank());
@@ -491,7 +526,9 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
     std::printf(
         "gpt_train: %s, %lld layers, hidden %lld, heads %lld (kv %lld), ffn %lld, "
         "%.2fM parameters, %s\n",
-        a.load.empty() ? (a.preset + " preset").c_str() : ("checkpoint " + a.load).c_str(),
+        !a.load_hf.empty() ? ("HF model " + a.load_hf).c_str()
+        : a.load.empty()   ? (a.preset + " preset").c_str()
+                           : ("checkpoint " + a.load).c_str(),
         static_cast<long long>(config.layers),
         static_cast<long long>(config.hidden), static_cast<long long>(config.heads),
         static_cast<long long>(config.kv_heads), static_cast<long long>(config.ffn_hidden),

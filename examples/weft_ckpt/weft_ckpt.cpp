@@ -1,10 +1,14 @@
-// weft_ckpt: looks into and reshards weft GPT checkpoints; no MPI, one tensor block in memory.
+// weft_ckpt: looks into, reshards and converts (Hugging Face) weft GPT checkpoints; no MPI, one
+// tensor block in memory.
 //
 //   weft_ckpt inspect DIR
 //   weft_ckpt reshard DIR --tp T --pp P [--virtual-stages V] --out DIR2
+//   weft_ckpt export-hf DIR --out HFDIR
+//   weft_ckpt import-hf HFDIR --out DIR [--tp T --pp P]
 //
 // Exit status: 0 done, 1 a bad checkpoint or a failed write (the message names the file, the
-// field and the value), 2 a bad command line.
+// field and the value), 2 a bad command line or a model weft cannot represent (an HF config
+// feature weft does not implement, a weft config HF has no name for).
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -13,6 +17,7 @@
 #include "weft/checkpoint.hpp"
 #include "weft/checkpoint_store.hpp"
 #include "weft/gpt_checkpoint.hpp"
+#include "weft/hf_convert.hpp"
 
 namespace {
 
@@ -21,7 +26,10 @@ using weft::examples::UsageError;
 constexpr char kUsage[] =
     "usage: weft_ckpt inspect DIR\n"
     "       weft_ckpt reshard DIR --tp T --pp P [--virtual-stages V] --out DIR2\n"
-    "DIR: a checkpoint directory, or a checkpoint root (then its latest save)\n";
+    "       weft_ckpt export-hf DIR --out HFDIR\n"
+    "       weft_ckpt import-hf HFDIR --out DIR [--tp T --pp P]\n"
+    "DIR: a checkpoint directory, or a checkpoint root (then its latest save); HFDIR: a Hugging\n"
+    "Face GPT2LMHeadModel or LlamaForCausalLM directory (config.json, model.safetensors)\n";
 
 std::string human_bytes(double bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -99,6 +107,41 @@ int reshard(const std::string& dir, int argc, char** argv) {
   return 0;
 }
 
+int convert(const std::string& command, const std::string& dir, int argc, char** argv) {
+  const bool import = command == "import-hf";
+  int64_t tp = 1, pp = 1;
+  std::string out;
+  weft::examples::Flags flags(("weft_ckpt " + command).c_str(),
+                              import ? "Write Hugging Face model HFDIR as a weft checkpoint."
+                                     : "Write weft checkpoint DIR as a Hugging Face model.");
+  if (import) {
+    flags.add("tp", &tp, "tensor-parallel size of the checkpoint", 1, 1 << 20);
+    flags.add("pp", &pp, "pipeline-parallel size of the checkpoint", 1, 1 << 20);
+  }
+  flags.add("out", &out, "the new directory (must not exist)");
+  if (!flags.parse(argc, argv)) {
+    std::printf("%s", flags.usage().c_str());
+    return 0;
+  }
+  if (out.empty()) throw UsageError("weft_ckpt " + command + ": --out is required\n" + kUsage);
+  try {
+    if (import) {
+      weft::import_hf_checkpoint(dir, out, static_cast<int>(tp), static_cast<int>(pp));
+      std::printf("wrote %s: weft checkpoint of %s at tp %lld, pp %lld\n", out.c_str(), dir.c_str(),
+                  static_cast<long long>(tp), static_cast<long long>(pp));
+    } else {
+      weft::export_hf_checkpoint(dir, out);
+      std::printf("wrote %s: Hugging Face model of %s\n", out.c_str(), dir.c_str());
+    }
+  } catch (const weft::Error& e) {
+    // A model the other side cannot represent is the caller's input, as a bad flag is.
+    if (e.code() != weft::ErrorCode::kInvalidArgument) throw;
+    std::fprintf(stderr, "weft_ckpt: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,7 +151,8 @@ int main(int argc, char** argv) {
       std::printf("%s", kUsage);
       return 0;
     }
-    if (argc < 3 || (command != "inspect" && command != "reshard")) {
+    if (argc < 3 || (command != "inspect" && command != "reshard" && command != "export-hf" &&
+                     command != "import-hf")) {
       throw UsageError(std::string("weft_ckpt: expected a command and a directory\n") + kUsage);
     }
     const std::string dir = argv[2];
@@ -117,6 +161,7 @@ int main(int argc, char** argv) {
       return inspect(dir);
     }
     // The flags after DIR, as the parser sees a command line (argv[0] then flags).
+    if (command != "reshard") return convert(command, dir, argc - 2, argv + 2);
     return reshard(dir, argc - 2, argv + 2);
   } catch (const UsageError& e) {
     std::fprintf(stderr, "%s\n", e.what());

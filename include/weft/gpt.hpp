@@ -46,6 +46,9 @@ struct GPTConfig : ParallelConfig {
   float dropout = 0.0f;  // on embeddings and on each residual branch (replicated regions)
   float norm_eps = 1e-5f;
   int64_t vocab_pad_multiple = 128;
+  // true: the LM head is the token table (GPT-2); false: an output layer of its own, "lm_head",
+  // vocabulary-parallel and padded like the table, on the last pipeline stage only (LLaMA).
+  bool tie_word_embeddings = true;
   Recompute recompute = Recompute::kNone;
 
   // "gpt2": pre-LN, LayerNorm, learned positions, GeLU, multi-head, biases.
@@ -133,11 +136,13 @@ struct KVCache {
   int64_t length = 0;  // positions fed so far
 };
 
-// Embedding (+ learned positions) -> layers -> final norm -> tied LM head -> vocab-parallel
+// Embedding (+ learned positions) -> layers -> final norm -> LM head -> vocab-parallel
 // cross-entropy. Every TP rank holds its shard of every layer it has; parameter names use global
-// layer indices, so one seed gives one model at every TP and PP size. A last stage without the
-// embedding keeps its own copy of the (tied) table for the LM head (shared_parameters()); the
-// pipeline sums the two copies' gradients.
+// layer indices, so one seed gives one model at every TP and PP size. Tied head: a last stage
+// without the embedding keeps its own copy of the table for the LM head (shared_parameters()); the
+// pipeline sums the two copies' gradients. Untied (tie_word_embeddings false): the last stage
+// holds the output layer "lm_head.weight" [padded vocab, hidden], split by vocabulary rows like
+// the table, and nothing is shared.
 class GPTModel : public Stage {
  public:
   // What one forward keeps for its backward. Under Recompute::kFull only the stage input, the
@@ -205,7 +210,7 @@ class GPTModel : public Stage {
                  State* state, float* loss) override;
   void recompute(State& state) override;
   Tensor backward(TensorView grad_output, float loss_scale, State& state) override;
-  // The token table on a stage with the embedding or the head.
+  // The tied token table on a stage with the embedding or the head; none when untied.
   std::vector<Parameter*> shared_parameters() override;
   // The embedding draws hidden per token, each layer 2 x hidden (when training with dropout).
   int64_t dropout_draws_per_token() const override;
@@ -223,8 +228,10 @@ class GPTModel : public Stage {
   const GPTStageLayout& layout() const { return layout_; }
   std::vector<Parameter*> parameters() override;
   // The token table (the embedding's, or the last stage's copy for the tied head); null on a
-  // middle stage.
+  // middle stage, and on a last stage without the embedding when the head is untied.
   Parameter* word_embeddings() { return embedding_ ? &embedding_->weight() : nullptr; }
+  // The untied output layer's weight on a stage with the head; null when tied.
+  Parameter* output_layer() { return lm_head_ ? &lm_head_->weight() : nullptr; }
   // Dropout applies only while training (the default); evaluation turns it off.
   void set_training(bool training) override;
   bool training() const { return training_; }
@@ -246,7 +253,10 @@ class GPTModel : public Stage {
   ParallelContext ctx_;
   GPTConfig config_;
   GPTStageLayout layout_;
-  std::unique_ptr<VocabParallelEmbedding> embedding_;  // first stage, and last for the head
+  // The table on the first stage, and on the last for a tied head.
+  std::unique_ptr<VocabParallelEmbedding> embedding_;
+  std::unique_ptr<VocabParallelEmbedding> lm_head_;  // untied: the last stage's output layer
+  VocabParallelEmbedding& head() { return lm_head_ ? *lm_head_ : *embedding_; }
   std::unique_ptr<Parameter> positions_;  // learned position table [max_seq, hidden], replicated
   std::vector<std::unique_ptr<TransformerLayer>> layers_;
   std::unique_ptr<Norm> final_norm_;

@@ -69,6 +69,10 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
                      const std::vector<Parameter*>& params, AdamW* optimizer,
                      const ParallelGrid& grid, Backend& backend);
 
+// The manifest.json text save_checkpoint writes for `info` (format version 2): for tools that
+// write shard files themselves (hf_convert.hpp).
+std::string checkpoint_manifest(const CheckpointInfo& info, bool has_optimizer);
+
 // Reads the manifest of a checkpoint directory, or of the step a checkpoint root's `latest` names
 // (checkpoint_store.hpp); weft::Error naming the file when it is missing or malformed.
 CheckpointInfo read_checkpoint_info(const std::string& path_or_root);

@@ -15,6 +15,7 @@
 #include "weft/gpt.hpp"
 #include "weft/checkpoint_store.hpp"
 #include "weft/gpt_checkpoint.hpp"
+#include "weft/hf_convert.hpp"
 #include "weft/grid.hpp"
 #include "weft/linear.hpp"
 #include "weft/log.hpp"

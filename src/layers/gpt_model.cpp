@@ -1,4 +1,4 @@
-// GPTConfig presets and checks, and GPTModel: embedding, layers, final norm, tied LM head, loss.
+// GPTConfig presets and checks, and GPTModel: embedding, layers, final norm, LM head, loss.
 #include <algorithm>
 #include <cmath>
 
@@ -84,6 +84,7 @@ int64_t GPTConfig::parameter_count() const {
   if (bias) mlp = add(mlp, add(mul(activation == MlpActivation::kGelu ? 1 : 2, ffn_hidden), hidden));
   int64_t total = add(add(mul(layers, add(add(attention, mlp), mul(2, norm_params))), norm_params),
                       mul(vocab_size, hidden));
+  if (!tie_word_embeddings) total = add(total, mul(vocab_size, hidden));
   if (!rotary) total = add(total, mul(max_seq, hidden));
   return total;
 }
@@ -110,13 +111,19 @@ GPTModel::GPTModel(const ParallelContext& ctx, const GPTConfig& config, GPTStage
              "GPTModel: stage layers [", layout_.first_layer, ", ",
              layout_.first_layer + layout_.layers, ") are outside the model's ", config_.layers,
              " layers");
-  if (layout_.has_embedding || layout_.has_head) {
-    VocabParallelEmbeddingConfig e;
-    e.parallel() = config_.parallel();
-    e.vocab_size = config_.vocab_size;
-    e.hidden = config_.hidden;
-    e.pad_multiple = config_.vocab_pad_multiple;
+  VocabParallelEmbeddingConfig e;
+  e.parallel() = config_.parallel();
+  e.vocab_size = config_.vocab_size;
+  e.hidden = config_.hidden;
+  e.pad_multiple = config_.vocab_pad_multiple;
+  const bool tied = config_.tie_word_embeddings;
+  if (layout_.has_embedding || (layout_.has_head && tied)) {
     embedding_ = std::make_unique<VocabParallelEmbedding>(ctx, e);
+  }
+  if (layout_.has_head && !tied) {
+    // Its own name, so its own random stream: initialised independently of the table.
+    e.name = "lm_head";
+    lm_head_ = std::make_unique<VocabParallelEmbedding>(ctx, e);
   }
   if (layout_.has_embedding && !config_.rotary) {
     positions_ = std::make_unique<Parameter>(
@@ -146,6 +153,7 @@ std::vector<Parameter*> GPTModel::parameters() {
   if (final_norm_) {
     for (Parameter* p : final_norm_->parameters()) params.push_back(p);
   }
+  if (lm_head_) params.push_back(&lm_head_->weight());
   return params;
 }
 
@@ -221,7 +229,7 @@ Tensor GPTModel::backward(TensorView grad_output, float loss_scale, State& state
 }
 
 std::vector<Parameter*> GPTModel::shared_parameters() {
-  if (!embedding_) return {};
+  if (!embedding_ || !config_.tie_word_embeddings) return {};
   return {&embedding_->weight()};
 }
 
@@ -305,13 +313,12 @@ Tensor GPTModel::run_stage(TensorView input, TensorView targets, int64_t seq, in
 
   Tensor final_hidden =
       saved ? final_norm_->forward(current, saved->final_norm) : final_norm_->forward(current);
-  Tensor logits = saved ? embedding_->lm_head_forward(final_hidden, saved->head)
-                        : embedding_->lm_head_forward(final_hidden);
+  Tensor logits = saved ? head().lm_head_forward(final_hidden, saved->head)
+                        : head().lm_head_forward(final_hidden);
   const std::vector<float> losses =
-      saved
-          ? cross_entropy_.forward(logits, targets, embedding_->vocab_start(), config_.vocab_size,
-                                   saved->cross_entropy)
-          : cross_entropy_.forward(logits, targets, embedding_->vocab_start(), config_.vocab_size);
+      saved ? cross_entropy_.forward(logits, targets, head().vocab_start(), config_.vocab_size,
+                                     saved->cross_entropy)
+            : cross_entropy_.forward(logits, targets, head().vocab_start(), config_.vocab_size);
   double sum = 0.0;
   for (float l : losses) sum += l;
   const float mean = static_cast<float>(sum / static_cast<double>(losses.size()));
@@ -333,8 +340,8 @@ Tensor GPTModel::backward_stage(TensorView grad_output, float loss_scale, Saved&
   TensorView upstream = grad_output;  // the gradient flowing into the next layer down
   if (layout_.has_head) {
     const std::vector<float> grad_loss(saved.tokens, loss_scale / static_cast<float>(saved.tokens));
-    grad = embedding_->lm_head_backward(cross_entropy_.backward(grad_loss, saved.cross_entropy),
-                                        saved.head);
+    grad = head().lm_head_backward(cross_entropy_.backward(grad_loss, saved.cross_entropy),
+                                   saved.head);
     grad = final_norm_->backward(grad, saved.final_norm);
     upstream = grad;
   } else {
@@ -475,7 +482,7 @@ std::vector<float> GPTModel::next_token_logits(TensorView ids, int64_t seq, KVCa
   // Only the last position's rows go through the LM head.
   Tensor last(ctx_.backend, Shape({batch, config_.hidden}), config_.dtype);
   ctx_.backend.copy(last, hidden.view().rows((seq - 1) * batch, batch));
-  Tensor local = embedding_->lm_head_forward(last, SequenceParallel::kOff);
+  Tensor local = head().lm_head_forward(last, SequenceParallel::kOff);
   Tensor full = gather_last_dim(ctx_, local);  // [batch, padded vocab]: inference only
   Tensor full_f32(ctx_.backend, full.shape(), DType::kF32);
   ctx_.backend.convert(full_f32, full);

@@ -46,6 +46,7 @@ json config_to_json(const GPTConfig& c) {
               {"dropout", c.dropout},
               {"norm_eps", c.norm_eps},
               {"vocab_pad_multiple", c.vocab_pad_multiple},
+              {"tie_word_embeddings", c.tie_word_embeddings},
               {"dtype", dtype_name(c.dtype)},
               {"seed", c.seed},
               {"init_std", c.init_std}};
@@ -73,6 +74,8 @@ GPTConfig config_from_json(const json& j) {
   c.dropout = j.at("dropout").get<float>();
   c.norm_eps = j.at("norm_eps").get<float>();
   c.vocab_pad_multiple = j.at("vocab_pad_multiple").get<int64_t>();
+  // Absent in checkpoints from before untied heads existed: those are tied.
+  c.tie_word_embeddings = j.value("tie_word_embeddings", true);
   c.dtype = parse_dtype(j.at("dtype").get<std::string>());
   c.seed = j.at("seed").get<uint64_t>();
   c.init_std = j.at("init_std").get<float>();
@@ -481,13 +484,15 @@ std::vector<TensorSlice> gpt_parameter_slices(const GPTConfig& model, int tp, in
     out.push_back(even_slice(name + ".weight", Shape({out_features, in_features}), 1, tp, tp_rank));
     if (c.bias) out.push_back(whole(name + ".bias", Shape({out_features})));
   };
-  if (stage.has_embedding || stage.has_head) {
-    // Only the real vocabulary is stored: this rank's rows of the padded table that hold one.
+  // Only the real vocabulary is stored: this rank's rows of the padded table that hold one.
+  auto vocab_rows = [&](const std::string& name) {
     const int64_t local = padded_vocab_size(c.vocab_size, c.vocab_pad_multiple, tp) / tp;
     const int64_t begin = local * tp_rank;
     const int64_t real = std::clamp<int64_t>(c.vocab_size - begin, 0, local);
-    out.push_back(make_slice("embedding.weight", "embedding.weight", Shape({c.vocab_size, h}), 0,
-                             begin, real, local));
+    out.push_back(make_slice(name, name, Shape({c.vocab_size, h}), 0, begin, real, local));
+  };
+  if (stage.has_embedding || (stage.has_head && c.tie_word_embeddings)) {
+    vocab_rows("embedding.weight");
   }
   if (stage.has_embedding && !c.rotary) out.push_back(whole("positions", Shape({c.max_seq, h})));
   for (int64_t i = first; i < first + count; ++i) {
@@ -521,6 +526,7 @@ std::vector<TensorSlice> gpt_parameter_slices(const GPTConfig& model, int tp, in
     row(layer + ".mlp.fc2", h, c.ffn_hidden);
   }
   if (stage.has_head) norm("final_norm");
+  if (stage.has_head && !c.tie_word_embeddings) vocab_rows("lm_head.weight");
   return out;
 }
 
@@ -571,6 +577,10 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
                           manifest_json(info, optimizer != nullptr).dump(2) + "\n");
   }
   world.barrier();
+}
+
+std::string checkpoint_manifest(const CheckpointInfo& info, bool has_optimizer) {
+  return manifest_json(info, has_optimizer).dump(2) + "\n";
 }
 
 CheckpointInfo read_checkpoint_info(const std::string& path_or_root) {

@@ -26,8 +26,10 @@ constexpr int64_t kSeq = 8, kGlobal = 4, kSaved = 2, kNext = 10;
 
 // GQA (2 kv heads: replicated at tp 4) and a vocabulary that is no multiple of the padding
 // (203 rows padded to 208 at tp 1 and 2, to 224 at tp 4).
+// "llama_untied": the llama preset with its own output layer (lm_head.weight).
 GPTConfig reshard_config(const std::string& preset, uint64_t seed = 21) {
-  GPTConfig c = GPTConfig::preset(preset);
+  GPTConfig c = GPTConfig::preset(preset == "llama_untied" ? "llama" : preset);
+  c.tie_word_embeddings = preset != "llama_untied";
   c.vocab_size = 203;
   c.max_seq = kSeq;
   c.layers = 4;
@@ -143,14 +145,14 @@ std::string file_bytes(const std::string& path) {
 Layout saving_layout() { return world().size() == 4 ? Layout{2, 2, 1} : Layout{2, 1, 1}; }
 // On 4 ranks: tp 1 x dp 4, tp 4 (replicated kv heads, another padding), pp 4, tp 2 x dp 2, and
 // tp 2 x pp 2 interleaved with 2 virtual stages per rank; on 2: tp 1 x dp 2 and pp 2. The gpt2
-// preset (biases, LayerNorm, learned positions) takes the first two only, to keep the test short:
-// the layouts' logic is the same for both.
+// preset (biases, LayerNorm, learned positions) and the untied llama take the first two only, to
+// keep the test short: the layouts' logic is the same for all.
 std::vector<Layout> resume_layouts(const std::string& preset) {
   std::vector<Layout> all =
       world().size() == 4
           ? std::vector<Layout>{{1, 1, 1}, {4, 1, 1}, {1, 4, 1}, {2, 1, 1}, {2, 2, 2}}
           : std::vector<Layout>{{1, 1, 1}, {1, 2, 1}};
-  if (preset == "gpt2") all.resize(2);
+  if (preset != "llama") all.resize(2);
   return all;
 }
 
@@ -252,7 +254,7 @@ TEST_P(ReshardTest, ResumesAtEveryLayoutAndRoundTripsBitForBit) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Presets, ReshardTest, ::testing::Values("gpt2", "llama"),
+INSTANTIATE_TEST_SUITE_P(Presets, ReshardTest, ::testing::Values("gpt2", "llama", "llama_untied"),
                          [](const auto& info) { return info.param; });
 
 // What the shards say about themselves is enough to reassemble a global tensor without weft's
