@@ -6,13 +6,16 @@
 //   BM_GemmCuda/weft/...  make_cuda_backend(0)->gemm      BM_GemmCuda/cublaslt/... cublasLtMatmul
 // The raw primitive is created once, outside the timed loop; only its execution is timed. The
 // CUDA pairs (bf16 in, f32 accumulate, bf16 out; timed with CUDA events) are registered only in a
-// CUDA build with a visible GPU. Shapes, at tokens = 2048 (CPU hidden 128 to 2048; CUDA hidden
-// 1024, 2048 and, at tokens 8192, 8192), for
-// hidden h and tensor-parallel size tp, row-major, C = op(A) op(B):
+// CUDA build with a visible GPU. Shapes, at tokens = 2048 (CPU hidden 128 to 2048, and at tokens
+// 256 hidden 128 to 1024: a micro-batch of a small model; CUDA hidden 1024, 2048 and, at tokens
+// 8192, 8192), for hidden h and tensor-parallel size tp, row-major, C = op(A) op(B):
 //   qkv_fwd   [tokens x h]      * [3h/tp x h]^T      (ColumnParallelLinear forward)
 //   fc1_fwd   [tokens x h]      * [4h/tp x h]^T
 //   fc2_fwd   [tokens x 4h/tp]  * [h x 4h/tp]^T      (RowParallelLinear forward)
+//   fc1_dgrad [tokens x 4h/tp]  * [4h/tp x h]        (input gradient of fc1, no transpose)
 //   fc1_wgrad [tokens x 4h/tp]^T * [tokens x h]      (weight gradient of fc1, transpose_a)
+// The three layouts are the three roles of a linear layer's GEMMs; the layout planner's
+// calibration (weft_plan --calibrate) keeps each role's measured rates apart.
 // After the run it prints a table of weft / raw per shape; a ratio below about 0.97 is overhead
 // in weft worth looking at.
 //
@@ -66,6 +69,7 @@ std::vector<GemmShape> layer_gemms(int64_t tokens, int64_t h, int64_t tp) {
       {"qkv_fwd", tokens, 3 * h / tp, h, false, true},
       {"fc1_fwd", tokens, 4 * h / tp, h, false, true},
       {"fc2_fwd", tokens, h, 4 * h / tp, false, true},
+      {"fc1_dgrad", tokens, h, 4 * h / tp, false, false},  // dX1 = dY1 W1
       {"fc1_wgrad", 4 * h / tp, h, tokens, true, false},  // dW1 = dY1^T X
   };
 }
@@ -94,6 +98,10 @@ struct Operands {
 void set_flops(benchmark::State& state, const GemmShape& s) {
   state.counters["GFLOP/s"] =
       benchmark::Counter(s.flops() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  // The shape, for readers of the JSON (the planner's calibration keys its GEMM table by it).
+  state.counters["m"] = static_cast<double>(s.m);
+  state.counters["n"] = static_cast<double>(s.n);
+  state.counters["k"] = static_cast<double>(s.k);
 }
 
 // A benchmark that throws (an unsupported dtype, a failed allocation) is reported as failed and
@@ -330,15 +338,18 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
   try {
-    constexpr int64_t kTokens = 2048;
     std::vector<Pair> pairs;
     std::unique_ptr<Backend> cpu = weft::make_cpu_backend();
+    // The small sizes give the layout planner's GEMM rates (weft_plan --calibrate).
+    const std::pair<int64_t, int64_t> cpu_sizes[] = {{64, 128},    {64, 256},    {64, 512},
+                                                     {256, 128},   {256, 256},   {256, 512},
+                                                     {256, 1024},  {2048, 128},  {2048, 256},
+                                                     {2048, 512},  {2048, 1024}, {2048, 2048}};
     for (DType dtype : {DType::kF32, DType::kBF16}) {
-      // The small sizes give the layout planner's efficiency curve (weft_plan --calibrate).
-      for (int64_t h : {128, 256, 512, 1024, 2048}) {
+      for (const auto& [tokens, h] : cpu_sizes) {
         for (int64_t tp : {1, 2}) {
-          for (const GemmShape& s : layer_gemms(kTokens, h, tp)) {
-            Pair p{"BM_GemmCpu", "weft", "onednn", shape_key(dtype, kTokens, h, tp, s), s};
+          for (const GemmShape& s : layer_gemms(tokens, h, tp)) {
+            Pair p{"BM_GemmCpu", "weft", "onednn", shape_key(dtype, tokens, h, tp, s), s};
             Backend& backend = *cpu;
             benchmark::RegisterBenchmark((p.family + "/weft/" + p.key).c_str(),
                                          guarded([&backend, s, dtype](benchmark::State& st) {

@@ -7,6 +7,8 @@
 // attention with kv_heads = heads / 2, no biases), at these sizes (tokens = seq * batch):
 //   cpu:  f32 and bf16, small:  hidden 512, 8 heads (llama: 4 kv heads), seq 256, batch 2
 //                       long:   gpt2 only, hidden 512, 8 heads, seq 512 and 1024, batch 1
+//                       tiny:   gpt2 f32 only, seq 128, batch 2, hidden 192 (12 heads) and
+//                               320 (10 heads)
 //   cuda: bf16, medium: hidden 2048, 16 heads, seq 2048, batch 1
 //               large:  hidden 4096, 32 heads, seq 2048, batch 1
 // The CUDA cases are registered only in a CUDA build with a visible GPU (on every rank).
@@ -23,7 +25,7 @@
 // round (counter `round`), and the summary takes the best round. --benchmark_repetitions works
 // too, but repeats one case back to back.
 //
-// Counters (per benchmark):
+// Counters (per benchmark; hidden, heads, seq, batch, tp and tokens describe the case):
 //   tokens_per_s      seq * batch / time of one step (forward + backward + synchronize)
 //   GFLOP/s           layer FLOPs per token * tokens / time: the achieved FLOP/s of the whole TP
 //                     group (divide by the TP size for one device). The FLOP count is the layer's
@@ -236,6 +238,10 @@ void bm_layer(benchmark::State& state, const LayerCase& c, const Target& target)
       all_reduce_double(100.0 * attn_rate / gemm_rate, MPI_SUM) / n;
   state.counters["tp"] = n;
   state.counters["tokens"] = static_cast<double>(tokens);
+  state.counters["hidden"] = static_cast<double>(c.hidden);
+  state.counters["heads"] = static_cast<double>(config.heads);
+  state.counters["seq"] = static_cast<double>(c.seq);
+  state.counters["batch"] = static_cast<double>(c.batch);
 }
 
 std::string case_name(const LayerCase& c, int tp) {
@@ -271,6 +277,10 @@ std::vector<LayerCase> cpu_cases() {
       cases.push_back({"cpu", "small", preset, dtype, 512, 8, llama ? 4 : 0, 256, 2, 10, ""});
     }
   }
+  // Tiny layers at head sizes 16 and 32: the layout planner's calibration (scripts/scale) fits
+  // its attention rate to them.
+  cases.push_back({"cpu", "tiny", "gpt2", DType::kF32, 192, 12, 0, 128, 2, 20, ""});
+  cases.push_back({"cpu", "tiny", "gpt2", DType::kF32, 320, 10, 0, 128, 2, 20, ""});
   // Long sequences, where the attention core is most of the step.
   for (int64_t seq : {512, 1024}) {
     for (DType dtype : {DType::kF32, DType::kBF16}) {

@@ -110,19 +110,18 @@ int generate(int argc, char** argv, weft::Communicator& mpi_world) {
   WEFT_CHECK(prompt_tokens < config.max_seq, "the prompt (", prompt_tokens,
              " tokens) must be shorter than the model's maximum sequence length (", config.max_seq,
              ")");
-  model.allocate_cache(1, capacity);
+  weft::KVCache cache = model.new_cache(1, capacity);
 
   std::vector<int32_t> generated;
-  int64_t past = 0;
   std::vector<int32_t> feed = tokens;  // the prompt first, then one token at a time
   for (int64_t step = 0;
-       step < a.max_new_tokens && past + static_cast<int64_t>(feed.size()) <= capacity; ++step) {
+       step < a.max_new_tokens && cache.length + static_cast<int64_t>(feed.size()) <= capacity;
+       ++step) {
     const int64_t n = static_cast<int64_t>(feed.size());
     weft::Tensor ids(backend, weft::Shape({n}), weft::DType::kI32);
     backend.copy(
         ids, weft::TensorView{feed.data(), ids.shape(), weft::DType::kI32, weft::Device::cpu()});
-    const std::vector<float> logits = model.next_token_logits(ids, n, 1, past);
-    past += n;
+    const std::vector<float> logits = model.next_token_logits(ids, n, cache);
     const int32_t next = choose_token(logits.data(), config.vocab_size, a, step);
     generated.push_back(next);
     feed.assign(1, next);

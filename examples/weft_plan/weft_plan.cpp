@@ -10,6 +10,7 @@
 // Bad input (unknown cluster, malformed cluster file, sizes that do not divide, a model that fits
 // no layout) prints why and exits with status 2.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -53,7 +54,8 @@ weft::examples::Flags make_flags(Args& a) {
         "a100-80g-dgx, h100-80g-dgx, v100-32g-dgx2, this-machine (needs --calibrate), or a "
         "cluster JSON file");
   f.add("calibrate", &a.calibrate,
-        "directory with bench_gemm.json and bench_collectives.json measured here (this-machine)");
+        "directory with bench_gemm.json, bench_collectives.json and (optional) "
+        "bench_gpt_layer.json measured here (this-machine; scripts/scale writes them)");
   f.add("save-cluster", &a.save_cluster, "write the cluster (e.g. the calibrated one) as JSON");
   f.add("tp", &a.tp, "evaluate one layout: tensor-parallel size (with --pp; 0: search)", 0, 1 << 16);
   f.add("pp", &a.pp, "evaluate one layout: pipeline stages (with --tp; 0: search)", 0, 1 << 16);
@@ -77,9 +79,14 @@ plan::Cluster load_cluster(const Args& a) {
                "--cluster this-machine needs --calibrate DIR (bench_gemm.json and "
                "bench_collectives.json from scripts/scale or scripts/bench), or a saved cluster "
                "file");
+    // bench_gpt_layer.json (scripts/scale): the tiny layers' attention, for its curve.
+    const std::string layer_bench = a.calibrate + "/bench_gpt_layer.json";
+    const std::vector<plan::AttentionSample> attention =
+        std::filesystem::exists(layer_bench) ? plan::load_attention_samples(layer_bench)
+                                             : std::vector<plan::AttentionSample>{};
     return plan::calibrate_cluster(
         a.calibrate + "/bench_gemm.json", a.calibrate + "/bench_collectives.json",
-        weft::examples::measure_copy_bandwidth_gbps(), weft::examples::memory_total_gib());
+        weft::examples::measure_copy_bandwidth_gbps(), weft::examples::memory_total_gib(), attention);
   }
   if (a.cluster.find(".json") != std::string::npos) return plan::load_cluster_file(a.cluster);
   return plan::builtin_cluster(a.cluster);

@@ -67,11 +67,19 @@ class ParallelAttention {
   // this rank's rows). Consumes `saved`.
   Tensor backward(TensorView grad_output, Saved& saved);
 
-  // Inference with a KV cache: allocate room for `capacity` positions of `batch` sequences, then
-  // feed positions [past, past + seq) with forward_cached (past = positions fed so far). Always
-  // runs without sequence parallelism: x holds all rows. Nothing is kept for a backward.
-  void allocate_cache(int64_t batch, int64_t capacity);
-  Tensor forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past);
+  // The decoding state of `batch` sequences: this rank's keys and values of every position fed so
+  // far. The caller owns it (new_cache) and passes it to each forward_cached; the layer keeps no
+  // decoding state, so any number of caches (sequences) decode with one layer, interleaved.
+  struct KVCache {
+    Tensor k, v;  // [batch, local kv heads, capacity, head_dim]
+    int64_t batch = 0, capacity = 0;
+    int64_t length = 0;  // positions fed so far
+  };
+  // Room for `capacity` positions of `batch` sequences, none fed.
+  KVCache new_cache(int64_t batch, int64_t capacity) const;
+  // Inference: feeds positions [cache.length, cache.length + seq) and advances cache.length.
+  // Always runs without sequence parallelism: x holds all rows. Nothing is kept for a backward.
+  Tensor forward_cached(TensorView x, int64_t seq, int64_t batch, KVCache& cache);
 
   std::vector<Parameter*> parameters();
   const ParallelAttentionConfig& config() const { return config_; }
@@ -104,10 +112,6 @@ class ParallelAttention {
   // Owned by the TP communicator (block_group), shared by the layers that group ranks alike.
   Communicator* kv_group_ = nullptr;
   std::unique_ptr<RowParallelLinear> proj_;
-
-  // The KV cache of decoding (inference state, not a forward's saved activations).
-  int64_t cache_batch_ = 0, cache_capacity_ = 0;
-  Tensor k_cache_, v_cache_;
 };
 
 }  // namespace weft

@@ -90,9 +90,10 @@ class TransformerLayer {
   // The same numbers (and dropout draws), keeping nothing.
   Tensor forward(TensorView x, int64_t seq, int64_t batch, DropoutRng& rng);
   Tensor backward(TensorView grad_output, Saved& saved);  // consumes `saved`
-  // Inference step with the attention's KV cache (no dropout, no backward, no sequence
-  // parallelism: x holds all rows).
-  Tensor forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past);
+  // Inference step through the caller's KV cache of this layer's attention (no dropout, no
+  // backward, no sequence parallelism: x holds all rows).
+  Tensor forward_cached(TensorView x, int64_t seq, int64_t batch,
+                        ParallelAttention::KVCache& cache);
 
   ParallelAttention& attention() { return attention_; }
   std::vector<Parameter*> parameters();
@@ -121,6 +122,15 @@ struct GPTStageLayout {
   int64_t layers = -1;  // -1: all layers from first_layer on
   bool has_embedding = true;
   bool has_head = true;
+};
+
+// The decoding state of one batch of sequences for a GPTModel: every layer's keys and values
+// (ParallelAttention::KVCache) and the positions fed so far. GPTModel::new_cache makes one; the
+// caller owns it and passes it to next_token_logits.
+struct KVCache {
+  std::vector<ParallelAttention::KVCache> layers;  // one per layer, in order
+  int64_t batch = 0, capacity = 0;
+  int64_t length = 0;  // positions fed so far
 };
 
 // Embedding (+ learned positions) -> layers -> final norm -> tied LM head -> vocab-parallel
@@ -200,11 +210,14 @@ class GPTModel : public Stage {
   // The embedding draws hidden per token, each layer 2 x hidden (when training with dropout).
   int64_t dropout_draws_per_token() const override;
 
-  // Inference: allocate KV caches, then feed positions [past, past + seq) and get the logits of
-  // the last position of each sequence, [batch, vocab_size] on the host (gathered across TP).
-  // Whole models only.
-  void allocate_cache(int64_t batch, int64_t capacity);
-  std::vector<float> next_token_logits(TensorView ids, int64_t seq, int64_t batch, int64_t past);
+  // Inference, whole models only: a KV cache for `batch` sequences of up to `capacity` positions
+  // (at most max_seq), owned by the caller; then each call feeds positions [cache.length,
+  // cache.length + seq) of the cache's sequences (ids [seq * batch], rows ordered (position,
+  // batch)) and returns the logits of their last position, [batch, vocab_size] on the host
+  // (gathered across TP). The model keeps no decoding state: caches of different sequences may
+  // be used in any order.
+  KVCache new_cache(int64_t batch, int64_t capacity) const;
+  std::vector<float> next_token_logits(TensorView ids, int64_t seq, KVCache& cache);
 
   const GPTConfig& config() const { return config_; }
   const GPTStageLayout& layout() const { return layout_; }

@@ -6,25 +6,25 @@
 
 #include "weft/backend.hpp"
 #include "weft/mappings.hpp"
+#include "weft/parallel_config.hpp"
 #include "weft/parameter.hpp"
 
 namespace weft {
 
 enum class NormKind { kLayerNorm, kRMSNorm };
 
-struct NormConfig {
+// From ParallelConfig: dtype, and sequence_parallel: each TP rank normalizes its own rows, so its
+// parameter gradients are partial sums over those rows; backward all-reduces them across TP
+// (Megatron-LM issue 1446: a missing reduction lets the copies drift apart). Needs the
+// ParallelContext constructor. (gamma starts at 1 and beta at 0: seed and init_std are unused.)
+struct NormConfig : ParallelConfig {
   int64_t hidden = 0;
   NormKind kind = NormKind::kLayerNorm;
   float eps = 1e-5f;
-  DType dtype = DType::kF32;
   std::string name = "norm";
   // TP ranks holding a copy (Parameter::replica_count). Without sequence parallelism every rank
   // sees the same input, so the copies' gradients agree and need no reduction.
   int replicas = 1;
-  // Sequence parallelism: each TP rank normalizes its own rows, so its parameter gradients are
-  // partial sums over those rows; backward all-reduces them across TP (Megatron-LM issue 1446: a
-  // missing reduction lets the copies drift apart). Needs the ParallelContext constructor.
-  bool sequence_parallel = false;
 };
 
 // gamma starts at 1 and beta at 0. Runs on whatever the input rows are; no communication in

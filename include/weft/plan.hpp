@@ -49,13 +49,32 @@ struct Link {
   double latency_us = 0;      // per ring step
 };
 
-// Hardware facts, and one achievable-efficiency curve, of a cluster.
+// The three GEMMs of a linear layer: forward Y = X W^T, data gradient dX = dY W (no transpose),
+// weight gradient dW = dY^T X (reduction over the tokens). Libraries run them at different rates.
+enum class GemmRole { kForward, kBackwardData, kBackwardWeight };
+const char* gemm_role_name(GemmRole r);  // forward | backward_data | backward_weight
+
+// One measured GEMM rate: C[m x n] = op(A)[m x k] op(B)[k x n] in the role's layout, per device.
+struct GemmTableEntry {
+  GemmRole role = GemmRole::kForward;
+  bool bf16 = false;
+  double m = 0, n = 0, k = 0, tflops = 0;
+};
+
+// Hardware facts, and one achievable-efficiency curve (or a measured GEMM table), of a cluster.
 struct Cluster {
   std::string name, description;
   double peak_tflops_bf16 = 0, peak_tflops_f32 = 0;  // dense, per device
   // Achievable fraction of peak of a GEMM whose smallest dimension is d:
   //   gemm_efficiency_max * d / (d + gemm_half_dim).
   double gemm_efficiency_max = 0, gemm_half_dim = 0;
+  // The attention core's achievable fraction of peak at head size d (optional; calibrated):
+  //   attention_efficiency_max * d / (d + attention_half_dim), in the model's FLOPs (full s^2,
+  //   so a causal kernel may pass 1); when 0 the GEMM curve at d.
+  double attention_efficiency_max = 0, attention_half_dim = 0;
+  // Measured rates (optional): a GEMM takes the rate of the nearest measured shape of its role
+  // and dtype (in log m, n, k); without entries for them the curve above.
+  std::vector<GemmTableEntry> gemm_table;
   double memory_gib = 0;             // per device
   double memory_bandwidth_gbps = 0;  // per device, achievable by element-wise kernels
   int64_t devices_per_node = 0;
@@ -63,8 +82,10 @@ struct Cluster {
   // Share of TP communication that the overlapped (ring) all-gather/reduce-scatter + GEMM hides
   // when tp_comm_overlap is on, at most (Flux: about 0.8 on H100).
   double tp_overlap_efficiency = 0;
-  // Devices of a node share its compute and memory bandwidth (ranks on CPU cores): the peak and
-  // bandwidth above are the node's, divided among the devices a run uses on the node.
+  // Devices of a node share its compute and memory bandwidth (ranks on CPU cores): the peak,
+  // table and bandwidth above are the node's, divided among the ranks a run puts on it; more
+  // ranks than devices_per_node (cores) share the cores in time, so a pipeline stage waiting in
+  // its bubble lends its share to the others.
   bool shared_node = false;
 
   // Throws weft::Error naming the first missing, negative or zero field.
@@ -83,6 +104,9 @@ std::string cluster_to_json(const Cluster& c);
 struct GemmRate {
   bool bf16 = false;
   double smallest_dim = 0, gflops = 0;
+  // The shape and role, when known: calibrate_from_samples puts such rates in the GEMM table.
+  GemmRole role = GemmRole::kForward;
+  double m = 0, n = 0, k = 0;
 };
 enum class Collective { kAllReduce, kAllGather, kReduceScatter, kSendRecv };
 struct CollectiveSample {
@@ -100,11 +124,25 @@ Cluster calibrate_from_samples(const std::vector<GemmRate>& gemms,
                                const std::vector<CollectiveSample>& collectives,
                                double memory_bandwidth_gbps, double memory_gib,
                                const std::string& description);
-// "this-machine": peaks and the efficiency curve from bench_gemm's JSON, the link from
-// bench_collectives' JSON (times fitted to latency + bytes / bandwidth), memory bandwidth and
-// capacity as given. Devices are ranks sharing the node (shared_node).
+// The attention core's forward + backward time at one shape, one rank on all cores (f32, tp 1):
+// bench_gpt_layer's attn_ms.
+struct AttentionSample {
+  int64_t hidden = 0, heads = 0, seq_len = 0, micro_batch = 0;
+  double seconds = 0;
+};
+// Fits c's attention curve to the samples (relative errors, like the GEMM curve); no samples:
+// unchanged.
+void fit_attention(Cluster& c, const std::vector<AttentionSample>& samples);
+// bench_gpt_layer's f32 tp-1 rows that carry their shape (hidden, heads, seq, batch) and attn_ms,
+// the fastest of each case.
+std::vector<AttentionSample> load_attention_samples(const std::string& bench_gpt_layer_json);
+// "this-machine": peaks, the efficiency curve and the GEMM table from bench_gemm's JSON (all
+// cores; devices_per_node its CPU count), the link from bench_collectives' JSON (times fitted to
+// latency + bytes / bandwidth), memory bandwidth and capacity as given, and the attention curve
+// fitted to `attention` (if any). Devices are ranks sharing the node (shared_node).
 Cluster calibrate_cluster(const std::string& bench_gemm_json, const std::string& collectives_json,
-                          double memory_bandwidth_gbps, double memory_gib);
+                          double memory_bandwidth_gbps, double memory_gib,
+                          const std::vector<AttentionSample>& attention = {});
 
 // --- the pieces of the model, exposed for tests ---
 

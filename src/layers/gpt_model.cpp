@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "layers/gpt_norm_config.hpp"
 #include "weft/checked.hpp"
 #include "weft/error.hpp"
 #include "weft/gpt.hpp"
@@ -130,9 +131,8 @@ GPTModel::GPTModel(const ParallelContext& ctx, const GPTConfig& config, GPTStage
         ctx, config_, static_cast<int>(layout_.first_layer + i)));
   }
   if (layout_.has_head) {
-    final_norm_ = std::make_unique<Norm>(
-        ctx, NormConfig{config_.hidden, config_.norm, config_.norm_eps, config_.dtype, "final_norm",
-                        ctx.tp.size(), config_.sequence_parallel});
+    final_norm_ =
+        std::make_unique<Norm>(ctx, gpt_norm_config(config_, ctx.tp.size(), "final_norm"));
   }
 }
 
@@ -441,16 +441,25 @@ void GPTModel::set_training(bool training) {
   for (auto& layer : layers_) layer->set_training(training);
 }
 
-void GPTModel::allocate_cache(int64_t batch, int64_t capacity) {
+KVCache GPTModel::new_cache(int64_t batch, int64_t capacity) const {
   WEFT_CHECK(layout_.has_embedding && layout_.has_head, "GPTModel: decoding needs the whole model");
   WEFT_CHECK(capacity <= config_.max_seq, "GPTModel: cache capacity (", capacity,
              ") exceeds the model's maximum sequence length (", config_.max_seq, ")");
-  for (auto& layer : layers_) layer->attention().allocate_cache(batch, capacity);
+  KVCache cache;
+  for (const auto& layer : layers_) {
+    cache.layers.push_back(layer->attention().new_cache(batch, capacity));
+  }
+  cache.batch = batch;
+  cache.capacity = capacity;
+  return cache;
 }
 
-std::vector<float> GPTModel::next_token_logits(TensorView ids, int64_t seq, int64_t batch,
-                                               int64_t past) {
+std::vector<float> GPTModel::next_token_logits(TensorView ids, int64_t seq, KVCache& cache) {
   WEFT_CHECK(layout_.has_embedding && layout_.has_head, "GPTModel: decoding needs the whole model");
+  WEFT_CHECK(cache.layers.size() == layers_.size(), "GPTModel: the cache holds ",
+             cache.layers.size(), " layers, the model ", layers_.size(),
+             " (a cache from new_cache of this model?)");
+  const int64_t batch = cache.batch, past = cache.length;
   check_tokens(ids, "ids", seq, batch);
   WEFT_CHECK(past + seq <= config_.max_seq, "GPTModel: positions up to ", past + seq,
              " exceed the model's maximum sequence length (", config_.max_seq, ")");
@@ -458,7 +467,10 @@ std::vector<float> GPTModel::next_token_logits(TensorView ids, int64_t seq, int6
   // attention and MLP; here the embedding and its tied head).
   Tensor x = embed(ids, positions_ ? positions(seq, batch, past) : TensorView{}, nullptr,
                    SequenceParallel::kOff);
-  for (auto& layer : layers_) x = layer->forward_cached(x, seq, batch, past);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    x = layers_[i]->forward_cached(x, seq, batch, cache.layers[i]);
+  }
+  cache.length = past + seq;
   Tensor hidden = final_norm_->forward(x);
   // Only the last position's rows go through the LM head.
   Tensor last(ctx_.backend, Shape({batch, config_.hidden}), config_.dtype);

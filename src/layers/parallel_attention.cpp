@@ -332,31 +332,40 @@ Tensor ParallelAttention::backward(TensorView grad_output, Saved& saved) {
   return grad_input;
 }
 
-void ParallelAttention::allocate_cache(int64_t batch, int64_t capacity) {
+ParallelAttention::KVCache ParallelAttention::new_cache(int64_t batch, int64_t capacity) const {
   WEFT_CHECK(batch > 0 && capacity > 0, config_.name, ": cache batch (", batch, ") and capacity (",
              capacity, ") must be positive");
   const Shape shape({batch, local_kv_heads_, capacity, head_dim_});
-  k_cache_ = Tensor(ctx_.backend, shape, config_.dtype);
-  v_cache_ = Tensor(ctx_.backend, shape, config_.dtype);
-  cache_batch_ = batch;
-  cache_capacity_ = capacity;
+  KVCache cache;
+  cache.k = Tensor(ctx_.backend, shape, config_.dtype);
+  cache.v = Tensor(ctx_.backend, shape, config_.dtype);
+  cache.batch = batch;
+  cache.capacity = capacity;
+  return cache;
 }
 
-Tensor ParallelAttention::forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past) {
-  WEFT_CHECK(k_cache_.defined(), config_.name, ": forward_cached needs allocate_cache first");
+Tensor ParallelAttention::forward_cached(TensorView x, int64_t seq, int64_t batch, KVCache& cache) {
+  WEFT_CHECK(cache.k.defined() && cache.v.defined(), config_.name,
+             ": forward_cached needs a cache from new_cache (this one holds no tensors)");
+  const Shape cache_shape({cache.batch, local_kv_heads_, cache.capacity, head_dim_});
+  WEFT_CHECK(cache.k.shape() == cache_shape && cache.v.shape() == cache_shape, config_.name,
+             ": cache keys ", cache.k.shape().str(), " and values ", cache.v.shape().str(),
+             " are not this layer's ", cache_shape.str(), " (another layer's cache?)");
   // Decoding runs on all rows (one new position is not split across ranks).
   check_input(x, seq, batch, /*sequence_parallel=*/false, "input");
-  WEFT_CHECK(batch == cache_batch_, config_.name, ": batch (", batch,
-             ") differs from the cache's batch (", cache_batch_, ")");
-  WEFT_CHECK(past >= 0 && past + seq <= cache_capacity_, config_.name, ": positions [", past, ", ",
-             past + seq, ") do not fit the cache's capacity (", cache_capacity_, ")");
+  WEFT_CHECK(batch == cache.batch, config_.name, ": batch (", batch,
+             ") differs from the cache's batch (", cache.batch, ")");
+  const int64_t past = cache.length;
+  WEFT_CHECK(past >= 0 && past + seq <= cache.capacity, config_.name, ": positions [", past, ", ",
+             past + seq, ") do not fit the cache's capacity (", cache.capacity, ")");
   Backend& backend = ctx_.backend;
   const AttentionShape shape = local_shape(seq, batch);
 
   Tensor qkv = project_qkv(x.reshaped(Shape({seq * batch, config_.hidden})), false, nullptr);
   if (config_.rotary) backend.rope(qkv, shape, config_.rope_theta, past, /*inverse=*/false);
   Tensor context(backend, Shape({seq * batch, local_heads_ * head_dim_}), config_.dtype);
-  backend.attention_with_cache(context, k_cache_, v_cache_, qkv, shape, past);
+  backend.attention_with_cache(context, cache.k, cache.v, qkv, shape, past);
+  cache.length = past + seq;
   Tensor out = proj_->forward(context, SequenceParallel::kOff);
   out.reshape(x.shape);
   return out;

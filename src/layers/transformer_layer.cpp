@@ -1,6 +1,7 @@
 // TransformerLayer: pre-LN attention and MLP blocks with residuals and replicated dropout.
 #include <cmath>
 
+#include "layers/gpt_norm_config.hpp"
 #include "weft/error.hpp"
 #include "weft/gpt.hpp"
 
@@ -8,18 +9,6 @@ namespace weft {
 
 namespace {
 std::string layer_name(int index) { return "layers." + std::to_string(index); }
-
-NormConfig norm_config(const GPTConfig& c, int tp, const std::string& name) {
-  NormConfig n;
-  n.hidden = c.hidden;
-  n.kind = c.norm;
-  n.eps = c.norm_eps;
-  n.dtype = c.dtype;
-  n.name = name;
-  n.replicas = tp;
-  n.sequence_parallel = c.sequence_parallel;  // then the copies' gradients are summed over TP
-  return n;
-}
 
 ParallelAttentionConfig attention_config(const GPTConfig& c, int index) {
   ParallelAttentionConfig a;
@@ -55,8 +44,8 @@ TransformerLayer::TransformerLayer(const ParallelContext& ctx, const GPTConfig& 
     : backend_(ctx.backend),
       tp_(ctx.tp),
       config_(config),
-      norm1_(ctx, norm_config(config, ctx.tp.size(), layer_name(index) + ".norm1")),
-      norm2_(ctx, norm_config(config, ctx.tp.size(), layer_name(index) + ".norm2")),
+      norm1_(ctx, gpt_norm_config(config, ctx.tp.size(), layer_name(index) + ".norm1")),
+      norm2_(ctx, gpt_norm_config(config, ctx.tp.size(), layer_name(index) + ".norm2")),
       attention_(ctx, attention_config(config, index)),
       mlp_(ctx, mlp_config(config, index)) {}
 
@@ -164,9 +153,10 @@ Tensor TransformerLayer::backward(TensorView grad_output, Saved& saved) {
   return grad_input;
 }
 
-Tensor TransformerLayer::forward_cached(TensorView x, int64_t seq, int64_t batch, int64_t past) {
+Tensor TransformerLayer::forward_cached(TensorView x, int64_t seq, int64_t batch,
+                                        ParallelAttention::KVCache& cache) {
   Tensor normed1 = norm1_.forward(x);
-  Tensor attended = attention_.forward_cached(normed1, seq, batch, past);
+  Tensor attended = attention_.forward_cached(normed1, seq, batch, cache);
   Tensor residual(backend_, x.shape, x.dtype);
   backend_.add(residual, x, attended);
   Tensor normed2 = norm2_.forward(residual);

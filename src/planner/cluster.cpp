@@ -36,7 +36,9 @@ void Cluster::check() const {
       {"gemm_half_dim", gemm_half_dim},
       {"intra_node.latency_us", intra_node.latency_us},
       {"inter_node.latency_us", inter_node.latency_us},
-      {"tp_overlap_efficiency", tp_overlap_efficiency}};
+      {"tp_overlap_efficiency", tp_overlap_efficiency},
+      {"attention_efficiency_max", attention_efficiency_max},
+      {"attention_half_dim", attention_half_dim}};
   for (const auto& [field, value] : non_negative) {
     WEFT_CHECK(std::isfinite(value) && value >= 0, "cluster '", name, "': ", field, " (", value,
                ") must not be negative");
@@ -44,6 +46,13 @@ void Cluster::check() const {
   WEFT_CHECK(gemm_efficiency_max <= 1 && tp_overlap_efficiency <= 1, "cluster '", name,
              "': gemm_efficiency_max (", gemm_efficiency_max, ") and tp_overlap_efficiency (",
              tp_overlap_efficiency, ") are fractions, at most 1");
+  for (size_t i = 0; i < gemm_table.size(); ++i) {
+    const GemmTableEntry& e = gemm_table[i];
+    WEFT_CHECK(std::isfinite(e.m * e.n * e.k * e.tflops) && e.m > 0 && e.n > 0 && e.k > 0 &&
+                   e.tflops > 0,
+               "cluster '", name, "': gemm_table[", i, "] (m ", e.m, ", n ", e.n, ", k ", e.k,
+               ", tflops ", e.tflops, ") needs positive m, n, k and tflops");
+  }
 }
 
 // Hardware facts from the vendors' data sheets; link bandwidths are the bus bandwidths
@@ -153,6 +162,42 @@ Cluster cluster_from_json(const std::string& json_text, const std::string& origi
                ": shared_node must be true or false");
     c.shared_node = j.at("shared_node").get<bool>();
   }
+  // Optional (calibrated clusters): the attention curve and the measured GEMM table.
+  for (const char* key : {"attention_efficiency_max", "attention_half_dim"}) {
+    if (j.contains(key)) {
+      (std::string(key) == "attention_half_dim" ? c.attention_half_dim
+                                                : c.attention_efficiency_max) =
+          number_field(j, key, origin);
+    }
+  }
+  if (j.contains("gemm_table")) {
+    WEFT_CHECK(j.at("gemm_table").is_array(), "cluster file ", origin,
+               ": gemm_table must be an array of {role, dtype, m, n, k, tflops}");
+    for (const nlohmann::json& e : j.at("gemm_table")) {
+      WEFT_CHECK(e.is_object(), "cluster file ", origin, ": gemm_table entry ", e.dump(),
+                 " must be an object {role, dtype, m, n, k, tflops}");
+      const std::string role = e.value("role", ""), dtype = e.value("dtype", "");
+      GemmTableEntry entry;
+      if (role == "forward") {
+        entry.role = GemmRole::kForward;
+      } else if (role == "backward_data") {
+        entry.role = GemmRole::kBackwardData;
+      } else {
+        WEFT_CHECK(role == "backward_weight", "cluster file ", origin, ": gemm_table role '",
+                   role, "' must be forward, backward_data or backward_weight");
+        entry.role = GemmRole::kBackwardWeight;
+      }
+      WEFT_CHECK(dtype == "f32" || dtype == "bf16", "cluster file ", origin,
+                 ": gemm_table dtype '", dtype, "' must be f32 or bf16");
+      entry.bf16 = dtype == "bf16";
+      const std::string where = origin + " gemm_table";
+      entry.m = number_field(e, "m", where);
+      entry.n = number_field(e, "n", where);
+      entry.k = number_field(e, "k", where);
+      entry.tflops = number_field(e, "tflops", where);
+      c.gemm_table.push_back(entry);
+    }
+  }
   c.check();
   return c;
 }
@@ -178,6 +223,22 @@ std::string cluster_to_json(const Cluster& c) {
        {{"bandwidth_gbps", c.inter_node.bandwidth_gbps}, {"latency_us", c.inter_node.latency_us}}},
       {"tp_overlap_efficiency", c.tp_overlap_efficiency},
       {"shared_node", c.shared_node}};
+  if (c.attention_efficiency_max > 0) {
+    j["attention_efficiency_max"] = c.attention_efficiency_max;
+    j["attention_half_dim"] = c.attention_half_dim;
+  }
+  if (!c.gemm_table.empty()) {
+    nlohmann::json table = nlohmann::json::array();
+    for (const GemmTableEntry& e : c.gemm_table) {
+      table.push_back({{"role", gemm_role_name(e.role)},
+                       {"dtype", e.bf16 ? "bf16" : "f32"},
+                       {"m", e.m},
+                       {"n", e.n},
+                       {"k", e.k},
+                       {"tflops", e.tflops}});
+    }
+    j["gemm_table"] = table;
+  }
   return j.dump(2);
 }
 
@@ -211,6 +272,37 @@ std::vector<nlohmann::json> runs(const nlohmann::json& j, const std::string& pat
   return out;
 }
 
+// rate(d) = peak d / (d + half_dim), fitted to measured rates by their smallest dimension with
+// relative errors weighing every point alike: for each half_dim on a grid (or the one given) the
+// best peak is a closed-form least squares.
+struct RateCurve {
+  double peak_gflops = 0, half_dim = 0;
+};
+RateCurve fit_rate_curve(const std::vector<GemmRate>& pts, double only_half = -1) {
+  RateCurve best;
+  double best_residual = std::numeric_limits<double>::infinity();
+  for (double half = std::max(0.0, only_half); half <= (only_half >= 0 ? only_half : 4096);
+       half += 1) {
+    double num = 0, den = 0;  // minimise sum ((A x - y) / y)^2
+    for (const GemmRate& g : pts) {
+      const double x = g.smallest_dim / (g.smallest_dim + half) / g.gflops;
+      num += x;
+      den += x * x;
+    }
+    const double a = num / den;
+    double residual = 0;
+    for (const GemmRate& g : pts) {
+      const double r = a * g.smallest_dim / (g.smallest_dim + half) / g.gflops - 1;
+      residual += r * r;
+    }
+    if (residual < best_residual - 1e-15) {
+      best_residual = residual;
+      best = {a, half};
+    }
+  }
+  return best;
+}
+
 }  // namespace
 
 Cluster calibrate_from_samples(const std::vector<GemmRate>& gemms,
@@ -226,40 +318,21 @@ Cluster calibrate_from_samples(const std::vector<GemmRate>& gemms,
   c.devices_per_node = 1024;  // every rank on this node
   c.tp_overlap_efficiency = 0.5;
 
-  // Fit rate(d) = A d / (d + d_half), relative errors weighing every shape alike: for each d_half
-  // on a grid the best A is a closed-form least squares. A is this machine's peak (efficiency 1
-  // at large d), slightly above the best rate measured.
+  // The curve is the forward GEMMs' (every shaped rate also goes to the table); its peak is this
+  // machine's (efficiency 1 at large d), slightly above the best rate measured.
   std::vector<GemmRate> f32, bf16;
-  for (const GemmRate& g : gemms) (g.bf16 ? bf16 : f32).push_back(g);
-  WEFT_CHECK(!f32.empty(), "calibration: no f32 GEMM rates measured");
-  auto fit = [](const std::vector<GemmRate>& pts, double half, double* residual) {
-    double num = 0, den = 0;  // minimise sum ((A x - y) / y)^2
-    for (const GemmRate& g : pts) {
-      const double x = g.smallest_dim / (g.smallest_dim + half) / g.gflops;
-      num += x;
-      den += x * x;
-    }
-    const double a = num / den;
-    *residual = 0;
-    for (const GemmRate& g : pts) {
-      const double r = a * g.smallest_dim / (g.smallest_dim + half) / g.gflops - 1;
-      *residual += r * r;
-    }
-    return a;
-  };
-  double best_residual = std::numeric_limits<double>::infinity();
-  for (double half = 0; half <= 4096; half += 1) {
-    double residual = 0;
-    const double a = fit(f32, half, &residual);
-    if (residual < best_residual - 1e-15) {
-      best_residual = residual;
-      c.peak_tflops_f32 = a / 1e3;
-      c.gemm_half_dim = half;
+  for (const GemmRate& g : gemms) {
+    if (g.role == GemmRole::kForward) (g.bf16 ? bf16 : f32).push_back(g);
+    if (g.m > 0 && g.n > 0 && g.k > 0) {
+      c.gemm_table.push_back({g.role, g.bf16, g.m, g.n, g.k, g.gflops / 1e3});
     }
   }
-  double ignored = 0;
+  WEFT_CHECK(!f32.empty(), "calibration: no f32 forward GEMM rates measured");
+  const RateCurve curve = fit_rate_curve(f32);
+  c.peak_tflops_f32 = curve.peak_gflops / 1e3;
+  c.gemm_half_dim = curve.half_dim;
   c.peak_tflops_bf16 =
-      bf16.empty() ? c.peak_tflops_f32 : fit(bf16, c.gemm_half_dim, &ignored) / 1e3;
+      bf16.empty() ? c.peak_tflops_f32 : fit_rate_curve(bf16, c.gemm_half_dim).peak_gflops / 1e3;
   c.gemm_efficiency_max = 1;
 
   // Collectives: time = steps x latency + factor x bytes / bandwidth, least squares relative to
@@ -299,9 +372,11 @@ Cluster calibrate_from_samples(const std::vector<GemmRate>& gemms,
 }
 
 Cluster calibrate_cluster(const std::string& bench_gemm_json, const std::string& collectives_json,
-                          double memory_bandwidth_gbps, double memory_gib) {
+                          double memory_bandwidth_gbps, double memory_gib,
+                          const std::vector<AttentionSample>& attention) {
   // GEMMs: bench_gemm's weft rows BM_GemmCpu/weft/<dtype>/T<tokens>_h<h>_tp<tp>/<op>[/real_time],
-  // the best repetition of each.
+  // the best repetition of each. The op's suffix is its role; the counters m, n, k its shape
+  // (files without them give the curve only).
   const nlohmann::json gemm = read_json(bench_gemm_json);
   const std::regex name(R"(BM_Gemm\w+/weft/(\w+)/T(\d+)_h(\d+)_tp(\d+)/(\w+)(/real_time)?)");
   std::map<std::string, GemmRate> best;  // by name
@@ -311,16 +386,29 @@ Cluster calibrate_cluster(const std::string& bench_gemm_json, const std::string&
     if (!std::regex_match(n, match, name) || !b.contains("GFLOP/s")) continue;
     const double tokens = std::stod(match[2]), h = std::stod(match[3]), tp = std::stod(match[4]);
     const std::string op = match[5];
+    const auto ends_with = [&op](const std::string& suffix) {
+      return op.size() >= suffix.size() && op.compare(op.size() - suffix.size(), suffix.size(),
+                                                      suffix) == 0;
+    };
     const double wide = (op == "qkv_fwd" ? 3 : 4) * h / tp;  // the split dimension
     GemmRate& g = best[n];
     g.bf16 = match[1] == "bf16";
     g.smallest_dim = std::min({tokens, h, wide});
     g.gflops = std::max(g.gflops, b.at("GFLOP/s").get<double>());
+    g.role = ends_with("_wgrad")   ? GemmRole::kBackwardWeight
+             : ends_with("_dgrad") ? GemmRole::kBackwardData
+                                   : GemmRole::kForward;
+    if (b.contains("m") && b.contains("n") && b.contains("k")) {
+      g.m = b.at("m").get<double>();
+      g.n = b.at("n").get<double>();
+      g.k = b.at("k").get<double>();
+    }
   }
   std::vector<GemmRate> rates;
   for (const auto& [n, g] : best) rates.push_back(g);
   WEFT_CHECK(!rates.empty(), "calibration: '", bench_gemm_json,
              "' holds no weft GEMM rows (run bench_gemm)");
+  const int64_t cpus = gemm.contains("context") ? gemm.at("context").value("num_cpus", 0) : 0;
 
   // Collectives: bench_collectives' MPI rows.
   const nlohmann::json coll = read_json(collectives_json);
@@ -347,9 +435,68 @@ Cluster calibrate_cluster(const std::string& bench_gemm_json, const std::string&
   }
   WEFT_CHECK(samples.size() >= 2, "calibration: '", collectives_json,
              "' holds fewer than 2 MPI collective rows");
-  return calibrate_from_samples(
+  Cluster c = calibrate_from_samples(
       rates, samples, memory_bandwidth_gbps, memory_gib,
-      "this machine, calibrated from " + bench_gemm_json + " and " + collectives_json);
+      "this machine, calibrated from " + bench_gemm_json + " and " + collectives_json +
+          (attention.empty() ? "" : " and bench_gpt_layer's attention"));
+  if (cpus > 0) c.devices_per_node = cpus;
+
+  fit_attention(c, attention);
+  c.check();
+  return c;
 }
+
+std::vector<AttentionSample> load_attention_samples(const std::string& bench_gpt_layer_json) {
+  const std::string& path = bench_gpt_layer_json;
+  const nlohmann::json j = read_json(path);
+  std::map<std::string, AttentionSample> by_case;
+  for (const nlohmann::json& b : runs(j, path)) {
+    const std::string n = b.value("name", "");
+    if (n.find("/f32/") == std::string::npos || n.find("_tp1/") == std::string::npos ||
+        !b.contains("hidden") || !b.contains("heads") || !b.contains("seq") ||
+        !b.contains("batch") || !b.contains("attn_ms")) {
+      continue;
+    }
+    AttentionSample s;
+    s.hidden = static_cast<int64_t>(b.at("hidden").get<double>());
+    s.heads = static_cast<int64_t>(b.at("heads").get<double>());
+    s.seq_len = static_cast<int64_t>(b.at("seq").get<double>());
+    s.micro_batch = static_cast<int64_t>(b.at("batch").get<double>());
+    s.seconds = b.at("attn_ms").get<double>() * 1e-3;
+    auto [it, fresh] = by_case.emplace(n, s);
+    if (!fresh) it->second.seconds = std::min(it->second.seconds, s.seconds);
+  }
+  WEFT_CHECK(!by_case.empty(), "calibration: '", path,
+             "' holds no f32 tp-1 rows with their shape and attn_ms (run bench_gpt_layer)");
+  std::vector<AttentionSample> out;
+  for (const auto& [n, s] : by_case) out.push_back(s);
+  return out;
+}
+
+void fit_attention(Cluster& c, const std::vector<AttentionSample>& samples) {
+  if (samples.empty()) return;
+  std::vector<GemmRate> rates;  // fitted like the GEMM curve, in the model's FLOPs
+  for (const AttentionSample& s : samples) {
+    WEFT_CHECK(s.seconds > 0 && s.hidden > 0 && s.heads > 0 && s.hidden % s.heads == 0 &&
+                   s.seq_len > 0 && s.micro_batch > 0,
+               "calibration: an attention sample needs positive sizes, heads dividing hidden, "
+               "and seconds (hidden ",
+               s.hidden, ", heads ", s.heads, ", seq ", s.seq_len, ", batch ", s.micro_batch,
+               ", seconds ", s.seconds, ")");
+    ModelShape m = ModelShape::gpt(1, s.hidden, s.heads, s.seq_len, 1);
+    // Forward + backward: three forwards' FLOPs (full s^2, as the model counts them).
+    const double flops = 3 * 2 * 2 * static_cast<double>(s.micro_batch * s.seq_len * s.seq_len *
+                                                         s.hidden);
+    GemmRate r;
+    r.smallest_dim = static_cast<double>(m.head_dim());
+    r.gflops = flops / s.seconds / 1e9;
+    rates.push_back(r);
+  }
+  const RateCurve curve = fit_rate_curve(rates);
+  c.attention_efficiency_max = curve.peak_gflops / 1e3 / c.peak_tflops_f32;
+  c.attention_half_dim = curve.half_dim;
+}
+
+
 
 }  // namespace weft::plan

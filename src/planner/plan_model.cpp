@@ -7,7 +7,13 @@
 //   attention scores, no causal halving), backward twice the forward, full recomputation one more
 //   forward, the LM head 2 s h V forward. Published TFLOP/s count the recomputation.
 // - GEMM time: FLOPs / (peak x efficiency), the efficiency a curve of the GEMM's smallest
-//   dimension (small GEMMs starve tensor cores / vector units); one curve per cluster.
+//   dimension (small GEMMs starve tensor cores / vector units); one curve per cluster. A cluster
+//   with a measured GEMM table (a calibrated one) takes instead the rate of the nearest measured
+//   shape in the same role: forward, data gradient or weight gradient, which libraries run at
+//   different rates (oneDNN's weight gradient of a small layer: about half its forward rate).
+// - Attention core: its FLOPs at the GEMM curve's rate for the head size, or, on calibrated
+//   clusters, at a curve of its own measured on bench_gpt_layer (weft's CPU attention runs far
+//   below the GEMM rate at head sizes 16-32).
 // - Element-wise time (norms, softmax, GeLU, residuals, dropout): memory-bound; the bytes they
 //   move are taken as twice (written once, read once) the activations the layer stores without
 //   recomputation (Korthikanti et al. 2022, Table 2, in weft's form), at the cluster's achievable
@@ -16,6 +22,8 @@
 //   step + bytes x busbw factor / link bandwidth).
 // - Pipeline: 1F1B bubble (p - 1) / m of the ideal time, interleaved (p - 1) / (m v) (Narayanan
 //   et al. 2021, section 2.2); p2p of one micro-batch's boundary activations per chunk, blocking.
+//   On a shared node with more ranks than cores, a stage in its bubble lends its cores: the step
+//   is the busy time or the whole critical path at one core per busy rank, whichever is longer.
 // - Data parallel: ring all-reduce of the gradients in the compute dtype after the last
 //   backward (weft's average_gradients and Megatron 2021 do not overlap it with backward).
 // - Memory: mixed-precision Adam as in weft's AdamW (16-bit weights, f32 gradients, f32 master
@@ -23,6 +31,7 @@
 //   layer_activation_bytes below, times the micro-batches in flight on the first stage.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -144,6 +153,18 @@ double forward_passes(Recompute r) { return r == Recompute::kFull ? 2.0 : 1.0; }
 
 }  // namespace
 
+const char* gemm_role_name(GemmRole r) {
+  switch (r) {
+    case GemmRole::kForward:
+      return "forward";
+    case GemmRole::kBackwardData:
+      return "backward_data";
+    case GemmRole::kBackwardWeight:
+      return "backward_weight";
+  }
+  return "?";
+}
+
 double model_flops_per_step(const ModelShape& m, int64_t global_batch, Recompute recompute) {
   const double tokens = static_cast<double>(global_batch * m.seq_len);
   double linear = 0;
@@ -229,6 +250,76 @@ namespace {
 
 double gemm_efficiency(const Cluster& c, double smallest) {
   return c.gemm_efficiency_max * smallest / (smallest + c.gemm_half_dim);
+}
+
+// One GEMM C[m x n] = op(A)[m x k] op(B)[k x n] in `role` on `share` of a device: the nearest
+// measured shape's rate (distance in log m, n, k) when the table has the role, else the curve.
+double gemm_seconds(const Cluster& c, GemmRole role, double m, double n, double k, bool bf16,
+                    double share) {
+  const GemmTableEntry* nearest = nullptr;
+  double best = std::numeric_limits<double>::infinity();
+  for (const GemmTableEntry& e : c.gemm_table) {
+    if (e.role != role || e.bf16 != bf16) continue;
+    const double d = std::abs(std::log(m / e.m)) + std::abs(std::log(n / e.n)) +
+                     std::abs(std::log(k / e.k));
+    if (d < best) {
+      best = d;
+      nearest = &e;
+    }
+  }
+  const double flops = 2 * m * n * k;
+  if (nearest != nullptr) return flops / (nearest->tflops * 1e12 * share);
+  const double peak = (bf16 ? c.peak_tflops_bf16 : c.peak_tflops_f32) * 1e12 * share;
+  return flops / (peak * gemm_efficiency(c, std::min({m, n, k})));
+}
+
+// A linear layer's forward GEMM g (tokens x in -> tokens x out) and its two backward GEMMs:
+// dX = dY W [tokens x out][out x in], dW = dY^T X [out x tokens][tokens x in].
+double forward_seconds(const Cluster& c, const Gemm& g, bool bf16, double share) {
+  return gemm_seconds(c, GemmRole::kForward, g.m, g.n, g.k, bf16, share);
+}
+double backward_seconds(const Cluster& c, const Gemm& g, bool bf16, double share) {
+  return gemm_seconds(c, GemmRole::kBackwardData, g.m, g.k, g.n, bf16, share) +
+         gemm_seconds(c, GemmRole::kBackwardWeight, g.n, g.k, g.m, bf16, share);
+}
+
+// One transformer layer, one micro-batch, on `share` of a device: the forward GEMMs, their
+// backward, the attention core's forward, and the element-wise forward (a backward costs two).
+struct LayerTimes {
+  double gemm_fwd = 0, gemm_bwd = 0, attention_fwd = 0, elementwise_fwd = 0, scores_bytes = 0;
+};
+
+LayerTimes layer_times(const ModelShape& m, const Cluster& c, int64_t micro_batch, int64_t tp,
+                       bool sequence_parallel, bool tp_comm_overlap, bool bf16, double share) {
+  const double tokens = static_cast<double>(micro_batch * m.seq_len);
+  const double peak = (bf16 ? c.peak_tflops_bf16 : c.peak_tflops_f32) * 1e12 * share;
+  LayerTimes t;
+  // TP comm overlap runs each GEMM as tp ring steps over blocks of tokens / tp rows, so a
+  // measured table prices the smaller pieces.
+  const double pieces = tp_comm_overlap ? static_cast<double>(tp) : 1.0;
+  for (const Gemm& g : layer_gemms(m, tokens, static_cast<double>(tp))) {
+    const Gemm piece{g.m / pieces, g.n, g.k};
+    t.gemm_fwd += pieces * forward_seconds(c, piece, bf16, share);
+    t.gemm_bwd += pieces * backward_seconds(c, piece, bf16, share);
+  }
+  const double d = static_cast<double>(m.head_dim());
+  const double attention_efficiency =
+      c.attention_efficiency_max > 0
+          ? c.attention_efficiency_max * d / (d + c.attention_half_dim)
+          : gemm_efficiency(c, d);
+  t.attention_fwd =
+      attention_flops(m, static_cast<double>(micro_batch), static_cast<double>(tp)) /
+      (peak * attention_efficiency);
+  const double stored =
+      layer_activation_bytes(m, micro_batch, tp, sequence_parallel, Recompute::kNone);
+  // The attention scores, f32 [b, a/t, s, s]: the time model still counts them through memory
+  // (written and read, as Megatron 2021's softmax did, whose runs it is checked against), though
+  // weft's attention keeps them in tiles and saves only a log-sum-exp (not in `stored`).
+  t.scores_bytes = 4 * static_cast<double>(m.heads) * static_cast<double>(m.seq_len) *
+                   static_cast<double>(m.seq_len) * static_cast<double>(micro_batch) /
+                   static_cast<double>(tp);
+  t.elementwise_fwd = 2 * (stored + t.scores_bytes) / (c.memory_bandwidth_gbps * 1e9 * share);
+  return t;
 }
 
 double divide(int64_t a, int64_t b) { return static_cast<double>(a) / static_cast<double>(b); }
@@ -325,34 +416,24 @@ Prediction predict(const Training& t, const Cluster& c, const Layout& l) {
   const double micro_batches = divide(t.global_batch, l.dp * l.micro_batch);
   const double layers_per_stage = divide(m.layers, l.pp);
 
-  // Per-device compute and bandwidth (a shared node divides its own among the devices used).
+  // Per-device compute and bandwidth (a shared node divides its own among the ranks on it).
   const double share =
-      c.shared_node ? 1.0 / static_cast<double>(std::min(t.gpus, c.devices_per_node)) : 1.0;
+      c.shared_node ? 1.0 / static_cast<double>(t.gpus) : 1.0;
   const double peak = (t.bf16 ? c.peak_tflops_bf16 : c.peak_tflops_f32) * 1e12 * share;
   const double mem_bw = c.memory_bandwidth_gbps * 1e9 * share;
   // Link classes: a group of consecutive ranks (TP; TP x DP for the data-parallel group, the
   // stride of pipeline neighbours) stays in one node when it fits in one.
-  const Link& tp_link = l.tp <= c.devices_per_node ? c.intra_node : c.inter_node;
-  const Link& dp_link = l.tp * l.dp <= c.devices_per_node ? c.intra_node : c.inter_node;
-  const Link& pp_link = l.tp * l.dp * l.pp <= c.devices_per_node ? c.intra_node : c.inter_node;
+  const Link& tp_link = c.shared_node || l.tp <= c.devices_per_node ? c.intra_node : c.inter_node;
+  const Link& dp_link =
+      c.shared_node || l.tp * l.dp <= c.devices_per_node ? c.intra_node : c.inter_node;
+  const Link& pp_link =
+      c.shared_node || l.tp * l.dp * l.pp <= c.devices_per_node ? c.intra_node : c.inter_node;
 
-  // One layer, one micro-batch, one forward pass on one device.
-  double gemm_fwd = 0, gemm_flops_fwd = 0;
-  for (const Gemm& g : layer_gemms(m, tokens, tp)) {
-    gemm_fwd += g.flops() / (peak * gemm_efficiency(c, g.smallest()));
-    gemm_flops_fwd += g.flops();
-  }
-  const double attn_fwd =
-      attention_flops(m, b, tp) / (peak * gemm_efficiency(c, static_cast<double>(m.head_dim())));
-  const double stored =
-      layer_activation_bytes(m, l.micro_batch, l.tp, l.sequence_parallel, Recompute::kNone);
-  // The attention scores, f32 [b, a/t, s, s]: the time model still counts them through memory
-  // (written and read, as Megatron 2021's softmax did, whose runs it is checked against), though
-  // weft's attention keeps them in tiles and saves only a log-sum-exp (not in `stored`).
-  const double scores_bytes = 4 * static_cast<double>(m.heads) * static_cast<double>(m.seq_len) *
-                              static_cast<double>(m.seq_len) * static_cast<double>(l.micro_batch) /
-                              static_cast<double>(l.tp);
-  const double elementwise_fwd = 2 * (stored + scores_bytes) / mem_bw;
+  // One layer, one micro-batch, one forward pass on one device (and the GEMMs' backward).
+  const LayerTimes layer =
+      layer_times(m, c, l.micro_batch, l.tp, l.sequence_parallel, l.tp_comm_overlap, t.bf16, share);
+  const double gemm_fwd = layer.gemm_fwd, attn_fwd = layer.attention_fwd;
+  const double elementwise_fwd = layer.elementwise_fwd, scores_bytes = layer.scores_bytes;
   // TP: two all-reduces of [tokens, h] per forward, or with SP an all-gather and a
   // reduce-scatter each (the same bus volume, twice the latency steps).
   const double activation = tokens * h * elt;
@@ -369,7 +450,7 @@ Prediction predict(const Training& t, const Cluster& c, const Layout& l) {
   // selective recomputation repeats only the attention core's forward.
   const double fwd = forward_passes(l.recompute);
   const bool selective = l.recompute == Recompute::kSelective;
-  const double per_layer_gemm = (fwd + 2) * gemm_fwd;
+  const double per_layer_gemm = fwd * gemm_fwd + layer.gemm_bwd;
   const double per_layer_attn = (fwd + 2 + (selective ? 1 : 0)) * attn_fwd;
   const double per_layer_elem =
       (fwd + 2) * elementwise_fwd + (selective ? 2 * scores_bytes / mem_bw : 0.0);
@@ -378,7 +459,8 @@ Prediction predict(const Training& t, const Cluster& c, const Layout& l) {
   // The last stage also runs the LM head (logits GEMM forward + backward) and the vocab-parallel
   // cross-entropy (f32 logits written and read, forward and backward).
   const Gemm head{tokens, static_cast<double>(m.vocab) / tp, h};
-  const double head_time = 3 * head.flops() / (peak * gemm_efficiency(c, head.smallest())) +
+  const double head_time = forward_seconds(c, head, t.bf16, share) +
+                           backward_seconds(c, head, t.bf16, share) +
                            4 * tokens * static_cast<double>(m.vocab) / tp * 4 / mem_bw;
   // Pipeline p2p: each chunk boundary sends a micro-batch's activations forward and their
   // gradient back ([tokens, h], split over TP with SP).
@@ -404,12 +486,21 @@ Prediction predict(const Training& t, const Cluster& c, const Layout& l) {
   const double params = stage_parameters(m, l);
   // Data parallel: ring all-reduce of the gradients (in the compute dtype).
   const double dp_time = collective_time_s(Collective::kAllReduce, params * elt, l.dp, dp_link);
-  const double last_backward = layers_per_stage * 2 * (gemm_fwd + attn_fwd + elementwise_fwd);
+  const double last_backward =
+      layers_per_stage * (layer.gemm_bwd + 2 * (attn_fwd + elementwise_fwd));
   p.time.dp_comm = t.overlap_grad_reduce ? std::max(0.0, dp_time - last_backward) : dp_time;
   // AdamW: memory-bound, about 36 bytes moved per parameter (read weight, gradient, master, m, v;
   // write weight, master, m, v).
   p.time.optimizer = params * 36 / mem_bw;
 
+  // More ranks than cores: the ranks idle in the bubble lend their cores to the busy ones, so the
+  // step is the busy time, or the critical path at one core per rank if that is longer.
+  if (c.shared_node && t.gpus > c.devices_per_node && p.time.bubble > 0) {
+    const double busy = p.time.total() - p.time.bubble;
+    const double one_core_each = p.time.total() * static_cast<double>(c.devices_per_node) /
+                                 static_cast<double>(t.gpus);
+    p.time.bubble = std::max(0.0, one_core_each - busy);
+  }
   p.step_time_s = p.time.total();
   p.tokens_per_s = static_cast<double>(t.global_batch * m.seq_len) / p.step_time_s;
   const double gpus = static_cast<double>(t.gpus);

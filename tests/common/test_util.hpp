@@ -135,7 +135,8 @@ inline double max_rel_error(const std::vector<double>& actual,
   return max_diff / max_ref;
 }
 
-// The tolerance the project sets for a dtype (README, "Tests"): f32 at rounding level, 16-bit formats at 1e-2.
+// The tolerance the project sets for a dtype (README, "Tests"): f32 at rounding level, 16-bit
+// formats at 1e-2.
 inline double tolerance(DType dtype) { return dtype == DType::kF32 ? 1e-5 : 1e-2; }
 
 // Rounds every value to what `dtype` can hold (the reference sees the inputs the kernel sees).
@@ -173,6 +174,13 @@ inline double reference_gelu_grad(double x) {
   const double t = std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x));
   return 0.5 * (1.0 + t) +
          0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3 * 0.044715 * x * x);
+}
+
+// An attention problem: `seq` positions of `batch` sequences, `heads` query heads reading
+// `kv_heads` key/value heads of head_dim; scale 0: 1/sqrt(head_dim).
+inline AttentionShape attention_shape(int64_t seq, int64_t batch, int64_t heads, int64_t kv_heads,
+                                      int64_t head_dim, float scale = 0.0f) {
+  return AttentionShape{seq, batch, heads, kv_heads, head_dim, scale};
 }
 
 // Columns [col0, col0 + cols) of a row-major [rows, total_cols] matrix.

@@ -557,15 +557,16 @@ TEST_P(GptAttention, KvCacheGenerationMatchesFullForward) {
     const std::vector<double> y_full = to_host(*cpu_, layer.forward(x.tensor, kSeq, kBatch));
 
     constexpr int64_t kPrefill = 3;
-    layer.allocate_cache(kBatch, kSeq + 2);
+    ParallelAttention::KVCache cache = layer.new_cache(kBatch, kSeq + 2);
     Tensor y =
-        layer.forward_cached(x.tensor.view().rows(0, kPrefill * kBatch), kPrefill, kBatch, 0);
+        layer.forward_cached(x.tensor.view().rows(0, kPrefill * kBatch), kPrefill, kBatch, cache);
     ASSERT_EQ(y.shape(), Shape({kPrefill * kBatch, kHidden}));
     expect_close(y,
                  std::vector<double>(y_full.begin(), y_full.begin() + kPrefill * kBatch * kHidden),
                  "prefill");
     for (int64_t s = kPrefill; s < kSeq; ++s) {
-      Tensor step = layer.forward_cached(x.tensor.view().rows(s * kBatch, kBatch), 1, kBatch, s);
+      Tensor step =
+          layer.forward_cached(x.tensor.view().rows(s * kBatch, kBatch), 1, kBatch, cache);
       expect_close(step,
                    std::vector<double>(y_full.begin() + s * kBatch * kHidden,
                                        y_full.begin() + (s + 1) * kBatch * kHidden),
@@ -634,9 +635,13 @@ TEST_F(GptBlocksErrors, AttentionInputs) {
   expect_error_on_every_rank([&] { layer.forward(bf, 3, 2); }, {"bf16", "f32"});
   ParallelAttention::Saved empty;
   expect_error_on_every_rank([&] { layer.backward(x, empty); }, {"forward"});
-  expect_error_on_every_rank([&] { layer.forward_cached(x, 5, 2, 0); }, {"allocate_cache"});
-  layer.allocate_cache(2, 4);
-  expect_error_on_every_rank([&] { layer.forward_cached(x, 5, 2, 0); }, {"capacity (4)"});
+  ParallelAttention::KVCache empty_cache;
+  expect_error_on_every_rank([&] { layer.forward_cached(x, 5, 2, empty_cache); }, {"new_cache"});
+  ParallelAttention::KVCache cache = layer.new_cache(2, 4);
+  expect_error_on_every_rank([&] { layer.forward_cached(x, 5, 2, cache); }, {"capacity (4)"});
+  ParallelAttention::KVCache wrong_batch = layer.new_cache(3, 8);
+  expect_error_on_every_rank([&] { layer.forward_cached(x, 5, 2, wrong_batch); },
+                             {"batch (2)", "cache's batch (3)"});
 }
 
 TEST_F(GptBlocksErrors, EmbeddingInputs) {

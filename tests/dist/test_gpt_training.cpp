@@ -212,24 +212,60 @@ TEST_P(GptTrainingTest, KvCacheGenerationEqualsFullRecomputation) {
   // Incremental: the prompt, then one token at a time through the cache.
   std::vector<int32_t> cached = prompt;
   std::vector<std::vector<float>> cached_logits;
-  t.model.allocate_cache(1, kSeq);
-  std::vector<float> logits = t.model.next_token_logits(to_device(prompt), 4, 1, 0);
-  for (int64_t past = 4; past < kSeq; ++past) {
+  KVCache cache = t.model.new_cache(1, kSeq);
+  std::vector<float> logits = t.model.next_token_logits(to_device(prompt), 4, cache);
+  while (cache.length < kSeq) {
     cached_logits.push_back(logits);
     cached.push_back(argmax(logits));
-    logits = t.model.next_token_logits(to_device({cached.back()}), 1, 1, past);
+    logits = t.model.next_token_logits(to_device({cached.back()}), 1, cache);
   }
   // Full recomputation of the whole prefix at every step.
   std::vector<int32_t> full = prompt;
   for (size_t i = 0; i < cached_logits.size(); ++i) {
-    t.model.allocate_cache(1, kSeq);
+    KVCache fresh = t.model.new_cache(1, kSeq);
     const std::vector<float> l =
-        t.model.next_token_logits(to_device(full), static_cast<int64_t>(full.size()), 1, 0);
+        t.model.next_token_logits(to_device(full), static_cast<int64_t>(full.size()), fresh);
     std::vector<double> a(l.begin(), l.end()), b(cached_logits[i].begin(), cached_logits[i].end());
     EXPECT_LE(max_rel_error(b, a), 1e-5) << "step " << i;
     full.push_back(argmax(l));
   }
   EXPECT_EQ(full, cached);
+}
+
+// The model keeps no decoding state: two sequences, each with its own cache, decoded in turn
+// (their prompts of different lengths, then the same tokens) give bit for bit the logits each
+// gives decoded alone.
+TEST_P(GptTrainingTest, TwoCachesDecodedInTurnEqualEachAlone) {
+  ParallelGrid grid(world(), world().size());
+  Trainer t(*cpu_, grid.tp(), tiny_gpt_config(GetParam(), kSeq));
+  t.step(0);
+  t.model.set_training(false);
+  const std::vector<int32_t> prompt_a{'I', 't', ' '}, prompt_b{'W', 'e', 'f', 't'};
+  const std::vector<int32_t> tokens{'a', 'b', 'c', 'd'};
+  auto next = [&](const std::vector<int32_t>& ids, KVCache& cache) {
+    return t.model.next_token_logits(ids_tensor(*cpu_, ids), static_cast<int64_t>(ids.size()),
+                                     cache);
+  };
+  auto alone = [&](const std::vector<int32_t>& prompt) {
+    KVCache cache = t.model.new_cache(1, kSeq);
+    std::vector<std::vector<float>> logits{next(prompt, cache)};
+    for (int32_t id : tokens) {
+      if (cache.length < kSeq) logits.push_back(next({id}, cache));
+    }
+    return logits;
+  };
+  const auto alone_a = alone(prompt_a), alone_b = alone(prompt_b);
+  KVCache a = t.model.new_cache(1, kSeq), b = t.model.new_cache(1, kSeq);
+  std::vector<std::vector<float>> turn_b{next(prompt_b, b)}, turn_a{next(prompt_a, a)};
+  for (int32_t id : tokens) {
+    if (b.length < kSeq) turn_b.push_back(next({id}, b));
+    if (a.length < kSeq) turn_a.push_back(next({id}, a));
+  }
+  EXPECT_EQ(turn_a, alone_a);
+  EXPECT_EQ(turn_b, alone_b);
+  EXPECT_NE(alone_a.back(), alone_b.back());  // the two sequences differ
+  EXPECT_EQ(a.length, 7);
+  EXPECT_EQ(b.length, kSeq);
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, GptTrainingTest, ::testing::Values("gpt2", "llama"),

@@ -626,10 +626,9 @@ TEST_P(SequenceParallelModelTest, DecodingWithTheKvCacheIgnoresSequenceParalleli
   Run ref(*cpu_, grid_->tp(), plain), run(*cpu_, grid_->tp(), config);
   // seq 3: not divisible
   Tensor prompt = from_host(*cpu_, Shape({3}), DType::kI32, [](int64_t i) { return 5 + 7 * i; });
-  ref.model.allocate_cache(1, kSeq);
-  run.model.allocate_cache(1, kSeq);
-  const std::vector<float> a = ref.model.next_token_logits(prompt, 3, 1, 0);
-  const std::vector<float> b = run.model.next_token_logits(prompt, 3, 1, 0);
+  KVCache ref_cache = ref.model.new_cache(1, kSeq), run_cache = run.model.new_cache(1, kSeq);
+  const std::vector<float> a = ref.model.next_token_logits(prompt, 3, ref_cache);
+  const std::vector<float> b = run.model.next_token_logits(prompt, 3, run_cache);
   EXPECT_EQ(a, b);
   // Training passes still run sequence parallel afterwards.
   fill_batch(*cpu_, run.ids, run.targets, 0);

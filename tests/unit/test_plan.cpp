@@ -1,7 +1,8 @@
 // Unit tests of the layout planner (weft/plan.hpp): FLOPs of a hand-computed config, collective
 // times against the alpha-beta formula, activation bytes against activation_memory's measured
-// ones, Narayanan et al. 2021 Table 1 rows within 15%, calibration from benchmark JSON, and bad
-// input named clearly.
+// ones, Narayanan et al. 2021 Table 1 rows within 15%, calibration from benchmark JSON (the GEMM
+// curve and table, the attention curve, the link), shared nodes with more ranks than cores, and
+// bad input named clearly.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -269,6 +270,95 @@ TEST(Plan, CalibrationRecoversPeakCurveAndLink) {
   EXPECT_ERROR_WITH(
       calibrate_cluster(dir.file("missing.json"), dir.file("bench_collectives.json"), 10, 16),
       "missing.json");
+}
+
+// A shared node (CPU ranks) with one measured rate per GEMM role.
+Cluster table_cluster(double weight_gradient_tflops) {
+  Cluster c;
+  c.name = "table";
+  c.peak_tflops_bf16 = c.peak_tflops_f32 = 0.2;
+  c.gemm_efficiency_max = 1;
+  c.gemm_half_dim = 16;
+  c.memory_gib = 16;
+  c.memory_bandwidth_gbps = 10;
+  c.devices_per_node = 1024;
+  c.intra_node = c.inter_node = {5, 10};
+  c.shared_node = true;
+  c.gemm_table = {{GemmRole::kForward, false, 256, 768, 256, 0.1},
+                  {GemmRole::kBackwardData, false, 256, 256, 768, 0.1},
+                  {GemmRole::kBackwardWeight, false, 768, 256, 256, weight_gradient_tflops}};
+  return c;
+}
+
+// An f32 run of a small GPT (hidden 128, 4 heads, seq 64, vocab 256) on `gpus` ranks.
+Training small_f32_run(int64_t layers, int64_t gpus) {
+  Training t;
+  t.model = ModelShape::gpt(layers, 128, 4, 64, 256);
+  t.global_batch = 8;
+  t.gpus = gpus;
+  t.bf16 = false;
+  return t;
+}
+
+TEST(Plan, GemmTableRolesPriceTheirOwnGemms) {
+  const Training t = small_f32_run(2, 1);
+  const Layout l{1, 1, 1, 2, 1, false, false, Recompute::kNone};
+  // Every GEMM takes its role's one measured rate: forward F at 0.1, data gradient F at 0.1,
+  // weight gradient F at 0.05 TFLOP/s: 4 F / 0.1 against 3 F / 0.1 when all run at 0.1.
+  const double slow = predict(t, table_cluster(0.05), l).time.gemm;
+  const double even = predict(t, table_cluster(0.1), l).time.gemm;
+  EXPECT_NEAR(slow / even, 4.0 / 3.0, 1e-12);
+  // The layers' GEMM FLOPs (the head is priced apart): 2 layers, 4 micro-batches of 128 tokens.
+  const double f = 2.0 * 128 * (384 + 128 + 512 + 512) * 128;
+  EXPECT_NEAR(even, 2 * 4 * 3 * f / 0.1e12, 1e-9 * even);
+  // The table and the attention curve survive a cluster file.
+  Cluster c = table_cluster(0.05);
+  c.attention_efficiency_max = 0.3;
+  c.attention_half_dim = 8;
+  const Cluster back = cluster_from_json(cluster_to_json(c), "round trip");
+  ASSERT_EQ(back.gemm_table.size(), 3u);
+  EXPECT_EQ(back.gemm_table[2].role, GemmRole::kBackwardWeight);
+  EXPECT_EQ(back.gemm_table[2].tflops, 0.05);
+  EXPECT_EQ(back.attention_half_dim, 8);
+  EXPECT_EQ(predict(t, back, l).step_time_s, predict(t, c, l).step_time_s);
+  std::string text = cluster_to_json(c);
+  const std::string bad_role = std::string(text).replace(text.find("backward_weight"), 15, "sideways");
+  EXPECT_ERROR_WITH(cluster_from_json(bad_role, "f.json"), "f.json", "role 'sideways'");
+  c.gemm_table[1].k = 0;
+  EXPECT_ERROR_WITH(c.check(), "gemm_table[1]", "k 0");
+}
+
+TEST(Plan, AttentionCurveIsFittedToMeasuredTimes) {
+  // Times made from efficiency 0.4 d / (d + 24) of a 0.2 TFLOP/s peak, in the model's FLOPs
+  // (forward + backward 12 b s^2 h).
+  Cluster c = table_cluster(0.1);
+  std::vector<AttentionSample> samples;
+  for (const auto& [hidden, heads] : {std::pair{192, 12}, {320, 10}, {512, 8}}) {
+    const double d = static_cast<double>(hidden / heads);
+    const double flops = 12.0 * 2 * 128 * 128 * hidden;
+    samples.push_back({hidden, heads, 128, 2, flops / (0.2e12 * 0.4 * d / (d + 24))});
+  }
+  fit_attention(c, samples);
+  EXPECT_NEAR(c.attention_efficiency_max, 0.4, 1e-9);
+  EXPECT_NEAR(c.attention_half_dim, 24, 1e-9);
+  samples[0].heads = 7;
+  EXPECT_ERROR_WITH(fit_attention(c, samples), "heads dividing hidden", "heads 7");
+}
+
+TEST(Plan, RanksBeyondTheCoresLendTheirBubble) {
+  const Training t = small_f32_run(8, 4);
+  const Layout l{1, 4, 1, 1, 1, false, false, Recompute::kNone};
+  Cluster own_cores = table_cluster(0.1), two_cores = own_cores;
+  two_cores.devices_per_node = 2;
+  const Prediction a = predict(t, own_cores, l), b = predict(t, two_cores, l);
+  // A rank per core: the 1F1B bubble, (p - 1) / m micro-batch slots, is idle.
+  const double busy = a.step_time_s - a.time.bubble;
+  EXPECT_DOUBLE_EQ(a.bubble_fraction, 3.0 / 8.0);
+  EXPECT_GT(a.time.bubble, 0.25 * busy);
+  // 4 ranks on 2 cores: the step is the busy time or the whole critical path at a core per
+  // rank, whichever is longer: max(busy, (busy + bubble) x 2 / 4).
+  EXPECT_NEAR(b.step_time_s, std::max(busy, a.step_time_s * 2 / 4), 1e-12 * busy);
+  EXPECT_LT(b.time.bubble, a.time.bubble);
 }
 
 }  // namespace
