@@ -5,7 +5,7 @@ WEFT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WEFT_BUILD="${WEFT_BUILD:-$WEFT_ROOT/build}"
 WEFT_PACKAGES=(build-essential cmake ninja-build pkg-config libopenmpi-dev openmpi-bin libdnnl-dev
                libgtest-dev libbenchmark-dev nlohmann-json3-dev ocl-icd-opencl-dev
-               libpcre2-dev python3-venv python3-torch gnupg-l10n)
+               libpcre2-dev libxxhash-dev python3-venv python3-torch gnupg-l10n)
 # Only for scripts/levels-diagram (dot renders the build's level graph).
 WEFT_DOC_PACKAGES=(graphviz)
 

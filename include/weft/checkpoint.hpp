@@ -28,6 +28,16 @@ struct NamedTensor {
   TensorView view;  // on the host or on `backend`'s device; dense by construction
 };
 
+// What a writer records besides the tensors.
+struct SafetensorsOptions {
+  // Record each tensor's XXH3-64 hash (xxHash) of its data bytes in the metadata, under the key
+  // "xxh3_64:<tensor name>" as 16 lowercase hexadecimal digits; SafetensorsReader verifies it on
+  // every read. Off by default: the file is then byte for byte the reference writer's.
+  bool checksums = false;
+};
+// The metadata key prefix of the per-tensor checksums.
+inline constexpr char kSafetensorsChecksumPrefix[] = "xxh3_64:";
+
 // Writes `tensors` and `metadata` to `path` atomically: into `path + ".tmp.<pid>"`, fsync'd,
 // renamed over `path`, then the directory fsync'd, so that a crash leaves either the old file or
 // the new one, never a torn one. Device views are copied to the host through `backend`, one
@@ -38,6 +48,11 @@ struct NamedTensor {
 // or a view without data; kIo (naming the file) when the file system fails.
 void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                       const std::map<std::string, std::string>& metadata, Backend& backend);
+// The same with options (checksums). A metadata key starting with kSafetensorsChecksumPrefix is
+// then an error (kInvalidArgument).
+void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                      const std::map<std::string, std::string>& metadata, Backend& backend,
+                      const SafetensorsOptions& options);
 
 // A tensor of a file written piece by piece (save_safetensors_streamed).
 struct SafetensorsEntry {
@@ -55,12 +70,21 @@ void save_safetensors_streamed(
     const std::map<std::string, std::string>& metadata,
     const std::function<const void*(const SafetensorsEntry&, std::vector<unsigned char>& scratch)>&
         fill);
+void save_safetensors_streamed(
+    const std::string& path, const std::vector<SafetensorsEntry>& entries,
+    const std::map<std::string, std::string>& metadata,
+    const std::function<const void*(const SafetensorsEntry&, std::vector<unsigned char>& scratch)>&
+        fill,
+    const SafetensorsOptions& options);
 
 // An open safetensors file. The constructor reads and validates the whole header against the
 // file's size (header length, JSON, dtypes, shapes, offsets in range, contiguous, not overlapping
 // and matching dtype x numel, no truncated data); any problem is a weft::Error (kIo) naming the
-// file and what is wrong. The file stays open, so read() sees the data that was validated even if
-// `path` is replaced meanwhile. Move-only.
+// file and what is wrong; so is a checksum key (kSafetensorsChecksumPrefix) that names no tensor
+// or is not 16 hexadecimal digits. A tensor with a checksum is verified the first time any of
+// its bytes are read (read_block of a part hashes the whole tensor first): a mismatch is a
+// weft::Error (kIo) naming the file, the tensor and both hashes. The file stays open, so read()
+// sees the data that was validated even if `path` is replaced meanwhile. Move-only.
 class SafetensorsReader {
  public:
   explicit SafetensorsReader(const std::string& path);
@@ -77,6 +101,11 @@ class SafetensorsReader {
   // Throw weft::Error (kInvalidArgument) naming the file when `name` is absent.
   Shape shape(const std::string& name) const;
   DType dtype(const std::string& name) const;
+  // Whether the file records a checksum of tensor `name`.
+  bool has_checksum(const std::string& name) const;
+  // Hashes tensor `name`'s data (streamed, 1 MiB at a time) and compares it with its checksum
+  // (nothing to do without one, or when it was verified already); weft::Error (kIo) on mismatch.
+  void verify(const std::string& name) const;
   // Reads tensor `name` into `dst` (host, or `backend`'s device through a host buffer). dst's
   // dtype and shape must equal the stored ones exactly; otherwise weft::Error (kInvalidArgument)
   // naming the tensor, the file, what dst expects and what the file holds.
@@ -94,7 +123,11 @@ class SafetensorsReader {
     Shape shape;
     uint64_t begin;  // absolute file offsets
     uint64_t end;
+    bool has_checksum = false;
+    uint64_t checksum = 0;
+    mutable bool verified = false;  // hashed once: later reads of the open file trust it
   };
+  void check_hash(const std::string& name, const Entry& e, uint64_t hash) const;
   const Entry& entry(const std::string& name) const;
 
   std::string path_;

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -34,6 +35,13 @@ class PendingGroup {
   // work queued afterwards on the stream passed to send/recv runs after them (the host does not
   // block).
   virtual void wait() = 0;
+  // Gives the transfers up after an error: what can be cancelled is (MPI: receives that no peer
+  // matched yet), the rest gets until `seconds` from now to complete. True when nothing is left in
+  // flight: the buffers may be freed. False when a transfer is still pending (a peer that never
+  // posts its side): destroying the group then does not wait for it, and the caller must keep
+  // the buffers allocated (the transfer may still read or write them) and abort the
+  // communicator. Never throws. The default polls test().
+  virtual bool cancel(double seconds) noexcept;
 };
 
 // Collectives are called by every rank of the group in the same order with matching shapes and
@@ -130,6 +138,13 @@ const char* reduce_op_name(ReduceOp op);
 // Reduces one host float over `comm`, staging it through `backend`'s memory when the
 // communicator moves device buffers (NCCL): losses, norms, timings.
 float all_reduce_scalar(Communicator& comm, Backend& backend, float value, ReduceOp op);
+
+// Runs `local`, work that can fail on some ranks only (file I/O), and makes its outcome collective
+// over `comm`: when it throws on any rank, every rank throws a weft::Error with the code and the
+// message of the lowest rank that failed, as "rank R: <message>" (the message cut at 4 KiB), so
+// that no rank goes on to wait for a peer that gave up. One all_reduce when every rank succeeds;
+// on one rank, the exception itself. Staged through `backend` as all_reduce_scalar.
+void run_agreed(Communicator& comm, Backend& backend, const std::function<void()>& local);
 
 // Owns MPI for the life of the program: initializes it (unless the host program already did) and
 // finalizes it on destruction (only if it initialized it). Stamps the world rank into weft::Error.

@@ -19,12 +19,16 @@ class AtomicWriter {
   AtomicWriter& operator=(const AtomicWriter&) = delete;
 
   void write(const void* data, size_t bytes);
+  // Overwrites bytes already written, at `offset` from the file's start (a header whose fields
+  // are known only after the data, such as checksums); the file's length does not change.
+  void write_at(size_t offset, const void* data, size_t bytes);
   void commit();
 
  private:
   std::string path_;
   std::string tmp_path_;
   int fd_ = -1;
+  size_t written_ = 0;
   bool committed_ = false;
 };
 

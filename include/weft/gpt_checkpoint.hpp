@@ -28,6 +28,9 @@ struct CheckpointInfo {
   // format version (1: shards without slice metadata, loadable only at their own TP size).
   bool has_optimizer = false;
   int version = 2;
+  // Filled by read_checkpoint_info: the manifest says every shard records a checksum of every
+  // tensor (checksums: "xxh3_64"; checkpoints saved before checksums existed have none).
+  bool has_checksums = false;
 };
 
 // Where a stored tensor sits in the global tensor it is a block of: each shard file records it
@@ -64,7 +67,10 @@ std::vector<TensorSlice> gpt_parameter_slices(const GPTConfig& config, int tp, i
 //   tokenizer.json           a copy of info.tokenizer, when there is one (world rank 0);
 //   manifest.json            written by world rank 0 last, after every shard is on disk: a
 //                            directory without it is not a checkpoint.
-// Collective over grid.world(). `params` are this rank's (a GPTModel's or a PipelineModel's).
+// Every shard records an XXH3-64 checksum of each tensor (checkpoint.hpp), and the manifest says
+// so ("checksums": "xxh3_64"). Collective over grid.world(); a failure on any rank (a full disk)
+// is a weft::Error on every rank, and leaves no manifest. `params` are this rank's (a GPTModel's
+// or a PipelineModel's).
 void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
                      const std::vector<Parameter*>& params, AdamW* optimizer,
                      const ParallelGrid& grid, Backend& backend);
@@ -84,9 +90,14 @@ CheckpointInfo read_checkpoint_info(const std::string& path_or_root);
 // they are. The whole checkpoint is checked against its manifest's config first, on every rank
 // alike: a missing file or tensor, a tensor whose global shape, partition or dtype disagrees
 // with the config, blocks that leave part of a tensor uncovered, a layout that does not divide
-// the model: weft::Error naming the file, the field and the value. Version-1 checkpoints (no
-// slice metadata) load at their own TP size only; otherwise the error names the file and the
-// missing metadata. `path_or_root` as for read_checkpoint_info.
+// the model, a tensor a shard should not hold, a manifest from a newer weft or with a field out
+// of range: weft::Error naming the file, the field and the value. Then each rank reads what it
+// needs into host memory (memory: its shards twice, briefly), verifying every tensor's checksum
+// (when the manifest says there are checksums; older checkpoints load without) and that every
+// value is finite. Parameters change only after every rank succeeded: a failure on any rank
+// (a corrupt, truncated or unreadable shard) is a weft::Error on every rank ("rank R: ...").
+// Version-1 checkpoints (no slice metadata) load at their own TP size only; otherwise the error
+// names the file and the missing metadata. `path_or_root` as for read_checkpoint_info.
 void load_checkpoint(const std::string& path_or_root, const std::vector<Parameter*>& params,
                      AdamW* optimizer, const ParallelGrid& grid, Backend& backend);
 

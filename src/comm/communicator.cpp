@@ -1,8 +1,15 @@
 // Communicator's public entry points: argument checks shared by every implementation.
 #include "weft/comm.hpp"
 
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <thread>
+#include <vector>
+
 #include "comm/op_tracker.hpp"
 #include "weft/error.hpp"
+#include "weft/log.hpp"
 
 namespace weft {
 
@@ -29,6 +36,63 @@ float all_reduce_scalar(Communicator& comm, Backend& backend, float value, Reduc
   comm.all_reduce(staged, staged, op, backend.stream());
   backend.copy(host, staged);
   return value;
+}
+
+void run_agreed(Communicator& comm, Backend& backend, const std::function<void()>& local) {
+  if (comm.size() == 1) return local();
+  int code = -1;
+  std::string message;
+  try {
+    local();
+  } catch (const Error& e) {
+    code = static_cast<int>(e.code());
+    message = e.message();
+  } catch (const std::exception& e) {
+    code = static_cast<int>(ErrorCode::kInternal);
+    message = e.what();
+  }
+  // Ranks are exact in a float up to 2^24.
+  const int size = comm.size();
+  const int failed = static_cast<int>(all_reduce_scalar(
+      comm, backend, static_cast<float>(code < 0 ? size : comm.rank()), ReduceOp::kMin));
+  if (failed >= size) return;
+  const bool root = comm.rank() == failed;
+  if (root) message.resize(std::min<size_t>(message.size(), 4096));
+  const int agreed_code = static_cast<int>(
+      all_reduce_scalar(comm, backend, root ? static_cast<float>(code) : 0.0f, ReduceOp::kMax));
+  const int64_t length = static_cast<int64_t>(all_reduce_scalar(
+      comm, backend, root ? static_cast<float>(message.size()) : 0.0f, ReduceOp::kMax));
+  // The message travels as the bytes of f32 elements (broadcast moves any bytes unchanged).
+  std::vector<float> words(static_cast<size_t>((length + 3) / 4) + 1, 0.0f);
+  if (root) std::memcpy(words.data(), message.data(), message.size());
+  TensorView host{words.data(), Shape({static_cast<int64_t>(words.size())}), DType::kF32,
+                  Device::cpu()};
+  if (comm.buffer_device() == DeviceKind::kCpu) {
+    comm.broadcast(host, failed, host_stream());
+  } else {
+    Tensor staged(backend, host.shape, DType::kF32);
+    backend.copy(staged, host);
+    comm.broadcast(staged, failed, backend.stream());
+    backend.copy(host, staged);
+  }
+  const std::string text(reinterpret_cast<const char*>(words.data()), static_cast<size_t>(length));
+  detail::throw_error(static_cast<ErrorCode>(agreed_code),
+                      detail::concat("rank ", failed, ": ", text), "run_agreed", __FILE__,
+                      __LINE__);
+}
+
+bool PendingGroup::cancel(double seconds) noexcept {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  try {
+    while (!test()) {
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
+  } catch (const std::exception& e) {
+    WEFT_LOG(kError, "cancelling a pending group: ", e.what());
+    return false;
+  }
 }
 
 namespace {
@@ -60,6 +124,7 @@ class TrackedGroup final : public PendingGroup {
     detail::OpScope scope(comm_, "wait of an asynchronous send/recv group");
     inner_->wait();
   }
+  bool cancel(double seconds) noexcept override { return inner_->cancel(seconds); }
 
  private:
   std::unique_ptr<PendingGroup> inner_;

@@ -2,8 +2,10 @@
 // user-defined MPI ops that accumulate in float.
 #include "comm/mpi_communicator.hpp"
 
+#include <chrono>
 #include <climits>
 #include <cstdlib>
+#include <thread>
 
 #include "comm/mpi_check.hpp"
 #include "weft/log.hpp"
@@ -146,6 +148,7 @@ void MpiCommunicator::do_send(TensorView buffer, int peer, Stream&) {
   const int count = mpi_count(buffer.numel());
   if (group_depth_ > 0) {
     pending_.emplace_back();
+    pending_receives_.push_back(false);
     WEFT_CHECK_MPI(
         MPI_Isend(buffer.data, count, mpi_type(buffer.dtype), peer, 0, comm_, &pending_.back()));
   } else {
@@ -157,6 +160,7 @@ void MpiCommunicator::do_recv(TensorView buffer, int peer, Stream&) {
   const int count = mpi_count(buffer.numel());
   if (group_depth_ > 0) {
     pending_.emplace_back();
+    pending_receives_.push_back(true);
     WEFT_CHECK_MPI(
         MPI_Irecv(buffer.data, count, mpi_type(buffer.dtype), peer, 0, comm_, &pending_.back()));
   } else {
@@ -172,6 +176,7 @@ void MpiCommunicator::do_group_end() {
   if (--group_depth_ > 0) return;
   std::vector<MPI_Request> requests;
   requests.swap(pending_);
+  pending_receives_.clear();
   WEFT_CHECK_MPI(
       MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE),
       "completing a group of ", requests.size(), " sends/receives");
@@ -182,9 +187,18 @@ namespace {
 // The Isend/Irecv requests of an asynchronously ended group.
 class MpiPendingGroup final : public PendingGroup {
  public:
-  explicit MpiPendingGroup(std::vector<MPI_Request> requests) : requests_(std::move(requests)) {}
+  MpiPendingGroup(std::vector<MPI_Request> requests, std::vector<bool> receives)
+      : requests_(std::move(requests)), receives_(std::move(receives)) {}
   ~MpiPendingGroup() override {
     if (done_ || mpi_finalized()) return;
+    if (abandoned_) {
+      // cancel() gave up on these: MPI completes them in the background (the caller keeps the
+      // buffers); waiting here could wait forever.
+      for (MPI_Request& r : requests_) {
+        if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
+      }
+      return;
+    }
     const int status =
         MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
     if (status != MPI_SUCCESS) {
@@ -203,6 +217,32 @@ class MpiPendingGroup final : public PendingGroup {
     return done_;
   }
 
+  bool cancel(double seconds) noexcept override {
+    if (done_ || mpi_finalized()) return true;
+    // A receive no peer matched yet is cancelled at once; a matched one, and a send, complete
+    // when the peer progresses (MPI-4 deprecates cancelling sends: they are left to finish).
+    for (size_t i = 0; i < requests_.size(); ++i) {
+      if (receives_[i] && requests_[i] != MPI_REQUEST_NULL) MPI_Cancel(&requests_[i]);
+    }
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (true) {
+      int flag = 0;
+      if (MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &flag,
+                      MPI_STATUSES_IGNORE) != MPI_SUCCESS) {
+        break;
+      }
+      if (flag != 0) {
+        done_ = true;
+        return true;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    abandoned_ = true;
+    return false;
+  }
+
   void wait() override {
     if (done_) return;
     done_ = true;  // a failed wait is not retried by the destructor
@@ -213,7 +253,9 @@ class MpiPendingGroup final : public PendingGroup {
 
  private:
   std::vector<MPI_Request> requests_;
+  std::vector<bool> receives_;  // per request: a receive (cancellable) or a send
   bool done_ = false;
+  bool abandoned_ = false;
 };
 
 }  // namespace
@@ -224,7 +266,9 @@ std::unique_ptr<PendingGroup> MpiCommunicator::do_group_end_async() {
   group_depth_ = 0;
   std::vector<MPI_Request> requests;
   requests.swap(pending_);
-  return std::make_unique<MpiPendingGroup>(std::move(requests));
+  std::vector<bool> receives;
+  receives.swap(pending_receives_);
+  return std::make_unique<MpiPendingGroup>(std::move(requests), std::move(receives));
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {

@@ -43,7 +43,8 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
   int group_depth_ = 0;
-  std::vector<MPI_Request> pending_;  // p2p posted inside the current group
+  std::vector<MPI_Request> pending_;    // p2p posted inside the current group
+  std::vector<bool> pending_receives_;  // which of them are receives
   std::string description_;
 };
 

@@ -81,6 +81,15 @@ class StagedPendingGroup final : public PendingGroup {
   // device are queued on the receives' streams, so a buffer freed after this (stream-ordered) is
   // written first.
   ~StagedPendingGroup() override {
+    if (abandoned_) {
+      // The host transfers may still use the staging blocks (cancel() gave up on them): they stay
+      // allocated rather than go back to the pool.
+      WEFT_LOG(kError, "abandoning a staged group whose transfers did not finish: its ",
+               sends_.size() + recvs_.size(), " staging blocks stay allocated");
+      new std::vector<StagingPool::Block>(std::move(sends_));
+      new std::vector<StagedCommunicator::StagedRecv>(std::move(recvs_));
+      return;
+    }
     try {
       wait();
     } catch (const std::exception& e) {
@@ -101,6 +110,18 @@ class StagedPendingGroup final : public PendingGroup {
     finish();
   }
 
+  bool cancel(double seconds) noexcept override {
+    if (done_) return true;
+    if (host_->cancel(seconds)) {
+      done_ = true;  // given up: nothing is copied back
+      recvs_.clear();
+      sends_.clear();
+      return true;
+    }
+    abandoned_ = true;
+    return false;
+  }
+
  private:
   void finish() {
     done_ = true;  // a failed copy is not retried
@@ -113,6 +134,7 @@ class StagedPendingGroup final : public PendingGroup {
   std::vector<StagedCommunicator::StagedRecv> recvs_;
   std::unique_ptr<PendingGroup> host_;
   bool done_ = false;
+  bool abandoned_ = false;
 };
 
 }  // namespace

@@ -51,6 +51,25 @@ void AtomicWriter::write(const void* data, size_t bytes) {
     }
     p += n;
     bytes -= static_cast<size_t>(n);
+    written_ += static_cast<size_t>(n);
+  }
+}
+
+void AtomicWriter::write_at(size_t offset, const void* data, size_t bytes) {
+  WEFT_CHECK(offset <= written_ && bytes <= written_ - offset, "AtomicWriter('", path_,
+             "'): write_at [", offset, ", ", offset + bytes, ") is beyond the ", written_,
+             " bytes written");
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    const ssize_t n = ::pwrite(fd_, p, bytes, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      WEFT_THROW(ErrorCode::kIo, "cannot write '", tmp_path_, "' (the temporary file for '", path_,
+                 "'): ", errno_text());
+    }
+    p += n;
+    bytes -= static_cast<size_t>(n);
+    offset += static_cast<size_t>(n);
   }
 }
 

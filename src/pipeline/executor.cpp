@@ -104,7 +104,7 @@ float PipelineExecutor::run(const PipelineSchedule& schedule, const PipelineLoad
   if (trace) trace->begin_step(pp_, backend_);
   StepObserver observer(backend_, stats_, trace, timed);
   ActivationStore store(v, stats_);
-  RoundTracker rounds(store, observer);
+  RoundTracker rounds(store, observer, pp_);
   if (stats_.timed) backend_.synchronize();
   const Clock::time_point step_start = Clock::now();
 

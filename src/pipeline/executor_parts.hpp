@@ -3,6 +3,7 @@
 // step observer (statistics and trace, timing only when asked for).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <list>
 #include <map>
@@ -11,7 +12,9 @@
 #include <tuple>
 #include <vector>
 
+#include "weft/comm.hpp"
 #include "weft/error.hpp"
+#include "weft/log.hpp"
 #include "weft/pipeline.hpp"
 
 namespace weft::pipeline_detail {
@@ -140,15 +143,34 @@ class RoundTracker {
     std::string name, detail;
   };
 
-  RoundTracker(ActivationStore& store, StepObserver& observer)
-      : store_(store), observer_(observer) {}
+  RoundTracker(ActivationStore& store, StepObserver& observer, Communicator& comm)
+      : store_(store), observer_(observer), comm_(comm) {}
   ~RoundTracker() {
-    // Only after an error (a finished step completes every round): a pending group would wait
-    // for its peers when destroyed, so leave the groups and their buffers to the process, and
-    // let the error reach the caller (who ends the job).
+    // Only after an error (a finished step completes every round). Destroying a pending group
+    // would wait for its peers, who may never post their side: each round is cancelled instead
+    // (receives no peer matched) or given a short grace to complete (a peer that failed too, or
+    // waits in its own transfers, progresses them), and then freed with its buffers.
     if (in_flight_.empty()) return;
-    auto* abandoned = new std::list<Round>(std::move(in_flight_));
-    for (Round& r : *abandoned) (void)r.group.release();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    size_t stuck = 0;
+    for (Round& r : in_flight_) {
+      const double left =
+          std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+      if (r.group->cancel(std::max(left, 0.0))) continue;
+      // Still in flight: the transfer may read or write these buffers later.
+      ++stuck;
+      new std::vector<Tensor>(std::move(r.sent));
+      for (auto& received : r.received) new Tensor(std::move(std::get<3>(received)));
+    }
+    // The peers may have sent what this rank never received: a later step on this communicator
+    // could match those stale messages. It is aborted, so that later operations fail at once.
+    comm_.abort();
+    if (stuck > 0) {
+      WEFT_LOG(kError, "pipeline: ", stuck, " of ", in_flight_.size(),
+               " in-flight transfer rounds did not finish after an error; their buffers stay "
+               "allocated and ",
+               comm_.describe(), " is aborted");
+    }
   }
 
   void post(Round round) { in_flight_.push_back(std::move(round)); }
@@ -196,6 +218,7 @@ class RoundTracker {
 
   ActivationStore& store_;
   StepObserver& observer_;
+  Communicator& comm_;
   std::list<Round> in_flight_;
 };
 

@@ -116,8 +116,9 @@ void prepare_checkpoint_root(const std::string& root, Communicator& world, Backe
   if (failed != 0.0f)
     WEFT_THROW(ErrorCode::kIo, "another rank cannot write checkpoints to ", root,
                " (its message says why)");
-  if (world.rank() == 0) remove_stale(root);
-  world.barrier();
+  run_agreed(world, backend, [&] {
+    if (world.rank() == 0) remove_stale(root);
+  });
 }
 
 std::string save_checkpoint_step(const std::string& root, const CheckpointInfo& info,
@@ -133,18 +134,20 @@ std::string save_checkpoint_step(const std::string& root, const CheckpointInfo& 
   for (int generation = 2; fs::exists(root_path / final_name); ++generation) {
     final_name = step_name(info.step) + "-" + std::to_string(generation);
   }
-  world.barrier();
-  if (world.rank() == 0) {
+  // What rank 0 alone does is agreed on (run_agreed), so that its failure (a full disk) is an
+  // error on every rank instead of peers waiting at a barrier.
+  run_agreed(world, backend, [&] {
+    if (world.rank() != 0) return;
     try {
       fs::create_directories(root_path);
       fs::remove_all(partial);  // an earlier save of this step that a crash interrupted
     } catch (const fs::filesystem_error& e) {
       WEFT_THROW(ErrorCode::kIo, "cannot prepare ", partial, ": ", e.what());
     }
-  }
-  world.barrier();
-  save_checkpoint(partial, info, params, optimizer, grid, backend);  // ends with a barrier
-  if (world.rank() == 0) {
+  });
+  save_checkpoint(partial, info, params, optimizer, grid, backend);  // agreed on every rank
+  run_agreed(world, backend, [&] {
+    if (world.rank() != 0) return;
     try {
       fs::rename(partial, root_path / final_name);
       fsync_directory(root_path);
@@ -159,8 +162,7 @@ std::string save_checkpoint_step(const std::string& root, const CheckpointInfo& 
       WEFT_THROW(ErrorCode::kIo, "cannot publish checkpoint ", final_name, " in ", root, ": ",
                  e.what());
     }
-  }
-  world.barrier();  // every rank returns once the save is published
+  });  // every rank returns once the save is published
   return (root_path / final_name).string();
 }
 

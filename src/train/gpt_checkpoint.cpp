@@ -13,7 +13,9 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 
+#include "weft/checked.hpp"
 #include "weft/checkpoint.hpp"
 #include "weft/checkpoint_store.hpp"
 #include "weft/error.hpp"
@@ -52,15 +54,39 @@ json config_to_json(const GPTConfig& c) {
               {"init_std", c.init_std}};
 }
 
-GPTConfig config_from_json(const json& j) {
+// The newest manifest version this build reads and writes.
+constexpr int kManifestVersion = 2;
+// A manifest is a few KiB; anything larger is not one (a symlink to a device, a huge file).
+constexpr size_t kManifestLimit = size_t{1} << 20;
+constexpr char kChecksumKind[] = "xxh3_64";
+
+// Field `key` of object `j` as an integer in [lo, hi]: never 2.5 read as 2 or 2^32 + 2 as 2.
+int64_t integer_field(const json& j, const char* key, int64_t lo, int64_t hi,
+                      const std::string& where) {
+  const json& v = j.at(key);
+  const std::string what = where + ": field '" + key + "'";
+  if (!v.is_number_integer() ||
+      (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))) {
+    WEFT_THROW(ErrorCode::kIo, what, " is ", v.dump(), ", not an integer in [", lo, ", ", hi, "]");
+  }
+  const int64_t value = v.get<int64_t>();
+  if (value < lo || value > hi) {
+    WEFT_THROW(ErrorCode::kIo, what, " is ", value, ", outside [", lo, ", ", hi, "]");
+  }
+  return value;
+}
+
+GPTConfig config_from_json(const json& j, const std::string& where) {
   GPTConfig c;
-  c.vocab_size = j.at("vocab_size").get<int64_t>();
-  c.max_seq = j.at("max_seq").get<int64_t>();
-  c.layers = j.at("layers").get<int64_t>();
-  c.hidden = j.at("hidden").get<int64_t>();
-  c.heads = j.at("heads").get<int64_t>();
-  c.kv_heads = j.at("kv_heads").get<int64_t>();
-  c.ffn_hidden = j.at("ffn_hidden").get<int64_t>();
+  const std::string in = where + " config";
+  auto size = [&](const char* key) { return integer_field(j, key, 0, INT64_MAX, in); };
+  c.vocab_size = size("vocab_size");
+  c.max_seq = size("max_seq");
+  c.layers = size("layers");
+  c.hidden = size("hidden");
+  c.heads = size("heads");
+  c.kv_heads = size("kv_heads");
+  c.ffn_hidden = size("ffn_hidden");
   const std::string norm = j.at("norm").get<std::string>();
   WEFT_CHECK(norm == "layernorm" || norm == "rmsnorm", "unknown norm '", norm, "'");
   c.norm = norm == "layernorm" ? NormKind::kLayerNorm : NormKind::kRMSNorm;
@@ -73,7 +99,7 @@ GPTConfig config_from_json(const json& j) {
   c.bias = j.at("bias").get<bool>();
   c.dropout = j.at("dropout").get<float>();
   c.norm_eps = j.at("norm_eps").get<float>();
-  c.vocab_pad_multiple = j.at("vocab_pad_multiple").get<int64_t>();
+  c.vocab_pad_multiple = size("vocab_pad_multiple");
   // Absent in checkpoints from before untied heads existed: those are tied.
   c.tie_word_embeddings = j.value("tie_word_embeddings", true);
   c.dtype = parse_dtype(j.at("dtype").get<std::string>());
@@ -172,7 +198,8 @@ std::map<std::string, std::string> shard_metadata(const std::vector<ShardTensor>
 
 nlohmann::json manifest_json(const CheckpointInfo& info, bool has_optimizer) {
   nlohmann::json manifest{{"format", "weft-gpt-checkpoint"},
-                          {"version", 2},
+                          {"version", kManifestVersion},
+                          {"checksums", kChecksumKind},
                           {"config", config_to_json(info.config)},
                           {"tp", info.tp},
                           {"pp", info.pp},
@@ -185,6 +212,50 @@ nlohmann::json manifest_json(const CheckpointInfo& info, bool has_optimizer) {
                           {"run_args", nlohmann::json::parse(info.run_args)}};
   if (!info.tokenizer.empty()) manifest["tokenizer"] = "tokenizer.json";
   return manifest;
+}
+
+// ---- Values ---------------------------------------------------------------------------------
+
+// The first of `n` elements at `p` that is NaN or infinite, or -1 (integer dtypes: -1).
+int64_t first_nonfinite(const void* p, int64_t n, DType dtype) {
+  const unsigned char* bytes = static_cast<const unsigned char*>(p);
+  auto scan = [&](auto word, uint64_t exponent) -> int64_t {
+    for (int64_t i = 0; i < n; ++i) {
+      decltype(word) w;
+      std::memcpy(&w, bytes + static_cast<size_t>(i) * sizeof w, sizeof w);
+      if ((w & exponent) == exponent) return i;
+    }
+    return -1;
+  };
+  switch (dtype) {
+    case DType::kF32:
+      return scan(uint32_t{}, 0x7f800000u);
+    case DType::kBF16:
+      return scan(uint16_t{}, 0x7f80u);
+    case DType::kF16:
+      return scan(uint16_t{}, 0x7c00u);
+    case DType::kI32:
+      return -1;
+  }
+  return -1;
+}
+
+// "NaN", "inf" or "-inf": element i at p (not finite).
+std::string nonfinite_text(const void* p, int64_t i, DType dtype) {
+  const unsigned char* at = static_cast<const unsigned char*>(p) + i * dtype_size(dtype);
+  bool nan = false, negative = false;
+  if (dtype == DType::kF32) {
+    uint32_t w;
+    std::memcpy(&w, at, 4);
+    nan = (w & 0x007fffffu) != 0;
+    negative = (w >> 31) != 0;
+  } else {
+    uint16_t w;
+    std::memcpy(&w, at, 2);
+    nan = (w & (dtype == DType::kBF16 ? 0x007fu : 0x03ffu)) != 0;
+    negative = (w >> 15) != 0;
+  }
+  return nan ? "NaN" : negative ? "-inf" : "inf";
 }
 
 // ---- The index over every shard of a checkpoint ----------------------------------------------
@@ -224,6 +295,16 @@ class CheckpointIndex {
       for (int t = 0; t < info.tp; ++t) files_.emplace_back(shard_path(dir, t, s));
     }
     legacy_ = info.version < 2;
+    if (info.has_checksums) {
+      for (const SafetensorsReader& f : files_) {
+        for (const std::string& name : f.names()) {
+          WEFT_CHECK(f.has_checksum(name), f.path(), ": tensor '", name,
+                     "' has no checksum (metadata key '", kSafetensorsChecksumPrefix, name,
+                     "'), but the manifest says every tensor has one (checksums: ", kChecksumKind,
+                     ")");
+        }
+      }
+    }
     // What the config says the checkpoint holds: its tensors at TP 1.
     for (const TensorSlice& s : gpt_parameter_slices(info.config, 1, 0)) {
       expected_[s.global_name] = Global{config.dtype, s.global_shape, s.partition_dim, {}};
@@ -235,6 +316,7 @@ class CheckpointIndex {
       }
     }
     model_ = describe(config);
+    if (!legacy_) check_tensor_sets(info);
     for (int s = 0; s < info.pp; ++s) {
       for (int t = 0; t < info.tp; ++t) {
         const SafetensorsReader& f = files_[static_cast<size_t>(s * info.tp + t)];
@@ -282,7 +364,8 @@ class CheckpointIndex {
                dtype_name(dtype), " split along ", dim);
     if (dim < 0) {
       const Block& b = g.blocks.front();
-      b.file->read_block(b.stored, 0, 0, g.shape[0], dst, g.shape[0], 0);
+      if (g.shape.rank() > 0) b.file->read_block(b.stored, 0, 0, g.shape[0], dst, g.shape[0], 0);
+      check_finite(b, name, g, 0, dst, 0, 0);
       return;
     }
     int64_t at = offset;
@@ -292,6 +375,7 @@ class CheckpointIndex {
       if (b.offset > at || b.offset + b.count <= at) continue;
       const int64_t n = std::min(end, b.offset + b.count) - at;
       b.file->read_block(b.stored, dim, at - b.offset, n, dst, dst_extent, at - offset);
+      check_finite(b, name, g, at - b.offset, dst, dst_extent, at - offset, n);
       at += n;
     }
     WEFT_CHECK(at == end, "checkpoint ", dir_, ": no shard holds elements [", at, ", ", end,
@@ -299,6 +383,95 @@ class CheckpointIndex {
   }
 
  private:
+  // A block just read holds finite values only: a NaN or an infinity in the weights or the
+  // optimizer state would load silently and train into garbage. `first`/`n`: the rows of the
+  // block read (along the partition dim) and where they landed in dst (dst_begin of dst_extent).
+  void check_finite(const Block& b, const std::string& name, const Global& g, int64_t first,
+                    const void* dst, int64_t dst_extent, int64_t dst_begin, int64_t n = 0) const {
+    const size_t element = dtype_size(g.dtype);
+    const char* out = static_cast<const char*>(dst);
+    auto fail = [&](const void* p, int64_t i, int64_t element_index) {
+      WEFT_THROW(ErrorCode::kIo, b.file->path(), ": tensor '", b.stored, "' (of '", name,
+                 "') holds ", nonfinite_text(p, i, g.dtype), " at element ", element_index,
+                 " of its ", b.file->shape(b.stored).str(),
+                 ": a checkpoint's values must be finite");
+    };
+    if (g.partition_dim < 0) {
+      const int64_t i = first_nonfinite(dst, g.shape.numel(), g.dtype);
+      if (i >= 0) fail(dst, i, i);
+      return;
+    }
+    const int dim = g.partition_dim;
+    int64_t outer = 1, inner = 1;
+    for (int d = 0; d < dim; ++d) outer *= g.shape[d];
+    for (int d = dim + 1; d < g.shape.rank(); ++d) inner *= g.shape[d];
+    for (int64_t o = 0; o < outer; ++o) {
+      const char* run = out + static_cast<size_t>((o * dst_extent + dst_begin) * inner) * element;
+      const int64_t i = first_nonfinite(run, n * inner, g.dtype);
+      if (i >= 0) fail(run, i, (o * b.count + first) * inner + i);
+    }
+  }
+
+  // The exact set of tensors: each shard file of TP rank t holds the embedding table (first and
+  // last pipeline rank), the positions (first), the final norm (last), and whole layers, each
+  // layer in exactly one of the pipeline ranks' files, with the optimizer state when the manifest
+  // says so; nothing else. (How the layers split between pipeline ranks is free.)
+  void check_tensor_sets(const CheckpointInfo& info) const {
+    const bool opt = info.has_optimizer;
+    auto names = [&](int t, const GPTStageLayout& stage) {
+      std::set<std::string> out;
+      for (const ShardTensor& x : shard_tensors(
+               gpt_parameter_slices(info.config, info.tp, t, stage), info.config.dtype, opt)) {
+        out.insert(x.stored());
+      }
+      return out;
+    };
+    const int64_t layers = info.config.layers;
+    for (int t = 0; t < info.tp; ++t) {
+      std::map<std::string, int64_t> layer_of;
+      std::vector<std::set<std::string>> layer_names(static_cast<size_t>(layers));
+      for (int64_t i = 0; i < layers; ++i) {
+        layer_names[static_cast<size_t>(i)] = names(t, GPTStageLayout{i, 1, false, false});
+        for (const std::string& n : layer_names[static_cast<size_t>(i)]) layer_of[n] = i;
+      }
+      std::vector<int> holder(static_cast<size_t>(layers), -1);
+      for (int s = 0; s < info.pp; ++s) {
+        const SafetensorsReader& f = files_[static_cast<size_t>(s * info.tp + t)];
+        const std::set<std::string> fixed =
+            names(t, GPTStageLayout{0, 0, s == 0, s == info.pp - 1});
+        std::set<int64_t> here;
+        for (const std::string& n : f.names()) {
+          if (fixed.count(n) != 0) continue;
+          auto it = layer_of.find(n);
+          WEFT_CHECK(it != layer_of.end(), f.path(), ": unexpected tensor '", n, "': ", model_,
+                     opt ? "" : " without optimizer state", " at tp ", info.tp,
+                     " has no such tensor",
+                     info.pp > 1 ? " in pipeline rank " + std::to_string(s) + "'s file" : "");
+          here.insert(it->second);
+        }
+        for (const std::string& n : fixed) {
+          WEFT_CHECK(f.contains(n), f.path(), ": tensor '", n, "' is missing (", model_,
+                     opt ? " with optimizer state" : "", " at tp ", info.tp, ")");
+        }
+        for (int64_t i : here) {
+          int& h = holder[static_cast<size_t>(i)];
+          WEFT_CHECK(h < 0, f.path(), ": layer ", i, " is stored in ",
+                     shard_path(dir_, t, h < 0 ? 0 : h), " too");
+          h = s;
+          for (const std::string& n : layer_names[static_cast<size_t>(i)]) {
+            WEFT_CHECK(f.contains(n), f.path(), ": tensor '", n, "' of layer ", i, " is missing (",
+                       model_, opt ? " with optimizer state" : "", ")");
+          }
+        }
+      }
+      for (int64_t i = 0; i < layers; ++i) {
+        WEFT_CHECK(holder[static_cast<size_t>(i)] >= 0, "checkpoint ", dir_,
+                   ": no shard of tp rank ", t, " holds layer ", i, " (tensors '",
+                   *layer_names[static_cast<size_t>(i)].begin(), "', ...) of ", model_);
+      }
+    }
+  }
+
   static void check_field(const SafetensorsReader& f, const char* key, int want) {
     auto it = f.metadata().find(key);
     WEFT_CHECK(it != f.metadata().end() && it->second == std::to_string(want), f.path(),
@@ -442,21 +615,23 @@ TensorView stored_view(const TensorSlice& s, TensorView shard) {
   return shard.rows(0, s.shape[0]);
 }
 
-// Reads slice `s` of global tensor s.global_name + suffix into `dst` (this rank's shard).
-void read_into(const CheckpointIndex& index, const TensorSlice& s, const std::string& suffix,
-               TensorView dst, Backend& backend) {
+// Host bytes read for a destination (a parameter's stored part, or an optimizer state's), copied
+// there once every rank has read and checked all of its own.
+struct StagedRead {
+  TensorView target;
+  std::vector<unsigned char> bytes;
+};
+
+// Reads slice `s` of global tensor s.global_name + suffix for `dst` (this rank's shard).
+void read_staged(const CheckpointIndex& index, const TensorSlice& s, const std::string& suffix,
+                 TensorView dst, std::vector<StagedRead>& staged) {
   const TensorView target = stored_view(s, dst);
   if (target.numel() == 0) return;
   const int dim = s.partition_dim;
   const int64_t count = dim < 0 ? 0 : s.shape[dim];
-  if (dst.device.is_cpu()) {
-    index.read(s.global_name + suffix, dst.dtype, dim, s.offset, count, dst.data,
-               dim < 0 ? 0 : s.local_extent);
-    return;
-  }
-  std::vector<unsigned char> staging(target.bytes());
-  index.read(s.global_name + suffix, dst.dtype, dim, s.offset, count, staging.data(), count);
-  backend.copy(target, TensorView{staging.data(), target.shape, target.dtype, Device::cpu()});
+  StagedRead st{target, std::vector<unsigned char>(target.bytes())};
+  index.read(s.global_name + suffix, dst.dtype, dim, s.offset, count, st.bytes.data(), count);
+  staged.push_back(std::move(st));
 }
 
 }  // namespace
@@ -534,13 +709,17 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
                      const std::vector<Parameter*>& params, AdamW* optimizer,
                      const ParallelGrid& grid, Backend& backend) {
   Communicator& world = grid.world();
-  if (world.rank() == 0) {
-    make_directory(dir);
-    // A stale manifest would vouch for shards about to be replaced: remove it first.
-    std::remove((dir + "/manifest.json").c_str());
-  }
-  world.barrier();
-  if (grid.dp_rank() == 0) {
+  // Each step that can fail on one rank only (a full disk, a lost mount) is agreed on, so that a
+  // failure is an error on every rank rather than peers waiting at the next barrier.
+  run_agreed(world, backend, [&] {
+    if (world.rank() == 0) {
+      make_directory(dir);
+      // A stale manifest would vouch for shards about to be replaced: remove it first.
+      std::remove((dir + "/manifest.json").c_str());
+    }
+  });
+  run_agreed(world, backend, [&] {
+    if (grid.dp_rank() != 0) return;
     const std::map<std::string, TensorSlice> slices =
         slices_by_name(info.config, grid.tp_size(), grid.tp_rank());
     std::vector<TensorSlice> mine;
@@ -565,18 +744,17 @@ void save_checkpoint(const std::string& dir, const CheckpointInfo& info,
     save_safetensors(shard_path(dir, grid.tp_rank(), grid.pp_rank()), named,
                      shard_metadata(tensors, grid.tp_size(), grid.tp_rank(), grid.pp_size(),
                                     grid.pp_rank(), info.step),
-                     backend);
-  }
-  world.barrier();  // every shard is on disk before the manifest says so
-  if (world.rank() == 0) {
+                     backend, SafetensorsOptions{/*checksums=*/true});
+  });  // every shard is on disk before the manifest says so
+  run_agreed(world, backend, [&] {
+    if (world.rank() != 0) return;
     // The tokenizer travels with the model, so the checkpoint alone says what its ids mean.
     if (!info.tokenizer.empty()) {
       write_file_atomically(dir + "/tokenizer.json", read_file(info.tokenizer));
     }
     write_file_atomically(dir + "/manifest.json",
                           manifest_json(info, optimizer != nullptr).dump(2) + "\n");
-  }
-  world.barrier();
+  });
 }
 
 std::string checkpoint_manifest(const CheckpointInfo& info, bool has_optimizer) {
@@ -586,20 +764,36 @@ std::string checkpoint_manifest(const CheckpointInfo& info, bool has_optimizer) 
 CheckpointInfo read_checkpoint_info(const std::string& path_or_root) {
   const std::string dir = resolve_checkpoint(path_or_root);
   const std::string path = dir + "/manifest.json";
-  const std::string text = read_file(path);
+  const std::string text = read_file(path, kManifestLimit);
   try {
     const json j = json::parse(text);
-    WEFT_CHECK(j.at("format").get<std::string>() == "weft-gpt-checkpoint", path,
-               " is not a weft GPT checkpoint manifest");
+    WEFT_CHECK(j.is_object() && j.contains("format") && j["format"].is_string() &&
+                   j["format"].get<std::string>() == "weft-gpt-checkpoint",
+               path,
+               " is not a weft GPT checkpoint manifest (no \"format\": "
+               "\"weft-gpt-checkpoint\")");
     CheckpointInfo info;
-    info.version = j.at("version").get<int>();
-    WEFT_CHECK(info.version == 1 || info.version == 2, path, ": version ", info.version,
-               " is not one this weft reads (1 or 2)");
-    info.config = config_from_json(j.at("config"));
-    info.tp = j.at("tp").get<int>();
-    info.pp = j.contains("pp") ? j.at("pp").get<int>() : 1;
-    info.virtual_stages = j.contains("virtual_stages") ? j.at("virtual_stages").get<int>() : 1;
-    info.step = j.at("step").get<int64_t>();
+    // Fields of int type are read as int64 and narrowed checked: 2^32 + 2 is no tp of 2.
+    auto int_field = [&](const char* key, int64_t lo) {
+      return checked_narrow<int>(integer_field(j, key, lo, INT64_MAX, path),
+                                 (path + ": field '" + key + "'").c_str());
+    };
+    info.version = int_field("version", 1);
+    WEFT_CHECK(info.version <= kManifestVersion, path, ": format version ", info.version,
+               " is newer than this build of weft reads (versions 1 to ", kManifestVersion,
+               "): it was written by a newer weft; load it with that one");
+    info.config = config_from_json(j.at("config"), path);
+    info.tp = int_field("tp", 1);
+    info.pp = j.contains("pp") ? int_field("pp", 1) : 1;
+    info.virtual_stages = j.contains("virtual_stages") ? int_field("virtual_stages", 1) : 1;
+    info.step = integer_field(j, "step", 0, INT64_MAX, path);
+    if (j.contains("checksums")) {
+      const json& kind = j.at("checksums");
+      WEFT_CHECK(kind.is_string() && kind.get<std::string>() == kChecksumKind, path,
+                 ": field 'checksums' is ", kind.dump(), ", but this weft knows \"", kChecksumKind,
+                 "\" only");
+      info.has_checksums = true;
+    }
     info.has_optimizer = j.contains("has_optimizer") && j.at("has_optimizer").get<bool>();
     info.dropout_replicated = j.at("rng").at("dropout_replicated").get<uint64_t>();
     info.dropout_sharded = j.at("rng").at("dropout_sharded").get<uint64_t>();
@@ -616,7 +810,7 @@ namespace {
 // Version 1: shards without slice metadata, read by name at the saving TP size.
 void load_legacy(const std::string& dir, const CheckpointInfo& info, const CheckpointIndex& index,
                  const std::vector<Parameter*>& params, AdamW* optimizer, const ParallelGrid& grid,
-                 Backend& backend) {
+                 Backend& backend, std::vector<StagedRead>& staged) {
   const std::string first = shard_path(dir, 0, 0);
   WEFT_CHECK(info.tp == grid.tp_size(), "checkpoint ", dir, " is of format version 1: its shards (",
              first,
@@ -630,7 +824,15 @@ void load_legacy(const std::string& dir, const CheckpointInfo& info, const Check
   }
   auto read = [&](const std::string& name, TensorView dst) {
     for (const SafetensorsReader* reader : readers) {
-      if (reader->contains(name)) return reader->read(name, dst, backend);
+      if (!reader->contains(name)) continue;
+      StagedRead st{dst, std::vector<unsigned char>(dst.bytes())};
+      reader->read(name, TensorView{st.bytes.data(), dst.shape, dst.dtype, Device::cpu()}, backend);
+      const int64_t bad = first_nonfinite(st.bytes.data(), dst.numel(), dst.dtype);
+      WEFT_CHECK(bad < 0, reader->path(), ": tensor '", name, "' holds ",
+                 bad < 0 ? "" : nonfinite_text(st.bytes.data(), bad, dst.dtype), " at element ",
+                 bad, " of its ", dst.shape.str(), ": a checkpoint's values must be finite");
+      staged.push_back(std::move(st));
+      return;
     }
     WEFT_THROW(ErrorCode::kIo, "checkpoint ", dir, " has no tensor '", name, "' in any of the ",
                readers.size(), " shard(s) of tp rank ", grid.tp_rank());
@@ -649,25 +851,37 @@ void load_legacy(const std::string& dir, const CheckpointInfo& info, const Check
 
 void load_checkpoint(const std::string& path_or_root, const std::vector<Parameter*>& params,
                      AdamW* optimizer, const ParallelGrid& grid, Backend& backend) {
-  const std::string dir = resolve_checkpoint(path_or_root);
-  const CheckpointInfo info = read_checkpoint_info(dir);
-  WEFT_CHECK(optimizer == nullptr || info.has_optimizer || info.version < 2, "checkpoint ", dir,
-             "/manifest.json: has_optimizer is false, but this run resumes an optimizer");
-  const CheckpointIndex index(dir, info);
-  if (index.legacy()) {
-    load_legacy(dir, info, index, params, optimizer, grid, backend);
-  } else {
+  // Everything this rank needs is read into host memory and checked (checksums, finite values)
+  // first; only when every rank succeeded does any parameter change. A failure on one rank (a
+  // corrupt or unreadable shard) is an error on every rank, naming the file, before any state
+  // changed.
+  std::vector<StagedRead> staged;
+  CheckpointInfo info;
+  run_agreed(grid.world(), backend, [&] {
+    const std::string dir = resolve_checkpoint(path_or_root);
+    info = read_checkpoint_info(dir);
+    WEFT_CHECK(optimizer == nullptr || info.has_optimizer || info.version < 2, "checkpoint ", dir,
+               "/manifest.json: has_optimizer is false, but this run resumes an optimizer");
+    const CheckpointIndex index(dir, info);
+    if (index.legacy()) {
+      load_legacy(dir, info, index, params, optimizer, grid, backend, staged);
+      return;
+    }
     const std::map<std::string, TensorSlice> slices =
         slices_by_name(info.config, grid.tp_size(), grid.tp_rank());
-    for (Parameter* p : params) read_into(index, slice_of(slices, *p), "", p->value, backend);
+    for (Parameter* p : params) read_staged(index, slice_of(slices, *p), "", p->value, staged);
     if (optimizer != nullptr) {
       for (AdamW::State& s : optimizer->state()) {
         const TensorSlice& slice = slice_of(slices, *s.param);
-        read_into(index, slice, ".master", s.master, backend);
-        read_into(index, slice, ".exp_avg", s.m, backend);
-        read_into(index, slice, ".exp_avg_sq", s.v, backend);
+        read_staged(index, slice, ".master", s.master, staged);
+        read_staged(index, slice, ".exp_avg", s.m, staged);
+        read_staged(index, slice, ".exp_avg_sq", s.v, staged);
       }
     }
+  });
+  for (StagedRead& st : staged) {
+    backend.copy(st.target,
+                 TensorView{st.bytes.data(), st.target.shape, st.target.dtype, Device::cpu()});
   }
   if (optimizer != nullptr) {
     optimizer->set_steps_taken(info.step);
@@ -771,11 +985,13 @@ void reshard_checkpoint(const std::string& path_or_root, const std::string& dst,
               index.read(x.slice.global_name + x.suffix, x.dtype, dim, x.slice.offset, count,
                          scratch.data(), count);
               return scratch.data();
-            });
+            },
+            SafetensorsOptions{/*checksums=*/true});
       }
     }
-    nlohmann::json manifest = json::parse(read_file(src + "/manifest.json"));
-    manifest["version"] = 2;
+    nlohmann::json manifest = json::parse(read_file(src + "/manifest.json", kManifestLimit));
+    manifest["version"] = kManifestVersion;
+    manifest["checksums"] = kChecksumKind;
     manifest["tp"] = tp;
     manifest["pp"] = pp;
     manifest["virtual_stages"] = virtual_stages;

@@ -3,9 +3,11 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <utility>
@@ -93,6 +95,28 @@ void pread_all(int fd, void* data, size_t bytes, uint64_t offset, const std::str
   }
 }
 
+std::string hex64(uint64_t v) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 15; i >= 0; --i, v >>= 4) out[static_cast<size_t>(i)] = kDigits[v & 15];
+  return out;
+}
+
+bool parse_hex64(const std::string& text, uint64_t* v) {
+  if (text.size() != 16) return false;
+  *v = 0;
+  for (char c : text) {
+    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return false;
+    *v = (*v << 4) | static_cast<uint64_t>(d);
+  }
+  return true;
+}
+
+bool is_checksum_key(const std::string& key) {
+  return key.compare(0, sizeof(kSafetensorsChecksumPrefix) - 1, kSafetensorsChecksumPrefix) == 0;
+}
+
 uint64_t checked_bytes(const std::vector<int64_t>& dims, size_t element_size, bool* overflow) {
   uint64_t n = element_size;
   *overflow = false;
@@ -109,6 +133,21 @@ void save_safetensors_streamed(
     const std::map<std::string, std::string>& metadata,
     const std::function<const void*(const SafetensorsEntry&, std::vector<unsigned char>& scratch)>&
         fill) {
+  save_safetensors_streamed(path, entries, metadata, fill, SafetensorsOptions{});
+}
+
+void save_safetensors_streamed(
+    const std::string& path, const std::vector<SafetensorsEntry>& entries,
+    const std::map<std::string, std::string>& metadata,
+    const std::function<const void*(const SafetensorsEntry&, std::vector<unsigned char>& scratch)>&
+        fill,
+    const SafetensorsOptions& options) {
+  if (options.checksums) {
+    for (const auto& kv : metadata) {
+      WEFT_CHECK(!is_checksum_key(kv.first), "save_safetensors('", path, "'): metadata key '",
+                 kv.first, "' is reserved for the checksums");
+    }
+  }
   std::set<std::string> seen;
   for (const SafetensorsEntry& t : entries) {
     WEFT_CHECK(!t.name.empty(), "save_safetensors('", path, "'): empty tensor name");
@@ -128,24 +167,36 @@ void save_safetensors_streamed(
     return ra != rb ? ra > rb : a->name < b->name;
   });
 
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) header[kMetadataKey] = metadata;
-  uint64_t offset = 0;
-  for (const SafetensorsEntry* t : order) {
-    const uint64_t bytes = static_cast<uint64_t>(t->shape.numel()) * dtype_size(t->dtype);
-    header[t->name] = {{"dtype", safetensors_dtype(t->dtype)},
-                       {"shape", t->shape.dims()},
-                       {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
+  // With checksums, the header is written first with placeholders of the same length and
+  // rewritten in place once the data has been hashed on its way to the file: one pass over it.
+  std::map<std::string, uint64_t> hashes;
+  if (options.checksums) {
+    for (const SafetensorsEntry& t : entries) hashes[t.name] = 0;
   }
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const nlohmann::json::exception& e) {
-    WEFT_THROW(ErrorCode::kInvalidArgument, "save_safetensors('", path,
-               "'): a tensor name or metadata string is not valid UTF-8: ", e.what());
-  }
-  text.append((8 - text.size() % 8) % 8, ' ');
+  auto header_text = [&]() {
+    std::map<std::string, std::string> all = metadata;
+    for (const auto& [name, hash] : hashes) all[kSafetensorsChecksumPrefix + name] = hex64(hash);
+    nlohmann::ordered_json header = nlohmann::ordered_json::object();
+    if (!all.empty()) header[kMetadataKey] = all;
+    uint64_t offset = 0;
+    for (const SafetensorsEntry* t : order) {
+      const uint64_t bytes = static_cast<uint64_t>(t->shape.numel()) * dtype_size(t->dtype);
+      header[t->name] = {{"dtype", safetensors_dtype(t->dtype)},
+                         {"shape", t->shape.dims()},
+                         {"data_offsets", {offset, offset + bytes}}};
+      offset += bytes;
+    }
+    std::string text;
+    try {
+      text = header.dump();
+    } catch (const nlohmann::json::exception& e) {
+      WEFT_THROW(ErrorCode::kInvalidArgument, "save_safetensors('", path,
+                 "'): a tensor name or metadata string is not valid UTF-8: ", e.what());
+    }
+    text.append((8 - text.size() % 8) % 8, ' ');
+    return text;
+  };
+  const std::string text = header_text();
 
   unsigned char length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(text.size() >> (8 * i));
@@ -156,18 +207,34 @@ void save_safetensors_streamed(
   std::vector<unsigned char> scratch;
   for (const SafetensorsEntry* t : order) {
     const size_t bytes = static_cast<size_t>(t->shape.numel()) * dtype_size(t->dtype);
-    if (bytes == 0) continue;
+    if (bytes == 0) {
+      if (options.checksums) hashes[t->name] = XXH3_64bits(nullptr, 0);
+      continue;
+    }
     scratch.resize(bytes);
     const void* data = fill(*t, scratch);
     WEFT_CHECK(data != nullptr, "save_safetensors('", path, "'): tensor '", t->name,
                "' has no data");
+    if (options.checksums) hashes[t->name] = XXH3_64bits(data, bytes);
     out.write(data, bytes);
+  }
+  if (options.checksums) {
+    const std::string hashed = header_text();
+    WEFT_CHECK(hashed.size() == text.size(), "save_safetensors('", path,
+               "'): the header changed length when its checksums were filled in");
+    out.write_at(8, hashed.data(), hashed.size());
   }
   out.commit();
 }
 
 void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                       const std::map<std::string, std::string>& metadata, Backend& backend) {
+  save_safetensors(path, tensors, metadata, backend, SafetensorsOptions{});
+}
+
+void save_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                      const std::map<std::string, std::string>& metadata, Backend& backend,
+                      const SafetensorsOptions& options) {
   std::vector<SafetensorsEntry> entries;
   std::map<std::string, const TensorView*> views;
   for (const NamedTensor& t : tensors) {
@@ -183,7 +250,8 @@ void save_safetensors(const std::string& path, const std::vector<NamedTensor>& t
         if (v.device.is_cpu()) return v.data;
         backend.copy(TensorView{scratch.data(), v.shape, v.dtype, Device::cpu()}, v);
         return scratch.data();
-      });
+      },
+      options);
 }
 
 SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
@@ -321,6 +389,16 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
       bad(file_size - expected, " unused bytes after the last tensor (data section of ", data_bytes,
           " bytes, tensors end at ", expected - data_start, ")");
     }
+    for (const auto& [key, value] : metadata_) {
+      if (!is_checksum_key(key)) continue;
+      const std::string name = key.substr(sizeof(kSafetensorsChecksumPrefix) - 1);
+      auto it = entries_.find(name);
+      if (it == entries_.end()) bad("checksum key '", key, "' names no tensor of the file");
+      if (!parse_hex64(value, &it->second.checksum)) {
+        bad("checksum '", key, "' is '", value, "', not 16 lowercase hexadecimal digits");
+      }
+      it->second.has_checksum = true;
+    }
   } catch (...) {
     ::close(fd_);
     throw;
@@ -365,6 +443,37 @@ const SafetensorsReader::Entry& SafetensorsReader::entry(const std::string& name
   return it->second;
 }
 
+bool SafetensorsReader::has_checksum(const std::string& name) const {
+  return entry(name).has_checksum;
+}
+
+void SafetensorsReader::check_hash(const std::string& name, const Entry& e, uint64_t hash) const {
+  if (hash != e.checksum) {
+    WEFT_THROW(ErrorCode::kIo, "checksum mismatch in '", path_, "': tensor '", name, "' (",
+               dtype_name(e.dtype), e.shape.str(), ", file bytes [", e.begin, ", ", e.end,
+               ")) hashes to xxh3_64 ", hex64(hash), ", but the file records ", hex64(e.checksum),
+               ": its data changed after it was written");
+  }
+  e.verified = true;
+}
+
+void SafetensorsReader::verify(const std::string& name) const {
+  const Entry& e = entry(name);
+  if (!e.has_checksum || e.verified) return;
+  std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> state(XXH3_createState(),
+                                                                        XXH3_freeState);
+  WEFT_CHECK(state != nullptr && XXH3_64bits_reset(state.get()) == XXH_OK,
+             "cannot start an xxh3_64 hash");
+  std::vector<unsigned char> chunk(std::min<uint64_t>(e.end - e.begin, uint64_t{1} << 20));
+  for (uint64_t at = e.begin; at < e.end;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(chunk.size(), e.end - at));
+    pread_all(fd_, chunk.data(), n, at, path_);
+    XXH3_64bits_update(state.get(), chunk.data(), n);
+    at += n;
+  }
+  check_hash(name, e, XXH3_64bits_digest(state.get()));
+}
+
 Shape SafetensorsReader::shape(const std::string& name) const { return entry(name).shape; }
 
 DType SafetensorsReader::dtype(const std::string& name) const { return entry(name).dtype; }
@@ -379,6 +488,9 @@ void SafetensorsReader::read_block(const std::string& name, int dim, int64_t beg
              begin + count, ") of dimension ", dim, " into [", dst_begin, ", ", dst_begin + count,
              ") of ", dst_extent, " is out of range");
   if (count == 0) return;
+  // The whole tensor into a dense destination is hashed as it lands; a part needs a pass first.
+  const bool whole = begin == 0 && count == shape[dim] && dst_begin == 0 && dst_extent == count;
+  if (!whole) verify(name);
   int64_t outer = 1, inner = 1;
   for (int d = 0; d < dim; ++d) outer *= shape[d];
   for (int d = dim + 1; d < shape.rank(); ++d) inner *= shape[d];
@@ -390,6 +502,9 @@ void SafetensorsReader::read_block(const std::string& name, int dim, int64_t beg
         e.begin + static_cast<uint64_t>((o * shape[dim] + begin) * inner) * element;
     pread_all(fd_, out + static_cast<size_t>((o * dst_extent + dst_begin) * inner) * element, run,
               from, path_);
+  }
+  if (whole && e.has_checksum && !e.verified) {
+    check_hash(name, e, XXH3_64bits(dst, static_cast<size_t>(e.end - e.begin)));
   }
 }
 
@@ -404,10 +519,12 @@ void SafetensorsReader::read(const std::string& name, TensorView dst, Backend& b
              "' into a view without data");
   if (dst.device.is_cpu()) {
     pread_all(fd_, dst.data, bytes, e.begin, path_);
+    if (e.has_checksum && !e.verified) check_hash(name, e, XXH3_64bits(dst.data, bytes));
     return;
   }
   std::vector<unsigned char> staging(bytes);
   pread_all(fd_, staging.data(), bytes, e.begin, path_);
+  if (e.has_checksum && !e.verified) check_hash(name, e, XXH3_64bits(staging.data(), bytes));
   backend.copy(dst, TensorView{staging.data(), e.shape, e.dtype, Device::cpu()});
 }
 

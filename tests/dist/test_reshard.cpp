@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -360,6 +361,7 @@ TEST(Reshard, VersionOneCheckpointsLoadAtTheirOwnTpSizeOnly) {
     nlohmann::json m = nlohmann::json::parse(file_bytes(ckpt + "/manifest.json"));
     m["version"] = 1;
     m.erase("virtual_stages");
+    m.erase("checksums");  // version 1 had none
     write_file_atomically(ckpt + "/manifest.json", m.dump());
   }
   world().barrier();
@@ -451,6 +453,67 @@ TEST(Reshard, BadCheckpointsFailOnEveryRankNamingFileFieldAndValue) {
     EXPECT_FALSE(std::filesystem::exists(dir.sub("bad")));
   }
   world().barrier();
+}
+
+// One rank's shard fails its checksum after every header checked fine (each rank reads only its
+// own shard's data at its own layout): every rank raises the same error, naming the rank, the
+// file and the tensor, and no rank's parameters changed; the peers never wait for the failed one.
+TEST(Reshard, ACorruptShardReadOnOneRankFailsOnEveryRankBeforeAnyChange) {
+  if (world().size() < 2) GTEST_SKIP() << "needs a shard that only one rank reads";
+  auto backend = make_test_backend();
+  const GPTConfig config = reshard_config("llama");
+  SharedDir dir;
+  const std::string ckpt = dir.sub("ckpt");
+  const Layout layout{2, world().size() / 2, 1};  // tp 2 (x pp 2 on 4 ranks): a shard per rank
+  TrainingRun run(*backend, world(), layout, config);
+  run.save(ckpt, 0);
+  const int victim = world().size() - 1;  // the last rank's shard
+  const std::string shard = ckpt + "/tp1_pp" + std::to_string(layout.pp - 1) + ".safetensors";
+  // A byte of a tensor only that rank reads: its block of the last layer's column-parallel fc1.
+  const std::string victim_tensor =
+      "layers." + std::to_string(config.layers - 1) + ".mlp.fc1.weight";
+  if (world().rank() == 0) {
+    std::string bytes = file_bytes(shard);
+    uint64_t header = 0;
+    for (int i = 0; i < 8; ++i)
+      header |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+    const nlohmann::json j = nlohmann::json::parse(bytes.substr(8, header));
+    const size_t at = 8 + header + j.at(victim_tensor).at("data_offsets")[0].get<size_t>() + 5;
+    bytes[at] = static_cast<char>(bytes[at] ^ 0x10);
+    std::ofstream(shard, std::ios::binary | std::ios::trunc) << bytes;
+  }
+  world().barrier();
+  for (Parameter* p : run.model.parameters()) {
+    std::vector<float> nan(static_cast<size_t>(p->value.numel()),
+                           std::numeric_limits<float>::quiet_NaN());
+    backend->copy(p->value, TensorView{nan.data(), p->value.shape(), DType::kF32, Device::cpu()});
+  }
+  std::string message;
+  expect_error_on_every_rank(
+      [&] {
+        try {
+          run.load(ckpt);
+        } catch (const Error& e) {
+          message = e.message();
+          throw;
+        }
+      },
+      {"rank " + std::to_string(victim) + ": ", "checksum mismatch", shard,
+       "tensor '" + victim_tensor + "'"});
+  for (Parameter* p : run.model.parameters()) {
+    for (double x : to_host(*backend, p->value)) {
+      ASSERT_TRUE(std::isnan(x)) << p->name << " changed on rank " << world().rank();
+    }
+  }
+  // The same text on every rank: rank 0's, compared everywhere.
+  std::vector<char> text(4096 + 8, 0);
+  std::copy(message.begin(), message.begin() + std::min<size_t>(message.size(), 4096),
+            text.begin());
+  std::vector<char> root = text;
+  host_world().broadcast(TensorView{root.data(), Shape({static_cast<int64_t>(root.size() / 4)}),
+                                    DType::kF32, Device::cpu()},
+                         0, host_stream());
+  EXPECT_EQ(std::string(root.data()), std::string(text.data()));
 }
 
 }  // namespace

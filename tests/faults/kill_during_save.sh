@@ -23,7 +23,8 @@ for ((i = 1; i <= tries; i++)); do
     victim=${ranks[$((RANDOM % ${#ranks[@]}))]}
     kill -9 "$victim" 2>/dev/null || true
   fi
-  partial=$(find "$root" -maxdepth 1 -name '*.partial' | wc -l)
+  # The surviving ranks may still rename a .partial directory while find reads the root.
+  partial=$( (find "$root" -maxdepth 1 -name '*.partial' 2>/dev/null || true) | wc -l)
   wait "$launcher" && { echo "try $i: the job survived the kill of rank pid ${victim:-none}"; exit 1; }
   ((partial > 0)) && interrupted=$((interrupted + 1))
   step=$(latest_step)
