@@ -512,7 +512,8 @@ void import_hf_checkpoint(const std::string& hf_dir, const std::string& out, int
           WEFT_CHECK(static_cast<int64_t>(current.size()) == e.shape.numel(), "HF conversion of '",
                      e.name, "' gave ", current.size(), " values, expected ", e.shape.numel());
           return current.data();
-        });
+        },
+        SafetensorsOptions{/*checksums=*/true});  // the manifest says every tensor has one
     CheckpointInfo info;
     info.config = config;
     info.run_args = json{{"imported_from", hf_dir}, {"hf_model_type", model.info().kind}}.dump();
