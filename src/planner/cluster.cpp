@@ -48,10 +48,10 @@ void Cluster::check() const {
              tp_overlap_efficiency, ") are fractions, at most 1");
   for (size_t i = 0; i < gemm_table.size(); ++i) {
     const GemmTableEntry& e = gemm_table[i];
-    WEFT_CHECK(std::isfinite(e.m * e.n * e.k * e.tflops) && e.m > 0 && e.n > 0 && e.k > 0 &&
-                   e.tflops > 0,
-               "cluster '", name, "': gemm_table[", i, "] (m ", e.m, ", n ", e.n, ", k ", e.k,
-               ", tflops ", e.tflops, ") needs positive m, n, k and tflops");
+    WEFT_CHECK(
+        std::isfinite(e.m * e.n * e.k * e.tflops) && e.m > 0 && e.n > 0 && e.k > 0 && e.tflops > 0,
+        "cluster '", name, "': gemm_table[", i, "] (m ", e.m, ", n ", e.n, ", k ", e.k, ", tflops ",
+        e.tflops, ") needs positive m, n, k and tflops");
   }
 }
 
@@ -123,6 +123,15 @@ double number_field(const nlohmann::json& j, const std::string& key, const std::
   return v;
 }
 
+// An optional string field: `fallback` when absent, an error naming it when not a string.
+std::string string_field(const nlohmann::json& j, const std::string& key,
+                         const std::string& fallback, const std::string& origin) {
+  if (!j.contains(key)) return fallback;
+  WEFT_CHECK(j.at(key).is_string(), "cluster file ", origin, ": field '", key,
+             "' must be a string, got ", j.at(key).dump());
+  return j.at(key).get<std::string>();
+}
+
 Link link_field(const nlohmann::json& j, const std::string& key, const std::string& origin) {
   WEFT_CHECK(j.contains(key) && j.at(key).is_object(), "cluster file ", origin,
              ": missing object '", key, "' {bandwidth_gbps, latency_us}");
@@ -142,8 +151,8 @@ Cluster cluster_from_json(const std::string& json_text, const std::string& origi
   }
   WEFT_CHECK(j.is_object(), "cluster file ", origin, ": expected a JSON object");
   Cluster c;
-  c.name = j.value("name", origin);
-  c.description = j.value("description", "");
+  c.name = string_field(j, "name", origin, origin);
+  c.description = string_field(j, "description", "", origin);
   c.peak_tflops_bf16 = number_field(j, "peak_tflops_bf16", origin);
   c.peak_tflops_f32 = number_field(j, "peak_tflops_f32", origin);
   c.gemm_efficiency_max = number_field(j, "gemm_efficiency_max", origin);
@@ -176,19 +185,20 @@ Cluster cluster_from_json(const std::string& json_text, const std::string& origi
     for (const nlohmann::json& e : j.at("gemm_table")) {
       WEFT_CHECK(e.is_object(), "cluster file ", origin, ": gemm_table entry ", e.dump(),
                  " must be an object {role, dtype, m, n, k, tflops}");
-      const std::string role = e.value("role", ""), dtype = e.value("dtype", "");
+      const std::string role = string_field(e, "role", "", origin + " gemm_table");
+      const std::string dtype = string_field(e, "dtype", "", origin + " gemm_table");
       GemmTableEntry entry;
       if (role == "forward") {
         entry.role = GemmRole::kForward;
       } else if (role == "backward_data") {
         entry.role = GemmRole::kBackwardData;
       } else {
-        WEFT_CHECK(role == "backward_weight", "cluster file ", origin, ": gemm_table role '",
-                   role, "' must be forward, backward_data or backward_weight");
+        WEFT_CHECK(role == "backward_weight", "cluster file ", origin, ": gemm_table role '", role,
+                   "' must be forward, backward_data or backward_weight");
         entry.role = GemmRole::kBackwardWeight;
       }
-      WEFT_CHECK(dtype == "f32" || dtype == "bf16", "cluster file ", origin,
-                 ": gemm_table dtype '", dtype, "' must be f32 or bf16");
+      WEFT_CHECK(dtype == "f32" || dtype == "bf16", "cluster file ", origin, ": gemm_table dtype '",
+                 dtype, "' must be f32 or bf16");
       entry.bf16 = dtype == "bf16";
       const std::string where = origin + " gemm_table";
       entry.m = number_field(e, "m", where);
@@ -270,6 +280,19 @@ std::vector<nlohmann::json> runs(const nlohmann::json& j, const std::string& pat
     out.push_back(b);
   }
   return out;
+}
+
+// Runs `parse`, turning a JSON type error (a field of an unexpected type) into a weft::Error
+// naming the files.
+template <typename F>
+auto json_errors_named(const std::string& files, F&& parse) {
+  try {
+    return parse();
+  } catch (const nlohmann::json::exception& e) {
+    WEFT_THROW(ErrorCode::kInvalidArgument, "calibration: ", files,
+               ": a field of an unexpected type: ", e.what());
+  }
+  return decltype(parse())();
 }
 
 // rate(d) = peak d / (d + half_dim), fitted to measured rates by their smallest dimension with
@@ -374,103 +397,107 @@ Cluster calibrate_from_samples(const std::vector<GemmRate>& gemms,
 Cluster calibrate_cluster(const std::string& bench_gemm_json, const std::string& collectives_json,
                           double memory_bandwidth_gbps, double memory_gib,
                           const std::vector<AttentionSample>& attention) {
-  // GEMMs: bench_gemm's weft rows BM_GemmCpu/weft/<dtype>/T<tokens>_h<h>_tp<tp>/<op>[/real_time],
-  // the best repetition of each. The op's suffix is its role; the counters m, n, k its shape
-  // (files without them give the curve only).
-  const nlohmann::json gemm = read_json(bench_gemm_json);
-  const std::regex name(R"(BM_Gemm\w+/weft/(\w+)/T(\d+)_h(\d+)_tp(\d+)/(\w+)(/real_time)?)");
-  std::map<std::string, GemmRate> best;  // by name
-  for (const nlohmann::json& b : runs(gemm, bench_gemm_json)) {
-    std::smatch match;
-    const std::string n = b.value("name", "");
-    if (!std::regex_match(n, match, name) || !b.contains("GFLOP/s")) continue;
-    const double tokens = std::stod(match[2]), h = std::stod(match[3]), tp = std::stod(match[4]);
-    const std::string op = match[5];
-    const auto ends_with = [&op](const std::string& suffix) {
-      return op.size() >= suffix.size() && op.compare(op.size() - suffix.size(), suffix.size(),
-                                                      suffix) == 0;
-    };
-    const double wide = (op == "qkv_fwd" ? 3 : 4) * h / tp;  // the split dimension
-    GemmRate& g = best[n];
-    g.bf16 = match[1] == "bf16";
-    g.smallest_dim = std::min({tokens, h, wide});
-    g.gflops = std::max(g.gflops, b.at("GFLOP/s").get<double>());
-    g.role = ends_with("_wgrad")   ? GemmRole::kBackwardWeight
-             : ends_with("_dgrad") ? GemmRole::kBackwardData
-                                   : GemmRole::kForward;
-    if (b.contains("m") && b.contains("n") && b.contains("k")) {
-      g.m = b.at("m").get<double>();
-      g.n = b.at("n").get<double>();
-      g.k = b.at("k").get<double>();
+  return json_errors_named(bench_gemm_json + ", " + collectives_json, [&] {
+    // GEMMs: bench_gemm's weft rows BM_GemmCpu/weft/<dtype>/T<tokens>_h<h>_tp<tp>/<op>[/real_time],
+    // the best repetition of each. The op's suffix is its role; the counters m, n, k its shape
+    // (files without them give the curve only).
+    const nlohmann::json gemm = read_json(bench_gemm_json);
+    const std::regex name(R"(BM_Gemm\w+/weft/(\w+)/T(\d+)_h(\d+)_tp(\d+)/(\w+)(/real_time)?)");
+    std::map<std::string, GemmRate> best;  // by name
+    for (const nlohmann::json& b : runs(gemm, bench_gemm_json)) {
+      std::smatch match;
+      const std::string n = b.value("name", "");
+      if (!std::regex_match(n, match, name) || !b.contains("GFLOP/s")) continue;
+      const double tokens = std::stod(match[2]), h = std::stod(match[3]), tp = std::stod(match[4]);
+      const std::string op = match[5];
+      const auto ends_with = [&op](const std::string& suffix) {
+        return op.size() >= suffix.size() &&
+               op.compare(op.size() - suffix.size(), suffix.size(), suffix) == 0;
+      };
+      const double wide = (op == "qkv_fwd" ? 3 : 4) * h / tp;  // the split dimension
+      GemmRate& g = best[n];
+      g.bf16 = match[1] == "bf16";
+      g.smallest_dim = std::min({tokens, h, wide});
+      g.gflops = std::max(g.gflops, b.at("GFLOP/s").get<double>());
+      g.role = ends_with("_wgrad")   ? GemmRole::kBackwardWeight
+               : ends_with("_dgrad") ? GemmRole::kBackwardData
+                                     : GemmRole::kForward;
+      if (b.contains("m") && b.contains("n") && b.contains("k")) {
+        g.m = b.at("m").get<double>();
+        g.n = b.at("n").get<double>();
+        g.k = b.at("k").get<double>();
+      }
     }
-  }
-  std::vector<GemmRate> rates;
-  for (const auto& [n, g] : best) rates.push_back(g);
-  WEFT_CHECK(!rates.empty(), "calibration: '", bench_gemm_json,
-             "' holds no weft GEMM rows (run bench_gemm)");
-  const int64_t cpus = gemm.contains("context") ? gemm.at("context").value("num_cpus", 0) : 0;
+    std::vector<GemmRate> rates;
+    for (const auto& [n, g] : best) rates.push_back(g);
+    WEFT_CHECK(!rates.empty(), "calibration: '", bench_gemm_json,
+               "' holds no weft GEMM rows (run bench_gemm)");
+    const int64_t cpus = gemm.contains("context") ? gemm.at("context").value("num_cpus", 0) : 0;
 
-  // Collectives: bench_collectives' MPI rows.
-  const nlohmann::json coll = read_json(collectives_json);
-  const int64_t n =
-      coll.contains("context") ? std::stoll(coll.at("context").value("ranks", "0")) : 0;
-  WEFT_CHECK(n >= 2, "calibration: '", collectives_json, "' was measured on ", n,
-             " rank(s); run bench_collectives on 2 or more");
-  std::vector<CollectiveSample> samples;
-  for (const nlohmann::json& b : runs(coll, collectives_json)) {
-    const std::string nm = b.value("name", "");
-    if (nm.find("/mpi/") == std::string::npos || !b.contains("size")) continue;
-    CollectiveSample s;
-    s.kind = nm.rfind("BM_AllReduce", 0) == 0   ? Collective::kAllReduce
-             : nm.rfind("BM_AllGather", 0) == 0 ? Collective::kAllGather
-                                                : Collective::kReduceScatter;
-    s.bytes = b.at("size").get<double>();
-    s.n = n;
-    const std::string unit = b.value("time_unit", "ns");
-    s.seconds = b.at("real_time").get<double>() * (unit == "us"   ? 1e-6
-                                                   : unit == "ms" ? 1e-3
-                                                   : unit == "s"  ? 1.0
-                                                                  : 1e-9);
-    samples.push_back(s);
-  }
-  WEFT_CHECK(samples.size() >= 2, "calibration: '", collectives_json,
-             "' holds fewer than 2 MPI collective rows");
-  Cluster c = calibrate_from_samples(
-      rates, samples, memory_bandwidth_gbps, memory_gib,
-      "this machine, calibrated from " + bench_gemm_json + " and " + collectives_json +
-          (attention.empty() ? "" : " and bench_gpt_layer's attention"));
-  if (cpus > 0) c.devices_per_node = cpus;
+    // Collectives: bench_collectives' MPI rows.
+    const nlohmann::json coll = read_json(collectives_json);
+    const int64_t n =
+        coll.contains("context") ? std::stoll(coll.at("context").value("ranks", "0")) : 0;
+    WEFT_CHECK(n >= 2, "calibration: '", collectives_json, "' was measured on ", n,
+               " rank(s); run bench_collectives on 2 or more");
+    std::vector<CollectiveSample> samples;
+    for (const nlohmann::json& b : runs(coll, collectives_json)) {
+      const std::string nm = b.value("name", "");
+      if (nm.find("/mpi/") == std::string::npos || !b.contains("size")) continue;
+      CollectiveSample s;
+      s.kind = nm.rfind("BM_AllReduce", 0) == 0   ? Collective::kAllReduce
+               : nm.rfind("BM_AllGather", 0) == 0 ? Collective::kAllGather
+                                                  : Collective::kReduceScatter;
+      s.bytes = b.at("size").get<double>();
+      s.n = n;
+      const std::string unit = b.value("time_unit", "ns");
+      s.seconds = b.at("real_time").get<double>() * (unit == "us"   ? 1e-6
+                                                     : unit == "ms" ? 1e-3
+                                                     : unit == "s"  ? 1.0
+                                                                    : 1e-9);
+      samples.push_back(s);
+    }
+    WEFT_CHECK(samples.size() >= 2, "calibration: '", collectives_json,
+               "' holds fewer than 2 MPI collective rows");
+    Cluster c = calibrate_from_samples(
+        rates, samples, memory_bandwidth_gbps, memory_gib,
+        "this machine, calibrated from " + bench_gemm_json + " and " + collectives_json +
+            (attention.empty() ? "" : " and bench_gpt_layer's attention"));
+    if (cpus > 0) c.devices_per_node = cpus;
 
-  fit_attention(c, attention);
-  c.check();
-  return c;
+    fit_attention(c, attention);
+    c.check();
+    return c;
+  });
 }
 
 std::vector<AttentionSample> load_attention_samples(const std::string& bench_gpt_layer_json) {
-  const std::string& path = bench_gpt_layer_json;
-  const nlohmann::json j = read_json(path);
-  std::map<std::string, AttentionSample> by_case;
-  for (const nlohmann::json& b : runs(j, path)) {
-    const std::string n = b.value("name", "");
-    if (n.find("/f32/") == std::string::npos || n.find("_tp1/") == std::string::npos ||
-        !b.contains("hidden") || !b.contains("heads") || !b.contains("seq") ||
-        !b.contains("batch") || !b.contains("attn_ms")) {
-      continue;
+  return json_errors_named(bench_gpt_layer_json, [&] {
+    const std::string& path = bench_gpt_layer_json;
+    const nlohmann::json j = read_json(path);
+    std::map<std::string, AttentionSample> by_case;
+    for (const nlohmann::json& b : runs(j, path)) {
+      const std::string n = b.value("name", "");
+      if (n.find("/f32/") == std::string::npos || n.find("_tp1/") == std::string::npos ||
+          !b.contains("hidden") || !b.contains("heads") || !b.contains("seq") ||
+          !b.contains("batch") || !b.contains("attn_ms")) {
+        continue;
+      }
+      AttentionSample s;
+      s.hidden = static_cast<int64_t>(b.at("hidden").get<double>());
+      s.heads = static_cast<int64_t>(b.at("heads").get<double>());
+      s.seq_len = static_cast<int64_t>(b.at("seq").get<double>());
+      s.micro_batch = static_cast<int64_t>(b.at("batch").get<double>());
+      s.seconds = b.at("attn_ms").get<double>() * 1e-3;
+      auto [it, fresh] = by_case.emplace(n, s);
+      if (!fresh) it->second.seconds = std::min(it->second.seconds, s.seconds);
     }
-    AttentionSample s;
-    s.hidden = static_cast<int64_t>(b.at("hidden").get<double>());
-    s.heads = static_cast<int64_t>(b.at("heads").get<double>());
-    s.seq_len = static_cast<int64_t>(b.at("seq").get<double>());
-    s.micro_batch = static_cast<int64_t>(b.at("batch").get<double>());
-    s.seconds = b.at("attn_ms").get<double>() * 1e-3;
-    auto [it, fresh] = by_case.emplace(n, s);
-    if (!fresh) it->second.seconds = std::min(it->second.seconds, s.seconds);
-  }
-  WEFT_CHECK(!by_case.empty(), "calibration: '", path,
-             "' holds no f32 tp-1 rows with their shape and attn_ms (run bench_gpt_layer)");
-  std::vector<AttentionSample> out;
-  for (const auto& [n, s] : by_case) out.push_back(s);
-  return out;
+    WEFT_CHECK(!by_case.empty(), "calibration: '", path,
+               "' holds no f32 tp-1 rows with their shape and attn_ms (run bench_gpt_layer)");
+    std::vector<AttentionSample> out;
+    for (const auto& [n, s] : by_case) out.push_back(s);
+    return out;
+  });
 }
 
 void fit_attention(Cluster& c, const std::vector<AttentionSample>& samples) {
@@ -485,8 +512,8 @@ void fit_attention(Cluster& c, const std::vector<AttentionSample>& samples) {
                ", seconds ", s.seconds, ")");
     ModelShape m = ModelShape::gpt(1, s.hidden, s.heads, s.seq_len, 1);
     // Forward + backward: three forwards' FLOPs (full s^2, as the model counts them).
-    const double flops = 3 * 2 * 2 * static_cast<double>(s.micro_batch * s.seq_len * s.seq_len *
-                                                         s.hidden);
+    const double flops =
+        3 * 2 * 2 * static_cast<double>(s.micro_batch * s.seq_len * s.seq_len * s.hidden);
     GemmRate r;
     r.smallest_dim = static_cast<double>(m.head_dim());
     r.gflops = flops / s.seconds / 1e9;
@@ -496,7 +523,5 @@ void fit_attention(Cluster& c, const std::vector<AttentionSample>& samples) {
   c.attention_efficiency_max = curve.peak_gflops / 1e3 / c.peak_tflops_f32;
   c.attention_half_dim = curve.half_dim;
 }
-
-
 
 }  // namespace weft::plan
