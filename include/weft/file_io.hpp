@@ -25,6 +25,8 @@ class AtomicWriter {
   void commit();
 
  private:
+  void write_fully(const void* data, size_t bytes, size_t offset);
+
   std::string path_;
   std::string tmp_path_;
   int fd_ = -1;

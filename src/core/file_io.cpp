@@ -41,24 +41,19 @@ AtomicWriter::~AtomicWriter() {
 }
 
 void AtomicWriter::write(const void* data, size_t bytes) {
-  const char* p = static_cast<const char*>(data);
-  while (bytes > 0) {
-    const ssize_t n = ::write(fd_, p, bytes);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      WEFT_THROW(ErrorCode::kIo, "cannot write '", tmp_path_, "' (the temporary file for '", path_,
-                 "'): ", errno_text());
-    }
-    p += n;
-    bytes -= static_cast<size_t>(n);
-    written_ += static_cast<size_t>(n);
-  }
+  write_fully(data, bytes, written_);
+  written_ += bytes;
 }
 
 void AtomicWriter::write_at(size_t offset, const void* data, size_t bytes) {
   WEFT_CHECK(offset <= written_ && bytes <= written_ - offset, "AtomicWriter('", path_,
              "'): write_at [", offset, ", ", offset + bytes, ") is beyond the ", written_,
              " bytes written");
+  write_fully(data, bytes, offset);
+}
+
+// Writes all `bytes` at `offset` of the temporary file (retrying short and interrupted writes).
+void AtomicWriter::write_fully(const void* data, size_t bytes, size_t offset) {
   const char* p = static_cast<const char*>(data);
   while (bytes > 0) {
     const ssize_t n = ::pwrite(fd_, p, bytes, static_cast<off_t>(offset));
