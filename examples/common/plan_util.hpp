@@ -5,12 +5,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "weft/gpt.hpp"
 #include "weft/plan.hpp"
+#include "weft/runtime.hpp"
 
 namespace weft::examples {
 
@@ -49,14 +49,7 @@ inline double measure_copy_bandwidth_gbps() {
 
 // MemTotal of /proc/meminfo in GiB (0 when unreadable).
 inline double memory_total_gib() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  double kib = 0;
-  while (in >> key >> kib) {
-    if (key == "MemTotal:") return kib / (1024.0 * 1024.0);
-    in.ignore(256, '\n');
-  }
-  return 0;
+  return static_cast<double>(host_memory_bytes()) / (1024.0 * 1024.0 * 1024.0);
 }
 
 }  // namespace weft::examples

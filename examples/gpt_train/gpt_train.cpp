@@ -288,11 +288,11 @@ void check_args(const Args& a, int world_size) {
 }
 
 // Refuses (a usage error on every rank) a run whose parameters, gradients, optimizer state and
-// activations per rank (the planner's memory model) exceed this node's memory shared by its
-// ranks; prints the estimate otherwise. The CPU engine only: GPU memory is the device's.
+// activations per rank (the planner's memory model) exceed the memory each rank has
+// (Runtime::memory_per_rank_bytes: the node's on the CPU, the GPU's on CUDA); prints the
+// estimate otherwise.
 void check_memory(const Args& a, const weft::GPTConfig& config, weft::Communicator& world,
-                  int64_t micro_batches) {
-  if (a.engine.backend != "cpu") return;
+                  const weft::Runtime& runtime, int64_t micro_batches) {
   namespace plan = weft::plan;
   plan::Training t;
   t.model = weft::examples::shape_of(config, a.seq_len);
@@ -311,12 +311,9 @@ void check_memory(const Args& a, const weft::GPTConfig& config, weft::Communicat
                  a.tp_comm_overlap && a.tp > 1,
                  plan::parse_recompute(a.recompute)};
   const plan::Memory m = plan::memory_per_device(t, l);
-  // The same limit on every rank (the smallest), so that every rank decides alike.
-  const double local = weft::examples::memory_total_gib() / weft::ranks_on_this_node(world);
-  float limit = static_cast<float>(local);
-  weft::TensorView v{&limit, weft::Shape({1}), weft::DType::kF32, weft::Device::cpu()};
-  world.all_reduce(v, v, weft::ReduceOp::kMin, weft::host_stream());
   const double gib = 1024.0 * 1024.0 * 1024.0;
+  // The same on every rank (the smallest), so that every rank decides alike.
+  const double limit = static_cast<double>(runtime.memory_per_rank_bytes) / gib;
   char what[320];
   std::snprintf(what, sizeof what,
                 "%.3g GiB per rank (parameters %.3g, gradients %.3g, optimizer %.3g, activations "
@@ -327,8 +324,10 @@ void check_memory(const Args& a, const weft::GPTConfig& config, weft::Communicat
   std::snprintf(limit_text, sizeof limit_text, "%.3g", limit);
   weft::examples::usage_check(limit <= 0 || m.total() / gib <= limit, "gpt_train",
                               "the model needs about ", what, ", more than the ", limit_text,
-                              " GiB of memory each rank has here (MemTotal / ranks per node); "
-                              "use a smaller model or more ranks");
+                              " GiB of memory each rank has here (",
+                              a.engine.backend == "cpu" ? "MemTotal / ranks per node"
+                                                        : "GPU memory / ranks per GPU",
+                              "); use a smaller model or more ranks");
   if (world.rank() == 0) std::printf("memory estimate: %s of %.3g GiB\n", what, limit);
 }
 
@@ -489,7 +488,7 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
   config.tp_comm_overlap = a.tp_comm_overlap;
   config.recompute = weft::parse_recompute(a.recompute);
   config.finalize(grid.tp_size());
-  check_memory(a, config, mpi_world, micro_batches);
+  check_memory(a, config, mpi_world, runtime, micro_batches);
 
   const weft::TextDataset data =
       tokenizer ? weft::TextDataset(a.data, *tokenizer) : weft::TextDataset(a.data);

@@ -260,6 +260,9 @@ std::unique_ptr<Backend> make_cpu_backend();
 std::unique_ptr<Backend> make_cuda_backend(int device);
 // 0 when weft was built without CUDA, or no GPU is visible; never throws.
 int cuda_device_count();
+// Global memory of CUDA device `device` in bytes; 0 without CUDA or when it cannot be read.
+// Never throws.
+int64_t cuda_device_memory_bytes(int device);
 
 // Parses "cpu" / "cuda" / "cuda:N" and makes that backend.
 std::unique_ptr<Backend> make_backend(const std::string& spec);

@@ -24,6 +24,10 @@ struct Runtime {
   std::unique_ptr<Communicator> world;
   // What was chosen and why, one line, e.g. "cuda:0 + mpi-staged (2 ranks share 1 GPU)".
   std::string description;
+  // The memory one rank may plan with: cpu, the node's MemTotal over the ranks on the node; cuda,
+  // the GPU's memory over the ranks of the node that use it. The smallest over all ranks, so that
+  // every rank decides alike; 0 when unknown.
+  int64_t memory_per_rank_bytes = 0;
 
   // A group of this rank alone that moves buffers in the backend's memory (unsharded references,
   // single-rank runs): the self communicator, staged through host memory on a GPU.
@@ -45,5 +49,8 @@ bool cuda_on_every_rank(Communicator& host_world);
 // Collective over `host_world` (MPI, or a world of one): how many of its ranks run on this rank's
 // node (they share its memory).
 int ranks_on_this_node(Communicator& host_world);
+
+// This node's memory, MemTotal of /proc/meminfo, in bytes (0 when unreadable).
+int64_t host_memory_bytes();
 
 }  // namespace weft

@@ -3,6 +3,7 @@
 #include "weft/runtime.hpp"
 
 #include <cstdlib>
+#include <fstream>
 
 #include "comm/mpi_check.hpp"
 #include "comm/mpi_communicator.hpp"
@@ -41,6 +42,15 @@ int all_reduce_int(Communicator& host_world, int value, ReduceOp op) {
   return value;
 }
 
+// The smallest of every rank's share of its memory, in bytes (in MiB through a float: exact up to
+// 16 TiB).
+int64_t smallest_share(Communicator& host_world, int64_t bytes, int sharers) {
+  float mib = static_cast<float>(bytes / sharers / (1 << 20));
+  TensorView v{&mib, Shape({1}), DType::kF32, Device::cpu()};
+  host_world.all_reduce(v, v, ReduceOp::kMin, host_stream());
+  return static_cast<int64_t>(mib) << 20;
+}
+
 Runtime make_cpu_runtime(Communicator& host_world, const RuntimeOptions& options) {
   WEFT_CHECK(options.comm == "auto" || options.comm == "mpi", "communicator '", options.comm,
              "' does not run on the cpu backend (it takes mpi; nccl and mpi-staged need cuda)");
@@ -48,6 +58,8 @@ Runtime make_cpu_runtime(Communicator& host_world, const RuntimeOptions& options
   rt.backend = make_cpu_backend();
   rt.world = host_world.split(0, host_world.rank());  // a private copy the runtime owns
   rt.description = "cpu + " + rt.world->name();
+  rt.memory_per_rank_bytes =
+      smallest_share(host_world, host_memory_bytes(), node_place(host_world).local_size);
   return rt;
 }
 
@@ -85,6 +97,10 @@ Runtime make_cuda_runtime(Communicator& host_world, const RuntimeOptions& option
   rt.world = comm == "nccl" ? make_nccl_communicator(host_world, device)
                             : make_staged_communicator(host_world, device);
   rt.description = rt.backend->device().str() + " + " + rt.world->name() + " (" + why + ")";
+  // Local ranks r use GPU r % devices.
+  const int sharing_this_gpu = (place.local_size - device + devices - 1) / devices;
+  rt.memory_per_rank_bytes =
+      smallest_share(host_world, cuda_device_memory_bytes(device), sharing_this_gpu);
   return rt;
 }
 
@@ -110,6 +126,17 @@ Runtime make_runtime(const std::string& engine, Communicator& host_world,
 }
 
 int ranks_on_this_node(Communicator& host_world) { return node_place(host_world).local_size; }
+
+int64_t host_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kib = 0;
+  while (in >> key >> kib) {
+    if (key == "MemTotal:") return kib * 1024;
+    in.ignore(256, '\n');
+  }
+  return 0;
+}
 
 bool cuda_on_every_rank(Communicator& host_world) {
   return all_reduce_int(host_world, cuda_device_count() > 0 ? 1 : 0, ReduceOp::kMin) > 0;

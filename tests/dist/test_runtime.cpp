@@ -24,6 +24,11 @@ TEST(Runtime, CpuIsOneDnnWithAPrivateMpiWorld) {
   std::unique_ptr<Communicator> self = rt.make_self();
   EXPECT_EQ(self->size(), 1);
   EXPECT_EQ(self->buffer_device(), DeviceKind::kCpu);
+  // The node's memory shared by its ranks (the tests run on one node), in whole MiB.
+  const int64_t share = host_memory_bytes() / ranks_on_this_node(host_world());
+  EXPECT_GT(host_memory_bytes(), int64_t{1} << 30);
+  EXPECT_LE(rt.memory_per_rank_bytes, share);
+  EXPECT_GT(rt.memory_per_rank_bytes, share - (int64_t{1} << 20));
 }
 
 TEST(Runtime, BadNamesAreRejectedOnEveryRank) {
@@ -52,6 +57,13 @@ TEST(Runtime, CudaPicksNcclOrTheStagedCommunicator) {
     EXPECT_EQ(rt.world->name(), shared ? "mpi-staged" : "nccl") << rt.description;
     EXPECT_EQ(rt.backend->device(), Device::cuda(host_world().rank() % cuda_device_count()));
     EXPECT_EQ(rt.make_self()->buffer_device(), DeviceKind::kCuda);
+    // The GPU's memory shared by the ranks that use it (local rank r uses GPU r % devices).
+    const int devices = cuda_device_count();
+    const int64_t gpu = cuda_device_memory_bytes(rt.backend->device().index);
+    const int sharing = (host_world().size() - rt.backend->device().index + devices - 1) / devices;
+    EXPECT_GT(gpu, int64_t{1} << 30);
+    EXPECT_LE(rt.memory_per_rank_bytes, gpu / sharing);
+    EXPECT_GT(rt.memory_per_rank_bytes, 0);
   }
   RuntimeOptions staged;
   staged.comm = "mpi-staged";

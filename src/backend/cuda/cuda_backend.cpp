@@ -307,6 +307,15 @@ int cuda_device_count() {
   return count;
 }
 
+int64_t cuda_device_memory_bytes(int device) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return static_cast<int64_t>(prop.totalGlobalMem);
+}
+
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   const int count = cuda_device_count();
   WEFT_CHECK(device >= 0 && device < count, "cuda:", device, " requested, but ", count,

@@ -5,6 +5,7 @@
 namespace weft {
 
 int cuda_device_count() { return 0; }
+int64_t cuda_device_memory_bytes(int) { return 0; }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   WEFT_THROW(ErrorCode::kInvalidArgument, "cuda:", device,
