@@ -397,7 +397,7 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
   std::optional<weft::CommWatchdog> watchdog;
   // A blocked MPI call cannot be interrupted: past the timeout the program ends the whole job.
   if (a.comm_timeout > 0) {
-    watchdog.emplace(a.comm_timeout, [](const std::string& message) {
+    watchdog.emplace(mpi_world, a.comm_timeout, [](const std::string& message) {
       std::fprintf(stderr, "%s\n", message.c_str());
       std::fflush(stderr);
       weft::MpiRuntime::abort(1);
