@@ -106,6 +106,44 @@ TEST(Watchdog, NamesTheRankThatIsNotInACommunicatorOperation) {
   host.barrier();
 }
 
+// A receive counts per peer: rank 0 waits for the first send of the last rank, which sends
+// nothing until rank 0's watchdog has fired.
+TEST(Watchdog, NamesThePeerOfAReceiveThatDidNotSend) {
+  Communicator& host = host_world();
+  const int rank = host.rank(), size = host.size();
+  if (size < 2) GTEST_SKIP() << "needs a peer";
+  const int late = size - 1;
+  std::unique_ptr<Communicator> comm = host.split(0, rank), release = host.split(0, rank);
+  Firing firing;
+  bool fired = false;
+  {
+    CommWatchdog watchdog(
+        host, kTimeout, [&](const std::string& m) { firing.fire(m, *release, late); }, kPoll);
+    float x = static_cast<float>(rank);
+    if (rank == 0) {
+      comm->recv(host_view(&x), late, host_stream());
+      EXPECT_EQ(x, static_cast<float>(late));
+    } else if (rank == late) {
+      wait_for_tokens(*release, {0});
+      comm->send(host_view(&x), 0, host_stream());
+    }
+    fired = watchdog.fired();
+  }
+  const std::string message = firing.get();
+  if (rank == 0) {
+    EXPECT_TRUE(fired);
+    expect_contains(message, "weft watchdog (rank 0): recv #1 from world rank " +
+                                 std::to_string(late) + " on mpi group of world ranks {0, ");
+    expect_contains(message, "arrived: world ranks {0}; did not arrive: rank " +
+                                 std::to_string(late) +
+                                 " (posted 0 of the 1 sends this rank receives; now not in a "
+                                 "communicator operation); aborting");
+  } else {
+    EXPECT_FALSE(fired) << message;
+  }
+  host.barrier();
+}
+
 // Four ranks in two tensor-parallel pairs {0, 1} {2, 3}: ranks 0 and 1 wait in a world all_reduce,
 // rank 2 in a barrier of its pair, rank 3 in none. Each watchdog names exactly the missing ranks.
 TEST(Watchdog, NamesWhatEachMissingRankOfASubGroupIsDoing) {
