@@ -12,6 +12,7 @@
 #include <sstream>
 #include <vector>
 
+#include "comm/mpi_check.hpp"
 #include "comm/mpi_communicator.hpp"
 #include "comm/op_tracker.hpp"
 #include "weft/error.hpp"
@@ -270,7 +271,7 @@ struct CommWatchdog::Channel {
   }
 
   ~Channel() {
-    if (mpi_finalized()) return;
+    if (comm == MPI_COMM_NULL || mpi_finalized()) return;
     const auto deadline = Clock::now() + std::chrono::milliseconds(200);
     while (!outgoing.empty() && Clock::now() < deadline) serve();
     // A peer that never received (it exited): MPI may still read the buffer, so it is kept.
@@ -300,10 +301,8 @@ CommWatchdog::CommWatchdog(Communicator& host_world, double timeout_s,
   std::string why;
   auto* mpi = dynamic_cast<MpiCommunicator*>(&host_world);
   if (mpi == nullptr) {
-    WEFT_CHECK(host_world.size() == 1,
-               "CommWatchdog: the host world must be the MPI world or a "
-               "world of one rank, got the ",
-               host_world.describe());
+    WEFT_CHECK(host_world.size() == 1, "CommWatchdog: the host world must be the MPI world or ",
+               "a world of one rank, got the ", host_world.describe());
     why = "no MPI host world";
   } else {
     int provided = MPI_THREAD_SINGLE;
@@ -313,16 +312,9 @@ CommWatchdog::CommWatchdog(Communicator& host_world, double timeout_s,
     if (provided < MPI_THREAD_MULTIPLE) {
       why = "MPI without MPI_THREAD_MULTIPLE";
     } else {
-      channel = std::make_unique<Channel>();
       MPI_Comm comm = MPI_COMM_NULL;
-      const int dup = MPI_Comm_dup(mpi->native(), &comm);
-      if (dup != MPI_SUCCESS) {
-        channel.reset();
-        WEFT_THROW(ErrorCode::kMpi,
-                   "CommWatchdog: MPI_Comm_dup of the host world failed (MPI "
-                   "error ",
-                   dup, ")");
-      }
+      WEFT_CHECK_MPI(MPI_Comm_dup(mpi->native(), &comm), "CommWatchdog: copying the host world");
+      channel = std::make_unique<Channel>();
       channel->comm = comm;
       MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
       int world_size = 0;
