@@ -1,4 +1,6 @@
 // Communicator's public entry points: argument checks shared by every implementation.
+#include "weft/comm.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -6,7 +8,6 @@
 #include <vector>
 
 #include "comm/op_tracker.hpp"
-#include "weft/comm.hpp"
 #include "weft/error.hpp"
 #include "weft/log.hpp"
 

@@ -62,8 +62,11 @@ NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device, std::vector<int>
     ncclCommDestroy(comm_);  // the destructor will not run for a throwing constructor
     WEFT_CHECK_NCCL(status, "querying the rank and size of a new NCCL communicator");
   }
-  WEFT_ASSERT(world_ranks.empty() || static_cast<int>(world_ranks.size()) == size_,
-              "NCCL communicator of ", size_, " ranks given ", world_ranks.size(), " world ranks");
+  if (!world_ranks.empty() && static_cast<int>(world_ranks.size()) != size_) {
+    ncclCommDestroy(comm_);
+    WEFT_ASSERT(false, "NCCL communicator of ", size_, " ranks given ", world_ranks.size(),
+                " world ranks");
+  }
   set_world_ranks(std::move(world_ranks));
 }
 
