@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <cstdio>
 #include <fstream>
@@ -128,7 +129,8 @@ weft::examples::Flags make_flags(Args& a) {
         0.0, 86400.0);
   f.add("inject-fault", &a.inject_fault,
         "RANK:STEP:KIND, for testing: world rank RANK fails at the start of step STEP, KIND "
-        "exit0, exit1, abort (SIGABRT), throw or hang");
+        "exit0, exit1, abort (SIGABRT), throw, hang or stop (SIGSTOP: the whole process, as a stalled "
+        "node)");
   return f;
 }
 
@@ -231,9 +233,9 @@ Fault parse_fault(const std::string& spec) {
     f.kind = spec.substr(b + 1);
   }
   ok = ok && (f.kind == "exit0" || f.kind == "exit1" || f.kind == "abort" || f.kind == "throw" ||
-              f.kind == "hang");
+              f.kind == "hang" || f.kind == "stop");
   weft::examples::usage_check(ok, "gpt_train", "--inject-fault expects RANK:STEP:KIND (RANK >= 0, ",
-                              "STEP >= 1, KIND exit0, exit1, abort, throw or hang), got '", spec,
+                              "STEP >= 1, KIND exit0, exit1, abort, throw, hang or stop), got '", spec,
                               "'");
   return f;
 }
@@ -247,6 +249,8 @@ void inject_fault(const Fault& f, int rank, int64_t step) {
   if (f.kind == "exit1") std::_Exit(1);
   if (f.kind == "abort") std::abort();
   if (f.kind == "throw") WEFT_THROW(weft::ErrorCode::kInternal, "injected fault at step ", step);
+  // Its watchdog stops too: the peers' watchdogs get no answer from it.
+  if (f.kind == "stop") std::raise(SIGSTOP);
   for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));  // hang
 }
 
@@ -396,7 +400,7 @@ int train(const Args& a, weft::Communicator& mpi_world, double predicted_s) {
   std::optional<weft::CommWatchdog> watchdog;
   // A blocked MPI call cannot be interrupted: past the timeout the program ends the whole job.
   if (a.comm_timeout > 0) {
-    watchdog.emplace(a.comm_timeout, [](const std::string& message) {
+    watchdog.emplace(mpi_world, a.comm_timeout, [](const std::string& message) {
       std::fprintf(stderr, "%s\n", message.c_str());
       std::fflush(stderr);
       weft::MpiRuntime::abort(1);

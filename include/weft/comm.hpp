@@ -9,11 +9,18 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "weft/backend.hpp"
 #include "weft/tensor.hpp"
 
 namespace weft {
+
+class CommWatchdog;
+namespace detail {
+class OpScope;
+struct GroupRecord;
+}  // namespace detail
 
 enum class ReduceOp { kSum, kMax, kMin };
 
@@ -104,8 +111,15 @@ class Communicator {
   // The group for messages: its kind and its ranks in the MPI world where known, e.g.
   // "mpi group of world ranks {0, 2}". Safe to call from any thread.
   virtual std::string describe() const;
+  // The group's members as ranks of MPI_COMM_WORLD, in group rank order, e.g. {0, 2}; empty
+  // where unknown (self, a communicator the program made itself). Safe to call from any thread.
+  const std::vector<int>& world_ranks() const;
 
  protected:
+  Communicator();
+  // Derived constructors call it once, when the world ranks are known: it makes the group known
+  // to the watchdogs of its ranks (which compare how far each rank has got in it).
+  void set_world_ranks(std::vector<int> world_ranks);
   // A group that was complete before it was returned.
   static std::unique_ptr<PendingGroup> completed_group();
   // Destroys the block groups; derived destructors call it first, so that sub-communicators go
@@ -129,6 +143,10 @@ class Communicator {
   void check_usable(const char* op) const;
 
   std::atomic<bool> aborted_{false};
+  // The operations entered on this communicator, for the watchdog (op_tracker.hpp).
+  std::shared_ptr<detail::GroupRecord> record_;
+  friend class detail::OpScope;
+  friend class CommWatchdog;
 
   std::map<int, std::unique_ptr<Communicator>> block_groups_;  // by ranks_per_block
 };

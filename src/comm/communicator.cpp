@@ -137,7 +137,8 @@ class TrackedGroup final : public PendingGroup {
       : inner_(std::move(inner)), comm_(comm) {}
   bool test() override { return inner_->test(); }
   void wait() override {
-    detail::OpScope scope(comm_, "wait of an asynchronous send/recv group");
+    detail::OpScope scope(comm_, "wait of an asynchronous send/recv group",
+                          detail::OpKind::kP2pGroup);
     inner_->wait();
   }
   bool cancel(double seconds) noexcept override { return inner_->cancel(seconds); }
@@ -150,7 +151,7 @@ class TrackedGroup final : public PendingGroup {
 
 void Communicator::group_end() {
   check_usable("group_end");
-  detail::OpScope scope(*this, "group_end (sends/receives)");
+  detail::OpScope scope(*this, "group_end (sends/receives)", detail::OpKind::kP2pGroup);
   do_group_end();
 }
 
@@ -170,9 +171,29 @@ void Communicator::abort() noexcept {
   do_abort();
 }
 
+Communicator::Communicator() : record_(std::make_shared<detail::GroupRecord>()) {}
+
+void Communicator::set_world_ranks(std::vector<int> world_ranks) {
+  WEFT_ASSERT(record_->world_ranks.empty(), "set_world_ranks called twice");
+  if (world_ranks.empty()) return;
+  record_->name = name();
+  record_->sends_to = std::make_unique<std::atomic<uint64_t>[]>(world_ranks.size());
+  record_->recvs_from = std::make_unique<std::atomic<uint64_t>[]>(world_ranks.size());
+  record_->world_ranks = std::move(world_ranks);
+  detail::register_group(record_);
+}
+
+const std::vector<int>& Communicator::world_ranks() const { return record_->world_ranks; }
+
 std::string Communicator::describe() const {
-  return name() + " group of " + std::to_string(size()) + " ranks (this one is rank " +
-         std::to_string(rank()) + ")";
+  const std::vector<int>& ranks = world_ranks();
+  if (ranks.empty()) {
+    return name() + " group of " + std::to_string(size()) + " ranks (this one is rank " +
+           std::to_string(rank()) + ")";
+  }
+  std::string text = name() + " group of world ranks {";
+  for (size_t i = 0; i < ranks.size(); ++i) text += (i ? ", " : "") + std::to_string(ranks[i]);
+  return text + "}";
 }
 
 void Communicator::check_usable(const char* op) const {
@@ -252,7 +273,7 @@ void Communicator::send(TensorView buffer, int peer, Stream& stream) {
   check_buffer(buffer, "send buffer");
   check_peer(peer, "send destination");
   check_usable("send");
-  detail::OpScope scope(*this, "send");
+  detail::OpScope scope(*this, "send", detail::OpKind::kSend, peer);
   do_send(buffer, peer, stream);
 }
 
@@ -260,7 +281,7 @@ void Communicator::recv(TensorView buffer, int peer, Stream& stream) {
   check_buffer(buffer, "recv buffer");
   check_peer(peer, "recv source");
   check_usable("recv");
-  detail::OpScope scope(*this, "recv");
+  detail::OpScope scope(*this, "recv", detail::OpKind::kRecv, peer);
   do_recv(buffer, peer, stream);
 }
 

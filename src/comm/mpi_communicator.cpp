@@ -84,8 +84,7 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
   WEFT_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   WEFT_CHECK_MPI(MPI_Comm_rank(comm_, &rank_));
   WEFT_CHECK_MPI(MPI_Comm_size(comm_, &size_));
-  // The group's world ranks, once here: describe() may be called from the watchdog's thread,
-  // which must not call MPI.
+  // The group's world ranks, once here: describe() and the watchdog use them from its thread.
   MPI_Group group = MPI_GROUP_NULL, world = MPI_GROUP_NULL;
   std::vector<int> mine(static_cast<size_t>(size_)), in_world(mine.size());
   for (int i = 0; i < size_; ++i) mine[static_cast<size_t>(i)] = i;
@@ -94,11 +93,7 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
   WEFT_CHECK_MPI(MPI_Group_translate_ranks(group, size_, mine.data(), world, in_world.data()));
   MPI_Group_free(&group);
   MPI_Group_free(&world);
-  description_ = "mpi group of world ranks {";
-  for (int i = 0; i < size_; ++i) {
-    description_ += (i ? ", " : "") + std::to_string(in_world[static_cast<size_t>(i)]);
-  }
-  description_ += "}";
+  set_world_ranks(std::move(in_world));
 }
 
 // A blocked MPI call cannot be interrupted, and ending the job is the program's decision (the
@@ -284,8 +279,10 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {
+    // MULTIPLE: a CommWatchdog's thread talks to its peers' watchdogs while this one is blocked
+    // in a collective (it works with less, without naming the ranks that did not arrive).
     int provided = 0;
-    WEFT_CHECK_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+    WEFT_CHECK_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
     owns_ = true;
   }
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);

@@ -25,7 +25,6 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key) override;
 
   MPI_Comm native() const { return comm_; }
-  std::string describe() const override { return description_; }
 
  protected:
   void do_group_end() override;
@@ -45,7 +44,6 @@ class MpiCommunicator final : public Communicator {
   int group_depth_ = 0;
   std::vector<MPI_Request> pending_;    // p2p posted inside the current group
   std::vector<bool> pending_receives_;  // which of them are receives
-  std::string description_;
 };
 
 }  // namespace weft

@@ -54,13 +54,20 @@ const char* last_error(ncclComm_t comm) {
 
 }  // namespace
 
-NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device) : comm_(comm), device_(device) {
+NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device, std::vector<int> world_ranks)
+    : comm_(comm), device_(device) {
   ncclResult_t status = ncclCommUserRank(comm_, &rank_);
   if (status == ncclSuccess) status = ncclCommCount(comm_, &size_);
   if (status != ncclSuccess) {
     ncclCommDestroy(comm_);  // the destructor will not run for a throwing constructor
     WEFT_CHECK_NCCL(status, "querying the rank and size of a new NCCL communicator");
   }
+  if (!world_ranks.empty() && static_cast<int>(world_ranks.size()) != size_) {
+    ncclCommDestroy(comm_);
+    WEFT_ASSERT(false, "NCCL communicator of ", size_, " ranks given ", world_ranks.size(),
+                " world ranks");
+  }
+  set_world_ranks(std::move(world_ranks));
 }
 
 // ncclCommDestroy completes the operations queued on the communicator first, so after an error
@@ -138,6 +145,29 @@ void NcclCommunicator::wait_polling(cudaStream_t stream, const char* op) {
     check_health(op);
     std::this_thread::sleep_for(std::chrono::microseconds(20));
   }
+}
+
+std::vector<int> NcclCommunicator::all_gather_ints(int mine) {
+  DeviceGuard guard(device_);
+  check_health("split");
+  CudaStream stream(device_, StreamPriority::kNormal);
+  const size_t bytes = sizeof(int) * static_cast<size_t>(size_);
+  auto* buffer = static_cast<int*>(pool_allocate(device_, bytes, stream.get(), "split"));
+  std::vector<int> all(static_cast<size_t>(size_), -1);
+  try {
+    WEFT_CHECK_CUDA(
+        cudaMemcpyAsync(buffer + rank_, &mine, sizeof(int), cudaMemcpyHostToDevice, stream.get()));
+    WEFT_CHECK_NCCL(ncclAllGather(buffer + rank_, buffer, 1, ncclInt32, comm_, stream.get()),
+                    "split: gathering the world ranks: ", last_error(comm_));
+    WEFT_CHECK_CUDA(
+        cudaMemcpyAsync(all.data(), buffer, bytes, cudaMemcpyDeviceToHost, stream.get()));
+    wait_polling(stream.get(), "split");
+  } catch (...) {
+    pool_free(buffer, stream.get());
+    throw;
+  }
+  pool_free(buffer, stream.get());
+  return all;
 }
 
 cudaStream_t NcclCommunicator::prepare(const char* op, Stream& stream, const TensorView& a,
@@ -390,7 +420,13 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
   WEFT_CHECK_NCCL(ncclCommSplit(comm_, color, key, &child, nullptr), "split(color ", color,
                   ", key ", key, "): ", last_error(comm_));
   WEFT_ASSERT(child != nullptr, "ncclCommSplit returned no communicator for color ", color);
-  return std::make_unique<NcclCommunicator>(child, device_);
+  auto sub = std::make_unique<NcclCommunicator>(child, device_);
+  // The members' world ranks (describe(), the watchdog): each contributes its own. Every member of
+  // this communicator knows them or none does (they share its bootstrap).
+  if (!world_ranks().empty()) {
+    sub->set_world_ranks(sub->all_gather_ints(world_ranks()[static_cast<size_t>(rank_)]));
+  }
+  return sub;
 }
 
 void NcclCommunicator::do_abort() noexcept { abort_comm("Communicator::abort()"); }
@@ -437,7 +473,8 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, in
   WEFT_CHECK_NCCL(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()),
                   "ncclCommInitRank (rank ", bootstrap.rank(), " of ", bootstrap.size(),
                   ", cuda:", device, ")");
-  return std::make_unique<NcclCommunicator>(comm, device);
+  // The same ranks in the same order as the bootstrap's.
+  return std::make_unique<NcclCommunicator>(comm, device, bootstrap.world_ranks());
 }
 
 }  // namespace weft

@@ -15,8 +15,9 @@ namespace weft {
 
 class NcclCommunicator final : public Communicator {
  public:
-  // Takes ownership of `comm`, an initialized communicator on `device`.
-  NcclCommunicator(ncclComm_t comm, int device);
+  // Takes ownership of `comm`, an initialized communicator on `device`, whose members are
+  // `world_ranks` in MPI_COMM_WORLD (empty: unknown).
+  NcclCommunicator(ncclComm_t comm, int device, std::vector<int> world_ranks = {});
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
@@ -57,6 +58,8 @@ class NcclCommunicator final : public Communicator {
   // Returns once the work queued on `stream` is done, checking the communicator's health
   // meanwhile, so that an asynchronous NCCL error fails the wait instead of hanging it.
   void wait_polling(cudaStream_t stream, const char* op);
+  // Collective: every member's `mine`, in rank order (the world ranks of a split).
+  std::vector<int> all_gather_ints(int mine);
 
   // A send or receive posted inside a group. They are issued at the outermost group end, inside
   // one NCCL group opened there (collectives called inside a weft group run at once), on the

@@ -158,6 +158,7 @@ StagedCommunicator::StagedCommunicator(std::unique_ptr<Communicator> host,
   WEFT_CHECK(host_ != nullptr && host_->buffer_device() == DeviceKind::kCpu,
              "staged communicator: the communicator underneath must move host buffers");
   WEFT_CHECK(staging_bytes_ > 0, "staged communicator: staging area of 0 bytes");
+  set_world_ranks(host_->world_ranks());
 }
 
 void StagedCommunicator::check_device(const TensorView& view, const char* what) const {
