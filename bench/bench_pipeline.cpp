@@ -12,6 +12,10 @@
 //   tokens/s = m x seq x micro-batch / step time
 //   bubble   = 1 - compute / step time on each rank (compute: forward, backward, recompute),
 //              averaged over the pipeline ranks ("bubble_max": the worst rank)
+//   free comm = the same with each step replayed from every rank's measured compute times as if
+//              communication and bookkeeping took no time (replay_pipeline_step_ms): bubble -
+//              free comm is the runtime's overhead, free comm - theory the cost of stages that
+//              ran at unequal speeds (uneven work, or cores of unequal speed)
 //   theory   = (p - 1) / (m + p - 1), / v for interleaved
 //   recompute = share of step time spent recomputing forwards (full activation recomputation)
 //   held     = the most bytes of saved forward state one rank held at once (MiB, worst rank)
@@ -90,6 +94,7 @@ void bm_pipeline(benchmark::State& state, const Env& env, ScheduleKind kind, int
     model.train_step(fill_tokens, m, kSeq, kMicroBatch, 1.0f, rng);
   }
   double total = 0.0, step_ms = 0.0, compute_ms = 0.0, recompute_ms = 0.0, held = 0.0;
+  double replayed_ms = 0.0;
   for (auto _ : state) {
     MPI_Barrier(MPI_COMM_WORLD);
     const double start = MPI_Wtime();
@@ -102,12 +107,15 @@ void bm_pipeline(benchmark::State& state, const Env& env, ScheduleKind kind, int
     compute_ms += s.forward_ms + s.backward_ms + s.recompute_ms;
     recompute_ms += s.recompute_ms;
     held = std::max(held, static_cast<double>(s.peak_saved_bytes));
+    replayed_ms += model.replayed_step_ms();  // collective, after the timed step
   }
   const int p = env.grid->pp_size();
   double bubble = 1.0 - compute_ms / step_ms, bubble_sum = 0.0, bubble_max = 0.0;
   double recompute = recompute_ms / step_ms, recompute_sum = 0.0;
   MPI_Allreduce(&bubble, &bubble_sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
   MPI_Allreduce(&bubble, &bubble_max, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  double free_comm = 1.0 - compute_ms / replayed_ms, free_comm_sum = 0.0;
+  MPI_Allreduce(&free_comm, &free_comm_sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
   MPI_Allreduce(&recompute, &recompute_sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
   double held_max = 0.0;
   MPI_Allreduce(&held, &held_max, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
@@ -116,6 +124,7 @@ void bm_pipeline(benchmark::State& state, const Env& env, ScheduleKind kind, int
   state.counters["tokens_per_s"] = tokens / (total / static_cast<double>(state.iterations()));
   state.counters["bubble"] = bubble_sum / ranks;
   state.counters["bubble_max"] = bubble_max;
+  state.counters["bubble_free_comm"] = free_comm_sum / ranks;
   state.counters["theory"] = weft::theoretical_bubble_fraction(kind, p, m, v);
   state.counters["recompute"] = recompute_sum / ranks;
   state.counters["held_mib"] = held_max / (1 << 20);
@@ -172,8 +181,8 @@ void print_table(const weft::bench::CollectingReporter& reporter, const std::vec
                  const std::vector<int64_t>& ms, int p) {
   std::printf("\npipeline, pp=%d tp=1, gpt2 8 layers hidden 128 seq %lld micro-batch %lld, f32\n",
               p, static_cast<long long>(kSeq), static_cast<long long>(kMicroBatch));
-  std::printf("%-24s %4s %12s %10s %10s %10s %10s %10s %9s\n", "schedule", "m", "tokens/s",
-              "vs 1 rank", "bubble", "worst", "theory", "recompute", "held MiB");
+  std::printf("%-24s %4s %12s %10s %10s %10s %10s %10s %10s %9s\n", "schedule", "m", "tokens/s",
+              "vs 1 rank", "bubble", "worst", "free comm", "theory", "recompute", "held MiB");
   for (int64_t m : ms) {
     const std::string base_name = "BM_SingleRank/m" + std::to_string(m);
     const double base = reporter.median(base_name, "tokens_per_s");
@@ -188,11 +197,12 @@ void print_table(const weft::bench::CollectingReporter& reporter, const std::vec
         std::printf(" %10s", "-");
       }
       if (s.pipelined) {
-        std::printf(" %10.3f %10.3f %10.3f %10.3f %9.2f\n", reporter.median(name, "bubble"),
-                    reporter.median(name, "bubble_max"), reporter.median(name, "theory"),
-                    reporter.median(name, "recompute"), reporter.median(name, "held_mib"));
+        std::printf(" %10.3f %10.3f %10.3f %10.3f %10.3f %9.2f\n", reporter.median(name, "bubble"),
+                    reporter.median(name, "bubble_max"), reporter.median(name, "bubble_free_comm"),
+                    reporter.median(name, "theory"), reporter.median(name, "recompute"),
+                    reporter.median(name, "held_mib"));
       } else {
-        std::printf(" %10s %10s %10s %10s %9s\n", "-", "-", "-", "-", "-");
+        std::printf(" %10s %10s %10s %10s %10s %9s\n", "-", "-", "-", "-", "-", "-");
       }
     }
   }

@@ -138,6 +138,10 @@ const char* reduce_op_name(ReduceOp op);
 // Reduces one host float over `comm`, staging it through `backend`'s memory when the
 // communicator moves device buffers (NCCL): losses, norms, timings.
 float all_reduce_scalar(Communicator& comm, Backend& backend, float value, ReduceOp op);
+// all_gather of host buffers (small bookkeeping: counts, step statistics), complete on return.
+// `staging` moves them through device memory when the communicator moves device buffers (NCCL);
+// it may be null for a communicator of host buffers.
+void all_gather_host(Communicator& comm, Backend* staging, TensorView send, TensorView recv);
 
 // Runs `local`, work that can fail on some ranks only (file I/O), and makes its outcome collective
 // over `comm`: when it throws on any rank, every rank throws a weft::Error with the code and the

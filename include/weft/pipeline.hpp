@@ -188,9 +188,29 @@ struct PipelineStats {
   int64_t peak_saved_bytes = 0;
   bool timed = false;  // the times above were measured
 
+  // This rank's compute actions in the order run, with their times (only when timed): what
+  // replay_pipeline_step_ms replays.
+  struct TimedCompute {
+    enum class Kind { kForward, kRecompute, kBackward };
+    Kind kind = Kind::kForward;
+    int microbatch = 0, chunk = 0;
+    double ms = 0.0;
+  };
+  std::vector<TimedCompute> computes;
+
   // 1 - (forward + backward + recompute) / step (0 when not timed).
   double bubble_fraction() const;
 };
+
+// The step time (ms) of ranks running computes[r] (rank r's compute actions, in their order and
+// times) if communication and bookkeeping took no time: each action starts once its rank is free
+// and its input is done, F(mb, s) after F(mb, s - 1) and B(mb, s) after B(mb, s + 1), where
+// virtual stage s = chunk x p + r of p = computes.size() ranks with virtual_stages chunks each.
+// Set beside a measured step it splits the bubble: measured - replayed is the runtime's own
+// overhead (transfers, waits, bookkeeping); replayed against theoretical_bubble_fraction is the
+// cost of stages that took unequal times. weft::Error when the orders deadlock.
+double replay_pipeline_step_ms(
+    const std::vector<std::vector<PipelineStats::TimedCompute>>& computes, int virtual_stages);
 
 // Fills micro-batch `microbatch`'s data: the first stage's input (token ids for a GPT) and the
 // last stage's targets, of the stages' input_spec / target_spec, on the backend's device (on a
@@ -222,6 +242,9 @@ class PipelineExecutor {
             PipelineTrace* trace = nullptr);
 
   const PipelineStats& stats() const { return stats_; }
+  // replay_pipeline_step_ms over every rank's computes of the last step, which must have been
+  // timed; the same value on every rank. Collective over `pp`.
+  double replayed_step_ms();
   int stages() const { return stages_; }
   int rank() const { return rank_; }
   int virtual_stage(int chunk) const { return chunk * stages_ + rank_; }
@@ -299,6 +322,8 @@ class PipelineModel {
   void set_training(bool training);
 
   const PipelineStats& stats() const { return executor_->stats(); }
+  // The last (timed) step with free communication: PipelineExecutor::replayed_step_ms.
+  double replayed_step_ms() { return executor_->replayed_step_ms(); }
   // Measure per-action times into stats() (a backend synchronize around every action); off by
   // default, so that p2p overlaps compute on a GPU. A trace times its step either way.
   void set_timing(bool timed) { timed_ = timed; }

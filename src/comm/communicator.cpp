@@ -38,6 +38,22 @@ float all_reduce_scalar(Communicator& comm, Backend& backend, float value, Reduc
   return value;
 }
 
+void all_gather_host(Communicator& comm, Backend* staging, TensorView send, TensorView recv) {
+  WEFT_CHECK(send.device.is_cpu() && recv.device.is_cpu(), "all_gather_host: host buffers only");
+  if (comm.buffer_device() == DeviceKind::kCpu) {
+    comm.all_gather(send, recv, host_stream());
+    return;
+  }
+  WEFT_CHECK(staging != nullptr, "all_gather_host: the ", comm.name(),
+             " communicator moves device buffers; a backend must stage them");
+  Tensor staged_send(*staging, send.shape, send.dtype),
+      staged_recv(*staging, recv.shape, recv.dtype);
+  staging->copy(staged_send, send);
+  comm.all_gather(staged_send, staged_recv, staging->stream());
+  staging->copy(recv, staged_recv);
+  staging->synchronize();
+}
+
 void run_agreed(Communicator& comm, Backend& backend, const std::function<void()>& local) {
   if (comm.size() == 1) return local();
   int code = -1;

@@ -13,6 +13,7 @@ using pipeline_detail::Clock;
 using pipeline_detail::millis;
 using pipeline_detail::RoundTracker;
 using pipeline_detail::StepObserver;
+using Computed = PipelineStats::TimedCompute::Kind;
 
 double PipelineStats::bubble_fraction() const {
   if (!timed || step_ms <= 0.0) return 0.0;
@@ -42,18 +43,8 @@ std::vector<int64_t> PipelineExecutor::gather_dropout_draws() {
   }
   std::vector<int32_t> all(static_cast<size_t>(v * stages_));
   if (stages_ > 1) {
-    const TensorView send{mine.data(), Shape({v}), DType::kI32, Device::cpu()};
-    const TensorView recv{all.data(), Shape({v * stages_}), DType::kI32, Device::cpu()};
-    if (pp_.buffer_device() == DeviceKind::kCpu) {
-      pp_.all_gather(send, recv, backend_.stream());
-      backend_.synchronize();
-    } else {  // staged through the device
-      Tensor send_d(backend_, send.shape, DType::kI32), recv_d(backend_, recv.shape, DType::kI32);
-      backend_.copy(send_d, send);
-      pp_.all_gather(send_d, recv_d, backend_.stream());
-      backend_.copy(recv, recv_d);
-      backend_.synchronize();
-    }
+    all_gather_host(pp_, &backend_, TensorView{mine.data(), Shape({v}), DType::kI32, Device::cpu()},
+                    TensorView{all.data(), Shape({v * stages_}), DType::kI32, Device::cpu()});
   } else {
     all = mine;
   }
@@ -63,6 +54,41 @@ std::vector<int64_t> PipelineExecutor::gather_dropout_draws() {
     for (int c = 0; c < v; ++c) by_stage[static_cast<size_t>(c * stages_ + r)] = all[r * v + c];
   }
   return by_stage;
+}
+
+double PipelineExecutor::replayed_step_ms() {
+  WEFT_CHECK(stats_.timed, "PipelineExecutor: replayed_step_ms needs a timed step (",
+             "PipelineModel::set_timing or a trace)");
+  // Each compute travels as four f32: kind, micro-batch, chunk, ms (indices are exact in f32
+  // up to 2^24), padded to the longest rank's list.
+  const auto count = static_cast<int32_t>(stats_.computes.size());
+  std::vector<int32_t> counts(static_cast<size_t>(stages_));
+  all_gather_host(pp_, &backend_,
+                  TensorView{const_cast<int32_t*>(&count), Shape({1}), DType::kI32, Device::cpu()},
+                  TensorView{counts.data(), Shape({stages_}), DType::kI32, Device::cpu()});
+  const int64_t longest = *std::max_element(counts.begin(), counts.end());
+  std::vector<float> mine(static_cast<size_t>(4 * longest), 0.0f);
+  for (size_t i = 0; i < stats_.computes.size(); ++i) {
+    const PipelineStats::TimedCompute& t = stats_.computes[i];
+    mine[4 * i] = static_cast<float>(t.kind);
+    mine[4 * i + 1] = static_cast<float>(t.microbatch);
+    mine[4 * i + 2] = static_cast<float>(t.chunk);
+    mine[4 * i + 3] = static_cast<float>(t.ms);
+  }
+  std::vector<float> all(mine.size() * static_cast<size_t>(stages_));
+  all_gather_host(
+      pp_, &backend_, TensorView{mine.data(), Shape({4 * longest}), DType::kF32, Device::cpu()},
+      TensorView{all.data(), Shape({4 * longest * stages_}), DType::kF32, Device::cpu()});
+  std::vector<std::vector<PipelineStats::TimedCompute>> computes(static_cast<size_t>(stages_));
+  for (int r = 0; r < stages_; ++r) {
+    const float* f = all.data() + static_cast<size_t>(4 * longest * r);
+    for (int32_t i = 0; i < counts[static_cast<size_t>(r)]; ++i, f += 4) {
+      computes[static_cast<size_t>(r)].push_back({static_cast<Computed>(static_cast<int>(f[0])),
+                                                  static_cast<int>(f[1]), static_cast<int>(f[2]),
+                                                  static_cast<double>(f[3])});
+    }
+  }
+  return replay_pipeline_step_ms(computes, static_cast<int>(chunks_.size()));
 }
 
 void PipelineExecutor::sum_shared_gradients() {
@@ -209,8 +235,11 @@ float PipelineExecutor::run(const PipelineSchedule& schedule, const PipelineLoad
       DropoutRng r = rng_for(mb, s);
       Tensor out;
       float loss = 0.0f;
-      observer.action(&PipelineStats::forward_ms, "forward", label("F", mb, c), "",
-                      [&] { out = stage.forward(input, targets, seq, batch, r, state, &loss); });
+      observer.computed(
+          Computed::kForward, mb, c,
+          observer.action(&PipelineStats::forward_ms, "forward", label("F", mb, c), "", [&] {
+            out = stage.forward(input, targets, seq, batch, r, state, &loss);
+          }));
       ++stats_.forwards;
       WEFT_ASSERT(r.replicated_offset() - rng_for(mb, s).replicated_offset() ==
                           before[static_cast<size_t>(s) + 1] - before[static_cast<size_t>(s)] &&
@@ -237,8 +266,9 @@ float PipelineExecutor::run(const PipelineSchedule& schedule, const PipelineLoad
     } else if (a.kind == K::kBackward) {
       Stage::State& state = store.state(c, mb);
       if (state.needs_recompute()) {
-        observer.action(&PipelineStats::recompute_ms, "recompute", label("R", mb, c), "",
-                        [&] { stage.recompute(state); });
+        observer.computed(Computed::kRecompute, mb, c,
+                          observer.action(&PipelineStats::recompute_ms, "recompute",
+                                          label("R", mb, c), "", [&] { stage.recompute(state); }));
         ++stats_.recomputes;
         store.measure_states();
       }
@@ -248,8 +278,10 @@ float PipelineExecutor::run(const PipelineSchedule& schedule, const PipelineLoad
         grad_output = store.grads(c).at(mb);
       }
       Tensor grad_input;
-      observer.action(&PipelineStats::backward_ms, "backward", label("B", mb, c), "",
-                      [&] { grad_input = stage.backward(grad_output, grad_scale, state); });
+      observer.computed(
+          Computed::kBackward, mb, c,
+          observer.action(&PipelineStats::backward_ms, "backward", label("B", mb, c), "",
+                          [&] { grad_input = stage.backward(grad_output, grad_scale, state); }));
       ++stats_.backwards;
       store.drop_state(c, mb);
       store.grads(c).erase(mb);

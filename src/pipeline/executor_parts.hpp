@@ -33,13 +33,13 @@ class StepObserver {
   StepObserver(Backend& backend, PipelineStats& stats, PipelineTrace* trace, bool timed)
       : backend_(backend), stats_(stats), trace_(trace), timed_(timed || trace != nullptr) {}
 
-  // Runs fn as one action; `ms` receives its time when timed.
+  // Runs fn as one action; `ms` receives its time when timed. Returns the time (0 untimed).
   template <typename Fn>
-  void action(double PipelineStats::*ms, const std::string& category, const std::string& name,
-              const std::string& detail, Fn&& fn) {
+  double action(double PipelineStats::*ms, const std::string& category, const std::string& name,
+                const std::string& detail, Fn&& fn) {
     if (!timed_) {
       fn();
-      return;
+      return 0.0;
     }
     backend_.synchronize();
     const Clock::time_point start = Clock::now();
@@ -48,6 +48,11 @@ class StepObserver {
     const Clock::time_point end = Clock::now();
     stats_.*ms += millis(end - start);
     if (trace_ != nullptr) trace_->record(name, category, detail, start, end);
+    return millis(end - start);
+  }
+  // Keeps a timed compute action for replay_pipeline_step_ms.
+  void computed(PipelineStats::TimedCompute::Kind kind, int microbatch, int chunk, double ms) {
+    if (timed_) stats_.computes.push_back({kind, microbatch, chunk, ms});
   }
   bool tracing() const { return trace_ != nullptr; }
 

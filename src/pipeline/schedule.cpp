@@ -1,6 +1,7 @@
 // Pipeline schedules: per-rank compute orders (GPipe, 1F1B, interleaved 1F1B), the global tick
 // simulation that places every transfer in a communication round, layer splits, bubble theory.
 #include <algorithm>
+#include <map>
 #include <numeric>
 #include <sstream>
 #include <tuple>
@@ -338,6 +339,51 @@ double theoretical_bubble_fraction(ScheduleKind kind, int stages, int64_t microb
   const double p = stages, m = static_cast<double>(microbatches);
   const double bubble = (p - 1.0) / (m + p - 1.0);
   return kind == ScheduleKind::kInterleaved ? bubble / virtual_stages : bubble;
+}
+
+double replay_pipeline_step_ms(
+    const std::vector<std::vector<PipelineStats::TimedCompute>>& computes, int virtual_stages) {
+  using Kind = PipelineStats::TimedCompute::Kind;
+  const int p = static_cast<int>(computes.size()), v = virtual_stages, S = p * v;
+  WEFT_CHECK(p >= 1 && v >= 1, "replay_pipeline_step_ms: ", p, " ranks and ", v,
+             " virtual stages (both must be positive)");
+  // When F and B of (micro-batch, virtual stage) end in the replay.
+  std::map<std::pair<int, int>, double> forward_end, backward_end;
+  std::vector<size_t> next(static_cast<size_t>(p), 0);
+  std::vector<double> free_at(static_cast<size_t>(p), 0.0);
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int r = 0; r < p; ++r) {
+      const std::vector<PipelineStats::TimedCompute>& list = computes[static_cast<size_t>(r)];
+      size_t& i = next[static_cast<size_t>(r)];
+      double& free = free_at[static_cast<size_t>(r)];
+      for (; i < list.size(); ++i) {
+        const PipelineStats::TimedCompute& a = list[i];
+        WEFT_CHECK(a.chunk >= 0 && a.chunk < v && a.ms >= 0.0, "replay_pipeline_step_ms: rank ", r,
+                   "'s action ", i, " has chunk ", a.chunk, " (of ", v, ") and ", a.ms, " ms");
+        const int s = a.chunk * p + r;
+        double ready = free;
+        const bool needs_forward = a.kind == Kind::kForward && s > 0;
+        const bool needs_backward = a.kind == Kind::kBackward && s < S - 1;
+        if (needs_forward || needs_backward) {
+          const auto& ends = needs_forward ? forward_end : backward_end;
+          const auto input = ends.find({a.microbatch, needs_forward ? s - 1 : s + 1});
+          if (input == ends.end()) break;  // its input is not computed yet
+          ready = std::max(ready, input->second);
+        }
+        free = ready + a.ms;
+        if (a.kind == Kind::kForward) forward_end[{a.microbatch, s}] = free;
+        if (a.kind == Kind::kBackward) backward_end[{a.microbatch, s}] = free;
+        progress = true;
+      }
+    }
+  }
+  for (int r = 0; r < p; ++r) {
+    WEFT_CHECK(next[static_cast<size_t>(r)] == computes[static_cast<size_t>(r)].size(),
+               "replay_pipeline_step_ms: rank ", r, " waits forever at its action ",
+               next[static_cast<size_t>(r)], " (its input is never computed)");
+  }
+  return *std::max_element(free_at.begin(), free_at.end());
 }
 
 }  // namespace weft

@@ -55,23 +55,15 @@ std::vector<PipelineTrace::Event> deserialize(const std::string& text) {
 std::vector<int32_t> all_gather_words(Communicator& comm, Backend* backend,
                                       const std::vector<int32_t>& mine) {
   std::vector<int32_t> all(mine.size() * static_cast<size_t>(comm.size()));
-  const Shape send_shape({static_cast<int64_t>(mine.size())});
-  const Shape recv_shape({static_cast<int64_t>(all.size())});
-  TensorView send{const_cast<int32_t*>(mine.data()), send_shape, DType::kI32, Device::cpu()};
-  TensorView recv{all.data(), recv_shape, DType::kI32, Device::cpu()};
-  if (comm.buffer_device() == DeviceKind::kCpu) {
-    comm.all_gather(send, recv, host_stream());
-    return all;
-  }
-  WEFT_CHECK(backend != nullptr,
+  WEFT_CHECK(backend != nullptr || comm.buffer_device() == DeviceKind::kCpu,
              "PipelineTrace: a GPU communicator needs the trace to have recorded a step first "
              "(its backend stages the gather)");
-  Tensor staged_send(*backend, send_shape, DType::kI32),
-      staged_recv(*backend, recv_shape, DType::kI32);
-  backend->copy(staged_send, send);
-  comm.all_gather(staged_send, staged_recv, backend->stream());
-  backend->copy(recv, staged_recv);
-  backend->synchronize();
+  all_gather_host(
+      comm, backend,
+      TensorView{const_cast<int32_t*>(mine.data()), Shape({static_cast<int64_t>(mine.size())}),
+                 DType::kI32, Device::cpu()},
+      TensorView{all.data(), Shape({static_cast<int64_t>(all.size())}), DType::kI32,
+                 Device::cpu()});
   return all;
 }
 

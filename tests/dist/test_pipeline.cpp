@@ -305,6 +305,18 @@ TEST(Pipeline, ChromeTraceHasATrackPerRankAndTheBubbleIsMeasured) {
   EXPECT_GE(bubble, 0.0);
   EXPECT_LT(bubble, 1.0);
   EXPECT_GT(trace.compute_time_us(), 0.0);
+  // The replay with free communication keeps each rank's compute and its dependencies, so it
+  // takes at least this rank's compute and at most the measured step (of the earliest rank).
+  const PipelineStats& stats = model.stats();
+  EXPECT_EQ(stats.computes.size(),
+            static_cast<size_t>(stats.forwards + stats.backwards + stats.recomputes));
+  double compute_ms = 0.0;
+  for (const PipelineStats::TimedCompute& t : stats.computes) compute_ms += t.ms;
+  const double replayed = model.replayed_step_ms();
+  const float longest_step =
+      all_reduce_scalar(grid.pp(), *cpu, static_cast<float>(stats.step_ms), ReduceOp::kMax);
+  EXPECT_GE(replayed, compute_ms * (1 - 1e-5));
+  EXPECT_LE(replayed, longest_step * (1 + 1e-5));
 
   const TempDir dir("weft-trace");
   // One file per pipeline group (each group's pp rank 0 writes).

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <set>
 #include <tuple>
@@ -266,6 +267,59 @@ TEST(PipelineSchedule, TheoreticalBubble) {
   EXPECT_DOUBLE_EQ(theoretical_bubble_fraction(ScheduleKind::kGPipe, 2, 2), 1.0 / 3.0);
   EXPECT_DOUBLE_EQ(theoretical_bubble_fraction(ScheduleKind::kInterleaved, 4, 8, 2), 1.5 / 11.0);
   EXPECT_WEFT_ERROR(theoretical_bubble_fraction(ScheduleKind::kGPipe, 0, 4), "stages (0)");
+}
+
+// Each rank's compute order of `c` with forwards taking `forward_ms(rank)` and backwards twice
+// as long.
+std::vector<std::vector<PipelineStats::TimedCompute>> timed_orders(
+    const Case& c, const std::function<double(int)>& forward_ms) {
+  using T = PipelineStats::TimedCompute;
+  std::vector<std::vector<T>> computes(static_cast<size_t>(c.p));
+  for (int r = 0; r < c.p; ++r) {
+    for (const PipelineAction& a : pipeline_compute_order(c.kind, c.p, r, c.m, c.v)) {
+      const bool forward = a.kind == K::kForward;
+      computes[static_cast<size_t>(r)].push_back({forward ? T::Kind::kForward : T::Kind::kBackward,
+                                                  a.microbatch, a.chunk,
+                                                  forward_ms(r) * (forward ? 1.0 : 2.0)});
+    }
+  }
+  return computes;
+}
+
+TEST(PipelineSchedule, ReplayOfEqualStagesGivesTheTheory) {
+  for (const Case& c : valid_cases()) {
+    const double step = replay_pipeline_step_ms(timed_orders(c, [](int) { return 1.0; }), c.v);
+    const double compute = 3.0 * c.m * c.v;  // per rank
+    if (c.v == 1) {
+      // GPipe and 1F1B: (m + p - 1) forward-backward pairs, the theory's bubble exactly.
+      EXPECT_DOUBLE_EQ(step, 3.0 * (c.m + c.p - 1)) << c.str();
+      EXPECT_NEAR(1.0 - compute / step, theoretical_bubble_fraction(c.kind, c.p, c.m), 1e-12)
+          << c.str();
+    } else {
+      // Interleaved: never worse than 1F1B over the same micro-batches, and not below the
+      // theory's 1/v of its bubble.
+      EXPECT_LE(step, 3.0 * c.v * (c.m + c.p - 1) + 1e-9) << c.str();
+      EXPECT_GE(1.0 - compute / step, theoretical_bubble_fraction(c.kind, c.p, c.m, c.v) *
+                                              (c.m + c.p - 1.0) / (c.m + (c.p - 1.0) / c.v) -
+                                          1e-9)
+          << c.str();
+    }
+  }
+}
+
+TEST(PipelineSchedule, ReplayOfASlowLastStage) {
+  // 1F1B, p = 2, m = 4: stage 1 takes twice as long, so after stage 0's first forward the step
+  // is stage 1's four forward-backward pairs, then stage 0's last backward: 1 + 4 x 6 + 2.
+  const Case c{ScheduleKind::k1F1B, 2, 4, 1};
+  EXPECT_DOUBLE_EQ(replay_pipeline_step_ms(timed_orders(c, [](int r) { return r + 1.0; }), 1),
+                   27.0);
+  // A backward before its input exists never runs.
+  using T = PipelineStats::TimedCompute;
+  const std::vector<std::vector<T>> stuck{{{T::Kind::kBackward, 0, 0, 1.0}},
+                                          {{T::Kind::kForward, 0, 0, 1.0}}};
+  EXPECT_WEFT_ERROR(replay_pipeline_step_ms(stuck, 1), "rank 0 waits forever at its action 0");
+  EXPECT_WEFT_ERROR(replay_pipeline_step_ms({{{T::Kind::kForward, 0, 3, 1.0}}}, 2),
+                    "has chunk 3 (of 2)");
 }
 
 TEST(PipelineSchedule, SplitLayers) {
