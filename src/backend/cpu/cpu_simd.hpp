@@ -33,7 +33,10 @@ inline float exp_nonpositive(float x) {
   q = q * r + 1.6666665459e-1f;
   q = q * r + 5.0000001201e-1f;
   q = q * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  // k is in [-126, 0] for every x passed; the clamp only turns a NaN's k (whose conversion to an
+  // integer is undefined) into -126, and q keeps the NaN.
+  const float k_defined = k >= -126.0f ? k : -126.0f;
+  const int32_t bits = (static_cast<int32_t>(k_defined) + 127) << 23;
   float two_k;
   std::memcpy(&two_k, &bits, sizeof two_k);
   return q * two_k;
