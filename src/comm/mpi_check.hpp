@@ -1,4 +1,5 @@
-// WEFT_CHECK_MPI: turns an MPI error code into a weft::Error with MPI's own description.
+// WEFT_CHECK_MPI: turns an MPI error code into a weft::Error with MPI's own description; and
+// mpi_finalized.
 #pragma once
 
 #include <mpi.h>
@@ -14,6 +15,13 @@ inline std::string mpi_error_string(int code) {
   if (MPI_Error_string(code, text, &length) != MPI_SUCCESS)
     return "MPI error " + std::to_string(code);
   return std::string(text, static_cast<size_t>(length));
+}
+
+// Whether MPI_Finalize has run (no MPI call may follow it: destructors and late watchdog polls).
+inline bool mpi_finalized() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  return finalized != 0;
 }
 }  // namespace weft
 

@@ -72,12 +72,6 @@ int mpi_count(int64_t numel) {
   return static_cast<int>(numel);
 }
 
-bool mpi_finalized() {
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  return finalized != 0;
-}
-
 }  // namespace
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {

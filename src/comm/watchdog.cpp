@@ -184,12 +184,6 @@ namespace {
 
 constexpr int kQueryTag = 1, kAnswerTag = 2;
 
-bool mpi_finalized() {
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  return finalized != 0;
-}
-
 // A question to a peer's watchdog: the group (its identity) and the asking rank's place in it.
 std::string make_query(const detail::GroupRecord& group, int asker) {
   std::ostringstream os;
